@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * taptrace: the one record shared by the BPF side and the Python side.
+ *
+ * tracer/events.py decodes exactly this layout; tests/unit/test_layout.py
+ * compiles this header with the host compiler and checks every offset.
+ * Plain C types only, so the header builds both under bcc and under gcc.
+ */
+#ifndef TAPTRACE_EVENTS_H
+#define TAPTRACE_EVENTS_H
+
+#define TT_COMM_LEN 16
+#define TT_NAME_LEN 16
+#define TT_MAX_FDS 16
+
+enum tt_event_type {
+	TT_EV_OPEN = 1,        /* open/openat/openat2 of /dev/net/tun or /dev/tapN
+	                          ret=fd, arg=open flags, name=path */
+	TT_EV_TUN_IOCTL = 2,   /* a tun ioctl returned: fd, arg=cmd, ret,
+	                          name=ifr_name after the call,
+	                          arg2=ifr_flags (SETIFF/SETQUEUE/GETIFF) or the int
+	                          argument (SETPERSIST/SETOWNER/SETGROUP) */
+	TT_EV_DUP = 3,         /* fd=old fd, ret=new fd, arg=enum tt_dup_how,
+	                          arg2=requested new fd (dup2/dup3/F_DUPFD) */
+	TT_EV_CLOSE = 4,       /* close(fd) entered */
+	TT_EV_CLOSE_RANGE = 5, /* fd=first, arg=last, arg2=flags, ret */
+	TT_EV_SETFD = 6,       /* fd, arg=enum tt_setfd_how, arg2=1 if cloexec now */
+	TT_EV_FORK = 7,        /* arg=clone flags, arg2=child pid (a new tgid) */
+	TT_EV_EXEC = 8,        /* exec succeeded; arg2=old pid */
+	TT_EV_EXIT = 9,        /* the whole thread group is dead */
+	TT_EV_SCM_SEND = 10,   /* fd=socket, fds[nfds] being sent with SCM_RIGHTS */
+	TT_EV_SCM_RECV = 11,   /* fd=socket, fds[nfds] received, arg=recv flags */
+	TT_EV_UNSHARE = 12,    /* unshare(CLONE_FILES): arg=flags */
+	TT_EV_PIDFD_GETFD = 13 /* fd=pidfd, arg=target fd, ret=new fd */
+};
+
+enum tt_dup_how {
+	TT_DUP = 0,
+	TT_DUP2 = 1,
+	TT_DUP3 = 2,
+	TT_F_DUPFD = 3,
+	TT_F_DUPFD_CLOEXEC = 4,
+	TT_DUP_CLOEXEC = 0x100 /* or'ed in: dup3(O_CLOEXEC) */
+};
+
+enum tt_setfd_how {
+	TT_F_SETFD = 0,
+	TT_FIOCLEX = 1,
+	TT_FIONCLEX = 2
+};
+
+/* Indexes of the counters array. */
+enum tt_counter {
+	TT_C_LOST = 0,          /* records the ring/perf buffer refused */
+	TT_C_INTEREST_FULL = 1, /* interest-set inserts that failed */
+	TT_C_SCM_ARMED_UNTIL = 2, /* CLOCK_MONOTONIC ns until which recvmsg exits are
+	                             parsed: set by tracked senders, extended by user
+	                             space while a tracked send is unreceived */
+	TT_C_NR = 3
+};
+
+struct tt_event {
+	unsigned long long ts;   /* CLOCK_MONOTONIC ns */
+	unsigned int type;       /* enum tt_event_type */
+	unsigned int tgid;       /* process */
+	unsigned int tid;        /* thread */
+	int fd;
+	long long ret;
+	unsigned long long arg;
+	unsigned long long arg2;
+	char comm[TT_COMM_LEN];
+	char name[TT_NAME_LEN];
+	unsigned int nfds;
+	int fds[TT_MAX_FDS];
+};
+
+#endif /* TAPTRACE_EVENTS_H */

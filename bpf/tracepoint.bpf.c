@@ -1,0 +1,574 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * taptrace syscall-tracepoint backend (bcc).
+ *
+ * Header-agnostic by design: it reads tracepoint arguments, user memory in
+ * uapi layouts (struct ifreq, msghdr, cmsghdr, clone_args) and the saved
+ * user registers (struct pt_regs, the x86-64 ptrace ABI layout) - never a
+ * kernel-internal struct - so it is safe against mismatched kernel headers.
+ *
+ * Reading the syscall arguments from pt_regs at sys_exit lets every probe
+ * that needs both the arguments and the result be a single exit probe, with
+ * no per-thread map written on the way in.
+ *
+ * Filters, cheapest first:
+ *   ioctl   - cmd is not a 'T' (0x54) ioctl: leave at the first compare.
+ *   open*   - failed, or the path is not /dev/net/tun or /dev/tapN.
+ *   fd ops  - the process is not in `interest` (holds no tracked fd).
+ *   recvmsg - no SCM_RIGHTS message from a tracked process is unresolved.
+ *
+ * Compile-time switches (set by tracer/probes.py):
+ *   TT_RINGBUF, TT_RING_PAGES     ring buffer (5.8+) or perf buffer
+ *   TT_HAVE_GROUP_DEAD            sched_process_exit has group_dead (6.16+)
+ *   TT_INTEREST_MAX               interest-set capacity
+ */
+#include "events.h"
+
+#ifndef TT_INTEREST_MAX
+#define TT_INTEREST_MAX 65536
+#endif
+#ifndef TT_RING_PAGES
+#define TT_RING_PAGES 256
+#endif
+
+/* x86-64 struct pt_regs (uapi asm/ptrace.h) offsets of the syscall args. */
+#define PT_R10 56
+#define PT_R8 72
+#define PT_DX 96
+#define PT_SI 104
+#define PT_DI 112
+#define PT_ORIG_AX 120
+
+#define NR_CLONE 56
+#define NR_FORK 57
+#define NR_VFORK 58
+#define NR_CLONE3 435
+
+#define CLONE_VM 0x100ULL
+#define CLONE_FILES 0x400ULL
+#define CLONE_VFORK 0x4000ULL
+#define CLONE_THREAD 0x10000ULL
+#define SIGCHLD_ 17ULL
+
+#define O_CLOEXEC_ 02000000ULL
+#define F_DUPFD_ 0
+#define F_SETFD_ 2
+#define F_DUPFD_CLOEXEC_ 1030
+#define FD_CLOEXEC_ 1
+#define FIONCLEX_ 0x5450
+#define FIOCLEX_ 0x5451
+
+#define TUNSETIFF_ 0x400454caU
+#define TUNSETPERSIST_ 0x400454cbU
+#define TUNSETOWNER_ 0x400454ccU
+#define TUNSETGROUP_ 0x400454ceU
+#define TUNGETIFF_ 0x800454d2U
+#define TUNSETQUEUE_ 0x400454d9U
+
+#define SOL_SOCKET_ 1
+#define SCM_RIGHTS_ 1
+#define MAX_CMSGS 4
+#define MAX_MMSGS 4
+#define TT_SCM_WINDOW_NS 2000000000ULL
+
+#ifdef TT_RINGBUF
+BPF_RINGBUF_OUTPUT(events, TT_RING_PAGES);
+#else
+BPF_PERF_OUTPUT(events);
+#endif
+
+BPF_HASH(interest, u32, u32, TT_INTEREST_MAX);  /* tgid -> 1 */
+BPF_ARRAY(counters, u64, TT_C_NR);
+BPF_ARRAY(tun_ioctls_inflight, u64, 1);
+BPF_PERCPU_ARRAY(scratch, struct tt_event, 1);
+
+static __always_inline void count(u32 idx)
+{
+	u64 *v = counters.lookup(&idx);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline int interesting(u32 tgid)
+{
+	return interest.lookup(&tgid) != 0;
+}
+
+static __always_inline void mark_interesting(u32 tgid)
+{
+	u32 one = 1;
+	if (interest.update(&tgid, &one))
+		count(TT_C_INTEREST_FULL);
+}
+
+static __always_inline u64 sysarg(int off)
+{
+	void *regs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (char *)regs + off);
+	return v;
+}
+
+/* A zeroed record in per-CPU scratch with the common header filled in. */
+static __always_inline struct tt_event *new_event(u32 type)
+{
+	u32 zero = 0;
+	struct tt_event *e = scratch.lookup(&zero);
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	u64 id = bpf_get_current_pid_tgid();
+	e->ts = bpf_ktime_get_ns();
+	e->type = type;
+	e->tgid = id >> 32;
+	e->tid = (u32)id;
+	e->fd = -1;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	return e;
+}
+
+static __always_inline void submit(void *ctx, struct tt_event *e)
+{
+#ifdef TT_RINGBUF
+	if (events.ringbuf_output(e, sizeof(*e), 0))
+		count(TT_C_LOST);
+#else
+	if (events.perf_submit(ctx, e, sizeof(*e)))
+		count(TT_C_LOST);
+#endif
+}
+
+/* ---- open of /dev/net/tun and /dev/tapN (macvtap, ipvtap) ---------------- */
+
+#define W_DEV_NET 0x74656e2f7665642fULL /* "/dev/net" */
+#define W_TUN 0x6e75742fULL             /* "/tun\0\0\0\0" */
+#define W_DEV_TAP 0x7061742f7665642fULL /* "/dev/tap" */
+
+static __always_inline int on_open_exit(void *ctx, long ret, const char *path, u64 flags)
+{
+	u64 w[2] = {};
+	if (bpf_probe_read_user_str(w, sizeof(w), path) < 0)
+		return 0;
+	if (w[0] == W_DEV_NET) {
+		if (w[1] != W_TUN)
+			return 0;
+	} else if (w[0] == W_DEV_TAP) {
+		char c = (char)(w[1] & 0xff);
+		if (c < '0' || c > '9')
+			return 0;
+	} else {
+		return 0;
+	}
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	mark_interesting(tgid);
+	struct tt_event *e = new_event(TT_EV_OPEN);
+	if (!e)
+		return 0;
+	e->ret = ret;
+	e->fd = (int)ret;
+	e->arg = flags;
+	__builtin_memcpy(e->name, w, sizeof(w));
+	submit(ctx, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_openat)
+{
+	if (args->ret < 0)
+		return 0;
+	return on_open_exit(args, args->ret, (const char *)sysarg(PT_SI), sysarg(PT_DX));
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_open)
+{
+	if (args->ret < 0)
+		return 0;
+	return on_open_exit(args, args->ret, (const char *)sysarg(PT_DI), sysarg(PT_SI));
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2)
+{
+	if (args->ret < 0)
+		return 0;
+	u64 flags = 0; /* struct open_how: u64 flags at offset 0 */
+	bpf_probe_read_user(&flags, sizeof(flags), (void *)sysarg(PT_DX));
+	return on_open_exit(args, args->ret, (const char *)sysarg(PT_SI), flags);
+}
+
+/* ---- ioctl ---------------------------------------------------------------- */
+
+static __always_inline int is_tun_cmd(u32 cmd)
+{
+	return cmd == TUNSETIFF_ || cmd == TUNSETQUEUE_ || cmd == TUNGETIFF_ ||
+	       cmd == TUNSETPERSIST_ || cmd == TUNSETOWNER_ || cmd == TUNSETGROUP_;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
+{
+	u32 cmd = (u32)args->cmd;
+	if ((cmd & 0xff00) != 0x5400)
+		return 0;
+	if (is_tun_cmd(cmd)) {
+		/* Arms the exit probe; it re-reads cmd from pt_regs. */
+		u32 zero = 0;
+		u64 *n = tun_ioctls_inflight.lookup(&zero);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	if (cmd != FIOCLEX_ && cmd != FIONCLEX_)
+		return 0;
+	if (!interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct tt_event *e = new_event(TT_EV_SETFD);
+	if (!e)
+		return 0;
+	e->fd = (int)args->fd;
+	e->arg = cmd == FIOCLEX_ ? TT_FIOCLEX : TT_FIONCLEX;
+	e->arg2 = cmd == FIOCLEX_;
+	submit(args, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
+{
+	u32 zero = 0;
+	u64 *n = tun_ioctls_inflight.lookup(&zero);
+	if (!n || *n == 0)
+		return 0;
+	u32 cmd = (u32)sysarg(PT_SI);
+	if (!is_tun_cmd(cmd))
+		return 0;
+	__sync_fetch_and_add(n, -1);
+	long ret = args->ret;
+	u64 uarg = sysarg(PT_DX);
+	struct tt_event *e = new_event(TT_EV_TUN_IOCTL);
+	if (!e)
+		return 0;
+	e->fd = (int)sysarg(PT_DI);
+	e->arg = cmd;
+	e->ret = ret;
+	if (cmd == TUNSETPERSIST_ || cmd == TUNSETOWNER_ || cmd == TUNSETGROUP_) {
+		e->arg2 = uarg; /* passed by value */
+	} else {
+		/* struct ifreq: ifr_name[16] at 0, ifr_flags (u16) at 16 */
+		u16 fl = 0;
+		bpf_probe_read_user(e->name, sizeof(e->name), (void *)uarg);
+		bpf_probe_read_user(&fl, sizeof(fl), (char *)uarg + 16);
+		e->arg2 = fl;
+	}
+	if (ret == 0 && (cmd == TUNSETIFF_ || cmd == TUNSETQUEUE_))
+		mark_interesting(e->tgid);
+	submit(args, e);
+	return 0;
+}
+
+/* ---- fd table operations of tracked processes ----------------------------- */
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+	if (!interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct tt_event *e = new_event(TT_EV_CLOSE);
+	if (!e)
+		return 0;
+	e->fd = (int)args->fd;
+	submit(args, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_close_range)
+{
+	if (args->ret < 0 || !interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct tt_event *e = new_event(TT_EV_CLOSE_RANGE);
+	if (!e)
+		return 0;
+	e->fd = (int)sysarg(PT_DI);
+	e->arg = (u32)sysarg(PT_SI);
+	e->arg2 = (u32)sysarg(PT_DX);
+	e->ret = args->ret;
+	submit(args, e);
+	return 0;
+}
+
+static __always_inline int on_dup_exit(void *ctx, long ret, u32 how, u64 want)
+{
+	if (ret < 0 || !interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct tt_event *e = new_event(TT_EV_DUP);
+	if (!e)
+		return 0;
+	e->fd = (int)sysarg(PT_DI);
+	e->ret = ret;
+	e->arg = how;
+	e->arg2 = want;
+	submit(ctx, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_dup)
+{
+	return on_dup_exit(args, args->ret, TT_DUP, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_dup2)
+{
+	return on_dup_exit(args, args->ret, TT_DUP2, args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_dup3)
+{
+	if (args->ret < 0)
+		return 0;
+	u32 how = (sysarg(PT_DX) & O_CLOEXEC_) ? TT_DUP3 | TT_DUP_CLOEXEC : TT_DUP3;
+	return on_dup_exit(args, args->ret, how, args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fcntl)
+{
+	long ret = args->ret;
+	if (ret < 0 || !interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	u32 cmd = (u32)sysarg(PT_SI);
+	if (cmd == F_DUPFD_)
+		return on_dup_exit(args, ret, TT_F_DUPFD, sysarg(PT_DX));
+	if (cmd == F_DUPFD_CLOEXEC_)
+		return on_dup_exit(args, ret, TT_F_DUPFD_CLOEXEC, sysarg(PT_DX));
+	if (cmd != F_SETFD_)
+		return 0;
+	struct tt_event *e = new_event(TT_EV_SETFD);
+	if (!e)
+		return 0;
+	e->fd = (int)sysarg(PT_DI);
+	e->arg = TT_F_SETFD;
+	e->arg2 = (sysarg(PT_DX) & FD_CLOEXEC_) != 0;
+	submit(args, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_unshare)
+{
+	if (args->ret < 0 || !interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	u64 flags = sysarg(PT_DI);
+	if (!(flags & CLONE_FILES))
+		return 0;
+	struct tt_event *e = new_event(TT_EV_UNSHARE);
+	if (!e)
+		return 0;
+	e->arg = flags;
+	submit(args, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_getfd)
+{
+	if (args->ret < 0)
+		return 0;
+	/* Rare; user space decides whether the source fd is a tracked one. */
+	struct tt_event *e = new_event(TT_EV_PIDFD_GETFD);
+	if (!e)
+		return 0;
+	e->fd = (int)sysarg(PT_DI);
+	e->arg = (u32)sysarg(PT_SI);
+	e->ret = args->ret;
+	mark_interesting(e->tgid);
+	submit(args, e);
+	return 0;
+}
+
+/* ---- SCM_RIGHTS ----------------------------------------------------------- */
+
+/* struct msghdr (x86-64 uapi): msg_control at 32, msg_controllen at 40. */
+static __always_inline u32 scm_fds(const char *msg, int *out)
+{
+	u64 ctl = 0, ctllen = 0;
+	bpf_probe_read_user(&ctl, sizeof(ctl), msg + 32);
+	bpf_probe_read_user(&ctllen, sizeof(ctllen), msg + 40);
+	if (!ctl || ctllen < 16)
+		return 0;
+	u64 off = 0;
+	for (int i = 0; i < MAX_CMSGS; i++) {
+		struct { u64 len; int level; int type; } h = {};
+		if (off + 16 > ctllen)
+			break;
+		if (bpf_probe_read_user(&h, sizeof(h), (char *)ctl + off))
+			break;
+		if (h.len < 16)
+			break;
+		if (h.level == SOL_SOCKET_ && h.type == SCM_RIGHTS_) {
+			u64 n = (h.len - 16) / 4;
+			if (n > TT_MAX_FDS)
+				n = TT_MAX_FDS;
+			if (n == 0)
+				return 0;
+			bpf_probe_read_user(out, n * 4, (char *)ctl + off + 16);
+			return n;
+		}
+		off += (h.len + 7) & ~7ULL;
+	}
+	return 0;
+}
+
+static __always_inline void on_recv(void *ctx, int sock, const char *msg, u64 flags,
+				   long ret)
+{
+	struct tt_event *e = new_event(TT_EV_SCM_RECV);
+	if (!e)
+		return;
+	e->nfds = scm_fds(msg, e->fds);
+	if (!e->nfds)
+		return;
+	e->fd = sock;
+	e->arg = flags;
+	e->ret = ret;
+	mark_interesting(e->tgid);
+	submit(ctx, e);
+}
+
+/*
+ * Sends are reported on the way in, so the receive window is open before the
+ * message is queued: a receiver blocked in recvmsg can return before the
+ * sender's sendmsg does. A send that then fails just finds no receiver.
+ */
+static __always_inline void on_send(void *ctx, int sock, const char *msg, u64 flags)
+{
+	struct tt_event *e = new_event(TT_EV_SCM_SEND);
+	if (!e)
+		return;
+	e->nfds = scm_fds(msg, e->fds);
+	if (!e->nfds)
+		return;
+	e->fd = sock;
+	e->arg = flags;
+	u32 idx = TT_C_SCM_ARMED_UNTIL;
+	u64 *until = counters.lookup(&idx);
+	if (until)
+		*until = e->ts + TT_SCM_WINDOW_NS;
+	submit(ctx, e);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+{
+	if (!interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	on_send(args, (int)args->fd, (const char *)args->msg, args->flags);
+	return 0;
+}
+
+/* struct mmsghdr is a msghdr (56 bytes) + unsigned int msg_len, 64 in all. */
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
+{
+	if (!interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	const char *vec = (const char *)args->mmsg;
+	u32 vlen = args->vlen;
+	for (int i = 0; i < MAX_MMSGS; i++) {
+		if (i >= vlen)
+			break;
+		on_send(args, (int)args->fd, vec + i * 64, args->flags);
+	}
+	return 0;
+}
+
+/* Open while a tracked process's SCM_RIGHTS message may still be unreceived. */
+static __always_inline int scm_armed(void)
+{
+	u32 idx = TT_C_SCM_ARMED_UNTIL;
+	u64 *until = counters.lookup(&idx);
+	return until && *until > bpf_ktime_get_ns();
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)
+{
+	if (args->ret < 0 || !scm_armed())
+		return 0;
+	on_recv(args, (int)sysarg(PT_DI), (const char *)sysarg(PT_SI),
+		 sysarg(PT_DX), args->ret);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg)
+{
+	long ret = args->ret;
+	if (ret <= 0 || !scm_armed())
+		return 0;
+	int sock = (int)sysarg(PT_DI);
+	const char *vec = (const char *)sysarg(PT_SI);
+	u64 flags = sysarg(PT_R10);
+	for (int i = 0; i < MAX_MMSGS; i++) {
+		if (i >= ret)
+			break;
+		on_recv(args, sock, vec + i * 64, flags, ret);
+	}
+	return 0;
+}
+
+/* ---- process lifetime ----------------------------------------------------- */
+
+/* Runs in the parent, inside its fork/vfork/clone/clone3 syscall. */
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!interesting(tgid))
+		return 0;
+	u64 nr = sysarg(PT_ORIG_AX), flags;
+	if (nr == NR_CLONE) {
+		flags = sysarg(PT_DI);
+	} else if (nr == NR_CLONE3) {
+		flags = 0; /* struct clone_args: u64 flags at offset 0 */
+		bpf_probe_read_user(&flags, sizeof(flags), (void *)sysarg(PT_DI));
+	} else if (nr == NR_FORK) {
+		flags = SIGCHLD_;
+	} else if (nr == NR_VFORK) {
+		flags = CLONE_VM | CLONE_VFORK | SIGCHLD_;
+	} else {
+		return 0; /* io_uring workers and other kernel-made threads */
+	}
+	if (flags & CLONE_THREAD)
+		return 0; /* same tgid, same fd table: nothing changes */
+	u32 child = args->child_pid;
+	mark_interesting(child);
+	struct tt_event *e = new_event(TT_EV_FORK);
+	if (!e)
+		return 0;
+	e->arg = flags;
+	e->arg2 = child;
+	submit(args, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!interesting(tgid))
+		return 0;
+	struct tt_event *e = new_event(TT_EV_EXEC);
+	if (!e)
+		return 0;
+	e->arg2 = args->old_pid;
+	submit(args, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+#ifdef TT_HAVE_GROUP_DEAD
+	if (!args->group_dead)
+		return 0;
+#else
+	if ((u32)id != tgid)
+		return 0;
+#endif
+	if (!interesting(tgid))
+		return 0;
+	interest.delete(&tgid);
+	struct tt_event *e = new_event(TT_EV_EXIT);
+	if (!e)
+		return 0;
+	submit(args, e);
+	return 0;
+}

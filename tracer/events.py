@@ -1,0 +1,215 @@
+"""Typed records for what the BPF side reports, and the decoder of bpf/events.h.
+
+The model consumes these dataclasses only; they are built either by `decode()`
+from a raw `struct tt_event` or directly by tests and replays.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Union
+
+# struct tt_event in bpf/events.h, field by field (tests/unit/test_layout.py checks it).
+RECORD = struct.Struct("<QIIIiqQQ16s16sI16i")
+RECORD_FIELDS = (
+    "ts", "type", "tgid", "tid", "fd", "ret", "arg", "arg2", "comm", "name", "nfds", "fds",
+)
+
+EV_OPEN, EV_TUN_IOCTL, EV_DUP, EV_CLOSE, EV_CLOSE_RANGE, EV_SETFD = 1, 2, 3, 4, 5, 6
+EV_FORK, EV_EXEC, EV_EXIT, EV_SCM_SEND, EV_SCM_RECV, EV_UNSHARE, EV_PIDFD_GETFD = (
+    7, 8, 9, 10, 11, 12, 13,
+)
+
+# enum tt_dup_how / tt_setfd_how / tt_counter
+DUP_HOW = {0: "dup", 1: "dup2", 2: "dup3", 3: "F_DUPFD", 4: "F_DUPFD_CLOEXEC"}
+DUP_CLOEXEC = 0x100
+SETFD_HOW = {0: "F_SETFD", 1: "FIOCLEX", 2: "FIONCLEX"}
+C_LOST, C_INTEREST_FULL, C_SCM_ARMED_UNTIL = 0, 1, 2
+
+# ioctl numbers (x86-64) and IFF_* flags: include/uapi/linux/if_tun.h
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNSETOWNER = 0x400454CC
+TUNSETGROUP = 0x400454CE
+TUNGETIFF = 0x800454D2
+TUNSETQUEUE = 0x400454D9
+TUN_IOCTL_NAMES = {
+    TUNSETIFF: "TUNSETIFF", TUNSETPERSIST: "TUNSETPERSIST", TUNSETOWNER: "TUNSETOWNER",
+    TUNSETGROUP: "TUNSETGROUP", TUNGETIFF: "TUNGETIFF", TUNSETQUEUE: "TUNSETQUEUE",
+}
+IFF_TUN, IFF_TAP = 0x0001, 0x0002
+IFF_NAPI, IFF_NAPI_FRAGS = 0x0010, 0x0020
+IFF_MULTI_QUEUE, IFF_ATTACH_QUEUE, IFF_DETACH_QUEUE = 0x0100, 0x0200, 0x0400
+IFF_PERSIST, IFF_NO_PI, IFF_ONE_QUEUE, IFF_VNET_HDR = 0x0800, 0x1000, 0x2000, 0x4000
+IFF_TUN_EXCL, IFF_NO_CARRIER = 0x8000, 0x0040
+IFF_NAMES = (
+    (IFF_TUN, "tun"), (IFF_TAP, "tap"), (IFF_NAPI, "napi"), (IFF_NAPI_FRAGS, "napi_frags"),
+    (IFF_NO_CARRIER, "no_carrier"), (IFF_MULTI_QUEUE, "multi_queue"),
+    (IFF_ATTACH_QUEUE, "attach_queue"), (IFF_DETACH_QUEUE, "detach_queue"),
+    (IFF_PERSIST, "persist"), (IFF_NO_PI, "no_pi"), (IFF_ONE_QUEUE, "one_queue"),
+    (IFF_VNET_HDR, "vnet_hdr"), (IFF_TUN_EXCL, "tun_excl"),
+)
+
+O_CLOEXEC = 0o2000000
+MSG_CMSG_CLOEXEC = 0x40000000
+CLONE_VM, CLONE_FILES, CLONE_VFORK, CLONE_THREAD = 0x100, 0x400, 0x4000, 0x10000
+CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4
+
+
+def iff_names(flags: int) -> list[str]:
+    """IFF_* bits as lowercase names, in a fixed order."""
+    return [name for bit, name in IFF_NAMES if flags & bit]
+
+
+def clone_names(flags: int) -> list[str]:
+    out = []
+    for bit, name in ((CLONE_VM, "CLONE_VM"), (CLONE_FILES, "CLONE_FILES"),
+                      (CLONE_VFORK, "CLONE_VFORK"), (CLONE_THREAD, "CLONE_THREAD")):
+        if flags & bit:
+            out.append(name)
+    return out
+
+
+@dataclass(frozen=True)
+class Base:
+    ts: int          # CLOCK_MONOTONIC ns
+    pid: int         # tgid
+    tid: int
+    comm: str
+
+
+@dataclass(frozen=True)
+class Open(Base):
+    fd: int
+    path: str
+    flags: int       # open flags (O_CLOEXEC matters)
+
+
+@dataclass(frozen=True)
+class TunIoctl(Base):
+    fd: int
+    cmd: int
+    ret: int         # 0 or -errno
+    ifname: str      # ifr_name after the call ("" when not an ifreq ioctl)
+    value: int       # ifr_flags, or the int argument of SETPERSIST/SETOWNER/SETGROUP
+
+
+@dataclass(frozen=True)
+class Dup(Base):
+    oldfd: int
+    newfd: int
+    how: str         # dup, dup2, dup3, F_DUPFD, F_DUPFD_CLOEXEC
+    cloexec: bool    # the new fd's close-on-exec bit
+
+
+@dataclass(frozen=True)
+class Close(Base):
+    fd: int
+
+
+@dataclass(frozen=True)
+class CloseRange(Base):
+    first: int
+    last: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class SetFd(Base):
+    fd: int
+    cloexec: bool
+    how: str         # F_SETFD, FIOCLEX, FIONCLEX
+
+
+@dataclass(frozen=True)
+class Fork(Base):
+    child: int
+    flags: int       # clone flags
+
+
+@dataclass(frozen=True)
+class Exec(Base):
+    old_pid: int
+
+
+@dataclass(frozen=True)
+class Exit(Base):
+    pass
+
+
+@dataclass(frozen=True)
+class ScmSend(Base):
+    sock: int
+    fds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScmRecv(Base):
+    sock: int
+    fds: tuple[int, ...]
+    cloexec: bool    # MSG_CMSG_CLOEXEC
+
+
+@dataclass(frozen=True)
+class Unshare(Base):
+    flags: int
+
+
+@dataclass(frozen=True)
+class PidfdGetfd(Base):
+    pidfd: int
+    target_fd: int
+    newfd: int
+    source_pid: int = 0   # filled in by user space from /proc (pidfd's Pid:)
+
+
+@dataclass(frozen=True)
+class Lost(Base):
+    """Made by user space: records were dropped; a resync follows."""
+    count: int = 0
+
+
+Event = Union[Open, TunIoctl, Dup, Close, CloseRange, SetFd, Fork, Exec, Exit, ScmSend,
+              ScmRecv, Unshare, PidfdGetfd, Lost]
+
+
+def _cstr(raw: bytes) -> str:
+    # Names are bytes the kernel accepted; surrogateescape keeps them exact.
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def decode(buf: bytes) -> Event | None:
+    """One raw struct tt_event to its typed record (None for an unknown type)."""
+    (ts, typ, tgid, tid, fd, ret, arg, arg2, comm, name, nfds, *fds) = RECORD.unpack_from(buf)
+    base = dict(ts=ts, pid=tgid, tid=tid, comm=_cstr(comm))
+    if typ == EV_OPEN:
+        return Open(**base, fd=ret, path=_cstr(name), flags=arg)
+    if typ == EV_TUN_IOCTL:
+        return TunIoctl(**base, fd=fd, cmd=arg, ret=ret, ifname=_cstr(name), value=arg2)
+    if typ == EV_DUP:
+        how = arg & 0xFF
+        cloexec = how == 4 or bool(arg & DUP_CLOEXEC)
+        return Dup(**base, oldfd=fd, newfd=ret, how=DUP_HOW.get(how, "dup"), cloexec=cloexec)
+    if typ == EV_CLOSE:
+        return Close(**base, fd=fd)
+    if typ == EV_CLOSE_RANGE:
+        return CloseRange(**base, first=fd & 0xFFFFFFFF, last=arg & 0xFFFFFFFF, flags=arg2)
+    if typ == EV_SETFD:
+        return SetFd(**base, fd=fd, cloexec=bool(arg2), how=SETFD_HOW.get(arg, "F_SETFD"))
+    if typ == EV_FORK:
+        return Fork(**base, child=arg2, flags=arg)
+    if typ == EV_EXEC:
+        return Exec(**base, old_pid=arg2)
+    if typ == EV_EXIT:
+        return Exit(**base)
+    n = min(nfds, len(fds))
+    if typ == EV_SCM_SEND:
+        return ScmSend(**base, sock=fd, fds=tuple(fds[:n]))
+    if typ == EV_SCM_RECV:
+        return ScmRecv(**base, sock=fd, fds=tuple(fds[:n]), cloexec=bool(arg & MSG_CMSG_CLOEXEC))
+    if typ == EV_UNSHARE:
+        return Unshare(**base, flags=arg)
+    if typ == EV_PIDFD_GETFD:
+        return PidfdGetfd(**base, pidfd=fd, target_fd=arg, newfd=ret)
+    return None

@@ -1,0 +1,148 @@
+"""Loading the BPF backend with bcc, and reading its events and counters.
+
+This is the only module that imports bcc. Everything it hands out is a typed
+record from tracer.events.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import events as ev
+from . import kheaders
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+SOURCE = "tracepoint.bpf.c"
+
+
+class ProbeError(Exception):
+    """One line saying what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str            # "tracepoint"
+    buffer: str          # "ringbuf" or "perf"
+    buffer_pages: int
+    kernel_source: str | None
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        parts = platform.release().split(".")
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+    except (ValueError, IndexError):
+        return False
+
+
+def _import_bcc():
+    try:
+        import bcc  # noqa: PLC0415 - only here, so the rest runs without bcc
+    except ImportError as exc:
+        raise ProbeError(
+            "bcc is not installed: apt-get install python3-bpfcc "
+            "(and run taptrace with a Python that sees /usr/lib/python3/dist-packages)"
+        ) from exc
+    if not hasattr(bcc, "BPF"):
+        raise ProbeError(
+            "the 'bcc' module found is not BPF Compiler Collection (the PyPI 'bcc' is an "
+            "unrelated package): pip uninstall bcc; apt-get install python3-bpfcc"
+        )
+    return bcc
+
+
+class Probes:
+    """The attached tracepoint backend: poll() delivers decoded events."""
+
+    def __init__(self, on_event: Callable[[ev.Event], None], buffer_pages: int = 256,
+                 force_perf: bool = False) -> None:
+        if platform.machine() != "x86_64":
+            raise ProbeError(f"the tracepoint backend reads x86-64 pt_regs; "
+                             f"{platform.machine()} is not supported yet")
+        if buffer_pages < 1 or buffer_pages & (buffer_pages - 1):
+            raise ProbeError(f"--buffer-pages must be a power of two, got {buffer_pages}")
+        if os.geteuid() != 0:
+            raise ProbeError("tracing needs root (CAP_BPF and CAP_PERFMON); "
+                             "`taptrace ls` works without")
+        if kheaders.ensure_tracefs() is None:
+            raise ProbeError("tracefs is not mounted and could not be mounted: "
+                             "mount -t tracefs nodev /sys/kernel/tracing")
+        source = kheaders.prepare_bcc_env()
+        bcc = _import_bcc()
+        ringbuf = kernel_at_least(5, 8) and not force_perf
+        cflags = [f"-I{BPF_DIR}", f"-DTT_RING_PAGES={buffer_pages}", "-Wno-unused-function"]
+        if ringbuf:
+            cflags.append("-DTT_RINGBUF")
+        if kheaders.has_tracepoint_field("sched", "sched_process_exit", "group_dead"):
+            cflags.append("-DTT_HAVE_GROUP_DEAD")
+        text = (BPF_DIR / SOURCE).read_text()
+        try:
+            self._bpf = bcc.BPF(text=text, cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception on compile/load failure
+            hint = kheaders.headers_hint()
+            raise ProbeError(f"could not compile or load the BPF program ({exc}); {hint}") \
+                from exc
+        self.info = BackendInfo("tracepoint", "ringbuf" if ringbuf else "perf", buffer_pages,
+                                source)
+        self._on_event = on_event
+        self._counters = self._bpf["counters"]
+        self._interest = self._bpf["interest"]
+
+        def _raw(_ctx, data, size):
+            rec = ev.decode(ctypes.string_at(data, size))
+            if rec is not None:
+                self._on_event(rec)
+
+        self._raw = _raw  # keep a reference: bcc holds only a C callback
+        if ringbuf:
+            self._bpf["events"].open_ring_buffer(_raw)
+        else:
+            def _lost(lost):
+                self._perf_lost += lost
+            self._perf_lost = 0
+            self._bpf["events"].open_perf_buffer(_raw, page_cnt=buffer_pages, lost_cb=_lost)
+        self._ringbuf = ringbuf
+
+    def poll(self, timeout_ms: int) -> None:
+        if self._ringbuf:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        else:
+            self._bpf.perf_buffer_poll(timeout_ms)
+
+    def counter(self, idx: int) -> int:
+        return int(self._counters[ctypes.c_int(idx)].value)
+
+    def lost(self) -> int:
+        """Records dropped so far (buffer full, or interest set full)."""
+        total = self.counter(ev.C_LOST) + self.counter(ev.C_INTEREST_FULL)
+        if not self._ringbuf:
+            total += self._perf_lost
+        return total
+
+    def arm_scm(self, until_ns: int) -> None:
+        """Keep parsing received SCM_RIGHTS until then (CLOCK_MONOTONIC ns)."""
+        if until_ns > self.counter(ev.C_SCM_ARMED_UNTIL):
+            self._counters[ctypes.c_int(ev.C_SCM_ARMED_UNTIL)] = ctypes.c_ulonglong(until_ns)
+
+    def set_interest(self, pids: Iterable[int]) -> None:
+        """Add processes to the in-kernel interest set (they hold tracked fds)."""
+        table = self._interest
+        for pid in pids:
+            table[ctypes.c_uint(pid)] = ctypes.c_uint(1)
+
+    def drop_interest(self, pid: int) -> None:
+        try:
+            del self._interest[ctypes.c_uint(pid)]
+        except KeyError:
+            pass
+
+    def interest(self) -> set[int]:
+        return {k.value for k in self._interest.keys()}
+
+    def close(self) -> None:
+        self._bpf.cleanup()
