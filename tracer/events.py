@@ -182,7 +182,7 @@ def _cstr(raw: bytes) -> str:
 def decode(buf: bytes) -> Event | None:
     """One raw struct tt_event to its typed record (None for an unknown type)."""
     (ts, typ, tgid, tid, fd, ret, arg, arg2, comm, name, nfds, *fds) = RECORD.unpack_from(buf)
-    base = dict(ts=ts, pid=tgid, tid=tid, comm=_cstr(comm))
+    base = {"ts": ts, "pid": tgid, "tid": tid, "comm": _cstr(comm)}
     if typ == EV_OPEN:
         return Open(**base, fd=ret, path=_cstr(name), flags=arg)
     if typ == EV_TUN_IOCTL:

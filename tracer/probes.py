@@ -9,9 +9,10 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from . import events as ev
 from . import kheaders
@@ -42,7 +43,7 @@ def kernel_at_least(major: int, minor: int) -> bool:
 
 def _import_bcc():
     try:
-        import bcc  # noqa: PLC0415 - only here, so the rest runs without bcc
+        import bcc
     except ImportError as exc:
         raise ProbeError(
             "bcc is not installed: apt-get install python3-bpfcc "
@@ -142,7 +143,7 @@ class Probes:
             pass
 
     def interest(self) -> set[int]:
-        return {k.value for k in self._interest.keys()}
+        return {k.value for k in self._interest}
 
     def close(self) -> None:
         self._bpf.cleanup()

@@ -1,0 +1,682 @@
+"""The pure model: processes, fd tables, open files and taps, and each file's lineage.
+
+No bcc and no /proc here: events (tracer.events) and snapshots (tracer.procfs)
+come in, reports (plain dicts with stable field names, see README) go out. The
+one outside question the model asks - "what is fd N of pid P right now?" -
+goes through an injected `FdProbe`, so replays and unit tests run anywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from . import events as ev
+
+# (pid, fd) -> ifname of that fd if it is an attached tun/tap fd, "" if it is a
+# tun fd with no interface, None if it is not a tun fd or cannot be read.
+FdProbe = Callable[[int, int], Optional[str]]
+
+LINEAGE_HEAD = 16
+LINEAGE_MAX = 64
+SCM_PENDING_NS = 60_000_000_000
+
+
+def _no_probe(_pid: int, _fd: int) -> str | None:
+    return None
+
+
+def errname(ret: int) -> str:
+    return errno.errorcode.get(-ret, str(-ret)) if ret < 0 else ""
+
+
+@dataclass(eq=False)
+class OpenFile:
+    """One open file on /dev/net/tun or /dev/tapN (a struct file in the kernel)."""
+
+    id: int
+    path: str = "/dev/net/tun"
+    ifname: str | None = None
+    iff: int = 0                      # IFF_* given at TUNSETIFF
+    creator_pid: int | None = None
+    creator_comm: str | None = None
+    queue_detached: bool = False
+    refs: int = 0                     # fd entries plus messages in flight
+    lineage: list = field(default_factory=list)
+
+    def step(self, ts: int, op: str, pid: int, comm: str, fd: int | None = None,
+             **extra) -> None:
+        hop = {"ts_ns": ts, "op": op, "pid": pid, "comm": comm, "fd": fd, **extra}
+        self.lineage.append(hop)
+        if len(self.lineage) > LINEAGE_MAX:
+            del self.lineage[LINEAGE_HEAD]
+
+    @property
+    def kind(self) -> str:
+        if self.path.startswith("/dev/tap"):
+            return "macvtap"
+        if self.iff & ev.IFF_TAP:
+            return "tap"
+        if self.iff & ev.IFF_TUN:
+            return "tun"
+        return "tun" if self.ifname is None else "tap"
+
+
+@dataclass(eq=False)
+class Entry:
+    file: OpenFile
+    cloexec: bool
+    how: str                          # opened, dup, inherited, received, snapshot
+    from_pid: int | None = None
+    from_fd: int | None = None
+
+
+@dataclass(eq=False)
+class FdTable:
+    id: int
+    fds: dict = field(default_factory=dict)     # fd -> Entry
+    users: set = field(default_factory=set)     # pids sharing it (CLONE_FILES)
+
+
+@dataclass(eq=False)
+class Process:
+    pid: int
+    comm: str
+    table: FdTable
+    ppid: int | None = None
+
+
+@dataclass
+class Tap:
+    ifname: str
+    kind: str = "tap"
+    iff: int = 0
+    persist: bool = False
+    created_by: int | None = None
+    created_comm: str | None = None
+    files: set = field(default_factory=set)      # OpenFile ids attached to it
+
+
+@dataclass
+class PendingSend:
+    ts: int
+    pid: int
+    comm: str
+    sock: int
+    fds: tuple                                   # every fd sent, in order
+    files: list                                  # OpenFile or None, per fd
+
+
+class Model:
+    """State of every tracked tun/tap fd; apply() turns events into reports."""
+
+    def __init__(self, probe_fd: FdProbe = _no_probe,
+                 ifindex_name: Callable[[int], str | None] = lambda _i: None) -> None:
+        self.procs: dict[int, Process] = {}
+        self.taps: dict[str, Tap] = {}
+        self.files: dict[int, OpenFile] = {}
+        self.pending: list[PendingSend] = []
+        self._probe_fd = probe_fd
+        self._ifindex_name = ifindex_name
+        self._next_id = 1
+
+    # ---- construction ------------------------------------------------------
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _new_file(self, path: str = "/dev/net/tun", ifname: str | None = None) -> OpenFile:
+        f = OpenFile(self._new_id(), path=path, ifname=ifname)
+        self.files[f.id] = f
+        return f
+
+    def _new_table(self) -> FdTable:
+        return FdTable(self._new_id())
+
+    def _proc(self, pid: int, comm: str) -> Process:
+        p = self.procs.get(pid)
+        if p is None:
+            table = self._new_table()
+            table.users.add(pid)
+            p = self.procs[pid] = Process(pid, comm, table)
+        return p
+
+    def load(self, snap) -> None:
+        """Start from a /proc snapshot (tracer.procfs.Snapshot)."""
+        self.procs.clear()
+        self.taps.clear()
+        self.files.clear()
+        self.pending.clear()
+        self._load(snap, {}, {})
+
+    def _load(self, snap, keep_files: dict, keep_entries: dict) -> None:
+        for info in snap.taps.values():
+            self.taps[info.ifname] = Tap(info.ifname, info.kind, info.tun_flags, info.persist)
+        table_of: dict[int, FdTable] = {}
+        for group in snap.tables:
+            t = self._new_table()
+            for pid in group:
+                table_of[pid] = t
+        for pid, info in snap.procs.items():
+            t = table_of.get(pid)
+            if t is None:
+                t = table_of[pid] = self._new_table()
+            t.users.add(pid)
+            self.procs[pid] = Process(pid, info.comm, t, info.ppid)
+        byfd = {(fi.pid, fi.fd): fi for fi in snap.fds}
+        for group in snap.files:
+            first = byfd.get(group[0])
+            if first is None:
+                continue
+            old = next((keep_files[k] for k in group if k in keep_files
+                        and keep_files[k].ifname == first.ifname), None)
+            f = old or OpenFile(self._new_id(), path=first.path, ifname=first.ifname)
+            f.refs = 0
+            self.files[f.id] = f
+            if f.ifname is None and first.path.startswith("/dev/tap"):
+                f.ifname = first.ifname
+            tap = self.taps.get(f.ifname) if f.ifname else None
+            if tap is not None:
+                tap.files.add(f.id)
+                if not f.iff:
+                    f.iff = tap.iff
+            for key in group:
+                fi = byfd.get(key)
+                proc = self.procs.get(key[0])
+                if fi is None or proc is None:
+                    continue
+                if key[1] in proc.table.fds:
+                    continue        # shared table: already placed via another user
+                prev = keep_entries.get(key) if old is not None else None
+                how = prev.how if prev else "snapshot"
+                proc.table.fds[key[1]] = Entry(f, fi.cloexec, how,
+                                               prev.from_pid if prev else None,
+                                               prev.from_fd if prev else None)
+                f.refs += 1
+
+    def resync(self, snap) -> dict:
+        """Replace the state with a fresh snapshot, keeping what is still true."""
+        before = {(r["pid"], r["fd"], r["ifname"]) for r in self.rows()}
+        keep_files: dict = {}
+        keep_entries: dict = {}
+        for p in self.procs.values():
+            for fd, e in p.table.fds.items():
+                keep_files[(p.pid, fd)] = e.file
+                keep_entries[(p.pid, fd)] = e
+        taps_before = {n: t for n, t in self.taps.items()}
+        self.procs.clear()
+        self.taps.clear()
+        self.files.clear()
+        self.pending.clear()
+        self._load(snap, keep_files, keep_entries)
+        for name, tap in self.taps.items():
+            old = taps_before.get(name)
+            if old is not None:
+                tap.created_by, tap.created_comm = old.created_by, old.created_comm
+        after = {(r["pid"], r["fd"], r["ifname"]) for r in self.rows()}
+        return {"type": "resync", "added": len(after - before), "removed": len(before - after),
+                "rows": len(after)}
+
+    # ---- helpers -----------------------------------------------------------
+
+    def _release(self, f: OpenFile, ts: int, pid: int, comm: str, out: list) -> None:
+        f.refs -= 1
+        if f.refs > 0:
+            return
+        self.files.pop(f.id, None)
+        f.step(ts, "released", pid, comm)
+        if not f.ifname:
+            return
+        tap = self.taps.get(f.ifname)
+        if tap is None:
+            return
+        tap.files.discard(f.id)
+        if not tap.files and not tap.persist:
+            del self.taps[f.ifname]
+            out.append(self._report("tap_gone", ts, pid, 0, comm, ifname=f.ifname))
+
+    def _drop_entry(self, proc: Process, fd: int, ts: int, tid: int, comm: str, how: str,
+                    out: list, report: bool = True) -> Entry | None:
+        e = proc.table.fds.pop(fd, None)
+        if e is None:
+            return None
+        e.file.step(ts, "close", proc.pid, comm, fd, how=how)
+        if report:
+            out.append(self._report("close", ts, proc.pid, tid, comm, fd=fd,
+                                    ifname=e.file.ifname, how=how))
+        self._release(e.file, ts, proc.pid, comm, out)
+        return e
+
+    def _drop_table_user(self, proc: Process, ts: int, comm: str, out: list) -> list:
+        t = proc.table
+        t.users.discard(proc.pid)
+        if t.users:
+            return []
+        closed = []
+        for fd in sorted(t.fds):
+            e = t.fds.pop(fd)
+            closed.append((fd, e.file.ifname))
+            e.file.step(ts, "close", proc.pid, comm, fd, how="exit")
+            self._release(e.file, ts, proc.pid, comm, out)
+        return closed
+
+    def _copy_table(self, src: FdTable) -> FdTable:
+        t = self._new_table()
+        for fd, e in src.fds.items():
+            t.fds[fd] = Entry(e.file, e.cloexec, e.how, e.from_pid, e.from_fd)
+            e.file.refs += 1
+        return t
+
+    def _unshare(self, proc: Process) -> None:
+        if len(proc.table.users) <= 1:
+            return
+        proc.table.users.discard(proc.pid)
+        proc.table = self._copy_table(proc.table)
+        proc.table.users.add(proc.pid)
+
+    @staticmethod
+    def _report(kind: str, ts: int, pid: int, tid: int, comm: str, **fields) -> dict:
+        return {"type": kind, "ts_ns": ts, "pid": pid, "tid": tid, "comm": comm, **fields}
+
+    @staticmethod
+    def chain(f: OpenFile) -> list:
+        """The holders an open file went through: creator, forks, execs, receivers."""
+        hops = []
+        for s in f.lineage:
+            if s["op"] in ("open", "tunsetiff", "snapshot", "fork", "exec", "recv"):
+                if hops and s["op"] == "tunsetiff" and hops[-1]["pid"] == s["pid"]:
+                    continue
+                hops.append({k: s[k] for k in ("op", "pid", "comm", "fd")})
+        return hops
+
+    # ---- events ------------------------------------------------------------
+
+    def apply(self, e: ev.Event) -> list[dict]:
+        """Apply one event; return the reports it produces (maybe none)."""
+        out: list[dict] = []
+        handler = getattr(self, "_on_" + type(e).__name__)
+        handler(e, out)
+        return out
+
+    def _comm_for(self, e) -> str:
+        p = self.procs.get(e.pid)
+        if p is not None and e.tid != e.pid:
+            return p.comm            # a thread's name is not the process's
+        return e.comm
+
+    def _on_Open(self, e: ev.Open, out: list) -> None:
+        proc = self._proc(e.pid, e.comm)
+        self._drop_entry(proc, e.fd, e.ts, e.tid, e.comm, "stale", out, report=False)
+        ifname = None
+        if e.path.startswith("/dev/tap"):
+            try:
+                ifname = self._ifindex_name(int(e.path[8:]))
+            except ValueError:
+                ifname = None
+        f = self._new_file(e.path, ifname)
+        f.refs = 1
+        if ifname:
+            f.creator_pid, f.creator_comm = e.pid, self._comm_for(e)
+            if ifname in self.taps:
+                self.taps[ifname].files.add(f.id)
+        cloexec = bool(e.flags & ev.O_CLOEXEC)
+        proc.table.fds[e.fd] = Entry(f, cloexec, "opened")
+        f.step(e.ts, "open", e.pid, self._comm_for(e), e.fd, path=e.path)
+        out.append(self._report("open", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
+                                path=e.path, ifname=ifname, cloexec=cloexec))
+
+    def _file_at(self, pid: int, fd: int, comm: str) -> OpenFile:
+        """The open file behind pid/fd, adopting one the model missed."""
+        proc = self._proc(pid, comm)
+        entry = proc.table.fds.get(fd)
+        if entry is None:
+            f = self._new_file()
+            f.refs = 1
+            entry = proc.table.fds[fd] = Entry(f, False, "unknown")
+        return entry.file
+
+    def _on_TunIoctl(self, e: ev.TunIoctl, out: list) -> None:
+        comm = self._comm_for(e)
+        name = ev.TUN_IOCTL_NAMES.get(e.cmd, hex(e.cmd))
+        base = {"fd": e.fd, "ioctl": name, "ret": e.ret, "error": errname(e.ret) or None}
+        proc = self.procs.get(e.pid)
+        entry = proc.table.fds.get(e.fd) if proc else None
+        if e.cmd == ev.TUNGETIFF:
+            if e.ret == 0:
+                f = self._file_at(e.pid, e.fd, comm)
+                if f.ifname is None:
+                    f.ifname = e.ifname
+                msg = f"fd {e.fd} is {e.ifname}"
+            else:
+                msg = {
+                    errno.ENOTTY: f"fd {e.fd} is not a tap (ENOTTY)",
+                    errno.EBADF: f"fd {e.fd} is not open (EBADF)",
+                    errno.EBADFD: f"fd {e.fd} is a tun fd with no interface attached (EBADFD)",
+                }.get(-e.ret, f"TUNGETIFF on fd {e.fd} failed ({errname(e.ret)})")
+            out.append(self._report("tungetiff", e.ts, e.pid, e.tid, comm, **base,
+                                    ifname=e.ifname if e.ret == 0 else None, message=msg))
+            return
+        if e.cmd == ev.TUNSETIFF:
+            if e.ret != 0:
+                out.append(self._report("tunsetiff", e.ts, e.pid, e.tid, comm, **base,
+                                        ifname=e.ifname or None, flags=ev.iff_names(e.value),
+                                        created=False))
+                return
+            f = self._file_at(e.pid, e.fd, comm)
+            f.ifname, f.iff = e.ifname, e.value
+            f.creator_pid, f.creator_comm = e.pid, comm
+            tap = self.taps.get(e.ifname)
+            created = tap is None
+            if created:
+                tap = self.taps[e.ifname] = Tap(
+                    e.ifname, "tap" if e.value & ev.IFF_TAP else "tun", e.value,
+                    bool(e.value & ev.IFF_PERSIST), e.pid, comm)
+            tap.files.add(f.id)
+            f.step(e.ts, "tunsetiff", e.pid, comm, e.fd, created=created)
+            out.append(self._report("tunsetiff", e.ts, e.pid, e.tid, comm, **base,
+                                    ifname=e.ifname, flags=ev.iff_names(e.value),
+                                    created=created, kind=tap.kind))
+            return
+        f = entry.file if entry else None
+        ifname = f.ifname if f else (e.ifname or None)
+        if e.cmd == ev.TUNSETQUEUE:
+            attach = bool(e.value & ev.IFF_ATTACH_QUEUE)
+            if e.ret == 0 and f is not None:
+                f.queue_detached = not attach
+            out.append(self._report("tunsetqueue", e.ts, e.pid, e.tid, comm, **base,
+                                    ifname=ifname, op="attach" if attach else "detach"))
+        elif e.cmd == ev.TUNSETPERSIST:
+            tap = self.taps.get(ifname) if ifname else None
+            if e.ret == 0 and tap is not None:
+                tap.persist = bool(e.value)
+            out.append(self._report("tunsetpersist", e.ts, e.pid, e.tid, comm, **base,
+                                    ifname=ifname, persist=bool(e.value)))
+        elif e.cmd in (ev.TUNSETOWNER, ev.TUNSETGROUP):
+            key = "uid" if e.cmd == ev.TUNSETOWNER else "gid"
+            value = e.value & 0xFFFFFFFF
+            out.append(self._report(name.lower(), e.ts, e.pid, e.tid, comm, **base,
+                                    ifname=ifname, **{key: None if value == 0xFFFFFFFF
+                                                      else value}))
+
+    def _on_Dup(self, e: ev.Dup, out: list) -> None:
+        proc = self.procs.get(e.pid)
+        if proc is None or e.oldfd == e.newfd:
+            return
+        comm = self._comm_for(e)
+        src = proc.table.fds.get(e.oldfd)
+        # dup2/dup3 silently close what newfd held.
+        self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, e.how, out)
+        if src is None:
+            return
+        proc.table.fds[e.newfd] = Entry(src.file, e.cloexec, "dup", e.pid, e.oldfd)
+        src.file.refs += 1
+        src.file.step(e.ts, "dup", e.pid, comm, e.newfd, from_fd=e.oldfd)
+        out.append(self._report("dup", e.ts, e.pid, e.tid, comm, fd=e.oldfd, newfd=e.newfd,
+                                how=e.how, cloexec=e.cloexec, ifname=src.file.ifname))
+
+    def _on_Close(self, e: ev.Close, out: list) -> None:
+        proc = self.procs.get(e.pid)
+        if proc is not None:
+            self._drop_entry(proc, e.fd, e.ts, e.tid, self._comm_for(e), "close", out)
+
+    def _on_CloseRange(self, e: ev.CloseRange, out: list) -> None:
+        proc = self.procs.get(e.pid)
+        if proc is None:
+            return
+        comm = self._comm_for(e)
+        if e.flags & ev.CLOSE_RANGE_UNSHARE:
+            self._unshare(proc)
+        for fd in sorted(fd for fd in proc.table.fds if e.first <= fd <= e.last):
+            if e.flags & ev.CLOSE_RANGE_CLOEXEC:
+                entry = proc.table.fds[fd]
+                entry.cloexec = True
+                out.append(self._report("cloexec", e.ts, e.pid, e.tid, comm, fd=fd,
+                                        cloexec=True, how="close_range",
+                                        ifname=entry.file.ifname))
+            else:
+                self._drop_entry(proc, fd, e.ts, e.tid, comm, "close_range", out)
+
+    def _on_SetFd(self, e: ev.SetFd, out: list) -> None:
+        proc = self.procs.get(e.pid)
+        entry = proc.table.fds.get(e.fd) if proc else None
+        if entry is None:
+            return
+        entry.cloexec = e.cloexec
+        out.append(self._report("cloexec", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
+                                cloexec=e.cloexec, how=e.how, ifname=entry.file.ifname))
+
+    def _on_Fork(self, e: ev.Fork, out: list) -> None:
+        parent = self.procs.get(e.pid)
+        if parent is None:
+            return
+        comm = parent.comm
+        stale = self.procs.pop(e.child, None)          # pid reuse after a missed exit
+        if stale is not None:
+            self._drop_table_user(stale, e.ts, stale.comm, out)
+        shared = bool(e.flags & ev.CLONE_FILES)
+        if shared:
+            table = parent.table
+        else:
+            table = self._copy_table(parent.table)
+            for fd, entry in table.fds.items():
+                entry.how, entry.from_pid, entry.from_fd = "inherited", e.pid, fd
+        table.users.add(e.child)
+        self.procs[e.child] = Process(e.child, comm, table, e.pid)
+        fds = sorted(table.fds)
+        if not shared:
+            for fd in fds:
+                table.fds[fd].file.step(e.ts, "fork", e.child, comm, fd, parent=e.pid)
+        out.append(self._report("fork", e.ts, e.pid, e.tid, comm, child_pid=e.child,
+                                flags=ev.clone_names(e.flags), shared_table=shared,
+                                fds=fds, ifnames=[table.fds[fd].file.ifname for fd in fds],
+                                quiet=not fds))
+
+    def _on_Exec(self, e: ev.Exec, out: list) -> None:
+        proc = self.procs.get(e.pid)
+        if proc is None:
+            return
+        self._unshare(proc)       # exec gives a CLONE_FILES sharer its own table
+        proc.comm = e.comm
+        kept, closed = [], []
+        for fd in sorted(proc.table.fds):
+            entry = proc.table.fds[fd]
+            if entry.cloexec:
+                closed.append(fd)
+                self._drop_entry(proc, fd, e.ts, e.tid, e.comm, "exec", out, report=False)
+            else:
+                kept.append(fd)
+                entry.file.step(e.ts, "exec", e.pid, e.comm, fd)
+        out.append(self._report("exec", e.ts, e.pid, e.tid, e.comm, kept=kept, closed=closed,
+                                ifnames={str(fd): proc.table.fds[fd].file.ifname
+                                         for fd in kept},
+                                quiet=not kept and not closed))
+
+    def _on_Exit(self, e: ev.Exit, out: list) -> None:
+        proc = self.procs.pop(e.pid, None)
+        if proc is None:
+            return
+        closed = self._drop_table_user(proc, e.ts, proc.comm, out)
+        out.append(self._report("exit", e.ts, e.pid, e.tid, proc.comm,
+                                closed=[fd for fd, _ in closed],
+                                ifnames=[n for _, n in closed], quiet=not closed))
+
+    def _on_Unshare(self, e: ev.Unshare, out: list) -> None:
+        proc = self.procs.get(e.pid)
+        if proc is not None:
+            self._unshare(proc)
+
+    def _on_ScmSend(self, e: ev.ScmSend, out: list) -> None:
+        proc = self.procs.get(e.pid)
+        if proc is None:
+            return
+        files = [proc.table.fds[fd].file if fd in proc.table.fds else None for fd in e.fds]
+        if not any(files):
+            return
+        comm = self._comm_for(e)
+        for fd, f in zip(e.fds, files):
+            if f is not None:
+                f.refs += 1                     # the message in flight holds it
+                f.step(e.ts, "send", e.pid, comm, fd, sock=e.sock)
+        self.pending.append(PendingSend(e.ts, e.pid, comm, e.sock, e.fds, files))
+        tracked = [fd for fd, f in zip(e.fds, files) if f]
+        out.append(self._report("scm_send", e.ts, e.pid, e.tid, comm, sock=e.sock,
+                                fds=tracked,
+                                ifnames=[f.ifname for f in files if f]))
+
+    def _match_send(self, e: ev.ScmRecv) -> PendingSend | None:
+        names = [self._probe_fd(e.pid, fd) for fd in e.fds]
+        for send in self.pending:
+            if len(send.fds) != len(e.fds):
+                continue
+            ok = True
+            for f, name in zip(send.files, names):
+                if name is None:
+                    continue          # not readable now: trust the order
+                if f is None and name:
+                    ok = False        # a tap arrived where an untracked fd was sent
+                if f is not None and name != (f.ifname or ""):
+                    ok = False
+            if ok:
+                return send
+        return None
+
+    def _on_ScmRecv(self, e: ev.ScmRecv, out: list) -> None:
+        send = self._match_send(e)
+        if send is None:
+            return
+        self.pending.remove(send)
+        proc = self._proc(e.pid, e.comm)
+        comm = self._comm_for(e)
+        got, names, from_fds = [], [], []
+        for newfd, oldfd, f in zip(e.fds, send.fds, send.files):
+            if f is None:
+                continue
+            self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
+            proc.table.fds[newfd] = Entry(f, e.cloexec, "received", send.pid, oldfd)
+            # the in-flight reference becomes this fd's reference
+            f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=send.pid, from_fd=oldfd)
+            got.append(newfd)
+            names.append(f.ifname)
+            from_fds.append(oldfd)
+        out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
+                                from_pid=send.pid, from_comm=send.comm, from_fds=from_fds,
+                                ifnames=names, cloexec=e.cloexec))
+
+    def _on_PidfdGetfd(self, e: ev.PidfdGetfd, out: list) -> None:
+        src = self.procs.get(e.source_pid)
+        entry = src.table.fds.get(e.target_fd) if src else None
+        if entry is None:
+            return
+        proc = self._proc(e.pid, e.comm)
+        comm = self._comm_for(e)
+        self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, "stale", out, report=False)
+        proc.table.fds[e.newfd] = Entry(entry.file, True, "received", e.source_pid,
+                                        e.target_fd)
+        entry.file.refs += 1
+        entry.file.step(e.ts, "recv", e.pid, comm, e.newfd, from_pid=e.source_pid,
+                        from_fd=e.target_fd, via="pidfd_getfd")
+        out.append(self._report("pidfd_getfd", e.ts, e.pid, e.tid, comm, fd=e.newfd,
+                                from_pid=e.source_pid, from_fd=e.target_fd,
+                                ifname=entry.file.ifname))
+
+    def _on_Lost(self, e: ev.Lost, out: list) -> None:
+        out.append(self._report("lost", e.ts, e.pid, e.tid, e.comm, count=e.count))
+
+    def expire_pending(self, now_ns: int) -> list[dict]:
+        """Drop sends nobody received within SCM_PENDING_NS (receiver gone)."""
+        out: list[dict] = []
+        for send in [s for s in self.pending if now_ns - s.ts > SCM_PENDING_NS]:
+            self.pending.remove(send)
+            for f in send.files:
+                if f is not None:
+                    self._release(f, now_ns, send.pid, send.comm, out)
+        return out
+
+    # ---- views -------------------------------------------------------------
+
+    def holders(self) -> set[int]:
+        return {p.pid for p in self.procs.values() if p.table.fds}
+
+    def rows(self, ifname_glob: str | None = None) -> list[dict]:
+        """The live table: one row per (pid, fd) holding a tun/tap file."""
+        by_file: dict[int, list] = {}
+        for p in self.procs.values():
+            for fd in p.table.fds:
+                by_file.setdefault(p.table.fds[fd].file.id, []).append((p.pid, fd))
+        rows = []
+        for pid in sorted(self.procs):
+            p = self.procs[pid]
+            for fd in sorted(p.table.fds):
+                entry = p.table.fds[fd]
+                f = entry.file
+                if ifname_glob and not fnmatch.fnmatchcase(f.ifname or "", ifname_glob):
+                    continue
+                tap = self.taps.get(f.ifname) if f.ifname else None
+                iff = f.iff or (tap.iff if tap else 0)
+                flags = [n for n in ev.iff_names(iff) if n in ("vnet_hdr", "multi_queue",
+                                                               "persist", "no_pi")]
+                if tap is not None and tap.persist and "persist" not in flags:
+                    flags.append("persist")
+                rows.append({
+                    "pid": pid, "comm": p.comm, "fd": fd, "ifname": f.ifname,
+                    "kind": f.kind, "flags": flags, "cloexec": entry.cloexec,
+                    "path": f.path, "file": f.id,
+                    "creator_pid": f.creator_pid, "creator_comm": f.creator_comm,
+                    "how": entry.how, "from_pid": entry.from_pid, "from_fd": entry.from_fd,
+                    "shared_with": [list(k) for k in by_file[f.id] if k != (pid, fd)],
+                    "queue": "detached" if f.queue_detached else "attached",
+                })
+        return rows
+
+    def tap_list(self) -> list[dict]:
+        """Every known tun/tap device, with how many open files hold it."""
+        return [{"ifname": t.ifname, "kind": t.kind, "flags": ev.iff_names(t.iff),
+                 "persist": t.persist, "files": len(t.files), "created_by": t.created_by,
+                 "created_comm": t.created_comm}
+                for t in sorted(self.taps.values(), key=lambda t: t.ifname)]
+
+    def lineage(self, ifname: str) -> list[dict]:
+        out = []
+        for f in sorted(self.files.values(), key=lambda f: f.id):
+            if f.ifname == ifname:
+                out.append({"file": f.id, "creator_pid": f.creator_pid,
+                            "steps": list(f.lineage), "chain": self.chain(f)})
+        return out
+
+
+def descendants_filter(model: Model, root: int,
+                       ppid_of: Callable[[int], int | None]) -> Callable[[int], bool]:
+    """A predicate: is pid `root` or one of its descendants?"""
+    memo: dict[int, bool] = {root: True}
+
+    def check(pid: int) -> bool:
+        seen = []
+        cur: int | None = pid
+        while cur is not None and cur not in memo and len(seen) < 64:
+            seen.append(cur)
+            p = model.procs.get(cur)
+            cur = p.ppid if p is not None and p.ppid is not None else ppid_of(cur)
+            if cur in (0, 1) and root not in (0, 1):
+                cur = None
+        ans = memo.get(cur, False) if cur is not None else False
+        if ans:                       # only positives: a pid may be reused later
+            for s in seen:
+                memo[s] = True
+        return ans
+
+    return check
+
+
+def iter_ifnames(report: dict) -> Iterable[str]:
+    if report.get("ifname"):
+        yield report["ifname"]
+    for key in ("ifnames",):
+        val = report.get(key)
+        if isinstance(val, dict):
+            yield from (v for v in val.values() if v)
+        elif isinstance(val, list):
+            yield from (v for v in val if v)
