@@ -1,0 +1,104 @@
+"""Integration fixtures: a real `taptrace watch --json` on the real kernel.
+
+`tracer` starts the tracer as its own process (as a user would), waits for its
+`ready` line, and `stop()` ends it with SIGINT and returns every JSON object it
+printed plus its final table. Ground truth comes from /proc (tests/tapkit.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root (BPF, /dev/net/tun)")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("/dev/net/tun is missing")
+
+
+class Tracer:
+    def __init__(self, *args: str) -> None:
+        self.cmd = [sys.executable, "-m", "tracer", "watch", "--json", *args]
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[dict] = []
+        self.ready = self._read_until(lambda o: o["type"] == "ready", timeout=60)
+
+    def _read_until(self, pred, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if not r:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            obj = json.loads(line)
+            self.lines.append(obj)
+            if pred(obj):
+                return obj
+        err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+        raise AssertionError(f"tracer did not say what was expected: {self.lines[-5:]} {err}")
+
+    def wait_for(self, pred, timeout: float = 10) -> dict:
+        for obj in self.lines:
+            if pred(obj):
+                return obj
+        return self._read_until(pred, timeout)
+
+    def stop(self, settle: float = 0.4) -> tuple[list[dict], dict]:
+        time.sleep(settle)                 # let the last records reach user space
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=30)
+        for line in out.splitlines():
+            self.lines.append(json.loads(line))
+        assert self.proc.returncode == 0, f"tracer exited {self.proc.returncode}: {err}"
+        table = self.lines[-1]
+        assert table["type"] == "table", table
+        return self.lines, table
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def tracer():
+    need_root()
+    started: list[Tracer] = []
+
+    def start(*args: str) -> Tracer:
+        t = Tracer(*args)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.kill()
+
+
+def events_of(lines: list[dict], kind: str, **match) -> list[dict]:
+    return [o for o in lines if o["type"] == kind
+            and all(o.get(k) == v for k, v in match.items())]
+
+
+def table_triples(table: dict, pids) -> set[tuple[int, int, str]]:
+    """The tracer's table as {(pid, fd, ifname)} for the given processes."""
+    pids = set(pids)
+    return {(r["pid"], r["fd"], r["ifname"]) for r in table["rows"]
+            if r["pid"] in pids and r["ifname"]}

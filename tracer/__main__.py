@@ -1,0 +1,5 @@
+"""`python -m tracer` is `taptrace`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,356 @@
+"""The `taptrace` command: ls, watch, top, who, doctor, demo."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+from . import __version__, procfs, render
+from .model import Model
+
+EXAMPLES_LS = """
+\b
+Examples:
+  taptrace ls                  # every tun/tap fd, who holds it, shared files
+  taptrace ls -i 'vnet*'       # only libvirt's taps
+  taptrace ls --json | jq '.rows[] | select(.comm | test("qemu"))'
+"""
+
+EXAMPLES_WATCH = """
+\b
+Examples:
+  taptrace watch                       # everything, live, human columns
+  taptrace watch -p $(pidof libvirtd)  # libvirtd and everything it starts
+  taptrace watch -c 'qemu*' -i 'vnet*' # QEMU processes, libvirt taps
+  taptrace watch --json --duration 30 > trace.jsonl
+  taptrace watch | grep TUNGETIFF      # stops quietly when the pipe closes
+"""
+
+EXAMPLES_TOP = """
+\b
+Examples:
+  taptrace top                 # live table, redrawn when it changes
+  taptrace top -i 'tap*' --duration 60
+"""
+
+EXAMPLES_WHO = """
+\b
+Examples:
+  taptrace who vnet1           # who holds vnet1 now
+  taptrace who vnet1 --watch 30  # and how its open files move for 30 s
+  taptrace who vnet1 --json
+"""
+
+EXAMPLES_DOCTOR = """
+\b
+Examples:
+  taptrace doctor              # what works here, what to fix
+"""
+
+EXAMPLES_DEMO = """
+\b
+Examples:
+  sudo taptrace demo           # trace a built-in libvirt-style handoff
+  sudo taptrace demo --json
+"""
+
+
+class Stop:
+    """SIGINT/SIGTERM set a flag; the loop ends cleanly and prints the table."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._set)
+
+    def _set(self, *_a) -> None:
+        self.flag = True
+
+    def __call__(self) -> bool:
+        return self.flag
+
+
+def _write(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
+                  emit=None, quiet_header=False):
+    from .probes import ProbeError  # noqa: PLC0415 - bcc only for live commands
+    from .session import Filters, Session  # noqa: PLC0415
+
+    filters = Filters(pid=pid, comm=comm, ifname=ifname)
+    offset = time.time_ns() - time.monotonic_ns()
+
+    def default_emit(report: dict) -> None:
+        if json_out:
+            _write(render.json_line(render.public(report, offset)))
+            return
+        if report["type"] == "ready":
+            if not quiet_header:
+                _write(f"# tracing with the {report['backend']} backend "
+                       f"({report['buffer']}); {report['rows']} tap fds and "
+                       f"{report['taps']} taps known at start. Ctrl-C to stop.")
+                _write(render.HEADER)
+            return
+        if report["type"] == "lost":
+            click.echo(f"taptrace: warning: {report['count']} records lost; "
+                       "resyncing from /proc", err=True)
+        _write(render.event_line(report, offset))
+        for line in _chain_lines(session_ref[0], report):
+            _write("    " + line)
+
+    session_ref: list = [None]
+    try:
+        session = Session(emit or default_emit, filters, buffer_pages=buffer_pages,
+                          force_perf=force_perf)
+    except ProbeError as exc:
+        raise click.ClickException(str(exc)) from None
+    session_ref[0] = session
+    return session, offset
+
+
+def _chain_lines(session, report: dict) -> list[str]:
+    """The handoff chain of each open file that just changed hands."""
+    if session is None or report["type"] not in ("fork", "exec", "scm_recv"):
+        return []
+    t = report["type"]
+    pid = report["child_pid"] if t == "fork" else report["pid"]
+    fds = report["fds"] if t != "exec" else report["kept"]
+    proc = session.model.procs.get(pid)
+    if proc is None:
+        return []
+    lines = []
+    for fd in fds:
+        entry = proc.table.fds.get(fd)
+        if entry is not None and entry.file.ifname:
+            lines.append(render.chain_text(entry.file.ifname, Model.chain(entry.file)))
+    return lines
+
+
+def _common_watch_options(f):
+    f = click.option("-p", "--pid", type=click.IntRange(min=1),
+                     help="Only this process and its descendants.")(f)
+    f = click.option("-c", "--comm", metavar="GLOB",
+                     help="Only processes whose name matches (e.g. 'qemu*').")(f)
+    f = click.option("-i", "--ifname", metavar="GLOB",
+                     help="Only interfaces whose name matches (e.g. 'vnet*').")(f)
+    f = click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+                     metavar="S", help="Stop after S seconds.")(f)
+    f = click.option("--buffer-pages", type=click.IntRange(min=1), default=256,
+                     show_default=True, help="Ring buffer size in pages (a power of two).")(f)
+    f = click.option("--perf-buffer", is_flag=True,
+                     help="Use the perf buffer even where the ring buffer exists.")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="taptrace")
+def cli() -> None:
+    """Live tracer of Linux TUN/TAP fds: who opened which tap, how each fd moved
+    (dup, fork, exec, SCM_RIGHTS), and who holds what now."""
+
+
+@cli.command(epilog=EXAMPLES_LS)
+@click.option("--json", "json_out", is_flag=True, help="One {\"type\": \"table\"} JSON line.")
+@click.option("-i", "--ifname", metavar="GLOB", help="Only interfaces matching GLOB.")
+def ls(json_out: bool, ifname: str | None) -> None:
+    """Snapshot from /proc (no BPF; any user sees what it may read).
+
+    One row per (pid, fd) holding a tun/tap file: ifname, kind, flags,
+    close-on-exec, and the other (pid, fd) sharing the same open file (kcmp).
+    Taps that exist with no holder (persistent) are listed too."""
+    model = Model()
+    model.load(procfs.snapshot())
+    rows = model.rows(ifname)
+    taps = [t for t in model.tap_list()
+            if ifname is None or fnmatch.fnmatchcase(t["ifname"], ifname)]
+    if json_out:
+        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "table", "rows": rows,
+                                 "taps": taps}))
+    else:
+        _write(render.table_text(rows, taps))
+
+
+@cli.command(epilog=EXAMPLES_WATCH)
+@click.option("--json", "json_out", is_flag=True,
+              help="One JSON object per line (first: ready, last: table).")
+@_common_watch_options
+def watch(json_out, pid, comm, ifname, duration, buffer_pages, perf_buffer) -> None:
+    """Trace tap opens, TUN ioctls and every move of a tap fd, live.
+
+    Starts from a /proc snapshot, so taps opened earlier are known too.
+    Ends on --duration, SIGINT or SIGTERM with the final table."""
+    stop = Stop()
+    session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages, perf_buffer)
+    try:
+        session.start()
+        session.run(duration, stop)
+        _finish(session, json_out, offset)
+    finally:
+        session.close()
+
+
+def _finish(session, json_out: bool, offset: int) -> None:
+    table = session.table()
+    if json_out:
+        _write(render.json_line(render.public(table, offset)))
+    else:
+        _write("")
+        _write(render.table_text(table["rows"], table["taps"]))
+        s = session.stats
+        _write(f"# {s['events']} records, {s['lost']} lost, {s['resyncs']} resyncs")
+
+
+@cli.command(epilog=EXAMPLES_TOP)
+@_common_watch_options
+def top(pid, comm, ifname, duration, buffer_pages, perf_buffer) -> None:
+    """The live pid/fd → ifname table, redrawn as it changes."""
+    stop = Stop()
+    changed = [True]
+    session, offset = _open_session(False, pid, comm, ifname, buffer_pages, perf_buffer,
+                                    emit=lambda r: changed.__setitem__(0, True))
+    last = [0.0]
+
+    def redraw() -> None:
+        now = time.monotonic()
+        if not changed[0] or now - last[0] < 0.5:
+            return
+        changed[0], last[0] = False, now
+        table = session.table()
+        tty = sys.stdout.isatty()
+        out = ("\x1b[H\x1b[2J" if tty else "") + time.strftime("%H:%M:%S  taptrace top") + \
+            f"  ({len(table['rows'])} fds)\n" + render.table_text(table["rows"], table["taps"])
+        _write(out + ("" if tty else "\n"))
+
+    try:
+        session.start()
+        redraw()
+        session.run(duration, stop, on_tick=redraw)
+    finally:
+        session.close()
+
+
+@cli.command(epilog=EXAMPLES_WHO)
+@click.argument("ifname_arg", metavar="IFNAME")
+@click.option("--watch", "watch_s", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Also trace for S seconds and show the lineage of each open file.")
+@click.option("--json", "json_out", is_flag=True)
+def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
+    """Who holds IFNAME now (and, with --watch, how its open files moved)."""
+    if watch_s is None:
+        model = Model()
+        model.load(procfs.snapshot())
+    else:
+        stop = Stop()
+        session, offset = _open_session(json_out, None, None, ifname_arg, 256, False,
+                                        quiet_header=True)
+        try:
+            session.start()
+            session.run(watch_s, stop)
+        finally:
+            session.close()
+        model = session.model
+    rows = model.rows(ifname_arg)
+    tap = next((t for t in model.tap_list() if t["ifname"] == ifname_arg), None)
+    lineage = model.lineage(ifname_arg)
+    if json_out:
+        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "who",
+                                 "ifname": ifname_arg, "tap": tap, "rows": rows,
+                                 "lineage": lineage}))
+        return
+    if tap is None and not rows:
+        raise click.ClickException(f"no tun/tap interface named {render.safe(ifname_arg)!s} "
+                                   "is known (see `taptrace ls`)")
+    if tap is not None:
+        _write(f"{render.safe(tap['ifname'])}: {tap['kind']} "
+               f"flags={','.join(tap['flags']) or '-'}{' persist' if tap['persist'] else ''}, "
+               f"{tap['files']} open file(s)")
+    _write(render.table_text(rows))
+    for item in lineage:
+        if item["chain"]:
+            _write("  " + render.chain_text(ifname_arg, item["chain"]))
+
+
+@cli.command(epilog=EXAMPLES_DOCTOR)
+@click.option("--json", "json_out", is_flag=True)
+def doctor(json_out: bool) -> None:
+    """Check privileges, bcc, kernel headers, tracepoints, tun; say how to fix."""
+    from . import doctor as doc  # noqa: PLC0415
+
+    checks = doc.run_checks()
+    if json_out:
+        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "doctor",
+                                 "checks": [c.__dict__ for c in checks]}))
+    else:
+        _write(doc.format_checks(checks))
+    if not all(c.ok for c in checks):
+        sys.exit(1)
+
+
+@cli.command(epilog=EXAMPLES_DEMO)
+@click.option("--json", "json_out", is_flag=True)
+def demo(json_out: bool) -> None:
+    """Trace a built-in scenario: a libvirt-style tap created, handed to a
+    "QEMU" by fork+exec, probed with TUNGETIFF, a second tap hot-plugged over
+    SCM_RIGHTS, then everything closed."""
+    stop = Stop()
+    session, offset = _open_session(json_out, None, None, "ttdemo*", 256, False)
+    try:
+        session.start()
+        child = subprocess.Popen([sys.executable, "-m", "tracer.demo"],
+                                 cwd=os.path.dirname(os.path.dirname(__file__)),
+                                 stdout=sys.stderr if json_out else subprocess.DEVNULL)
+        while child.poll() is None and not stop():
+            session.step(50)
+        session.run(0.5, stop)
+        _finish(session, json_out, offset)
+        if child.returncode:
+            raise click.ClickException(f"the demo scenario failed (exit {child.returncode})")
+    finally:
+        session.close()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(0)
+    except Exception as exc:  # a last line of defence: one line, never a traceback
+        if os.environ.get("TAPTRACE_DEBUG"):
+            raise
+        click.echo(f"taptrace: internal error: {type(exc).__name__}: {exc} "
+                   "(rerun with TAPTRACE_DEBUG=1 for details)", err=True)
+        sys.exit(70)
+    _quiet_stdout_on_exit()
+
+
+def _quiet_stdout() -> None:
+    # `taptrace watch | head`: the reader left; leave without a word.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def _quiet_stdout_on_exit() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()

@@ -1,0 +1,189 @@
+"""Turning reports and rows into terminal lines and JSON lines.
+
+Names, comms and paths come from other users: human output escapes every
+control byte (an ESC in a tap name must not drive the terminal); JSON keeps the
+exact value (json escapes control characters; undecodable bytes travel as the
+surrogateescape code points U+DC80..U+DCFF).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+from tabulate import tabulate
+
+SCHEMA_VERSION = 1
+
+
+def safe(value) -> str:
+    """A string that is inert on a terminal: control bytes as \\xNN."""
+    if value is None:
+        return "-"
+    s = str(value)
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:               # a raw byte kept by surrogateescape
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o < 0x20 or 0x7F <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def json_line(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=True, separators=(", ", ": "))
+
+
+def public(report: dict, clock_offset_ns: int) -> dict:
+    """The JSON form of a report: schema version, wall-clock time, no internals."""
+    out = {"v": SCHEMA_VERSION, "type": report["type"]}
+    if "ts_ns" in report:
+        out["time"] = round((report["ts_ns"] + clock_offset_ns) / 1e9, 6)
+    for k, v in report.items():
+        if k not in ("type", "quiet"):
+            out[k] = v
+    return out
+
+
+def proc_label(comm, pid) -> str:
+    return f"{safe(comm)}[{pid}]"
+
+
+def chain_text(ifname, hops: list) -> str:
+    """`vnet1: libvirtd[812] fd 27 → fork libvirtd[1201] → exec qemu[1201] fd 27`"""
+    parts = []
+    for i, h in enumerate(hops):
+        who = proc_label(h["comm"], h["pid"])
+        fd = f" fd {h['fd']}" if h.get("fd") is not None else ""
+        if i == 0:
+            parts.append(f"{who}{fd}")
+        else:
+            op = {"fork": "fork", "exec": "exec", "recv": "recv"}.get(h["op"], h["op"])
+            if h["op"] == "fork":
+                fd = ""
+            parts.append(f"{op} {who}{fd}")
+    return f"{safe(ifname)}: " + " → ".join(parts)
+
+
+def _names(v) -> str:
+    if isinstance(v, dict):
+        v = list(v.values())
+    if isinstance(v, list):
+        return ",".join(safe(x) for x in v if x) or "-"
+    return safe(v)
+
+
+def describe(r: dict) -> tuple[str, str, str]:
+    """(fd, ifname, detail) columns of a human event line."""
+    t = r["type"]
+    fd = "" if r.get("fd") is None else str(r["fd"])
+    ifn = safe(r.get("ifname")) if r.get("ifname") else ""
+    if t == "open":
+        return fd, ifn, f"{safe(r['path'])}{' cloexec' if r['cloexec'] else ''}"
+    if t == "tunsetiff":
+        if r.get("error"):
+            return fd, ifn, f"failed: {r['error']}"
+        what = "created" if r["created"] else "attached to existing"
+        return fd, ifn, f"{what} {r.get('kind', '')} flags={','.join(r['flags']) or '-'}"
+    if t == "tungetiff":
+        return fd, ifn, safe(r["message"])
+    if t == "tunsetqueue":
+        return fd, ifn, f"queue {r['op']}{' failed: ' + r['error'] if r.get('error') else ''}"
+    if t == "tunsetpersist":
+        return fd, ifn, f"persist {'on' if r['persist'] else 'off'}"
+    if t in ("tunsetowner", "tunsetgroup"):
+        key = "uid" if t == "tunsetowner" else "gid"
+        return fd, ifn, f"{key}={r.get(key)}"
+    if t == "dup":
+        return fd, ifn, f"{r['how']} → fd {r['newfd']}{' cloexec' if r['cloexec'] else ''}"
+    if t == "cloexec":
+        return fd, ifn, f"close-on-exec {'set' if r['cloexec'] else 'cleared'} ({r['how']})"
+    if t == "close":
+        how = "" if r["how"] == "close" else f" (by {r['how']})"
+        return fd, ifn, f"closed{how}"
+    if t == "fork":
+        shared = " sharing the fd table" if r["shared_table"] else ""
+        fds = " ".join(str(f) for f in r["fds"])
+        return "", _names(r["ifnames"]), f"child {r['child_pid']}{shared} got fds {fds}"
+    if t == "exec":
+        kept = " ".join(map(str, r["kept"])) or "none"
+        closed = " ".join(map(str, r["closed"])) or "none"
+        return "", _names(r["ifnames"]), f"kept fds {kept}; close-on-exec closed {closed}"
+    if t == "exit":
+        return "", _names(r["ifnames"]), f"exited, closing fds {' '.join(map(str, r['closed']))}"
+    if t == "scm_send":
+        fds = " ".join(map(str, r["fds"]))
+        return "", _names(r["ifnames"]), f"SCM_RIGHTS send fds {fds} on socket {r['sock']}"
+    if t == "scm_recv":
+        pairs = ", ".join(f"{a}→{b}" for a, b in zip(r["from_fds"], r["fds"]))
+        return "", _names(r["ifnames"]), (
+            f"SCM_RIGHTS from {proc_label(r['from_comm'], r['from_pid'])} fds {pairs}"
+            f"{' cloexec' if r['cloexec'] else ''}")
+    if t == "pidfd_getfd":
+        return fd, ifn, f"pidfd_getfd from pid {r['from_pid']} fd {r['from_fd']}"
+    if t == "tap_gone":
+        return "", ifn, "interface gone (last open file closed)"
+    if t == "lost":
+        return "", "", f"{r['count']} records lost; resyncing from /proc"
+    if t == "resync":
+        return "", "", (f"table rebuilt from /proc: {r['rows']} rows "
+                         f"(+{r['added']} -{r['removed']})")
+    return fd, ifn, ""
+
+
+HEADER = f"{'TIME':<12} {'PID':>7} {'COMM':<16} {'EVENT':<13} {'FD':>4} {'IFNAME':<15} DETAIL"
+
+
+def event_line(r: dict, clock_offset_ns: int) -> str:
+    ts = r.get("ts_ns")
+    when = "-"
+    if ts is not None:
+        wall = (ts + clock_offset_ns) / 1e9
+        when = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1000) % 1000:03d}"
+    fd, ifn, detail = describe(r)
+    comm = safe(r.get("comm", ""))[:16]
+    return (f"{when:<12} {r.get('pid', ''):>7} {comm:<16} {r['type']:<13} {fd:>4} "
+            f"{ifn:<15} {detail}")
+
+
+ROW_COLUMNS = [("pid", "PID"), ("comm", "COMM"), ("fd", "FD"), ("ifname", "IFNAME"),
+               ("kind", "KIND"), ("flags", "FLAGS"), ("cloexec", "CLOEXEC"),
+               ("creator", "CREATOR"), ("how", "HOW"), ("shared_with", "SHARED WITH")]
+
+
+def _cell(row: dict, key: str) -> str:
+    if key == "flags":
+        return ",".join(row["flags"]) or "-"
+    if key == "cloexec":
+        return "yes" if row["cloexec"] else "no"
+    if key == "creator":
+        if row.get("creator_pid") is None:
+            return "-"
+        return proc_label(row.get("creator_comm") or "?", row["creator_pid"])
+    if key == "how":
+        how = row.get("how") or "-"
+        if row.get("from_pid") is not None and how in ("inherited", "received"):
+            how += f" from {row['from_pid']}"
+        return how
+    if key == "shared_with":
+        return " ".join(f"{p}/{f}" for p, f in row["shared_with"]) or "-"
+    return safe(row.get(key))
+
+
+def table_text(rows: list[dict], taps: Iterable[dict] = ()) -> str:
+    body = [[_cell(r, k) for k, _ in ROW_COLUMNS] for r in rows]
+    text = tabulate(body, headers=[h for _, h in ROW_COLUMNS], tablefmt="simple",
+                    disable_numparse=True) if body else "(no process holds a tun/tap fd)"
+    orphans = [t for t in taps if not t.get("files")]
+    if orphans:
+        lines = [f"{safe(t['ifname'])}: {t['kind']} {','.join(t['flags']) or '-'}"
+                 f"{' persist' if t.get('persist') and 'persist' not in t['flags'] else ''}"
+                 " — no process holds it" for t in orphans]
+        text += "\n\nTaps with no holder:\n  " + "\n  ".join(lines)
+    return text

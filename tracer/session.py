@@ -1,0 +1,206 @@
+"""A live tracing session: probes + /proc snapshot + model, with loss recovery.
+
+Order at start: attach the probes first (so nothing is missed), then take the
+/proc snapshot, load it, put its holders into the in-kernel interest set, and
+only then report `ready`. Records stamped before the snapshot began are dropped
+(the snapshot already shows their effect). After lost records the same happens
+again: resync from /proc, drop what predates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import events as ev
+from . import procfs
+from .model import Model, descendants_filter, iter_ifnames
+from .probes import Probes
+
+POLL_MS = 100
+SCM_ARM_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class Filters:
+    pid: int | None = None          # that process and its descendants
+    comm: str | None = None         # glob on the process name
+    ifname: str | None = None       # glob on the interface name
+
+    def active(self) -> bool:
+        return any(v is not None for v in (self.pid, self.comm, self.ifname))
+
+
+def fd_ifname(pid: int, fd: int) -> str | None:
+    """The model's FdProbe: ifname of a tun fd ("" unattached), None otherwise."""
+    info = procfs.read_fdinfo(pid, fd)
+    if info is None:
+        return None
+    return info.ifname or ""
+
+
+def ifindex_name(ifindex: int) -> str | None:
+    try:
+        for name in os.listdir("/sys/class/net"):
+            try:
+                with open(f"/sys/class/net/{name}/ifindex") as f:
+                    if int(f.read()) == ifindex:
+                        return name
+            except (OSError, ValueError):
+                continue
+    except OSError:
+        pass
+    return None
+
+
+def ppid_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pidfd_pid(pid: int, pidfd: int) -> int:
+    try:
+        with open(f"/proc/{pid}/fdinfo/{pidfd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class Session:
+    """Runs the tracer; every report (dict) goes to `emit`."""
+
+    def __init__(self, emit: Callable[[dict], None], filters: Filters = Filters(),
+                 buffer_pages: int = 256, force_perf: bool = False) -> None:
+        self.emit = emit
+        self.filters = filters
+        self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name)
+        self._queue: list[ev.Event] = []
+        self._min_ts = 0
+        self._lost_seen = 0
+        self.stats = {"events": 0, "lost": 0, "resyncs": 0}
+        self._pid_ok = (descendants_filter(self.model, filters.pid, ppid_of)
+                        if filters.pid is not None else None)
+        self.probes = Probes(self._queue.append, buffer_pages=buffer_pages,
+                             force_perf=force_perf)
+        self.clock_offset_ns = time.time_ns() - time.monotonic_ns()
+
+    # ---- start / stop ------------------------------------------------------
+
+    def start(self) -> dict:
+        self._snapshot(initial=True)
+        info = self.probes.info
+        ready = {"type": "ready", "backend": info.name, "buffer": info.buffer,
+                 "buffer_pages": info.buffer_pages, "kernel_source": info.kernel_source,
+                 "rows": len(self.model.rows()), "taps": len(self.model.taps),
+                 "tracer_pid": os.getpid()}
+        self.emit(ready)
+        return ready
+
+    def _snapshot(self, initial: bool) -> dict | None:
+        start = time.monotonic_ns()
+        snap = procfs.snapshot()
+        if initial:
+            self.model.load(snap)
+            report = None
+        else:
+            report = self.model.resync(snap)
+        # Every process the model knows (holders and sharers) must be in the set.
+        self.probes.set_interest(self.model.procs.keys())
+        self._min_ts = start
+        self._lost_seen = self.probes.lost()
+        return report
+
+    def table(self) -> dict:
+        rows = [r for r in self.model.rows(self.filters.ifname) if self._row_ok(r)]
+        return {"type": "table", "rows": rows, "taps": self.model.tap_list()}
+
+    def close(self) -> None:
+        self.probes.close()
+
+    # ---- the loop ----------------------------------------------------------
+
+    def run(self, duration: float | None = None, should_stop: Callable[[], bool] = lambda: False,
+            on_tick: Callable[[], None] | None = None) -> None:
+        deadline = None if duration is None else time.monotonic() + duration
+        while not should_stop():
+            timeout = POLL_MS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                timeout = max(1, min(POLL_MS, int(left * 1000)))
+            self.step(timeout)
+            if on_tick is not None:
+                on_tick()
+
+    def step(self, timeout_ms: int = POLL_MS) -> None:
+        """Poll once, apply what arrived, recover from loss."""
+        self.probes.poll(timeout_ms)
+        self.drain()
+
+    def drain(self) -> None:
+        batch, self._queue[:] = list(self._queue), []
+        if self.probes.info.buffer == "perf":
+            batch.sort(key=lambda e: e.ts)          # per-CPU buffers: restore order
+        for e in batch:
+            if e.ts < self._min_ts:
+                continue
+            self.stats["events"] += 1
+            if isinstance(e, ev.PidfdGetfd):
+                e = dataclasses.replace(e, source_pid=pidfd_pid(e.pid, e.pidfd))
+            for report in self.model.apply(e):
+                self._out(report)
+        lost = self.probes.lost()
+        if lost > self._lost_seen:
+            self._recover(lost - self._lost_seen)
+        now = time.monotonic_ns()
+        for report in self.model.expire_pending(now):
+            self._out(report)
+        if self.model.pending:
+            self.probes.arm_scm(now + SCM_ARM_NS)
+
+    def _recover(self, count: int) -> None:
+        self.stats["lost"] += count
+        self.stats["resyncs"] += 1
+        now = time.monotonic_ns()
+        self.emit({"type": "lost", "ts_ns": now, "pid": os.getpid(), "tid": os.getpid(),
+                   "comm": "taptrace", "count": count})
+        self._queue.clear()
+        report = self._snapshot(initial=False)
+        if report is not None:
+            report.update(ts_ns=time.monotonic_ns(), pid=os.getpid(), tid=os.getpid(),
+                          comm="taptrace")
+            self.emit(report)
+
+    # ---- filtering ---------------------------------------------------------
+
+    def _row_ok(self, row: dict) -> bool:
+        f = self.filters
+        if f.comm is not None and not fnmatch.fnmatchcase(row["comm"], f.comm):
+            return False
+        return not (self._pid_ok is not None and not self._pid_ok(row["pid"]))
+
+    def _out(self, report: dict) -> None:
+        if report.get("quiet"):
+            return
+        f = self.filters
+        if f.active():
+            if f.comm is not None and not fnmatch.fnmatchcase(report.get("comm", ""), f.comm):
+                return
+            if self._pid_ok is not None and not self._pid_ok(report.get("pid", -1)):
+                return
+            if f.ifname is not None and not any(
+                    fnmatch.fnmatchcase(n, f.ifname) for n in iter_ifnames(report)):
+                return
+        self.emit(report)
