@@ -83,8 +83,8 @@ def _write(line: str) -> None:
 
 def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
                   emit=None, quiet_header=False):
-    from .probes import ProbeError  # noqa: PLC0415 - bcc only for live commands
-    from .session import Filters, Session  # noqa: PLC0415
+    from .probes import ProbeError
+    from .session import Filters, Session
 
     filters = Filters(pid=pid, comm=comm, ifname=ifname)
     offset = time.time_ns() - time.monotonic_ns()
@@ -215,7 +215,7 @@ def top(pid, comm, ifname, duration, buffer_pages, perf_buffer) -> None:
     """The live pid/fd → ifname table, redrawn as it changes."""
     stop = Stop()
     changed = [True]
-    session, offset = _open_session(False, pid, comm, ifname, buffer_pages, perf_buffer,
+    session, _offset = _open_session(False, pid, comm, ifname, buffer_pages, perf_buffer,
                                     emit=lambda r: changed.__setitem__(0, True))
     last = [0.0]
 
@@ -250,7 +250,7 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
         model.load(procfs.snapshot())
     else:
         stop = Stop()
-        session, offset = _open_session(json_out, None, None, ifname_arg, 256, False,
+        session, _offset = _open_session(json_out, None, None, ifname_arg, 256, False,
                                         quiet_header=True)
         try:
             session.start()
@@ -283,7 +283,7 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
 @click.option("--json", "json_out", is_flag=True)
 def doctor(json_out: bool) -> None:
     """Check privileges, bcc, kernel headers, tracepoints, tun; say how to fix."""
-    from . import doctor as doc  # noqa: PLC0415
+    from . import doctor as doc
 
     checks = doc.run_checks()
     if json_out:

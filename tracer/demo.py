@@ -61,7 +61,7 @@ def main() -> int:
     spare_fd, _ = create_tap("ttdemo%d")        # stays close-on-exec: exec closes it
     print(f"libvirtd: created {name} on fd {tap_fd}", flush=True)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    rpipe, wpipe = os.pipe()
+    rpipe, _wpipe = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.set_inheritable(tap_fd, True)         # fcntl(F_SETFD, 0) as libvirt does

@@ -9,10 +9,9 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import events as ev
 from . import kheaders
