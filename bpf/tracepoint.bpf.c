@@ -80,7 +80,6 @@ BPF_PERF_OUTPUT(events);
 BPF_HASH(interest, u32, u32, TT_INTEREST_MAX);  /* tgid -> 1 */
 BPF_ARRAY(counters, u64, TT_C_NR);
 BPF_ARRAY(tun_ioctls_inflight, u64, 1);
-BPF_PERCPU_ARRAY(scratch, struct tt_event, 1);
 
 static __always_inline void count(u32 idx)
 {
@@ -109,13 +108,13 @@ static __always_inline u64 sysarg(int off)
 	return v;
 }
 
-/* A zeroed record in per-CPU scratch with the common header filled in. */
-static __always_inline struct tt_event *new_event(u32 type)
+/*
+ * A zeroed record with the common header filled in. Records live on the BPF
+ * stack, not in per-CPU scratch: syscall tracepoints are faultable on recent
+ * kernels, so a program may be preempted and its CPU reused mid-record.
+ */
+static __always_inline void init_event(struct tt_event *e, u32 type)
 {
-	u32 zero = 0;
-	struct tt_event *e = scratch.lookup(&zero);
-	if (!e)
-		return 0;
 	__builtin_memset(e, 0, sizeof(*e));
 	u64 id = bpf_get_current_pid_tgid();
 	e->ts = bpf_ktime_get_ns();
@@ -124,7 +123,6 @@ static __always_inline struct tt_event *new_event(u32 type)
 	e->tid = (u32)id;
 	e->fd = -1;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-	return e;
 }
 
 static __always_inline void submit(void *ctx, struct tt_event *e)
@@ -161,9 +159,8 @@ static __always_inline int on_open_exit(void *ctx, long ret, const char *path, u
 	}
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	mark_interesting(tgid);
-	struct tt_event *e = new_event(TT_EV_OPEN);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_OPEN);
 	e->ret = ret;
 	e->fd = (int)ret;
 	e->arg = flags;
@@ -220,9 +217,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 		return 0;
 	if (!interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	struct tt_event *e = new_event(TT_EV_SETFD);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_SETFD);
 	e->fd = (int)args->fd;
 	e->arg = cmd == FIOCLEX_ ? TT_FIOCLEX : TT_FIONCLEX;
 	e->arg2 = cmd == FIOCLEX_;
@@ -239,12 +235,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	u32 cmd = (u32)sysarg(PT_SI);
 	if (!is_tun_cmd(cmd))
 		return 0;
-	__sync_fetch_and_add(n, -1);
+	if (*n > 0)
+		__sync_fetch_and_add(n, -1);
 	long ret = args->ret;
 	u64 uarg = sysarg(PT_DX);
-	struct tt_event *e = new_event(TT_EV_TUN_IOCTL);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_TUN_IOCTL);
 	e->fd = (int)sysarg(PT_DI);
 	e->arg = cmd;
 	e->ret = ret;
@@ -269,9 +265,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
 	if (!interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	struct tt_event *e = new_event(TT_EV_CLOSE);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_CLOSE);
 	e->fd = (int)args->fd;
 	submit(args, e);
 	return 0;
@@ -281,9 +276,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_close_range)
 {
 	if (args->ret < 0 || !interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	struct tt_event *e = new_event(TT_EV_CLOSE_RANGE);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_CLOSE_RANGE);
 	e->fd = (int)sysarg(PT_DI);
 	e->arg = (u32)sysarg(PT_SI);
 	e->arg2 = (u32)sysarg(PT_DX);
@@ -296,9 +290,8 @@ static __always_inline int on_dup_exit(void *ctx, long ret, u32 how, u64 want)
 {
 	if (ret < 0 || !interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	struct tt_event *e = new_event(TT_EV_DUP);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_DUP);
 	e->fd = (int)sysarg(PT_DI);
 	e->ret = ret;
 	e->arg = how;
@@ -337,9 +330,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_fcntl)
 		return on_dup_exit(args, ret, TT_F_DUPFD_CLOEXEC, sysarg(PT_DX));
 	if (cmd != F_SETFD_)
 		return 0;
-	struct tt_event *e = new_event(TT_EV_SETFD);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_SETFD);
 	e->fd = (int)sysarg(PT_DI);
 	e->arg = TT_F_SETFD;
 	e->arg2 = (sysarg(PT_DX) & FD_CLOEXEC_) != 0;
@@ -354,9 +346,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_unshare)
 	u64 flags = sysarg(PT_DI);
 	if (!(flags & CLONE_FILES))
 		return 0;
-	struct tt_event *e = new_event(TT_EV_UNSHARE);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_UNSHARE);
 	e->arg = flags;
 	submit(args, e);
 	return 0;
@@ -367,9 +358,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_getfd)
 	if (args->ret < 0)
 		return 0;
 	/* Rare; user space decides whether the source fd is a tracked one. */
-	struct tt_event *e = new_event(TT_EV_PIDFD_GETFD);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_PIDFD_GETFD);
 	e->fd = (int)sysarg(PT_DI);
 	e->arg = (u32)sysarg(PT_SI);
 	e->ret = args->ret;
@@ -414,9 +404,8 @@ static __always_inline u32 scm_fds(const char *msg, int *out)
 static __always_inline void on_recv(void *ctx, int sock, const char *msg, u64 flags,
 				   long ret)
 {
-	struct tt_event *e = new_event(TT_EV_SCM_RECV);
-	if (!e)
-		return;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_SCM_RECV);
 	e->nfds = scm_fds(msg, e->fds);
 	if (!e->nfds)
 		return;
@@ -434,9 +423,8 @@ static __always_inline void on_recv(void *ctx, int sock, const char *msg, u64 fl
  */
 static __always_inline void on_send(void *ctx, int sock, const char *msg, u64 flags)
 {
-	struct tt_event *e = new_event(TT_EV_SCM_SEND);
-	if (!e)
-		return;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_SCM_SEND);
 	e->nfds = scm_fds(msg, e->fds);
 	if (!e->nfds)
 		return;
@@ -530,9 +518,8 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 		return 0; /* same tgid, same fd table: nothing changes */
 	u32 child = args->child_pid;
 	mark_interesting(child);
-	struct tt_event *e = new_event(TT_EV_FORK);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_FORK);
 	e->arg = flags;
 	e->arg2 = child;
 	submit(args, e);
@@ -544,9 +531,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!interesting(tgid))
 		return 0;
-	struct tt_event *e = new_event(TT_EV_EXEC);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_EXEC);
 	e->arg2 = args->old_pid;
 	submit(args, e);
 	return 0;
@@ -566,9 +552,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	if (!interesting(tgid))
 		return 0;
 	interest.delete(&tgid);
-	struct tt_event *e = new_event(TT_EV_EXIT);
-	if (!e)
-		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_EXIT);
 	submit(args, e);
 	return 0;
 }
