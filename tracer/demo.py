@@ -14,6 +14,7 @@ Run as `python -m tracer.demo` (as root). What it does, like libvirtd and QEMU:
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import socket
@@ -24,6 +25,15 @@ import time
 TUNSETIFF = 0x400454CA
 TUNGETIFF = 0x800454D2
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+
+
+def set_comm(name: str) -> None:
+    """Name this process like the real actor it plays (prctl PR_SET_NAME)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)
+    except OSError:
+        pass
 
 
 def create_tap(template: str) -> tuple[int, str]:
@@ -41,7 +51,8 @@ def tungetiff(fd: int) -> str:
 QEMU = r"""
 import fcntl, os, socket, sys, time
 sys.path.insert(0, {root!r})
-from tracer.demo import tungetiff
+from tracer.demo import set_comm, tungetiff
+set_comm("qemu-system-x86")
 fd, sock_fd, pipe_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 print(f"qemu: fd={{fd}} is", tungetiff(fd), flush=True)
 try:
@@ -57,6 +68,7 @@ time.sleep(0.3)
 
 def main() -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    set_comm("libvirtd")
     tap_fd, name = create_tap("ttdemo%d")
     spare_fd, _ = create_tap("ttdemo%d")        # stays close-on-exec: exec closes it
     print(f"libvirtd: created {name} on fd {tap_fd}", flush=True)

@@ -279,8 +279,8 @@ class Model:
         proc.table.users.add(proc.pid)
 
     @staticmethod
-    def _report(kind: str, ts: int, pid: int, tid: int, comm: str, **fields) -> dict:
-        return {"type": kind, "ts_ns": ts, "pid": pid, "tid": tid, "comm": comm, **fields}
+    def _report(type_: str, ts: int, pid: int, tid: int, comm: str, **fields) -> dict:
+        return {"type": type_, "ts_ns": ts, "pid": pid, "tid": tid, "comm": comm, **fields}
 
     @staticmethod
     def chain(f: OpenFile) -> list:
