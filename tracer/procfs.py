@@ -163,11 +163,10 @@ def tun_fds(pid: int, ifindex: dict[int, str] | None = None) -> list[FdInfo]:
                 path = os.readlink(f"{base}/{entry.name}")
             except OSError:
                 continue
-            if path == TUN_PATH or path.startswith("/dev/tap"):
-                if _is_tun_path(path):
-                    info = _fdinfo(pid, int(entry.name), path, ifindex)
-                    if info is not None:
-                        out.append(info)
+            if _is_tun_path(path):
+                info = _fdinfo(pid, int(entry.name), path, ifindex)
+                if info is not None:
+                    out.append(info)
     return out
 
 
@@ -175,7 +174,8 @@ def proc_info(pid: int) -> ProcInfo | None:
     try:
         stat = _read_text(f"/proc/{pid}/stat")
         status = _read_text(f"/proc/{pid}/status")
-        raw = open(f"/proc/{pid}/cmdline", "rb").read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
     except (OSError, ValueError):
         return None
     try:
