@@ -302,12 +302,13 @@ def demo(json_out: bool) -> None:
     "QEMU" by fork+exec, probed with TUNGETIFF, a second tap hot-plugged over
     SCM_RIGHTS, then everything closed."""
     stop = Stop()
-    session, offset = _open_session(json_out, None, None, "ttdemo*", 256, False)
+    session, offset = _open_session(json_out, None, None, None, 256, False)
     try:
         session.start()
         child = subprocess.Popen([sys.executable, "-m", "tracer.demo"],
                                  cwd=os.path.dirname(os.path.dirname(__file__)),
                                  stdout=sys.stderr if json_out else subprocess.DEVNULL)
+        session.follow(child.pid)
         while child.poll() is None and not stop():
             session.step(50)
         session.run(0.5, stop)

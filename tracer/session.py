@@ -185,6 +185,11 @@ class Session:
 
     # ---- filtering ---------------------------------------------------------
 
+    def follow(self, pid: int) -> None:
+        """From now on show only `pid` and its descendants."""
+        self.filters = dataclasses.replace(self.filters, pid=pid)
+        self._pid_ok = descendants_filter(self.model, pid, ppid_of)
+
     def _row_ok(self, row: dict) -> bool:
         f = self.filters
         if f.comm is not None and not fnmatch.fnmatchcase(row["comm"], f.comm):
