@@ -77,8 +77,13 @@ class Stop:
 
 
 def _write(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `taptrace watch | head`: the reader left; leave without a word.
+        _quiet_stdout()
+        raise SystemExit(0) from None
 
 
 def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
@@ -176,7 +181,7 @@ def ls(json_out: bool, ifname: str | None) -> None:
         _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "table", "rows": rows,
                                  "taps": taps}))
     else:
-        _write(render.table_text(rows, taps))
+        _write(render.table_text(rows, taps, complete=os.geteuid() == 0))
 
 
 @cli.command(epilog=EXAMPLES_WATCH)
@@ -342,7 +347,6 @@ def main() -> None:
 
 
 def _quiet_stdout() -> None:
-    # `taptrace watch | head`: the reader left; leave without a word.
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -176,7 +176,8 @@ def _cell(row: dict, key: str) -> str:
     return safe(row.get(key))
 
 
-def table_text(rows: list[dict], taps: Iterable[dict] = ()) -> str:
+def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = True) -> str:
+    """The table for people; `complete` is False when other users' fds were unreadable."""
     body = [[_cell(r, k) for k, _ in ROW_COLUMNS] for r in rows]
     text = tabulate(body, headers=[h for _, h in ROW_COLUMNS], tablefmt="simple",
                     disable_numparse=True) if body else "(no process holds a tun/tap fd)"
@@ -185,5 +186,7 @@ def table_text(rows: list[dict], taps: Iterable[dict] = ()) -> str:
         lines = [f"{safe(t['ifname'])}: {t['kind']} {','.join(t['flags']) or '-'}"
                  f"{' persist' if t.get('persist') and 'persist' not in t['flags'] else ''}"
                  " — no process holds it" for t in orphans]
-        text += "\n\nTaps with no holder:\n  " + "\n  ".join(lines)
+        title = ("Taps with no holder:" if complete else
+                 "Taps with no holder visible to you (root sees every process):")
+        text += f"\n\n{title}\n  " + "\n  ".join(lines)
     return text
