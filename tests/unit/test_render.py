@@ -1,0 +1,42 @@
+"""Human output is inert on a terminal; JSON keeps the exact value."""
+
+import json
+
+from tracer import render
+
+
+def test_control_bytes_are_escaped_for_people():
+    assert render.safe("tap\x1b[31mred") == "tap\\x1b[31mred"
+    assert render.safe("a\nb\tc\x7f") == "a\\x0ab\\x09c\\x7f"
+    assert render.safe("\udcff") == "\\xff"          # a raw non-UTF-8 byte
+    assert render.safe(None) == "-"
+
+
+def test_json_keeps_the_exact_name():
+    name = "tap\x1b[31m\udcff"
+    line = render.json_line({"ifname": name})
+    assert "\x1b" not in line                          # valid, inert JSON text
+    assert json.loads(line)["ifname"] == name
+
+
+def test_event_line_escapes_every_untrusted_field():
+    r = {"type": "tunsetiff", "ts_ns": 0, "pid": 1, "tid": 1, "comm": "evil\x1b]0;x\x07",
+         "fd": 3, "ifname": "t\x1bx", "flags": ["tap"], "created": True, "kind": "tap",
+         "error": None}
+    line = render.event_line(r, 0)
+    assert "\x1b" not in line and "\x07" not in line
+    assert "t\\x1bx" in line
+
+
+def test_chain_text():
+    hops = [{"op": "tunsetiff", "pid": 812, "comm": "libvirtd", "fd": 27},
+            {"op": "fork", "pid": 1201, "comm": "libvirtd", "fd": 27},
+            {"op": "exec", "pid": 1201, "comm": "qemu-system-x86", "fd": 27}]
+    assert render.chain_text("vnet1", hops) == (
+        "vnet1: libvirtd[812] fd 27 → fork libvirtd[1201] → exec qemu-system-x86[1201] fd 27")
+
+
+def test_public_adds_version_and_time_and_drops_internals():
+    out = render.public({"type": "fork", "ts_ns": 2_000_000_000, "quiet": False, "pid": 5}, 0)
+    assert out["v"] == render.SCHEMA_VERSION and out["time"] == 2.0
+    assert "quiet" not in out and out["pid"] == 5
