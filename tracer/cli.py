@@ -312,8 +312,23 @@ def demo(json_out: bool) -> None:
         session.start()
         child = subprocess.Popen([sys.executable, "-m", "tracer.demo"],
                                  cwd=os.path.dirname(os.path.dirname(__file__)),
-                                 stdout=sys.stderr if json_out else subprocess.DEVNULL)
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         session.follow(child.pid)
+        os.set_blocking(child.stdout.fileno(), False)
+        said = b""
+        while child.poll() is None and not stop() and b"holding" not in said:
+            session.step(50)
+            try:
+                said += os.read(child.stdout.fileno(), 4096)
+            except BlockingIOError:
+                pass
+        session.run(0.3, stop)
+        if not json_out:
+            table = session.table()
+            _write("\n# the table while qemu-system-x86 holds both taps:")
+            _write(render.table_text(table["rows"]))
+            _write("\n# now qemu-system-x86 exits:")
+        child.stdin.close()
         while child.poll() is None and not stop():
             session.step(50)
         session.run(0.5, stop)

@@ -9,7 +9,8 @@ Run as `python -m tracer.demo` (as root). What it does, like libvirtd and QEMU:
      and probes a pipe by mistake: TUNGETIFF fails with ENOTTY;
   4. "libvirtd" closes its copy, then hot-plugs a second tap over a unix socket
      with SCM_RIGHTS; "qemu" receives it;
-  5. "qemu" exits: both taps go away.
+  5. the driver (`taptrace demo`) shows the table while "qemu" holds both taps,
+     then closes its stdin: "qemu" exits and both taps go away.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def tungetiff(fd: int) -> str:
 
 
 QEMU = r"""
-import fcntl, os, socket, sys, time
+import fcntl, os, socket, sys
 sys.path.insert(0, {root!r})
 from tracer.demo import set_comm, tungetiff
 set_comm("qemu-system-x86")
@@ -62,7 +63,7 @@ except OSError as e:
 sock = socket.socket(fileno=sock_fd)
 msg, fds, _, _ = socket.recv_fds(sock, 16, 4)
 print(f"qemu: hot-plugged fd {{fds[0]}} is", tungetiff(fds[0]), flush=True)
-time.sleep(0.3)
+sys.stdin.read()           # run until the demo driver closes our stdin
 """
 
 
@@ -89,6 +90,8 @@ def main() -> int:
     print(f"libvirtd: hot-plug {hot_name}: sending fd {hot_fd} over SCM_RIGHTS", flush=True)
     socket.send_fds(ours, [b"getfd"], [hot_fd])
     os.close(hot_fd)
+    time.sleep(0.3)
+    print("holding", flush=True)  # the driver shows the table now, then closes stdin
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
