@@ -101,7 +101,8 @@ def parse_fdinfo(text: str) -> tuple[int, str | None]:
             except ValueError:
                 flags = 0
         elif line.startswith("iff:"):
-            ifname = line[4:].lstrip("\t ")
+            # tun prints "iff:" with an empty name for a fd with no interface yet
+            ifname = line[4:].lstrip("\t ") or None
     return flags, ifname
 
 
