@@ -95,6 +95,9 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
     offset = time.time_ns() - time.monotonic_ns()
 
     def default_emit(report: dict) -> None:
+        if report["type"] == "lost":
+            click.echo(f"taptrace: warning: {report['count']} records lost; "
+                       "resyncing from /proc", err=True)
         if json_out:
             _write(render.json_line(render.public(report, offset)))
             return
@@ -105,9 +108,6 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
                        f"{report['taps']} taps known at start. Ctrl-C to stop.")
                 _write(render.HEADER)
             return
-        if report["type"] == "lost":
-            click.echo(f"taptrace: warning: {report['count']} records lost; "
-                       "resyncing from /proc", err=True)
         _write(render.event_line(report, offset))
         for line in _chain_lines(session_ref[0], report):
             _write("    " + line)
