@@ -271,17 +271,22 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
                                  "ifname": ifname_arg, "tap": tap, "rows": rows,
                                  "lineage": lineage}))
         return
-    if tap is None and not rows:
+    if tap is None and not rows and not lineage:
         raise click.ClickException(f"no tun/tap interface named {render.safe(ifname_arg)!s} "
                                    "is known (see `taptrace ls`)")
-    if tap is not None:
+    if tap is None:
+        _write(f"{render.safe(ifname_arg)}: gone")
+    else:
         _write(f"{render.safe(tap['ifname'])}: {tap['kind']} "
                f"flags={','.join(tap['flags']) or '-'}{' persist' if tap['persist'] else ''}, "
                f"{tap['files']} open file(s)")
     _write(render.table_text(rows))
+    if lineage:
+        _write("\nOpen files seen while watching (creator → holders):")
     for item in lineage:
         if item["chain"]:
-            _write("  " + render.chain_text(ifname_arg, item["chain"]))
+            state = "" if item["open"] else "  (closed)"
+            _write("  " + render.chain_text(ifname_arg, item["chain"]) + state)
 
 
 @cli.command(epilog=EXAMPLES_DOCTOR)

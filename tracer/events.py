@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Union
 
 # struct tt_event in bpf/events.h, field by field (tests/unit/test_layout.py checks it).
 RECORD = struct.Struct("<QIIIiqQQ16s16sI16i")
@@ -170,8 +169,8 @@ class Lost(Base):
     count: int = 0
 
 
-Event = Union[Open, TunIoctl, Dup, Close, CloseRange, SetFd, Fork, Exec, Exit, ScmSend,
-              ScmRecv, Unshare, PidfdGetfd, Lost]
+Event = (Open | TunIoctl | Dup | Close | CloseRange | SetFd | Fork | Exec | Exit | ScmSend
+         | ScmRecv | Unshare | PidfdGetfd | Lost)
 
 
 def _cstr(raw: bytes) -> str:

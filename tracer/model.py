@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from . import events as ev
 
 # (pid, fd) -> ifname of that fd if it is an attached tun/tap fd, "" if it is a
 # tun fd with no interface, None if it is not a tun fd or cannot be read.
-FdProbe = Callable[[int, int], Optional[str]]
+FdProbe = Callable[[int, int], str | None]
 
 LINEAGE_HEAD = 16
 LINEAGE_MAX = 64
 SCM_PENDING_NS = 60_000_000_000
+RELEASED_MAX = 256
 
 
 def _no_probe(_pid: int, _fd: int) -> str | None:
@@ -119,6 +120,7 @@ class Model:
         self.taps: dict[str, Tap] = {}
         self.files: dict[int, OpenFile] = {}
         self.pending: list[PendingSend] = []
+        self.released: deque[OpenFile] = deque(maxlen=RELEASED_MAX)
         self._probe_fd = probe_fd
         self._ifindex_name = ifindex_name
         self._next_id = 1
@@ -229,6 +231,8 @@ class Model:
             return
         self.files.pop(f.id, None)
         f.step(ts, "released", pid, comm)
+        if f.ifname:
+            self.released.append(f)  # bounded: `who --watch` shows closed files too
         if not f.ifname:
             return
         tap = self.taps.get(f.ifname)
@@ -306,6 +310,8 @@ class Model:
         p = self.procs.get(e.pid)
         if p is not None and e.tid != e.pid:
             return p.comm            # a thread's name is not the process's
+        if p is not None:
+            p.comm = e.comm          # the leader renamed itself (prctl, exec)
         return e.comm
 
     def _on_Open(self, e: ev.Open, out: list) -> None:
@@ -640,10 +646,14 @@ class Model:
                 for t in sorted(self.taps.values(), key=lambda t: t.ifname)]
 
     def lineage(self, ifname: str) -> list[dict]:
+        """Each open file of `ifname`, live or released while traced, with its hops."""
         out = []
-        for f in sorted(self.files.values(), key=lambda f: f.id):
+        files = {f.id: f for f in self.released}
+        files.update(self.files)
+        for f in sorted(files.values(), key=lambda f: f.id):
             if f.ifname == ifname:
                 out.append({"file": f.id, "creator_pid": f.creator_pid,
+                            "open": f.id in self.files,
                             "steps": list(f.lineage), "chain": self.chain(f)})
         return out
 
