@@ -87,7 +87,7 @@ def _write(line: str) -> None:
 
 
 def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
-                  emit=None, quiet_header=False):
+                  emit=None, quiet_header=False, record=None):
     from .probes import ProbeError
     from .session import Filters, Session
 
@@ -115,7 +115,7 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
     session_ref: list = [None]
     try:
         session = Session(emit or default_emit, filters, buffer_pages=buffer_pages,
-                          force_perf=force_perf)
+                          force_perf=force_perf, record=record)
     except ProbeError as exc:
         raise click.ClickException(str(exc)) from None
     session_ref[0] = session
@@ -187,20 +187,66 @@ def ls(json_out: bool, ifname: str | None) -> None:
 @cli.command(epilog=EXAMPLES_WATCH)
 @click.option("--json", "json_out", is_flag=True,
               help="One JSON object per line (first: ready, last: table).")
+@click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True),
+              metavar="FILE",
+              help="Also write every kernel record and snapshot to FILE (see `replay`).")
 @_common_watch_options
-def watch(json_out, pid, comm, ifname, duration, buffer_pages, perf_buffer) -> None:
+def watch(json_out, record_path, pid, comm, ifname, duration, buffer_pages,
+          perf_buffer) -> None:
     """Trace tap opens, TUN ioctls and every move of a tap fd, live.
 
     Starts from a /proc snapshot, so taps opened earlier are known too.
     Ends on --duration, SIGINT or SIGTERM with the final table."""
     stop = Stop()
-    session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages, perf_buffer)
+    record, record_file = None, None
+    if record_path is not None:
+        try:
+            record_file = open(record_path, "w", buffering=1)  # noqa: SIM115 - lives for the session
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {record_path}: {exc.strerror}") from None
+
+        def record(rec: dict) -> None:
+            record_file.write(render.json_line(rec) + "\n")
+    session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages, perf_buffer,
+                                    record=record)
     try:
         session.start()
         session.run(duration, stop)
         _finish(session, json_out, offset)
     finally:
         session.close()
+        if record_file is not None:
+            record_file.close()
+
+
+@cli.command(epilog="""
+\b
+Examples:
+  sudo taptrace watch --record run.jsonl --duration 60
+  taptrace replay run.jsonl            # the same events and table, no root needed
+  taptrace replay --json run.jsonl | tail -1
+""")
+@click.argument("recording", type=click.File("r"))
+@click.option("--json", "json_out", is_flag=True)
+def replay(recording, json_out: bool) -> None:
+    """Replay a `watch --record` file through the model (no BPF, no root)."""
+    from .replay import ReplayError
+    from .replay import replay as run_replay
+
+    try:
+        model, reports = run_replay(recording)
+    except ReplayError as exc:
+        raise click.ClickException(f"{recording.name}: {exc}") from None
+    for r in reports:
+        if r.get("quiet"):
+            continue
+        _write(render.json_line(render.public(r, 0)) if json_out else render.event_line(r, 0))
+    table = {"type": "table", "rows": model.rows(), "taps": model.tap_list()}
+    if json_out:
+        _write(render.json_line(render.public(table, 0)))
+    else:
+        _write("")
+        _write(render.table_text(table["rows"], table["taps"]))
 
 
 def _finish(session, json_out: bool, offset: int) -> None:

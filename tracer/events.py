@@ -6,6 +6,7 @@ from a raw `struct tt_event` or directly by tests and replays.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 
@@ -212,3 +213,26 @@ def decode(buf: bytes) -> Event | None:
     if typ == EV_PIDFD_GETFD:
         return PidfdGetfd(**base, pidfd=fd, target_fd=arg, newfd=ret)
     return None
+
+
+_KINDS = {cls.__name__: cls for cls in (Open, TunIoctl, Dup, Close, CloseRange, SetFd, Fork,
+                                         Exec, Exit, ScmSend, ScmRecv, Unshare, PidfdGetfd,
+                                         Lost)}
+
+
+def to_record(e: Event) -> dict:
+    """A JSON-able form of a record, for `watch --record` and replays."""
+    d = {"kind": type(e).__name__}
+    d.update(dataclasses.asdict(e))
+    return d
+
+
+def from_record(d: dict) -> Event:
+    d = dict(d)
+    cls = _KINDS.get(d.pop("kind", None))
+    if cls is None:
+        raise ValueError(f"unknown record kind in {d!r}")
+    for k in ("fds",):
+        if k in d:
+            d[k] = tuple(d[k])
+    return cls(**d)

@@ -81,8 +81,10 @@ class Session:
     """Runs the tracer; every report (dict) goes to `emit`."""
 
     def __init__(self, emit: Callable[[dict], None], filters: Filters = Filters(),
-                 buffer_pages: int = 256, force_perf: bool = False) -> None:
+                 buffer_pages: int = 256, force_perf: bool = False,
+                 record: Callable[[dict], None] | None = None) -> None:
         self.emit = emit
+        self._record = record
         self.filters = filters
         self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name)
         self._queue: list[ev.Event] = []
@@ -110,6 +112,9 @@ class Session:
     def _snapshot(self, initial: bool) -> dict | None:
         start = time.monotonic_ns()
         snap = procfs.snapshot()
+        if self._record is not None:
+            self._record({"kind": "snapshot", "ts": start,
+                          "snapshot": dataclasses.asdict(snap)})
         if initial:
             self.model.load(snap)
             report = None
@@ -159,6 +164,11 @@ class Session:
             self.stats["events"] += 1
             if isinstance(e, ev.PidfdGetfd):
                 e = dataclasses.replace(e, source_pid=pidfd_pid(e.pid, e.pidfd))
+            if self._record is not None:
+                rec = ev.to_record(e)
+                if isinstance(e, ev.ScmRecv):   # what the model asks /proc, for replay
+                    rec["probe"] = [fd_ifname(e.pid, fd) for fd in e.fds]
+                self._record(rec)
             for report in self.model.apply(e):
                 self._out(report)
         lost = self.probes.lost()
