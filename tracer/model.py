@@ -487,12 +487,12 @@ class Model:
             return
         self._unshare(proc)       # exec gives a CLONE_FILES sharer its own table
         proc.comm = e.comm
-        kept, closed = [], []
+        kept, closed, gone = [], [], []   # the exec line first, then what it made go
         for fd in sorted(proc.table.fds):
             entry = proc.table.fds[fd]
             if entry.cloexec:
                 closed.append(fd)
-                self._drop_entry(proc, fd, e.ts, e.tid, e.comm, "exec", out, report=False)
+                self._drop_entry(proc, fd, e.ts, e.tid, e.comm, "exec", gone, report=False)
             else:
                 kept.append(fd)
                 entry.file.step(e.ts, "exec", e.pid, e.comm, fd)
@@ -500,15 +500,18 @@ class Model:
                                 ifnames={str(fd): proc.table.fds[fd].file.ifname
                                          for fd in kept},
                                 quiet=not kept and not closed))
+        out.extend(gone)
 
     def _on_Exit(self, e: ev.Exit, out: list) -> None:
         proc = self.procs.pop(e.pid, None)
         if proc is None:
             return
-        closed = self._drop_table_user(proc, e.ts, proc.comm, out)
+        gone: list[dict] = []
+        closed = self._drop_table_user(proc, e.ts, proc.comm, gone)
         out.append(self._report("exit", e.ts, e.pid, e.tid, proc.comm,
                                 closed=[fd for fd, _ in closed],
                                 ifnames=[n for _, n in closed], quiet=not closed))
+        out.extend(gone)
 
     def _on_Unshare(self, e: ev.Unshare, out: list) -> None:
         proc = self.procs.get(e.pid)
