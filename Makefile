@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint bench
 
 setup:
 	@bash scripts/setup.sh
@@ -19,3 +19,7 @@ lint:
 	@if [ -x $(VENV)/bin/ruff ]; then $(VENV)/bin/ruff check .; \
 	elif command -v ruff >/dev/null; then ruff check .; \
 	else echo "lint: ruff is not installed (pip install ruff); skipped"; fi
+
+# Overhead of `taptrace watch` on unrelated work, side by side (root).
+bench: setup
+	$(PY) bench/overhead.py
