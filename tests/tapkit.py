@@ -6,22 +6,35 @@ can check the tracer's snapshot code as well as the live table.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
 import socket
 import struct
 import subprocess
+import sys
+from pathlib import Path
 
-TUNSETIFF = 0x400454CA
-TUNSETPERSIST = 0x400454CB
-TUNSETOWNER = 0x400454CC
-TUNSETGROUP = 0x400454CE
-TUNGETIFF = 0x800454D2
-TUNSETQUEUE = 0x400454D9
-IFF_TUN, IFF_TAP = 0x0001, 0x0002
-IFF_MULTI_QUEUE, IFF_ATTACH_QUEUE, IFF_DETACH_QUEUE = 0x0100, 0x0200, 0x0400
-IFF_PERSIST, IFF_NO_PI, IFF_VNET_HDR = 0x0800, 0x1000, 0x4000
+# Scripts that tests write and run import tapkit by path: let them find tracer too.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from tracer.events import (  # noqa: F401 - the kernel's ABI numbers, re-exported for tests
+    IFF_ATTACH_QUEUE,
+    IFF_DETACH_QUEUE,
+    IFF_MULTI_QUEUE,
+    IFF_NO_PI,
+    IFF_PERSIST,
+    IFF_TAP,
+    IFF_TUN,
+    IFF_VNET_HDR,
+    TUNGETIFF,
+    TUNSETGROUP,
+    TUNSETIFF,
+    TUNSETOWNER,
+    TUNSETPERSIST,
+    TUNSETQUEUE,
+)
 
 
 def _ifreq(name: str, flags: int) -> bytes:
@@ -119,3 +132,20 @@ def send_fds(sock: socket.socket, fds: list[int]) -> None:
 def recv_fds(sock: socket.socket, n: int, flags: int = 0) -> list[int]:
     _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, n, flags)
     return fds
+
+
+@contextlib.contextmanager
+def held_by_child():
+    """Fork a child that holds copies of all our fds until the block ends; yields its pid."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    try:
+        yield pid
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)

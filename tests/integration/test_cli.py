@@ -30,19 +30,11 @@ def held_taps():
     a, a_name = tapkit.create_tap(a_name)
     a2 = os.dup(a)
     b, b_name = tapkit.create_tap(b_name, cloexec=False)
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(w)
-        os.read(r, 1)
-        os._exit(0)
-    os.close(r)
     try:
-        yield {"pids": {os.getpid(), child}, "a": (a, a2, a_name), "b": (b, b_name),
-               "child": child}
+        with tapkit.held_by_child() as child:
+            yield {"pids": {os.getpid(), child}, "a": (a, a2, a_name), "b": (b, b_name),
+                   "child": child}
     finally:
-        os.close(w)
-        os.waitpid(child, 0)
         for fd in (a, a2, b):
             os.close(fd)
         tapkit.delete_link(a_name)

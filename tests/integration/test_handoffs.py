@@ -82,34 +82,21 @@ def test_orchestration_script_pass_fds_then_unix_socket(tracer, tmp_path):
         tapkit.delete_link(second)
 
 
-def _hold_child():
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(w)
-        os.read(r, 1)
-        os._exit(0)
-    os.close(r)
-    return pid, w
-
-
 def test_taps_opened_before_watch_are_in_its_table_with_their_sharing(tracer):
     a, _name = tapkit.create_tap(tapkit.unique_name())
     a2 = os.dup(a)
-    child, release = _hold_child()
     me = os.getpid()
     try:
-        t = tracer()
-        assert t.ready["rows"] >= 4
-        truth = tapkit.truth([me, child])
-        _lines, table = t.stop()
+        with tapkit.held_by_child() as child:
+            t = tracer()
+            assert t.ready["rows"] >= 4
+            truth = tapkit.truth([me, child])
+            _lines, table = t.stop()
         assert table_triples(table, [me, child]) == truth
         r = next(x for x in table["rows"] if x["pid"] == child and x["fd"] == a2)
         assert r["how"] == "snapshot" and r["creator_pid"] is None
         assert sorted(map(tuple, r["shared_with"])) == sorted([(me, a), (me, a2), (child, a)])
     finally:
-        os.close(release)
-        os.waitpid(child, 0)
         os.close(a)
         os.close(a2)
 
@@ -146,18 +133,17 @@ def test_filters_pid_with_descendants_comm_and_ifname(tracer):
     t_comm = tracer("-c", "nomatch*")
     a, _ = tapkit.create_tap(a_name)
     b, _ = tapkit.create_tap(b_name)
-    child, release = _hold_child()
     try:
-        grandchild_cmd = [sys.executable, "-c", ("import sys; sys.path.insert(0, sys.argv[1]);"
-                          "import tapkit, os; fd, n = tapkit.create_tap(sys.argv[2]);"
-                          "os.close(fd)"), str(ROOT / "tests"), tapkit.unique_name("fc")]
-        subprocess.run(grandchild_cmd, check=True)
-        by_pid, _ = t_pid.stop()
-        by_if, _ = t_if.stop()
-        by_comm, table_comm = t_comm.stop()
+        with tapkit.held_by_child() as child:
+            grandchild_cmd = [sys.executable, "-c", (
+                "import sys; sys.path.insert(0, sys.argv[1]);"
+                "import tapkit, os; fd, n = tapkit.create_tap(sys.argv[2]);"
+                "os.close(fd)"), str(ROOT / "tests"), tapkit.unique_name("fc")]
+            subprocess.run(grandchild_cmd, check=True)
+            by_pid, _ = t_pid.stop()
+            by_if, _ = t_if.stop()
+            by_comm, table_comm = t_comm.stop()
     finally:
-        os.close(release)
-        os.waitpid(child, 0)
         os.close(a)
         os.close(b)
     created = {o["ifname"] for o in events_of(by_pid, "tunsetiff")}

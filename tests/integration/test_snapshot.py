@@ -39,25 +39,19 @@ def test_snapshot_groups_open_files_and_matches_fdinfo_truth():
 def test_kcmp_sees_a_forked_copy_as_the_same_file_but_another_table():
     need_root()
     fd, name = tapkit.create_tap(tapkit.unique_name())
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(w)
-        os.read(r, 1)
-        os._exit(0)
-    os.close(r)
+    other = tapkit.open_tun()
     try:
-        me = os.getpid()
-        assert procfs.same_file(me, fd, child, fd) is True
-        assert procfs.same_fd_table(me, child) is False
-        assert procfs.same_file(me, fd, me, w) is False
-        snap = procfs.snapshot([me, child])
-        assert sorted([(me, fd), (child, fd)]) in [sorted(g) for g in snap.files]
-        assert snap.procs[child].ppid == me
+        with tapkit.held_by_child() as child:
+            me = os.getpid()
+            assert procfs.same_file(me, fd, child, fd) is True
+            assert procfs.same_fd_table(me, child) is False
+            assert procfs.same_file(me, fd, me, other) is False
+            snap = procfs.snapshot([me, child])
+            assert sorted([(me, fd), (child, fd)]) in [sorted(g) for g in snap.files]
+            assert snap.procs[child].ppid == me
     finally:
-        os.close(w)
-        os.waitpid(child, 0)
         os.close(fd)
+        os.close(other)
         tapkit.delete_link(name)
 
 
