@@ -6,9 +6,13 @@ record from tracer.events.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import os
 import platform
+import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,30 @@ from . import kheaders
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = "tracepoint.bpf.c"
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """Collect what the C side (clang, libbcc) writes to fds 1 and 2 while compiling:
+    it is noise unless compiling fails, and then the first error line is the news."""
+    buf = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield buf
+        finally:
+            ctypes.CDLL(None).fflush(None)   # C stdio buffers hold some of it
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
+            tmp.seek(0)
+            buf.write(tmp.read().decode("utf-8", "replace"))
+            if os.environ.get("TAPTRACE_DEBUG"):
+                sys.stderr.write(buf.getvalue())
 
 
 class ProbeError(Exception):
@@ -81,12 +109,23 @@ class Probes:
         if kheaders.has_tracepoint_field("sched", "sched_process_exit", "group_dead"):
             cflags.append("-DTT_HAVE_GROUP_DEAD")
         text = (BPF_DIR / SOURCE).read_text()
-        try:
-            self._bpf = bcc.BPF(text=text, cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception on compile/load failure
-            hint = kheaders.headers_hint()
-            raise ProbeError(f"could not compile or load the BPF program ({exc}); {hint}") \
-                from exc
+        with _captured_output() as noise:
+            try:
+                self._bpf = bcc.BPF(text=text, cflags=cflags)
+            except Exception:  # noqa: BLE001 - bcc raises a bare Exception on failure
+                failed = True
+            else:
+                failed = False
+        if failed:
+            first = next((ln for ln in noise.getvalue().splitlines()
+                          if "error" in ln.lower() or "unable" in ln.lower()), "").strip()
+            first = first.split(". ")[0]
+            where = f"headers at {source}" if source else "the headers bcc found"
+            hint = kheaders.headers_hint() if os.environ.get("BCC_KERNEL_SOURCE") in (
+                None, kheaders.kernel_source()) else "unset BCC_KERNEL_SOURCE or point it at " \
+                "kernel headers"
+            raise ProbeError(f"could not compile the BPF program against {where}"
+                             f"{': ' + first[:160] if first else ''}; {hint}")
         self.info = BackendInfo("tracepoint", "ringbuf" if ringbuf else "perf", buffer_pages,
                                 source)
         self._on_event = on_event

@@ -138,3 +138,11 @@ def test_demo_runs_and_shows_the_handoff():
     assert events_of(lines, "scm_recv")
     assert len(events_of(lines, "tap_gone")) == 3
     assert lines[-1]["rows"] == []
+
+
+def test_unusable_headers_are_one_line_saying_what_to_do():
+    need_root()
+    out = run("watch", "--duration", "1", env={**os.environ, "BCC_KERNEL_SOURCE": "/nonexistent"})
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.count("\n") == 1
+    assert "could not compile" in out.stderr and "BCC_KERNEL_SOURCE" in out.stderr
