@@ -1,0 +1,107 @@
+"""Reading QEMU's and libvirt's own words about a tap (the formats they emit)."""
+
+from tracer import enrich
+
+# What libvirt 9.x passes (JSON -netdev/-device), trimmed to the parts that matter.
+LIBVIRT_JSON_ARGV = (
+    "/usr/bin/qemu-system-x86_64", "-name", "guest=vm1,debug-threads=on", "-S",
+    "-netdev", '{"type":"tap","fd":"30","vhost":true,"vhostfd":"32","id":"hostnet0"}',
+    "-device", ('{"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0",'
+               '"mac":"52:54:00:6b:3c:58","bus":"pci.0","addr":"0x3"}'),
+    "-netdev", '{"type":"tap","fds":"33:34","id":"hostnet1"}',
+    "-device", ('{"driver":"virtio-net-pci","mq":true,"vectors":6,"netdev":"hostnet1",'
+               '"id":"net1","mac":"52:54:00:00:00:02"}'),
+)
+
+# The older QemuOpts form, and a ",," inside a value.
+OLD_ARGV = (
+    "qemu-system-x86_64", "-name", "old,,vm", "-netdev",
+    "tap,fd=27,id=hostnet0,vhost=on,vhostfd=28", "-device",
+    "e1000,netdev=hostnet0,id=net0,mac=52:54:00:aa:bb:cc",
+    "-netdev", "bridge,br=br0,id=n2", "-device", "rtl8139,netdev=n2",
+)
+
+
+def test_qemu_opts_implied_key_and_escaped_commas():
+    assert enrich.qemu_opts("tap,fd=27,id=a,,b,vhost", "type") == {
+        "type": "tap", "fd": "27", "id": "a,b", "vhost": "on"}
+
+
+def test_json_syntax_from_libvirt():
+    q = enrich.parse_qemu_cmdline(LIBVIRT_JSON_ARGV)
+    assert q.vm_name == "vm1"
+    nd, role = q.by_fd(30)
+    assert (nd.id, role, nd.nic_model, nd.guest_mac) == (
+        "hostnet0", "tap", "virtio-net-pci", "52:54:00:6b:3c:58")
+    assert q.by_fd(32)[1] == "vhost"
+    assert q.by_fd(34)[0].id == "hostnet1" and q.by_fd(33)[0].nic_id == "net1"
+    assert q.by_fd(99) is None
+
+
+def test_qemuopts_syntax_and_bridge_helper():
+    q = enrich.parse_qemu_cmdline(OLD_ARGV)
+    assert q.vm_name == "old,vm"
+    nd, role = q.by_fd(27)
+    assert (nd.nic_model, nd.guest_mac, role) == ("e1000", "52:54:00:aa:bb:cc", "tap")
+    assert q.by_fd(28)[1] == "vhost"
+    br = next(n for n in q.netdevs if n.id == "n2")
+    assert br.type == "bridge" and br.bridge == "br0" and br.nic_model == "rtl8139"
+
+
+def test_not_qemu_and_getfd_names():
+    assert enrich.parse_qemu_cmdline(("libvirtd", "--daemon")) is None
+    q = enrich.parse_qemu_cmdline(("qemu-system-x86_64", "-netdev", "tap,fd=fdname0,id=x"))
+    assert q.netdevs[0].fds == ("fdname0",)
+
+
+STATUS_XML = """<domstatus state='running' pid='4242'>
+  <domain type='qemu' id='3'>
+    <name>vm1</name><uuid>0b9c2d5e-1111-2222-3333-444455556666</uuid>
+    <devices>
+      <interface type='bridge'>
+        <mac address='52:54:00:6b:3c:58'/><source bridge='br-test'/>
+        <target dev='vnet1'/><model type='virtio'/><alias name='net0'/>
+      </interface>
+      <interface type='ethernet'>
+        <mac address='52:54:00:00:00:09'/><target dev='vnet7' managed='no'/>
+        <alias name='ua-hot'/>
+      </interface>
+      <interface type='network'><mac address='52:54:00:00:00:10'/></interface>
+    </devices>
+  </domain>
+</domstatus>"""
+
+
+def test_libvirt_status_xml():
+    nics = {n.target: n for n in enrich.parse_libvirt_status(STATUS_XML)}
+    assert set(nics) == {"vnet1", "vnet7"}
+    assert nics["vnet1"].domain == "vm1" and nics["vnet1"].mac == "52:54:00:6b:3c:58"
+    assert nics["vnet1"].alias == "net0" and nics["vnet1"].model == "virtio"
+    assert nics["vnet7"].type == "ethernet" and nics["vnet7"].alias == "ua-hot"
+    assert enrich.parse_libvirt_status("<not xml") == []
+
+
+def test_enrich_rows_combines_cmdline_status_and_host_side():
+    rows = [{"pid": 4242, "fd": 30, "ifname": "vnet1"},
+            {"pid": 4242, "fd": 40, "ifname": "vnet7"},
+            {"pid": 1, "fd": 3, "ifname": "tap0"}]
+    nics = {n.target: n for n in enrich.parse_libvirt_status(STATUS_XML)}
+
+    def host(name):
+        return enrich.HostSide(name, "fe:54:00:6b:3c:58", "br-test", "up", 9)
+
+    enrich.enrich_rows(rows, {4242: LIBVIRT_JSON_ARGV, 1: ("init",)}.get, nics, host)
+    r = rows[0]
+    assert (r["vm"], r["netdev"], r["nic_model"], r["guest_mac"], r["host_mac"],
+            r["master"]) == ("vm1", "hostnet0", "virtio-net-pci", "52:54:00:6b:3c:58",
+                             "fe:54:00:6b:3c:58", "br-test")
+    hot = rows[1]             # hot-plugged: only the status XML knows it
+    assert hot["vm"] == "vm1" and hot["guest_mac"] == "52:54:00:00:00:09"
+    assert hot["netdev"] is None and hot["nic_alias"] == "ua-hot"
+    assert rows[2]["vm"] is None and rows[2]["netdev"] is None
+
+
+def test_host_side_of_loopback():
+    hs = enrich.host_side("lo")
+    assert hs is not None and hs.ifindex == 1 and hs.master is None
+    assert enrich.host_side("no-such-if0") is None

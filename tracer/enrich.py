@@ -1,0 +1,256 @@
+"""Naming the VM and NIC behind a tap: QEMU's command line, libvirt's live
+status XML, and the host side of the tap from /sys.
+
+Pure parsers plus small readers; the rows they decorate come from the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+LIBVIRT_RUN = "/run/libvirt/qemu"
+
+
+def qemu_opts(text: str, implied: str) -> dict[str, str]:
+    """QemuOpts `a,b=c,d=e,,f` -> {implied: a, b: c, d: "e,f"} (",," is a comma)."""
+    parts, cur, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "," and text[i + 1:i + 2] == ",":
+            cur.append(",")
+            i += 2
+            continue
+        if ch == ",":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    out: dict[str, str] = {}
+    for n, part in enumerate(parts):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k] = v
+        elif n == 0 and part:
+            out[implied] = part
+        elif part:
+            out[part] = "on"
+    return out
+
+
+def option_dict(text: str, implied: str) -> dict[str, str]:
+    """An option in either syntax: JSON (`{"type":"tap",...}`) or QemuOpts."""
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            return {}
+        return {k: ("on" if v is True else "off" if v is False else str(v))
+                for k, v in obj.items() if not isinstance(v, (dict, list))}
+    return qemu_opts(text, implied)
+
+
+def _fd_list(value: str | None) -> tuple[int | str, ...]:
+    if not value:
+        return ()
+    out: list[int | str] = []
+    for part in value.split(":"):
+        out.append(int(part) if part.isdigit() else part)   # a name from QMP getfd
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Netdev:
+    id: str
+    type: str
+    fds: tuple = ()            # tap fds (fd= or fds=), numbers or getfd names
+    vhostfds: tuple = ()
+    ifname: str | None = None  # ifname= (QEMU opened the tap itself)
+    bridge: str | None = None  # -netdev bridge,br=
+    nic_model: str | None = None
+    guest_mac: str | None = None
+    nic_id: str | None = None
+
+
+@dataclass(frozen=True)
+class QemuInfo:
+    vm_name: str | None
+    netdevs: tuple[Netdev, ...] = field(default_factory=tuple)
+
+    def by_fd(self, fd: int) -> tuple[Netdev, str] | None:
+        """Which netdev uses fd N, and as what ("tap" or "vhost")."""
+        for nd in self.netdevs:
+            if fd in nd.fds:
+                return nd, "tap"
+            if fd in nd.vhostfds:
+                return nd, "vhost"
+        return None
+
+    def by_ifname(self, ifname: str) -> Netdev | None:
+        return next((nd for nd in self.netdevs if nd.ifname == ifname), None)
+
+
+def is_qemu(argv: tuple[str, ...] | list[str]) -> bool:
+    return bool(argv) and os.path.basename(argv[0]).startswith("qemu-system")
+
+
+def parse_qemu_cmdline(argv: tuple[str, ...] | list[str]) -> QemuInfo | None:
+    """VM name, tap netdevs and the NICs using them, from QEMU's argv."""
+    if not is_qemu(argv):
+        return None
+    name = None
+    netdevs: dict[str, dict[str, str]] = {}
+    devices: list[dict[str, str]] = []
+    args = list(argv[1:])
+    for i, a in enumerate(args[:-1]):
+        val = args[i + 1]
+        if a == "-name":
+            opts = option_dict(val, "guest")
+            name = opts.get("guest") or name
+        elif a == "-netdev":
+            opts = option_dict(val, "type")
+            if "id" in opts:
+                netdevs[opts["id"]] = opts
+        elif a == "-device":
+            opts = option_dict(val, "driver")
+            if "netdev" in opts:
+                devices.append(opts)
+        elif a == "-nic":                     # -nic tap,fd=N,model=virtio,mac=...
+            opts = option_dict(val, "type")
+            nid = opts.get("id") or f"nic{len(netdevs)}"
+            netdevs[nid] = {**opts, "id": nid}
+            devices.append({"driver": opts.get("model", ""), "netdev": nid,
+                            "mac": opts.get("mac", "")})
+    out = []
+    for nid, o in netdevs.items():
+        dev = next((d for d in devices if d.get("netdev") == nid), {})
+        out.append(Netdev(
+            id=nid, type=o.get("type", ""),
+            fds=_fd_list(o.get("fd") or o.get("fds")),
+            vhostfds=_fd_list(o.get("vhostfd") or o.get("vhostfds")),
+            ifname=o.get("ifname"), bridge=o.get("br"),
+            nic_model=dev.get("driver") or None, guest_mac=dev.get("mac") or None,
+            nic_id=dev.get("id") or None))
+    return QemuInfo(name, tuple(out))
+
+
+@dataclass(frozen=True)
+class LibvirtNic:
+    domain: str
+    uuid: str | None
+    target: str                # the host tap's name (vnetN)
+    mac: str | None            # the guest's MAC
+    alias: str | None          # net0, ua-...
+    model: str | None
+    type: str | None           # bridge, network, ethernet, direct
+
+
+def parse_libvirt_status(xml_text: str) -> list[LibvirtNic]:
+    """The interfaces of a running domain from libvirt's status XML."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError:
+        return []
+    dom = root if root.tag == "domain" else root.find("domain")
+    if dom is None:
+        return []
+    name = dom.findtext("name") or "?"
+    uuid = dom.findtext("uuid")
+    out = []
+    for itf in dom.iterfind("devices/interface"):
+        target = itf.find("target")
+        if target is None or not target.get("dev"):
+            continue
+        mac, alias, model = itf.find("mac"), itf.find("alias"), itf.find("model")
+        out.append(LibvirtNic(name, uuid, target.get("dev"),
+                              mac.get("address") if mac is not None else None,
+                              alias.get("name") if alias is not None else None,
+                              model.get("type") if model is not None else None,
+                              itf.get("type")))
+    return out
+
+
+def libvirt_nics(run_dir: str = LIBVIRT_RUN) -> dict[str, LibvirtNic]:
+    """ifname -> the libvirt NIC behind it, for every running domain readable here."""
+    out: dict[str, LibvirtNic] = {}
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return out
+    for n in names:
+        if not n.endswith(".xml"):
+            continue
+        try:
+            with open(os.path.join(run_dir, n), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for nic in parse_libvirt_status(text):
+            out[nic.target] = nic
+    return out
+
+
+@dataclass(frozen=True)
+class HostSide:
+    ifname: str
+    mac: str | None
+    master: str | None         # bridge or OVS port's master
+    operstate: str | None
+    ifindex: int | None
+
+
+def host_side(ifname: str, sysfs: str = "/sys/class/net") -> HostSide | None:
+    d = os.path.join(sysfs, ifname)
+    if not os.path.isdir(d):
+        return None
+
+    def read(name: str) -> str | None:
+        try:
+            with open(os.path.join(d, name)) as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
+
+    try:
+        master = os.path.basename(os.readlink(os.path.join(d, "master")))
+    except OSError:
+        master = None
+    idx = read("ifindex")
+    return HostSide(ifname, read("address"), master, read("operstate"),
+                    int(idx) if idx and idx.isdigit() else None)
+
+
+def enrich_rows(rows: list[dict], cmdline_of, nics: dict[str, LibvirtNic] | None = None,
+                host=host_side) -> list[dict]:
+    """Add VM, netdev, NIC model, both MACs, master to each row (in place; returned).
+
+    `cmdline_of(pid)` gives a process's argv (or None)."""
+    nics = libvirt_nics() if nics is None else nics
+    qemu_cache: dict[int, QemuInfo | None] = {}
+    host_cache: dict[str, HostSide | None] = {}
+    for r in rows:
+        pid, ifname = r["pid"], r.get("ifname")
+        if pid not in qemu_cache:
+            argv = cmdline_of(pid)
+            qemu_cache[pid] = parse_qemu_cmdline(argv) if argv else None
+        q = qemu_cache[pid]
+        hit = q.by_fd(r["fd"]) if q else None
+        nd = hit[0] if hit else (q.by_ifname(ifname) if q and ifname else None)
+        nic = nics.get(ifname) if ifname else None
+        if ifname and ifname not in host_cache:
+            host_cache[ifname] = host(ifname)
+        hs = host_cache.get(ifname) if ifname else None
+        r["vm"] = (q.vm_name if q else None) or (nic.domain if nic else None)
+        r["netdev"] = nd.id if nd else None
+        r["fd_role"] = hit[1] if hit else None
+        r["nic_model"] = (nd.nic_model if nd else None) or (nic.model if nic else None)
+        r["guest_mac"] = (nd.guest_mac if nd else None) or (nic.mac if nic else None)
+        r["nic_alias"] = nic.alias if nic else (nd.nic_id if nd else None)
+        r["host_mac"] = hs.mac if hs else None
+        r["master"] = hs.master if hs else None
+        r["operstate"] = hs.operstate if hs else None
+    return rows
