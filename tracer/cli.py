@@ -12,6 +12,7 @@ import time
 import click
 
 from . import __version__, procfs, render
+from .enrich import enrich_rows
 from .model import Model
 
 EXAMPLES_LS = """
@@ -174,7 +175,7 @@ def ls(json_out: bool, ifname: str | None) -> None:
     Taps that exist with no holder (persistent) are listed too."""
     model = Model()
     model.load(procfs.snapshot())
-    rows = model.rows(ifname)
+    rows = enrich_rows(model.rows(ifname))
     taps = [t for t in model.tap_list()
             if ifname is None or fnmatch.fnmatchcase(t["ifname"], ifname)]
     if json_out:
@@ -309,7 +310,7 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
         finally:
             session.close()
         model = session.model
-    rows = model.rows(ifname_arg)
+    rows = enrich_rows(model.rows(ifname_arg))
     tap = next((t for t in model.tap_list() if t["ifname"] == ifname_arg), None)
     lineage = model.lineage(ifname_arg)
     if json_out:
@@ -327,7 +328,9 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
                f"flags={','.join(tap['flags']) or '-'}{' persist' if tap['persist'] else ''}, "
                f"{tap['files']} open file(s)")
     _write(render.table_text(rows))
-    if lineage:
+    for line in render.mac_story(ifname_arg, rows):
+        _write(line)
+    if any(item["chain"] for item in lineage):
         _write("\nOpen files seen while watching (creator → holders):")
     for item in lineage:
         if item["chain"]:

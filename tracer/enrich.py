@@ -224,7 +224,16 @@ def host_side(ifname: str, sysfs: str = "/sys/class/net") -> HostSide | None:
                     int(idx) if idx and idx.isdigit() else None)
 
 
-def enrich_rows(rows: list[dict], cmdline_of, nics: dict[str, LibvirtNic] | None = None,
+def proc_cmdline(pid: int) -> tuple[str, ...] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1])
+
+
+def enrich_rows(rows: list[dict], cmdline_of=proc_cmdline, nics: dict[str, LibvirtNic] | None = None,
                 host=host_side) -> list[dict]:
     """Add VM, netdev, NIC model, both MACs, master to each row (in place; returned).
 

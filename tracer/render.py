@@ -171,15 +171,28 @@ def _cell(row: dict, key: str) -> str:
         if row.get("from_pid") is not None and how in ("inherited", "received"):
             how += f" from {row['from_pid']}"
         return how
+    if key == "nic":
+        parts = [row.get("netdev"), row.get("nic_model")]
+        if row.get("fd_role") == "vhost":
+            parts.append("vhost")
+        return safe(" ".join(p for p in parts if p) or None)
     if key == "shared_with":
-        return " ".join(f"{p}/{f}" for p, f in row["shared_with"]) or "-"
+        others = [f"{p}/{f}" for p, f in row["shared_with"]]
+        if len(others) > 4:
+            others = others[:4] + [f"+{len(others) - 4} more"]
+        return " ".join(others) or "-"
     return safe(row.get(key))
 
 
+VM_COLUMNS = [("vm", "VM"), ("nic", "NIC"), ("guest_mac", "GUEST MAC")]
+
+
 def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = True) -> str:
-    """The table for people; `complete` is False when other users' fds were unreadable."""
-    body = [[_cell(r, k) for k, _ in ROW_COLUMNS] for r in rows]
-    text = tabulate(body, headers=[h for _, h in ROW_COLUMNS], tablefmt="simple",
+    """The table for people; `complete` is False when other users' fds were unreadable.
+    VM columns appear when some holder is a VM."""
+    cols = ROW_COLUMNS + (VM_COLUMNS if any(r.get("vm") for r in rows) else [])
+    body = [[_cell(r, k) for k, _ in cols] for r in rows]
+    text = tabulate(body, headers=[h for _, h in cols], tablefmt="simple",
                     disable_numparse=True) if body else "(no process holds a tun/tap fd)"
     orphans = [t for t in taps if not t.get("files")]
     if orphans:
@@ -190,3 +203,21 @@ def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = Tru
                  "Taps with no holder visible to you (root sees every process):")
         text += f"\n\n{title}\n  " + "\n  ".join(lines)
     return text
+
+
+def mac_story(ifname: str, rows: list[dict]) -> list[str]:
+    """Why the guest's MAC is not the tap's: the two ends of one link."""
+    r = next((r for r in rows if r.get("guest_mac") or r.get("host_mac")), None)
+    if r is None or not r.get("host_mac"):
+        return []
+    lines = [(f"host side: {safe(ifname)} mac {safe(r['host_mac'])}"
+             f"{' on ' + safe(r['master']) if r.get('master') else ''}"
+             f"{', ' + safe(r['operstate']) if r.get('operstate') else ''}")]
+    if r.get("guest_mac"):
+        lines.append(f"guest side: {safe(r.get('vm'))} NIC {safe(r.get('nic_model'))} "
+                     f"mac {safe(r['guest_mac'])}")
+        if r["guest_mac"].lower() != r["host_mac"].lower():
+            lines.append("  The tap is the host's end of the link and the NIC the guest's: "
+                         "each end has its own MAC (libvirt gives the tap fe:… from the "
+                         "guest's 52:54:…), so they differ by design.")
+    return lines

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from . import events as ev
 from . import procfs
+from .enrich import enrich_rows
 from .model import Model, descendants_filter, iter_ifnames
 from .probes import Probes
 
@@ -128,7 +129,7 @@ class Session:
 
     def table(self) -> dict:
         rows = [r for r in self.model.rows(self.filters.ifname) if self._row_ok(r)]
-        return {"type": "table", "rows": rows, "taps": self.model.tap_list()}
+        return {"type": "table", "rows": enrich_rows(rows), "taps": self.model.tap_list()}
 
     def close(self) -> None:
         self.probes.close()
