@@ -105,7 +105,8 @@ class Session:
         info = self.probes.info
         ready = {"type": "ready", "backend": info.name, "buffer": info.buffer,
                  "buffer_pages": info.buffer_pages, "kernel_source": info.kernel_source,
-                 "rows": len(self.model.rows()), "taps": len(self.model.taps),
+                 "rows": sum(len(p.table.fds) for p in self.model.procs.values()),
+                 "taps": len(self.model.taps),
                  "tracer_pid": os.getpid()}
         self.emit(ready)
         return ready
