@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from . import events as ev
 
 # (pid, fd) -> ifname of that fd if it is an attached tun/tap fd, "" if it is a
-# tun fd with no interface, None if it is not a tun fd or cannot be read.
-FdProbe = Callable[[int, int], str | None]
+# tun fd with no interface, None if it is not a tun fd or cannot be read. A probe
+# that can tell "open, but not a tun fd" apart from "gone" may answer False for the
+# former: an SCM_RIGHTS receive is then never matched to a send of a tap by order.
+FdProbe = Callable[[int, int], str | bool | None]
 
 LINEAGE_HEAD = 16
 LINEAGE_MAX = 64
@@ -28,6 +30,12 @@ RELEASED_MAX = 256
 
 def _no_probe(_pid: int, _fd: int) -> str | None:
     return None
+
+
+def _requested_kind(flags: int) -> str | None:
+    if flags & ev.IFF_TAP:
+        return "tap"
+    return "tun" if flags & ev.IFF_TUN else None
 
 
 def errname(ret: int) -> str:
@@ -170,17 +178,20 @@ class Model:
             t.users.add(pid)
             self.procs[pid] = Process(pid, info.comm, t, info.ppid)
         byfd = {(fi.pid, fi.fd): fi for fi in snap.fds}
+        reused: set[int] = set()
         for group in snap.files:
-            first = byfd.get(group[0])
+            first = next((byfd[k] for k in group if k in byfd), None)
             if first is None:
                 continue
+            # The file the model already had there, unless another group took it:
+            # two snapshot files are never one model file.
             old = next((keep_files[k] for k in group if k in keep_files
-                        and keep_files[k].ifname == first.ifname), None)
+                        and keep_files[k].ifname == first.ifname
+                        and keep_files[k].id not in reused), None)
             f = old or OpenFile(self._new_id(), path=first.path, ifname=first.ifname)
+            reused.add(f.id)
             f.refs = 0
             self.files[f.id] = f
-            if f.ifname is None and first.path.startswith("/dev/tap"):
-                f.ifname = first.ifname
             tap = self.taps.get(f.ifname) if f.ifname else None
             if tap is not None:
                 tap.files.add(f.id)
@@ -193,7 +204,9 @@ class Model:
                     continue
                 if key[1] in proc.table.fds:
                     continue        # shared table: already placed via another user
-                prev = keep_entries.get(key) if old is not None else None
+                prev = keep_entries.get(key)
+                if prev is not None and prev.file is not f:
+                    prev = None     # that fd held another file before: it is new
                 how = prev.how if prev else "snapshot"
                 proc.table.fds[key[1]] = Entry(f, fi.cloexec, how,
                                                prev.from_pid if prev else None,
@@ -289,11 +302,16 @@ class Model:
     @staticmethod
     def chain(f: OpenFile) -> list:
         """The holders an open file went through: creator, forks, execs, receivers."""
-        hops = []
+        hops: list[dict] = []
+        last = None
         for s in f.lineage:
             if s["op"] in ("open", "tunsetiff", "snapshot", "fork", "exec", "recv"):
                 if hops and s["op"] == "tunsetiff" and hops[-1]["pid"] == s["pid"]:
                     continue
+                if (last is not None and s["op"] in ("fork", "exec") and last["op"] == s["op"]
+                        and last["pid"] == s["pid"] and last["ts_ns"] == s["ts_ns"]):
+                    continue          # one fork/exec of a file held at several fds
+                last = s
                 hops.append({k: s[k] for k in ("op", "pid", "comm", "fd")})
         return hops
 
@@ -356,6 +374,10 @@ class Model:
                 f = self._file_at(e.pid, e.fd, comm)
                 if f.ifname is None:
                     f.ifname = e.ifname
+                    f.iff = f.iff or e.value
+                    tap = self.taps.get(e.ifname)
+                    if tap is not None:     # it holds the tap too: no tap_gone without it
+                        tap.files.add(f.id)
                 msg = f"fd {e.fd} is {e.ifname}"
             else:
                 msg = {
@@ -370,7 +392,7 @@ class Model:
             if e.ret != 0:
                 out.append(self._report("tunsetiff", e.ts, e.pid, e.tid, comm, **base,
                                         ifname=e.ifname or None, flags=ev.iff_names(e.value),
-                                        created=False))
+                                        created=False, kind=_requested_kind(e.value)))
                 return
             f = self._file_at(e.pid, e.fd, comm)
             f.ifname, f.iff = e.ifname, e.value
@@ -378,9 +400,11 @@ class Model:
             tap = self.taps.get(e.ifname)
             created = tap is None
             if created:
+                # IFF_PERSIST in TUNSETIFF's flags is ignored by the kernel: a new
+                # device is persistent only after TUNSETPERSIST.
                 tap = self.taps[e.ifname] = Tap(
-                    e.ifname, "tap" if e.value & ev.IFF_TAP else "tun", e.value,
-                    bool(e.value & ev.IFF_PERSIST), e.pid, comm)
+                    e.ifname, "tap" if e.value & ev.IFF_TAP else "tun",
+                    e.value & ~ev.IFF_PERSIST, False, e.pid, comm)
             tap.files.add(f.id)
             f.step(e.ts, "tunsetiff", e.pid, comm, e.fd, created=created)
             out.append(self._report("tunsetiff", e.ts, e.pid, e.tid, comm, **base,
@@ -414,8 +438,12 @@ class Model:
             return
         comm = self._comm_for(e)
         src = proc.table.fds.get(e.oldfd)
-        # dup2/dup3 silently close what newfd held.
-        self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, e.how, out)
+        if e.how in ("dup2", "dup3"):
+            # dup2/dup3 silently close what newfd held.
+            self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, e.how, out)
+        else:
+            # dup/F_DUPFD take a free slot: whatever the model had there is stale.
+            self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, "stale", out, report=False)
         if src is None:
             return
         proc.table.fds[e.newfd] = Entry(src.file, e.cloexec, "dup", e.pid, e.oldfd)
@@ -456,13 +484,14 @@ class Model:
                                 cloexec=e.cloexec, how=e.how, ifname=entry.file.ifname))
 
     def _on_Fork(self, e: ev.Fork, out: list) -> None:
-        parent = self.procs.get(e.pid)
-        if parent is None:
-            return
-        comm = parent.comm
         stale = self.procs.pop(e.child, None)          # pid reuse after a missed exit
         if stale is not None:
             self._drop_table_user(stale, e.ts, stale.comm, out)
+        parent = self.procs.get(e.pid)
+        if parent is None:
+            return
+        comm = self._comm_for(e)                       # the parent process's name
+        child_comm = e.comm                            # the child copies the forking thread's
         shared = bool(e.flags & ev.CLONE_FILES)
         if shared:
             table = parent.table
@@ -471,11 +500,11 @@ class Model:
             for fd, entry in table.fds.items():
                 entry.how, entry.from_pid, entry.from_fd = "inherited", e.pid, fd
         table.users.add(e.child)
-        self.procs[e.child] = Process(e.child, comm, table, e.pid)
+        self.procs[e.child] = Process(e.child, child_comm, table, e.pid)
         fds = sorted(table.fds)
         if not shared:
             for fd in fds:
-                table.fds[fd].file.step(e.ts, "fork", e.child, comm, fd, parent=e.pid)
+                table.fds[fd].file.step(e.ts, "fork", e.child, child_comm, fd, parent=e.pid)
         out.append(self._report("fork", e.ts, e.pid, e.tid, comm, child_pid=e.child,
                                 flags=ev.clone_names(e.flags), shared_table=shared,
                                 fds=fds, ifnames=[table.fds[fd].file.ifname for fd in fds],
@@ -545,6 +574,10 @@ class Model:
             for f, name in zip(send.files, names):
                 if name is None:
                     continue          # not readable now: trust the order
+                if name is False:     # open, and not a tun fd
+                    if f is not None:
+                        ok = False
+                    continue
                 if f is None and name:
                     ok = False        # a tap arrived where an untracked fd was sent
                 if f is not None and name != (f.ifname or ""):
@@ -562,9 +595,10 @@ class Model:
         comm = self._comm_for(e)
         got, names, from_fds = [], [], []
         for newfd, oldfd, f in zip(e.fds, send.fds, send.files):
+            # fd_install fills free slots only: what the model had there is stale.
+            self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
             if f is None:
                 continue
-            self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
             proc.table.fds[newfd] = Entry(f, e.cloexec, "received", send.pid, oldfd)
             # the in-flight reference becomes this fd's reference
             f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=send.pid, from_fd=oldfd)
@@ -578,11 +612,13 @@ class Model:
     def _on_PidfdGetfd(self, e: ev.PidfdGetfd, out: list) -> None:
         src = self.procs.get(e.source_pid)
         entry = src.table.fds.get(e.target_fd) if src else None
+        mine = self.procs.get(e.pid)
+        if mine is not None:      # newfd was a free slot: what the model had there is stale
+            self._drop_entry(mine, e.newfd, e.ts, e.tid, mine.comm, "stale", out, report=False)
         if entry is None:
             return
         proc = self._proc(e.pid, e.comm)
         comm = self._comm_for(e)
-        self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, "stale", out, report=False)
         proc.table.fds[e.newfd] = Entry(entry.file, True, "received", e.source_pid,
                                         e.target_fd)
         entry.file.refs += 1
@@ -626,10 +662,10 @@ class Model:
                     continue
                 tap = self.taps.get(f.ifname) if f.ifname else None
                 iff = f.iff or (tap.iff if tap else 0)
+                if tap is not None:   # TUNSETPERSIST may have changed it since
+                    iff = (iff & ~ev.IFF_PERSIST) | (ev.IFF_PERSIST if tap.persist else 0)
                 flags = [n for n in ev.iff_names(iff) if n in ("vnet_hdr", "multi_queue",
                                                                "persist", "no_pi")]
-                if tap is not None and tap.persist and "persist" not in flags:
-                    flags.append("persist")
                 rows.append({
                     "pid": pid, "comm": p.comm, "fd": fd, "ifname": f.ifname,
                     "kind": f.kind, "flags": flags, "cloexec": entry.cloexec,
@@ -643,7 +679,9 @@ class Model:
 
     def tap_list(self) -> list[dict]:
         """Every known tun/tap device, with how many open files hold it."""
-        return [{"ifname": t.ifname, "kind": t.kind, "flags": ev.iff_names(t.iff),
+        return [{"ifname": t.ifname, "kind": t.kind,
+                 "flags": ev.iff_names((t.iff & ~ev.IFF_PERSIST)
+                                       | (ev.IFF_PERSIST if t.persist else 0)),
                  "persist": t.persist, "files": len(t.files), "created_by": t.created_by,
                  "created_comm": t.created_comm}
                 for t in sorted(self.taps.values(), key=lambda t: t.ifname)]

@@ -1,0 +1,191 @@
+"""decode(): one raw struct tt_event (packed with RECORD) to its typed record.
+
+Each test packs what the BPF side writes for one syscall and states the record
+the model will see.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tracer import events as ev
+
+BASE = {"ts": 5_000, "pid": 100, "tid": 101, "comm": "qemu"}
+
+
+def raw(type_: int, *, fd: int = -1, ret: int = 0, arg: int = 0, arg2: int = 0,
+        name: bytes = b"", comm: bytes = b"qemu", tgid: int = 100, tid: int = 101,
+        fds: tuple[int, ...] = (), nfds: int | None = None, ts: int = 5_000,
+        pad: bytes = b"") -> bytes:
+    """A record as the BPF side submits it (init_event zeroes it, fd = -1)."""
+    slots = (list(fds) + [0] * 16)[:16]
+    return ev.RECORD.pack(ts, type_, tgid, tid, fd, ret, arg, arg2, comm, name,
+                          len(fds) if nfds is None else nfds, *slots) + pad
+
+
+# ---- the common header ---------------------------------------------------------
+
+def test_the_header_is_tgid_as_pid_thread_id_and_comm():
+    rec = ev.decode(raw(ev.EV_CLOSE, fd=3, tgid=4242, tid=4250, comm=b"CPU 0/KVM", ts=77))
+    assert rec == ev.Close(ts=77, pid=4242, tid=4250, comm="CPU 0/KVM", fd=3)
+
+
+def test_a_record_with_the_c_tail_padding_decodes_the_same():
+    # sizeof(struct tt_event) rounds up to 8; the buffer may carry those bytes
+    assert ev.decode(raw(ev.EV_CLOSE, fd=3, pad=b"\0" * 4)) == ev.decode(raw(ev.EV_CLOSE, fd=3))
+
+
+@pytest.mark.parametrize("type_", [0, 14, 99, 0xFFFFFFFF])
+def test_an_unknown_type_decodes_to_none(type_):
+    assert ev.decode(raw(type_)) is None
+
+
+# ---- strings: kept exactly ------------------------------------------------------
+
+def test_names_with_control_bytes_are_kept_exactly():
+    comm = b"q\x1b[31mred\x07"
+    name = b"tap\x1b]0;x\x07"
+    rec = ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, arg=ev.TUNSETIFF, arg2=ev.IFF_TAP,
+                        name=name, comm=comm))
+    assert rec.comm == "q\x1b[31mred\x07"
+    assert rec.ifname == "tap\x1b]0;x\x07"
+
+
+def test_names_that_are_not_utf8_round_trip_through_surrogateescape():
+    name = b"t\xff\xfe\x80p"
+    rec = ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, arg=ev.TUNGETIFF, name=name, comm=b"\xc3("))
+    assert rec.ifname == "t\udcff\udcfe\udc80p"
+    assert rec.ifname.encode("utf-8", "surrogateescape") == name
+    assert rec.comm.encode("utf-8", "surrogateescape") == b"\xc3("
+
+
+def test_a_name_ends_at_its_first_nul_and_a_full_16_byte_name_is_whole():
+    assert ev.decode(raw(ev.EV_TUN_IOCTL, arg=ev.TUNSETIFF, name=b"tap0\0junk")).ifname == "tap0"
+    full = b"0123456789abcdef"                      # no NUL at all: every byte counts
+    assert ev.decode(raw(ev.EV_TUN_IOCTL, arg=ev.TUNSETIFF, name=full)).ifname == full.decode()
+    assert ev.decode(raw(ev.EV_CLOSE, comm=full)).comm == full.decode()
+
+
+# ---- one test per record type -----------------------------------------------------
+
+def test_open_of_dev_net_tun_with_o_cloexec():
+    flags = 0o2 | ev.O_CLOEXEC
+    rec = ev.decode(raw(ev.EV_OPEN, fd=7, ret=7, arg=flags, name=b"/dev/net/tun"))
+    assert rec == ev.Open(**BASE, fd=7, path="/dev/net/tun", flags=flags)
+
+
+def test_open_of_a_macvtap_node():
+    rec = ev.decode(raw(ev.EV_OPEN, fd=9, ret=9, arg=2, name=b"/dev/tap12"))
+    assert rec == ev.Open(**BASE, fd=9, path="/dev/tap12", flags=2)
+
+
+def test_tunsetiff_success_carries_the_name_the_kernel_copied_back():
+    rec = ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, ret=0, arg=ev.TUNSETIFF,
+                        arg2=ev.IFF_TAP | ev.IFF_NO_PI, name=b"tap0"))
+    assert rec == ev.TunIoctl(**BASE, fd=3, cmd=ev.TUNSETIFF, ret=0, ifname="tap0",
+                              value=ev.IFF_TAP | ev.IFF_NO_PI)
+
+
+def test_tunsetiff_failure_keeps_the_negative_errno():
+    rec = ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, ret=-errno.EBUSY, arg=ev.TUNSETIFF,
+                        arg2=ev.IFF_TAP, name=b"tap%d"))
+    assert rec.ret == -errno.EBUSY and rec.ifname == "tap%d"
+
+
+def test_int_argument_ioctls_carry_the_value():
+    rec = ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, arg=ev.TUNSETOWNER, arg2=0xFFFFFFFF))
+    assert rec == ev.TunIoctl(**BASE, fd=3, cmd=ev.TUNSETOWNER, ret=0, ifname="",
+                              value=0xFFFFFFFF)
+    assert ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, arg=ev.TUNSETPERSIST, arg2=1)).value == 1
+
+
+@pytest.mark.parametrize("arg,how,cloexec", [
+    (0, "dup", False),
+    (1, "dup2", False),
+    (2, "dup3", False),
+    (2 | ev.DUP_CLOEXEC, "dup3", True),                # dup3(old, new, O_CLOEXEC)
+    (3, "F_DUPFD", False),
+    (4, "F_DUPFD_CLOEXEC", True),
+])
+def test_dup_family(arg, how, cloexec):
+    rec = ev.decode(raw(ev.EV_DUP, fd=3, ret=20, arg=arg, arg2=20))
+    assert rec == ev.Dup(**BASE, oldfd=3, newfd=20, how=how, cloexec=cloexec)
+
+
+def test_close():
+    assert ev.decode(raw(ev.EV_CLOSE, fd=27)) == ev.Close(**BASE, fd=27)
+
+
+def test_close_range_reads_first_and_last_as_unsigned():
+    rec = ev.decode(raw(ev.EV_CLOSE_RANGE, fd=3, arg=0xFFFFFFFF, arg2=ev.CLOSE_RANGE_CLOEXEC))
+    assert rec == ev.CloseRange(**BASE, first=3, last=0xFFFFFFFF,
+                                flags=ev.CLOSE_RANGE_CLOEXEC)
+    # the BPF side stores first in the int fd field: ~0U comes back as -1
+    assert ev.decode(raw(ev.EV_CLOSE_RANGE, fd=-1, arg=0xFFFFFFFF)).first == 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("arg,arg2,how,cloexec", [
+    (0, 1, "F_SETFD", True), (0, 0, "F_SETFD", False),
+    (1, 1, "FIOCLEX", True), (2, 0, "FIONCLEX", False),
+])
+def test_setfd_family(arg, arg2, how, cloexec):
+    rec = ev.decode(raw(ev.EV_SETFD, fd=5, arg=arg, arg2=arg2))
+    assert rec == ev.SetFd(**BASE, fd=5, cloexec=cloexec, how=how)
+
+
+def test_fork_carries_the_child_and_the_clone_flags():
+    flags = ev.CLONE_FILES | 17
+    rec = ev.decode(raw(ev.EV_FORK, arg=flags, arg2=200))
+    assert rec == ev.Fork(**BASE, child=200, flags=flags)
+
+
+def test_exec_and_exit():
+    assert ev.decode(raw(ev.EV_EXEC, arg2=101, comm=b"qemu-system-x86")) == ev.Exec(
+        **{**BASE, "comm": "qemu-system-x86"}, old_pid=101)
+    assert ev.decode(raw(ev.EV_EXIT)) == ev.Exit(**BASE)
+
+
+def test_scm_send_keeps_the_fds_up_to_nfds_only():
+    rec = ev.decode(raw(ev.EV_SCM_SEND, fd=9, fds=(3, 7, 4, 99, 99), nfds=3))
+    assert rec == ev.ScmSend(**BASE, sock=9, fds=(3, 7, 4))
+
+
+def test_scm_nfds_beyond_the_array_is_cut_at_the_array():
+    rec = ev.decode(raw(ev.EV_SCM_SEND, fd=9, fds=tuple(range(10, 26)), nfds=1000))
+    assert rec.fds == tuple(range(10, 26))
+
+
+def test_scm_with_no_fds():
+    assert ev.decode(raw(ev.EV_SCM_RECV, fd=9, nfds=0)).fds == ()
+
+
+def test_scm_recv_with_and_without_msg_cmsg_cloexec():
+    rec = ev.decode(raw(ev.EV_SCM_RECV, fd=5, ret=1, arg=ev.MSG_CMSG_CLOEXEC | 0x40,
+                        fds=(40, 41), nfds=2))
+    assert rec == ev.ScmRecv(**BASE, sock=5, fds=(40, 41), cloexec=True)
+    assert ev.decode(raw(ev.EV_SCM_RECV, fd=5, arg=0, fds=(40,))).cloexec is False
+
+
+def test_unshare_and_pidfd_getfd():
+    assert ev.decode(raw(ev.EV_UNSHARE, arg=ev.CLONE_FILES)) == ev.Unshare(
+        **BASE, flags=ev.CLONE_FILES)
+    rec = ev.decode(raw(ev.EV_PIDFD_GETFD, fd=6, arg=27, ret=11))
+    assert rec == ev.PidfdGetfd(**BASE, pidfd=6, target_fd=27, newfd=11, source_pid=0)
+
+
+def test_every_decoded_record_survives_the_replay_form():
+    records = [
+        raw(ev.EV_OPEN, ret=7, arg=ev.O_CLOEXEC, name=b"/dev/net/tun"),
+        raw(ev.EV_TUN_IOCTL, fd=3, arg=ev.TUNSETIFF, arg2=2, name=b"t\xff\x1b"),
+        raw(ev.EV_DUP, fd=3, ret=20, arg=2 | ev.DUP_CLOEXEC),
+        raw(ev.EV_CLOSE, fd=3), raw(ev.EV_CLOSE_RANGE, fd=3, arg=9, arg2=4),
+        raw(ev.EV_SETFD, fd=3, arg=1, arg2=1), raw(ev.EV_FORK, arg=17, arg2=9),
+        raw(ev.EV_EXEC, arg2=100), raw(ev.EV_EXIT), raw(ev.EV_SCM_SEND, fd=9, fds=(3, 4)),
+        raw(ev.EV_SCM_RECV, fd=5, fds=(6,)), raw(ev.EV_UNSHARE, arg=ev.CLONE_FILES),
+        raw(ev.EV_PIDFD_GETFD, fd=6, arg=3, ret=8),
+    ]
+    for buf in records:
+        rec = ev.decode(buf)
+        assert ev.from_record(ev.to_record(rec)) == rec

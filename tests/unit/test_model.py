@@ -1,0 +1,1205 @@
+"""The model as a specification.
+
+Each test is a scenario (who holds what), an action (the records the BPF side
+would deliver for some syscalls), and the expected result: the table of rows,
+written as {(pid, fd): (ifname, cloexec, how)}, and the reports, by type.
+
+The kernel facts these follow are in KERNEL-NOTES.md ("How fds move"): dup2/dup3
+replace what newfd held; fork copies the table with its close-on-exec bits unless
+CLONE_FILES shares it; exec first unshares a shared table, then closes every
+close-on-exec fd; a file stays open while an SCM_RIGHTS message carrying it is in
+flight; a non-persistent tap goes when its last open file is released.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+
+import pytest
+
+from tracer import events as ev
+from tracer.model import Model, descendants_filter
+from tracer.procfs import FdInfo, ProcInfo, Snapshot, TapInfo
+
+TAP = ev.IFF_TAP | ev.IFF_NO_PI
+VNET = TAP | ev.IFF_VNET_HDR
+MQ = TAP | ev.IFF_MULTI_QUEUE
+SIGCHLD = 17
+ALL = 0xFFFFFFFF                       # close_range(first, ~0U, ...)
+
+
+class World:
+    """A Model fed with records built like the BPF side builds them.
+
+    Every process has a name (comm) that its records carry, unless a record says
+    otherwise (a thread's own name); fork and exec change names as the kernel does.
+    """
+
+    def __init__(self, probe=None, ifindex_name=None) -> None:
+        kw = {}
+        if probe is not None:
+            kw["probe_fd"] = probe
+        if ifindex_name is not None:
+            kw["ifindex_name"] = ifindex_name
+        self.m = Model(**kw)
+        self.reports: list[dict] = []
+        self.comm: dict[int, str] = {}
+        self.clock = itertools.count(1_000_000)
+
+    def named(self, **names: int) -> World:
+        for comm, pid in names.items():
+            self.comm[pid] = comm.replace("_", "-")
+        return self
+
+    def apply(self, cls, pid: int, *, tid: int | None = None, comm: str | None = None,
+              **kw) -> list[dict]:
+        comm = comm or self.comm.get(pid, "proc")
+        out = self.m.apply(cls(ts=next(self.clock), pid=pid, tid=tid or pid, comm=comm, **kw))
+        self.reports.extend(out)
+        return out
+
+    # ---- syscalls ----------------------------------------------------------
+
+    def open(self, pid, fd, *, cloexec=False, path="/dev/net/tun", **kw):
+        flags = 0o2 | (ev.O_CLOEXEC if cloexec else 0)
+        return self.apply(ev.Open, pid, fd=fd, path=path, flags=flags, **kw)
+
+    def ioctl(self, pid, fd, cmd, *, value=0, ret=0, ifname="", **kw):
+        return self.apply(ev.TunIoctl, pid, fd=fd, cmd=cmd, ret=ret, ifname=ifname,
+                          value=value, **kw)
+
+    def setiff(self, pid, fd, name, flags=TAP, *, ret=0, **kw):
+        return self.ioctl(pid, fd, ev.TUNSETIFF, value=flags, ret=ret, ifname=name, **kw)
+
+    def tap(self, pid, fd, name, flags=TAP, *, cloexec=False, **kw):
+        """open("/dev/net/tun") at fd, then TUNSETIFF(name): the usual way in."""
+        return self.open(pid, fd, cloexec=cloexec, **kw) + self.setiff(pid, fd, name, flags, **kw)
+
+    def dup(self, pid, old, new, how="dup", *, cloexec=False, **kw):
+        return self.apply(ev.Dup, pid, oldfd=old, newfd=new, how=how, cloexec=cloexec, **kw)
+
+    def close(self, pid, fd, **kw):
+        return self.apply(ev.Close, pid, fd=fd, **kw)
+
+    def close_range(self, pid, first, last, flags=0, **kw):
+        return self.apply(ev.CloseRange, pid, first=first, last=last, flags=flags, **kw)
+
+    def setfd(self, pid, fd, cloexec, how="F_SETFD", **kw):
+        return self.apply(ev.SetFd, pid, fd=fd, cloexec=cloexec, how=how, **kw)
+
+    def fork(self, pid, child, flags=SIGCHLD, **kw):
+        out = self.apply(ev.Fork, pid, child=child, flags=flags, **kw)
+        self.comm[child] = kw.get("comm") or self.comm.get(pid, "proc")
+        return out
+
+    def exec(self, pid, comm):
+        self.comm[pid] = comm
+        return self.apply(ev.Exec, pid, old_pid=pid)
+
+    def exit(self, pid, **kw):
+        return self.apply(ev.Exit, pid, **kw)
+
+    def send(self, pid, sock, fds, **kw):
+        return self.apply(ev.ScmSend, pid, sock=sock, fds=tuple(fds), **kw)
+
+    def recv(self, pid, sock, fds, *, cloexec=False, **kw):
+        return self.apply(ev.ScmRecv, pid, sock=sock, fds=tuple(fds), cloexec=cloexec, **kw)
+
+    # ---- what the model says ----------------------------------------------
+
+    def table(self) -> dict:
+        return {(r["pid"], r["fd"]): (r["ifname"], r["cloexec"], r["how"])
+                for r in self.m.rows()}
+
+    def row(self, pid, fd) -> dict:
+        return next(r for r in self.m.rows() if (r["pid"], r["fd"]) == (pid, fd))
+
+    def gone(self) -> list[str]:
+        return [r["ifname"] for r in self.reports if r["type"] == "tap_gone"]
+
+    def tap_info(self, ifname) -> dict | None:
+        return next((t for t in self.m.tap_list() if t["ifname"] == ifname), None)
+
+
+def types(reports: list[dict]) -> list[str]:
+    return [r["type"] for r in reports]
+
+
+def snapshot(procs: dict[int, str], fds: list[tuple], taps: dict[str, int],
+             files: list[list[tuple[int, int]]] | None = None,
+             tables: list[list[int]] | None = None) -> Snapshot:
+    """procs: pid -> comm; fds: (pid, fd, ifname, cloexec); taps: ifname -> tun_flags.
+
+    Each fd is its own open file and each process its own table unless said."""
+    return Snapshot(
+        procs={pid: ProcInfo(pid, 1, comm, (comm,), 0) for pid, comm in procs.items()},
+        fds=[FdInfo(pid, fd, "/dev/net/tun", name, cloexec,
+                    0o2 | (ev.O_CLOEXEC if cloexec else 0))
+             for pid, fd, name, cloexec in fds],
+        taps={name: TapInfo(name, 10 + i, "tap" if flags & ev.IFF_TAP else "tun", flags,
+                            bool(flags & ev.IFF_PERSIST), bool(flags & ev.IFF_MULTI_QUEUE),
+                            bool(flags & ev.IFF_VNET_HDR), None, None, "fe:54:00:00:00:01")
+              for i, (name, flags) in enumerate(taps.items())},
+        files=files if files is not None else [[(pid, fd)] for pid, fd, _, _ in fds],
+        tables=tables if tables is not None else [[pid] for pid in procs],
+    )
+
+
+# =============================================================================
+# open + TUNSETIFF
+# =============================================================================
+
+def test_open_then_tunsetiff_creates_a_tap():
+    w = World().named(tunctl=10)
+
+    out = w.open(10, 3, cloexec=True)
+    assert out == [{"type": "open", "ts_ns": out[0]["ts_ns"], "pid": 10, "tid": 10,
+                    "comm": "tunctl", "fd": 3, "path": "/dev/net/tun", "ifname": None,
+                    "cloexec": True}]
+    assert w.table() == {(10, 3): (None, True, "opened")}     # a tun fd, no interface yet
+
+    out = w.setiff(10, 3, "tap0", VNET)
+    assert [(r["type"], r["ifname"], r["created"], r["kind"], r["flags"], r["error"])
+            for r in out] == [("tunsetiff", "tap0", True, "tap", ["tap", "no_pi", "vnet_hdr"],
+                               None)]
+    assert w.table() == {(10, 3): ("tap0", True, "opened")}
+    row = w.row(10, 3)
+    assert (row["kind"], row["flags"], row["creator_pid"], row["creator_comm"],
+            row["queue"]) == ("tap", ["no_pi", "vnet_hdr"], 10, "tunctl", "attached")
+    assert w.m.tap_list() == [{"ifname": "tap0", "kind": "tap",
+                               "flags": ["tap", "no_pi", "vnet_hdr"], "persist": False,
+                               "files": 1, "created_by": 10, "created_comm": "tunctl"}]
+
+
+def test_a_tun_device_is_kind_tun():
+    w = World()
+    w.tap(10, 3, "tun0", ev.IFF_TUN | ev.IFF_NO_PI)
+    assert w.row(10, 3)["kind"] == "tun" and w.tap_info("tun0")["kind"] == "tun"
+
+
+def test_a_tap_percent_d_template_is_known_by_the_name_the_kernel_chose():
+    # the kernel copies the final ifreq back, so the record carries "tap7", not "tap%d"
+    w = World()
+    w.open(10, 3)
+    out = w.setiff(10, 3, "tap7")
+    assert out[0]["ifname"] == "tap7"
+    assert w.table() == {(10, 3): ("tap7", False, "opened")}
+    assert [t["ifname"] for t in w.m.tap_list()] == ["tap7"]
+
+
+def test_a_failed_tunsetiff_with_a_template_changes_nothing():
+    # on failure nothing is copied back: the record still holds the template
+    w = World()
+    w.open(10, 3)
+    out = w.setiff(10, 3, "tap%d", ret=-errno.EPERM)
+    assert [(r["type"], r["ifname"], r["created"], r["error"]) for r in out] == [
+        ("tunsetiff", "tap%d", False, "EPERM")]
+    assert w.table() == {(10, 3): (None, False, "opened")}
+    assert w.m.tap_list() == []
+
+
+def test_tunsetiff_attaches_to_an_existing_persistent_tap():
+    w = World().named(tunctl=10, qemu=11)
+    w.tap(10, 3, "tap0")
+    w.ioctl(10, 3, ev.TUNSETPERSIST, value=1)
+    w.close(10, 3)                                           # persistent: it stays
+
+    out = w.tap(11, 5, "tap0")
+
+    assert [(r["type"], r.get("created")) for r in out] == [
+        ("open", None), ("tunsetiff", False)]
+    assert w.table() == {(11, 5): ("tap0", False, "opened")}
+    assert w.row(11, 5)["creator_pid"] == 11                 # who attached this open file
+    assert w.tap_info("tap0")["created_by"] == 10            # who made the device
+    assert w.tap_info("tap0")["files"] == 1
+    assert w.gone() == []
+
+
+def test_tunsetiff_ebusy_on_a_held_single_queue_tap_leaves_the_fd_unattached():
+    w = World().named(a=10, b=11)
+    w.tap(10, 3, "tap0")
+    w.open(11, 4)
+
+    out = w.setiff(11, 4, "tap0", ret=-errno.EBUSY)
+
+    assert [(r["type"], r["error"], r["created"], r["ret"]) for r in out] == [
+        ("tunsetiff", "EBUSY", False, -errno.EBUSY)]
+    assert w.table() == {(10, 3): ("tap0", False, "opened"), (11, 4): (None, False, "opened")}
+    assert w.tap_info("tap0")["files"] == 1
+    w.close(11, 4)
+    assert w.gone() == []                                    # the failed fd never held it
+
+
+def test_iff_persist_in_tunsetiff_flags_does_not_make_the_tap_persistent():
+    # the kernel keeps only TUN_FEATURES from TUNSETIFF; only TUNSETPERSIST persists
+    w = World()
+    w.tap(10, 3, "tap0", TAP | ev.IFF_PERSIST)
+    assert w.tap_info("tap0")["persist"] is False
+    assert "persist" not in w.row(10, 3)["flags"]
+    w.close(10, 3)
+    assert w.gone() == ["tap0"]
+
+
+# =============================================================================
+# TUNSETQUEUE, TUNSETPERSIST, TUNSETOWNER/GROUP
+# =============================================================================
+
+def test_tunsetqueue_detach_and_attach_on_a_multi_queue_tap():
+    w = World().named(libvirtd=1)
+    w.tap(1, 3, "mq0", MQ)
+    w.tap(1, 4, "mq0", MQ)
+    assert w.tap_info("mq0")["files"] == 2
+
+    out = w.ioctl(1, 4, ev.TUNSETQUEUE, value=ev.IFF_DETACH_QUEUE)
+    assert [(r["type"], r["op"], r["ifname"], r["error"]) for r in out] == [
+        ("tunsetqueue", "detach", "mq0", None)]
+    assert {fd: w.row(1, fd)["queue"] for fd in (3, 4)} == {3: "attached", 4: "detached"}
+
+    out = w.ioctl(1, 4, ev.TUNSETQUEUE, value=ev.IFF_DETACH_QUEUE, ret=-errno.EINVAL)
+    assert out[0]["error"] == "EINVAL" and w.row(1, 4)["queue"] == "detached"
+
+    w.ioctl(1, 4, ev.TUNSETQUEUE, value=ev.IFF_ATTACH_QUEUE)
+    assert w.row(1, 4)["queue"] == "attached"
+    assert "multi_queue" in w.row(1, 4)["flags"]
+
+
+def test_a_detached_queue_still_holds_the_tap():
+    w = World()
+    w.tap(1, 3, "mq0", MQ)
+    w.tap(1, 4, "mq0", MQ)
+    w.ioctl(1, 4, ev.TUNSETQUEUE, value=ev.IFF_DETACH_QUEUE)
+
+    w.close(1, 3)                                  # the last attached queue
+    assert w.gone() == []
+    w.close(1, 4)
+    assert w.gone() == ["mq0"]
+
+
+def test_tunsetpersist_keeps_the_tap_after_its_last_close_until_cleared():
+    w = World().named(a=10, b=11)
+    w.tap(10, 3, "tap0")
+    out = w.ioctl(10, 3, ev.TUNSETPERSIST, value=1)
+    assert [(r["type"], r["ifname"], r["persist"]) for r in out] == [
+        ("tunsetpersist", "tap0", True)]
+    assert w.row(10, 3)["flags"] == ["persist", "no_pi"]
+    assert w.tap_info("tap0")["persist"] is True
+
+    w.close(10, 3)
+    assert w.gone() == [] and w.m.rows() == []
+    assert (w.tap_info("tap0")["files"], w.tap_info("tap0")["persist"]) == (0, True)
+
+    w.tap(11, 4, "tap0")
+    w.ioctl(11, 4, ev.TUNSETPERSIST, value=0)
+    assert w.row(11, 4)["flags"] == ["no_pi"]
+    w.close(11, 4)
+    assert w.gone() == ["tap0"] and w.m.tap_list() == []
+
+
+def test_a_failed_tunsetpersist_changes_nothing():
+    w = World()
+    w.tap(10, 3, "tap0")
+    out = w.ioctl(10, 3, ev.TUNSETPERSIST, value=1, ret=-errno.EPERM)
+    assert out[0]["error"] == "EPERM"
+    w.close(10, 3)
+    assert w.gone() == ["tap0"]
+
+
+def test_clearing_persist_on_a_tap_the_snapshot_saw_persistent():
+    w = World()
+    w.m.load(snapshot({1: "qemu"}, [(1, 3, "tap0", False)], {"tap0": TAP | ev.IFF_PERSIST}))
+    assert w.row(1, 3)["flags"] == ["persist", "no_pi"]
+
+    w.ioctl(1, 3, ev.TUNSETPERSIST, value=0)
+
+    assert w.row(1, 3)["flags"] == ["no_pi"]
+    assert w.tap_info("tap0")["flags"] == ["tap", "no_pi"]
+    assert w.tap_info("tap0")["persist"] is False
+    w.close(1, 3)
+    assert w.gone() == ["tap0"]
+
+
+def test_tunsetowner_and_tunsetgroup_report_the_ids():
+    w = World()
+    w.tap(10, 3, "tap0")
+    out = w.ioctl(10, 3, ev.TUNSETOWNER, value=107)
+    assert [(r["type"], r["ifname"], r["uid"]) for r in out] == [("tunsetowner", "tap0", 107)]
+    out = w.ioctl(10, 3, ev.TUNSETGROUP, value=0xFFFFFFFF)          # -1: no group
+    assert [(r["type"], r["ifname"], r["gid"]) for r in out] == [("tunsetgroup", "tap0", None)]
+    assert w.table() == {(10, 3): ("tap0", False, "opened")}
+
+
+# =============================================================================
+# TUNGETIFF: how QEMU adopts an fd
+# =============================================================================
+
+def test_tungetiff_names_a_tracked_fd():
+    w = World()
+    w.tap(1, 3, "vnet0")
+    out = w.ioctl(1, 3, ev.TUNGETIFF, ifname="vnet0", value=TAP)
+    assert [(r["type"], r["ifname"], r["message"], r["error"]) for r in out] == [
+        ("tungetiff", "vnet0", "fd 3 is vnet0", None)]
+
+
+@pytest.mark.parametrize("err,message", [
+    (errno.ENOTTY, "fd 9 is not a tap (ENOTTY)"),
+    (errno.EBADF, "fd 9 is not open (EBADF)"),
+    (errno.EBADFD, "fd 9 is a tun fd with no interface attached (EBADFD)"),
+    (errno.EPERM, "TUNGETIFF on fd 9 failed (EPERM)"),
+])
+def test_a_failed_tungetiff_says_why(err, message):
+    w = World().named(qemu_system_x86=50)
+    out = w.ioctl(50, 9, ev.TUNGETIFF, ret=-err)
+    assert [(r["type"], r["fd"], r["ifname"], r["message"], r["error"]) for r in out] == [
+        ("tungetiff", 9, None, message, errno.errorcode[err])]
+    assert w.m.rows() == []
+
+
+def test_tungetiff_on_an_fd_the_model_missed_adopts_it_and_it_holds_the_tap():
+    # pid 1 held vnet0 at start; pid 2 got an fd of it in a way the model did not see
+    w = World()
+    w.m.load(snapshot({1: "libvirtd"}, [(1, 27, "vnet0", True)], {"vnet0": VNET}))
+
+    w.ioctl(2, 9, ev.TUNGETIFF, ifname="vnet0", value=VNET, comm="qemu")
+
+    assert w.table() == {(1, 27): ("vnet0", True, "snapshot"),
+                         (2, 9): ("vnet0", False, "unknown")}
+    assert w.tap_info("vnet0")["files"] == 2
+    w.close(1, 27)
+    assert w.gone() == []                           # pid 2 still holds it
+    w.close(2, 9, comm="qemu")
+    assert w.gone() == ["vnet0"]
+
+
+# =============================================================================
+# dup family
+# =============================================================================
+
+def test_dup_shares_the_open_file_and_clears_close_on_exec():
+    w = World()
+    w.tap(1, 3, "a", cloexec=True)
+
+    out = w.dup(1, 3, 4)
+
+    assert [(r["type"], r["fd"], r["newfd"], r["how"], r["cloexec"], r["ifname"])
+            for r in out] == [("dup", 3, 4, "dup", False, "a")]
+    assert w.table() == {(1, 3): ("a", True, "opened"), (1, 4): ("a", False, "dup")}
+    assert (w.row(1, 4)["from_pid"], w.row(1, 4)["from_fd"]) == (1, 3)
+    assert w.row(1, 3)["file"] == w.row(1, 4)["file"]
+    assert w.row(1, 3)["shared_with"] == [[1, 4]] and w.row(1, 4)["shared_with"] == [[1, 3]]
+    w.close(1, 3)
+    assert w.gone() == []                           # fd 4 still holds the file
+
+
+def test_dup2_over_a_tracked_fd_closes_the_file_it_replaced():
+    w = World()
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "b")
+
+    out = w.dup(1, 3, 4, "dup2")                    # dup2 returns newfd: 4
+
+    assert [(r["type"], r.get("fd"), r["ifname"], r.get("how")) for r in out] == [
+        ("close", 4, "b", "dup2"), ("tap_gone", None, "b", None), ("dup", 3, "a", "dup2")]
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 4): ("a", False, "dup")}
+
+
+def test_dup2_of_an_untracked_fd_over_a_tracked_one_only_closes():
+    w = World()
+    w.tap(1, 3, "a")
+    w.dup(1, 3, 4)
+    out = w.dup(1, 0, 4, "dup2")                    # e.g. /dev/null over fd 4
+    assert types(out) == ["close"] and out[0]["how"] == "dup2"
+    assert w.table() == {(1, 3): ("a", False, "opened")}
+
+
+def test_dup2_onto_itself_does_nothing():
+    w = World()
+    w.tap(1, 3, "a", cloexec=True)
+    assert w.dup(1, 3, 3, "dup2") == []
+    assert w.table() == {(1, 3): ("a", True, "opened")}
+
+
+@pytest.mark.parametrize("how,cloexec", [
+    ("dup3", True), ("dup3", False), ("F_DUPFD_CLOEXEC", True), ("F_DUPFD", False),
+])
+def test_dup3_and_f_dupfd_set_close_on_exec_as_asked(how, cloexec):
+    w = World()
+    w.tap(1, 3, "a")
+    out = w.dup(1, 3, 20, how, cloexec=cloexec)
+    assert (out[-1]["how"], out[-1]["cloexec"]) == (how, cloexec)
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 20): ("a", cloexec, "dup")}
+
+
+def test_dup3_with_o_cloexec_over_a_tracked_fd():
+    w = World()
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "b")
+    out = w.dup(1, 4, 3, "dup3", cloexec=True)
+    assert types(out) == ["close", "tap_gone", "dup"] and out[0]["how"] == "dup3"
+    assert w.table() == {(1, 3): ("b", True, "dup"), (1, 4): ("b", False, "opened")}
+
+
+def test_a_plain_dup_landing_where_the_model_saw_a_file_means_that_file_was_closed_unseen():
+    # dup picks a free slot, so what the model still had at fd 5 is stale:
+    # it goes quietly, with no "close" line blaming the dup
+    w = World()
+    w.tap(1, 3, "a")
+    w.tap(1, 5, "b")                                # closed later by io_uring, unseen
+
+    out = w.dup(1, 3, 5)
+
+    assert "close" not in types(out) and types(out)[-1] == "dup"
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 5): ("a", False, "dup")}
+
+
+# =============================================================================
+# close-on-exec changes
+# =============================================================================
+
+def test_f_setfd_fioclex_and_fionclex_set_the_bit():
+    w = World()
+    w.tap(1, 3, "a")
+    w.dup(1, 3, 4)
+    w.dup(1, 3, 5)
+
+    out = (w.setfd(1, 3, True, "F_SETFD") + w.setfd(1, 4, True, "FIOCLEX")
+           + w.setfd(1, 4, False, "FIONCLEX") + w.setfd(1, 5, True, "FIOCLEX"))
+
+    assert [(r["type"], r["fd"], r["cloexec"], r["how"], r["ifname"]) for r in out] == [
+        ("cloexec", 3, True, "F_SETFD", "a"), ("cloexec", 4, True, "FIOCLEX", "a"),
+        ("cloexec", 4, False, "FIONCLEX", "a"), ("cloexec", 5, True, "FIOCLEX", "a")]
+    assert w.table() == {(1, 3): ("a", True, "opened"), (1, 4): ("a", False, "dup"),
+                         (1, 5): ("a", True, "dup")}
+
+
+def test_close_on_exec_changes_on_untracked_fds_are_not_reported():
+    w = World()
+    w.tap(1, 3, "a")
+    assert w.setfd(1, 77, True, "FIOCLEX") == []
+    assert w.setfd(2, 3, True) == []               # a process the model does not know
+
+
+# =============================================================================
+# close and close_range
+# =============================================================================
+
+def test_closing_the_last_fd_of_a_nonpersistent_tap_makes_it_go():
+    w = World()
+    w.tap(1, 3, "a")
+    out = w.close(1, 3)
+    assert [(r["type"], r["ifname"]) for r in out] == [("close", "a"), ("tap_gone", "a")]
+    assert out[0]["how"] == "close"
+    assert w.m.rows() == [] and w.m.tap_list() == []
+
+
+def test_closing_an_untracked_fd_is_silent():
+    w = World()
+    w.tap(1, 3, "a")
+    assert w.close(1, 8) == [] and w.close(99, 3) == []
+
+
+def test_close_range_closes_every_tracked_fd_in_the_range():
+    w = World()
+    w.tap(1, 3, "a")
+    w.dup(1, 3, 5)
+    w.dup(1, 3, 6)
+    w.tap(1, 9, "b")
+
+    out = w.close_range(1, 5, ALL)
+
+    assert [(r["type"], r.get("fd"), r["ifname"]) for r in out] == [
+        ("close", 5, "a"), ("close", 6, "a"), ("close", 9, "b"), ("tap_gone", None, "b")]
+    assert {r["how"] for r in out if r["type"] == "close"} == {"close_range"}
+    assert w.table() == {(1, 3): ("a", False, "opened")}
+
+
+def test_close_range_cloexec_only_marks():
+    w = World()
+    w.tap(1, 3, "a")
+    w.dup(1, 3, 4)
+    w.dup(1, 3, 10)
+
+    out = w.close_range(1, 4, 9, ev.CLOSE_RANGE_CLOEXEC)
+
+    assert [(r["type"], r["fd"], r["cloexec"], r["how"]) for r in out] == [
+        ("cloexec", 4, True, "close_range")]
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 4): ("a", True, "dup"),
+                         (1, 10): ("a", False, "dup")}
+
+
+def test_close_range_unshare_closes_only_in_the_callers_new_table():
+    w = World().named(parent=1)
+    w.tap(1, 3, "a")
+    w.fork(1, 2, ev.CLONE_FILES | SIGCHLD)
+
+    w.close_range(2, 0, ALL, ev.CLOSE_RANGE_UNSHARE)
+
+    assert w.table() == {(1, 3): ("a", False, "opened")}
+    w.tap(1, 4, "b")
+    assert (2, 4) not in w.table()                 # no longer shared
+    assert w.gone() == []
+
+
+def test_close_range_unshare_with_cloexec_marks_only_the_callers_copy():
+    w = World()
+    w.tap(1, 3, "a")
+    w.fork(1, 2, ev.CLONE_FILES | SIGCHLD)
+    w.close_range(2, 0, ALL, ev.CLOSE_RANGE_UNSHARE | ev.CLOSE_RANGE_CLOEXEC)
+    assert w.table() == {(1, 3): ("a", False, "opened"), (2, 3): ("a", True, "opened")}
+
+
+# =============================================================================
+# fork and exec
+# =============================================================================
+
+def test_fork_then_exec_with_mixed_close_on_exec_bits():
+    # libvirtd opens three taps close-on-exec, forks; the child clears the bit on the
+    # two it passes to QEMU (27, 30), then execs; 28 is closed by the exec
+    w = World().named(libvirtd=100)
+    w.tap(100, 27, "vnet0", VNET, cloexec=True)
+    w.tap(100, 28, "vnet1", VNET, cloexec=True)
+    w.tap(100, 30, "vnet2", VNET, cloexec=True)
+
+    out = w.fork(100, 200)
+    assert [(r["type"], r["child_pid"], r["shared_table"], r["fds"], r["ifnames"],
+             r["flags"]) for r in out] == [
+        ("fork", 200, False, [27, 28, 30], ["vnet0", "vnet1", "vnet2"], [])]
+    assert w.table() == {
+        (100, 27): ("vnet0", True, "opened"), (100, 28): ("vnet1", True, "opened"),
+        (100, 30): ("vnet2", True, "opened"),
+        (200, 27): ("vnet0", True, "inherited"), (200, 28): ("vnet1", True, "inherited"),
+        (200, 30): ("vnet2", True, "inherited")}
+
+    w.setfd(200, 27, False, "FIONCLEX")
+    w.setfd(200, 30, False, "F_SETFD")
+    out = w.exec(200, "qemu-system-x86")
+
+    assert [(r["type"], r["kept"], r["closed"], r["ifnames"], r["comm"]) for r in out] == [
+        ("exec", [27, 30], [28], {"27": "vnet0", "30": "vnet2"}, "qemu-system-x86")]
+    assert w.gone() == []                           # libvirtd still holds vnet1
+    assert {k: v for k, v in w.table().items() if k[0] == 200} == {
+        (200, 27): ("vnet0", False, "inherited"), (200, 30): ("vnet2", False, "inherited")}
+    assert (w.row(200, 27)["from_pid"], w.row(200, 27)["from_fd"]) == (100, 27)
+    assert w.row(200, 27)["creator_pid"] == 100
+
+    for fd in (27, 28, 30):
+        w.close(100, fd)
+    assert w.gone() == ["vnet1"]
+    assert w.table() == {(200, 27): ("vnet0", False, "inherited"),
+                         (200, 30): ("vnet2", False, "inherited")}
+    assert {r["comm"] for r in w.m.rows()} == {"qemu-system-x86"}
+
+
+def test_the_child_keeps_the_bits_it_copied_at_fork():
+    w = World()
+    w.tap(1, 3, "a", cloexec=True)
+    w.fork(1, 2)
+    w.setfd(1, 3, False, "FIONCLEX")               # the parent's change is its own
+    assert w.table() == {(1, 3): ("a", False, "opened"), (2, 3): ("a", True, "inherited")}
+
+
+def test_an_exec_that_closes_the_last_reference_reports_the_tap_gone_after_the_exec_line():
+    w = World()
+    w.tap(1, 3, "a", cloexec=True)
+    w.fork(1, 2)
+    w.close(1, 3)
+
+    out = w.exec(2, "child")
+
+    assert [(r["type"], r.get("closed"), r.get("ifname")) for r in out] == [
+        ("exec", [3], None), ("tap_gone", None, "a")]
+    assert w.m.rows() == []
+
+
+def test_an_exec_with_nothing_tracked_is_quiet():
+    w = World()
+    w.tap(1, 3, "a")
+    w.close(1, 3)
+    out = w.exec(1, "x")
+    assert [(r["type"], r["quiet"]) for r in out] == [("exec", True)]
+
+
+def test_vfork_copies_the_table_too():
+    w = World()
+    w.tap(1, 3, "a", cloexec=True)
+    out = w.fork(1, 2, ev.CLONE_VM | ev.CLONE_VFORK | SIGCHLD)
+    assert out[0]["shared_table"] is False and out[0]["flags"] == ["CLONE_VM", "CLONE_VFORK"]
+    w.exec(2, "helper")
+    assert w.table() == {(1, 3): ("a", True, "opened")}
+
+
+# =============================================================================
+# CLONE_FILES: one table, several processes
+# =============================================================================
+
+def test_clone_files_shares_the_table_both_ways():
+    w = World().named(parent=1)
+    w.tap(1, 3, "a")
+
+    out = w.fork(1, 2, ev.CLONE_FILES | SIGCHLD)
+
+    assert (out[0]["shared_table"], out[0]["flags"]) == (True, ["CLONE_FILES"])
+    assert w.table() == {(1, 3): ("a", False, "opened"), (2, 3): ("a", False, "opened")}
+    assert w.row(1, 3)["shared_with"] == [[2, 3]]
+
+    w.tap(2, 4, "b")                               # an open in one is in the other
+    w.close(1, 3)                                  # a close in one is seen by the other
+    assert w.table() == {(1, 4): ("b", False, "opened"), (2, 4): ("b", False, "opened")}
+    assert w.gone() == ["a"]
+
+
+def test_the_exit_of_one_sharer_closes_nothing_the_last_closes_all():
+    w = World()
+    w.tap(1, 3, "a")
+    w.fork(1, 2, ev.CLONE_FILES | SIGCHLD)
+
+    out = w.exit(1)
+    assert [(r["type"], r["closed"], r["quiet"]) for r in out] == [("exit", [], True)]
+    assert w.table() == {(2, 3): ("a", False, "opened")}
+
+    out = w.exit(2)
+    assert types(out) == ["exit", "tap_gone"] and out[0]["closed"] == [3]
+
+
+def test_exec_of_a_sharer_unshares_first_then_closes_its_cloexec_fds():
+    w = World()
+    w.tap(1, 3, "a", cloexec=True)
+    w.tap(1, 4, "b")
+    w.fork(1, 2, ev.CLONE_FILES | SIGCHLD)
+
+    out = w.exec(2, "child")
+
+    assert (out[0]["kept"], out[0]["closed"]) == ([4], [3])
+    assert w.table() == {(1, 3): ("a", True, "opened"), (1, 4): ("b", False, "opened"),
+                         (2, 4): ("b", False, "opened")}
+    assert w.gone() == []                           # the parent's table still holds a
+    w.close(1, 4)                                  # two tables now: not seen by pid 2
+    assert w.table() == {(1, 3): ("a", True, "opened"), (2, 4): ("b", False, "opened")}
+
+
+def test_unshare_clone_files_gives_the_caller_its_own_copy():
+    w = World()
+    w.tap(1, 3, "a")
+    w.fork(1, 2, ev.CLONE_FILES | SIGCHLD)
+    w.apply(ev.Unshare, 2, flags=ev.CLONE_FILES)
+    w.close(2, 3)
+    assert w.table() == {(1, 3): ("a", False, "opened")}
+    assert w.gone() == []
+
+
+# =============================================================================
+# threads
+# =============================================================================
+
+def test_threads_act_on_the_process_table_and_do_not_rename_it():
+    w = World().named(qemu_system_x86=1)
+    w.open(1, 3)
+    w.setiff(1, 3, "a", tid=7, comm="CPU 0/KVM")    # attached by a thread
+    w.dup(1, 3, 8, tid=8, comm="worker")
+    w.close(1, 3, tid=8, comm="worker")
+
+    assert w.table() == {(1, 8): ("a", False, "dup")}
+    assert w.row(1, 8)["comm"] == "qemu-system-x86"
+    assert w.row(1, 8)["creator_comm"] == "qemu-system-x86"
+    assert {r["comm"] for r in w.reports} == {"qemu-system-x86"}
+    assert {r["tid"] for r in w.reports} == {1, 7, 8}
+
+
+def test_the_leader_renaming_itself_renames_the_process():
+    w = World().named(qemu=1)
+    w.tap(1, 3, "a")
+    w.setfd(1, 3, True, comm="qemu:vm1")            # prctl(PR_SET_NAME) by the leader
+    assert w.row(1, 3)["comm"] == "qemu:vm1"
+
+
+def test_a_fork_from_a_thread_names_the_child_after_that_thread():
+    # the child is a copy of the calling thread, name included
+    w = World().named(qemu_system_x86=1)
+    w.tap(1, 3, "a")
+    out = w.fork(1, 2, tid=5, comm="worker")
+    assert out[0]["comm"] == "qemu-system-x86"       # the parent process
+    assert w.row(2, 3)["comm"] == "worker"
+
+
+# =============================================================================
+# SCM_RIGHTS
+# =============================================================================
+
+def test_scm_rights_with_several_fds_sender_closing_before_the_receive():
+    # libvirtd sends [vnet0, a pipe, vnet1] and closes its fds at once; QEMU receives
+    # them later with MSG_CMSG_CLOEXEC as 40, 41, 42
+    probe = {(2, 40): "vnet0", (2, 41): None, (2, 42): "vnet1"}
+    w = World(probe=lambda pid, fd: probe.get((pid, fd))).named(libvirtd=1, qemu=2)
+    w.tap(1, 27, "vnet0", cloexec=True)
+    w.tap(1, 28, "vnet1", cloexec=True)
+
+    out = w.send(1, 9, [27, 5, 28])
+    assert [(r["type"], r["sock"], r["fds"], r["ifnames"]) for r in out] == [
+        ("scm_send", 9, [27, 28], ["vnet0", "vnet1"])]
+    w.close(1, 27)
+    w.close(1, 28)
+    assert w.gone() == []                           # the message in flight holds both
+    assert w.m.rows() == []
+    assert [t["files"] for t in w.m.tap_list()] == [1, 1]
+
+    out = w.recv(2, 4, [40, 41, 42], cloexec=True)
+
+    assert [(r["type"], r["fds"], r["from_pid"], r["from_comm"], r["from_fds"],
+             r["ifnames"], r["cloexec"]) for r in out] == [
+        ("scm_recv", [40, 42], 1, "libvirtd", [27, 28], ["vnet0", "vnet1"], True)]
+    assert w.table() == {(2, 40): ("vnet0", True, "received"),
+                         (2, 42): ("vnet1", True, "received")}
+    assert (w.row(2, 42)["from_pid"], w.row(2, 42)["from_fd"]) == (1, 28)
+    assert w.row(2, 40)["creator_pid"] == 1
+    assert w.m.pending == []
+    w.exit(2)
+    assert w.gone() == ["vnet0", "vnet1"]
+
+
+def test_a_receive_without_msg_cmsg_cloexec_leaves_the_bit_clear():
+    w = World()
+    w.tap(1, 3, "a", cloexec=True)
+    w.send(1, 9, [3])
+    w.recv(2, 4, [6])
+    assert w.table() == {(1, 3): ("a", True, "opened"), (2, 6): ("a", False, "received")}
+    assert w.row(1, 3)["shared_with"] == [[2, 6]]   # one open file, two processes
+
+
+def test_the_sender_exiting_with_the_message_in_flight_does_not_drop_the_tap():
+    w = World().named(helper=3, qemu=2)
+    w.tap(3, 5, "tap0")
+    w.send(3, 4, [5])
+    out = w.exit(3)
+    assert types(out) == ["exit"] and w.gone() == []
+    w.recv(2, 6, [25])
+    assert w.table() == {(2, 25): ("tap0", False, "received")}
+
+
+def test_a_receive_is_matched_to_the_pending_send_carrying_what_arrived():
+    # two sends are pending; /proc says the receiver's new fd is "b"
+    probe = {(3, 50): "b"}
+    w = World(probe=lambda pid, fd: probe.get((pid, fd)))
+    w.tap(1, 3, "a")
+    w.tap(2, 3, "b")
+    w.send(1, 9, [3])
+    w.send(2, 9, [3])
+
+    out = w.recv(3, 5, [50])
+
+    assert (out[0]["from_pid"], out[0]["ifnames"]) == (2, ["b"])
+    assert [(s.pid, s.fds) for s in w.m.pending] == [(1, (3,))]
+    assert w.table()[(3, 50)] == ("b", False, "received")
+
+
+def test_without_proc_to_ask_pending_sends_are_received_in_order():
+    w = World()
+    w.tap(1, 3, "a")
+    w.tap(2, 3, "b")
+    w.send(1, 9, [3])
+    w.send(2, 9, [3])
+    assert w.recv(3, 5, [50])[0]["ifnames"] == ["a"]
+    assert w.recv(3, 5, [51])[0]["ifnames"] == ["b"]
+
+
+def test_a_receive_of_a_fd_that_is_not_a_tun_fd_takes_no_pending_send():
+    # a probe may answer False for "open, but not a tun fd" (say a memfd from dbus):
+    # that receive is someone else's, not the pending tap send
+    probe = {(7, 12): False, (2, 40): "a"}
+    w = World(probe=lambda pid, fd: probe.get((pid, fd)))
+    w.tap(1, 3, "a")
+    w.send(1, 9, [3])
+
+    assert w.recv(7, 5, [12]) == []
+    assert len(w.m.pending) == 1
+    assert w.recv(2, 5, [40])[0]["from_pid"] == 1
+
+
+def test_a_receive_with_a_different_number_of_fds_is_another_message():
+    w = World()
+    w.tap(1, 3, "a")
+    w.send(1, 9, [3])
+    assert w.recv(2, 5, [40, 41]) == []
+    assert len(w.m.pending) == 1
+
+
+def test_a_send_of_untracked_fds_only_is_not_followed():
+    w = World()
+    w.tap(1, 3, "a")
+    assert w.send(1, 9, [0, 1]) == []
+    assert w.m.pending == []
+    assert w.recv(2, 5, [40, 41]) == []
+
+
+def test_a_receive_replaces_what_the_model_wrongly_had_at_each_new_fd():
+    # fd_install only fills free slots: 40 and 41 were free in the kernel
+    w = World()
+    w.tap(2, 40, "old0")
+    w.tap(2, 41, "old1")                            # both closed unseen (io_uring)
+    w.tap(1, 3, "a")
+    w.send(1, 9, [3, 7])
+
+    out = w.recv(2, 5, [40, 41])
+
+    assert out[-1]["fds"] == [40]
+    assert w.table() == {(1, 3): ("a", False, "opened"), (2, 40): ("a", False, "received")}
+    assert sorted(w.gone()) == ["old0", "old1"]
+
+
+def test_an_unreceived_send_expires_and_releases_its_files():
+    w = World()
+    w.tap(1, 3, "a")
+    w.send(1, 9, [3])
+    w.close(1, 3)
+    assert w.m.expire_pending(w.m.pending[0].ts + 1) == []          # not yet
+    out = w.m.expire_pending(w.m.pending[0].ts + 61_000_000_000)
+    assert [(r["type"], r["ifname"]) for r in out] == [("tap_gone", "a")]
+    assert w.m.pending == []
+
+
+def test_pidfd_getfd_copies_an_fd_with_close_on_exec_set():
+    w = World().named(libvirtd=1, qemu=2)
+    w.tap(1, 27, "a")
+    out = w.apply(ev.PidfdGetfd, 2, pidfd=6, target_fd=27, newfd=11, source_pid=1)
+    assert [(r["type"], r["fd"], r["from_pid"], r["from_fd"], r["ifname"]) for r in out] == [
+        ("pidfd_getfd", 11, 1, 27, "a")]
+    assert w.table() == {(1, 27): ("a", False, "opened"), (2, 11): ("a", True, "received")}
+    w.close(1, 27)
+    assert w.gone() == []
+
+
+def test_pidfd_getfd_of_an_untracked_fd_still_frees_the_slot_it_lands_in():
+    w = World()
+    w.tap(2, 11, "old")                             # closed unseen
+    out = w.apply(ev.PidfdGetfd, 2, pidfd=6, target_fd=4, newfd=11, source_pid=1)
+    assert types(out) == ["tap_gone"]
+    assert w.m.rows() == []
+
+
+# =============================================================================
+# pid reuse, exit, multi-queue
+# =============================================================================
+
+def test_a_fork_to_a_pid_the_model_still_has_replaces_that_stale_process():
+    w = World()
+    w.tap(1, 3, "a")
+    w.tap(5, 3, "b")                                # pid 5 exited unseen
+
+    out = w.fork(1, 5)
+
+    assert types(out) == ["tap_gone", "fork"] and w.gone() == ["b"]
+    assert w.table() == {(1, 3): ("a", False, "opened"), (5, 3): ("a", False, "inherited")}
+
+
+def test_a_fork_by_an_unknown_parent_still_retires_the_stale_pid():
+    w = World()
+    w.tap(5, 3, "b")
+    w.fork(99, 5)                                   # the parent holds nothing tracked
+    assert w.m.rows() == [] and w.gone() == ["b"]
+
+
+def test_exit_closes_the_table_nonpersistent_taps_go_persistent_ones_stay():
+    w = World().named(qemu=1)
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "keep")
+    w.ioctl(1, 4, ev.TUNSETPERSIST, value=1)
+
+    out = w.exit(1)
+
+    assert [(r["type"], r.get("closed"), r.get("ifnames"), r.get("ifname")) for r in out] == [
+        ("exit", [3, 4], ["a", "keep"], None), ("tap_gone", None, None, "a")]
+    assert out[0]["comm"] == "qemu" and out[0]["quiet"] is False
+    assert w.m.rows() == [] and w.m.holders() == set()
+    assert [(t["ifname"], t["files"], t["persist"]) for t in w.m.tap_list()] == [
+        ("keep", 0, True)]
+
+
+def test_an_exit_while_a_child_still_holds_the_file_keeps_the_tap():
+    w = World()
+    w.tap(1, 3, "a")
+    w.fork(1, 2)
+    w.exit(1)
+    assert w.gone() == [] and w.table() == {(2, 3): ("a", False, "inherited")}
+
+
+def test_two_open_files_on_one_multi_queue_tap():
+    w = World()
+    w.tap(1, 3, "mq0", MQ)
+    w.tap(1, 4, "mq0", MQ)
+    assert w.row(1, 3)["file"] != w.row(1, 4)["file"]
+    assert w.row(1, 3)["shared_with"] == []         # same tap, different open files
+    assert w.tap_info("mq0")["files"] == 2
+
+    w.close(1, 3)
+    assert w.gone() == [] and w.tap_info("mq0")["files"] == 1
+    w.close(1, 4)
+    assert w.gone() == ["mq0"]
+
+
+def test_macvtap_open_is_the_attach():
+    w = World(ifindex_name=lambda i: {12: "macvtap0"}.get(i))
+    out = w.open(1, 3, path="/dev/tap12")
+    assert out[0]["ifname"] == "macvtap0"
+    assert w.table() == {(1, 3): ("macvtap0", False, "opened")}
+    assert w.row(1, 3)["kind"] == "macvtap" and w.row(1, 3)["creator_pid"] == 1
+    w.close(1, 3)
+    assert w.gone() == []                           # closing it does not delete the link
+
+
+# =============================================================================
+# lineage and chain
+# =============================================================================
+
+def test_the_chain_of_a_tap_opened_forked_execed_sent_and_received():
+    w = World().named(libvirtd=100, qemu_system_x86=300)
+    w.tap(100, 27, "vnet0", cloexec=True)
+    w.fork(100, 200)
+    w.setfd(200, 27, False, "FIONCLEX")
+    w.exec(200, "tapbroker")
+    w.send(200, 4, [27])
+    w.close(200, 27)
+    w.recv(300, 8, [33], cloexec=True)
+    w.close(100, 27)
+
+    [item] = w.m.lineage("vnet0")
+    assert (item["creator_pid"], item["open"]) == (100, True)
+    assert item["chain"] == [
+        {"op": "open", "pid": 100, "comm": "libvirtd", "fd": 27},
+        {"op": "fork", "pid": 200, "comm": "libvirtd", "fd": 27},
+        {"op": "exec", "pid": 200, "comm": "tapbroker", "fd": 27},
+        {"op": "recv", "pid": 300, "comm": "qemu-system-x86", "fd": 33},
+    ]
+    assert [(s["op"], s["pid"]) for s in item["steps"]] == [
+        ("open", 100), ("tunsetiff", 100), ("fork", 200), ("exec", 200), ("send", 200),
+        ("close", 200), ("recv", 300), ("close", 100)]
+    assert (item["steps"][-2]["from_pid"], item["steps"][-2]["from_fd"]) == (200, 27)
+
+    w.exit(300)
+    [item] = w.m.lineage("vnet0")                   # released files are remembered
+    assert item["open"] is False and item["steps"][-1]["op"] == "released"
+
+
+def test_a_file_held_at_two_fds_makes_one_hop_per_fork_and_exec():
+    w = World()
+    w.tap(1, 3, "a")
+    w.dup(1, 3, 4)
+    w.fork(1, 2)
+    w.exec(2, "child")
+    [item] = w.m.lineage("a")
+    assert [(h["op"], h["pid"], h["fd"]) for h in item["chain"]] == [
+        ("open", 1, 3), ("fork", 2, 3), ("exec", 2, 3)]
+
+
+def test_lineage_lists_each_open_file_of_the_interface():
+    w = World()
+    w.tap(1, 3, "mq0", MQ)
+    w.tap(1, 4, "mq0", MQ)
+    w.tap(1, 5, "other")
+    assert [(i["file"], i["chain"][0]["fd"]) for i in w.m.lineage("mq0")] == [
+        (w.row(1, 3)["file"], 3), (w.row(1, 4)["file"], 4)]
+    assert w.m.lineage("nothing") == []
+
+
+# =============================================================================
+# snapshots: load and resync
+# =============================================================================
+
+def test_load_builds_the_table_from_a_snapshot():
+    snap = snapshot({1: "libvirtd", 2: "qemu", 3: "qemu-thread-pool"},
+                    [(1, 27, "vnet0", True), (2, 27, "vnet0", False), (2, 30, "vnet1", True),
+                     (3, 30, "vnet1", True), (2, 31, None, False)],
+                    {"vnet0": VNET, "vnet1": MQ},
+                    files=[[(1, 27), (2, 27)], [(2, 30), (3, 30)], [(2, 31)]],
+                    tables=[[1], [2, 3]])
+    w = World()
+    w.m.load(snap)
+
+    assert w.table() == {(1, 27): ("vnet0", True, "snapshot"),
+                         (2, 27): ("vnet0", False, "snapshot"),
+                         (2, 30): ("vnet1", True, "snapshot"),
+                         (2, 31): (None, False, "snapshot"),
+                         (3, 27): ("vnet0", False, "snapshot"),
+                         (3, 30): ("vnet1", True, "snapshot"),
+                         (3, 31): (None, False, "snapshot")}
+    r = w.row(2, 27)
+    assert (r["comm"], r["kind"], r["flags"], r["creator_pid"], r["from_pid"]) == (
+        "qemu", "tap", ["no_pi", "vnet_hdr"], None, None)
+    assert r["shared_with"] == [[1, 27], [3, 27]]
+    assert w.row(2, 30)["flags"] == ["multi_queue", "no_pi"]
+    assert [(t["ifname"], t["files"], t["created_by"]) for t in w.m.tap_list()] == [
+        ("vnet0", 1, None), ("vnet1", 1, None)]
+    assert w.m.holders() == {1, 2, 3}
+
+    w.close(3, 30)                                  # pids 2 and 3 share one table
+    assert (2, 30) not in w.table() and w.gone() == ["vnet1"]
+
+
+def test_resync_makes_the_rows_equal_the_snapshot_and_keeps_what_is_still_true():
+    w = World().named(libvirtd=1)
+    w.m.load(snapshot({1: "libvirtd"}, [(1, 27, "vnet0", True)], {"vnet0": VNET}))
+    w.fork(1, 2)
+    w.setfd(2, 27, False, "FIONCLEX")
+    w.exec(2, "qemu")
+    w.close(1, 27)
+    w.tap(2, 30, "vnet1")
+    w.dup(2, 30, 33)
+    before = w.m.lineage("vnet1")[0]
+    # what /proc says now: 33 was closed unseen, 40 appeared unseen, 30 is cloexec now
+    snap = snapshot({2: "qemu"},
+                    [(2, 27, "vnet0", False), (2, 30, "vnet1", True), (2, 40, "vnet2", True)],
+                    {"vnet0": VNET, "vnet1": TAP, "vnet2": TAP})
+
+    report = w.m.resync(snap)
+
+    assert report == {"type": "resync", "added": 1, "removed": 1, "rows": 3}
+    assert w.table() == {(2, 27): ("vnet0", False, "inherited"),
+                         (2, 30): ("vnet1", True, "opened"),
+                         (2, 40): ("vnet2", True, "snapshot")}
+    assert (w.row(2, 30)["creator_pid"], w.row(2, 30)["creator_comm"]) == (2, "qemu")
+    assert (w.row(2, 27)["from_pid"], w.row(2, 27)["from_fd"]) == (1, 27)
+    assert w.row(2, 40)["creator_pid"] is None
+    assert w.m.lineage("vnet1")[0]["steps"] == before["steps"]
+    assert [h["op"] for h in w.m.lineage("vnet0")[0]["chain"]] == ["fork", "exec"]
+    assert w.tap_info("vnet1")["created_by"] == 2
+    assert w.m.pending == []
+
+
+def test_resync_never_makes_two_snapshot_files_one():
+    # the model thinks 1:3 and 2:3 are one file (fork); /proc says two files now
+    w = World()
+    w.tap(1, 3, "a")
+    w.fork(1, 2)
+    w.m.resync(snapshot({1: "p", 2: "p"}, [(1, 3, "a", False), (2, 3, "a", False)],
+                        {"a": TAP}))
+    assert w.row(1, 3)["file"] != w.row(2, 3)["file"]
+    assert w.row(1, 3)["shared_with"] == [] and w.row(2, 3)["shared_with"] == []
+    assert w.row(1, 3)["creator_pid"] == 1 and w.row(2, 3)["how"] == "snapshot"
+    assert w.tap_info("a")["files"] == 2
+    w.close(1, 3)
+    assert w.gone() == []
+
+
+def test_resync_of_an_fd_that_now_holds_another_file():
+    w = World()
+    w.tap(1, 3, "a")
+    w.m.resync(snapshot({1: "p"}, [(1, 3, "b", True)], {"b": TAP}))
+    assert w.table() == {(1, 3): ("b", True, "snapshot")}
+    assert w.row(1, 3)["creator_pid"] is None
+
+
+# =============================================================================
+# views
+# =============================================================================
+
+ROW_KEYS = {"pid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
+            "creator_pid", "creator_comm", "how", "from_pid", "from_fd", "shared_with",
+            "queue"}
+
+
+def test_a_row_has_exactly_these_fields():
+    w = World().named(libvirtd=1, qemu=2)
+    w.tap(1, 27, "vnet0", VNET, cloexec=True)
+    w.send(1, 9, [27])
+    w.recv(2, 4, [40], cloexec=True)
+    row = w.row(2, 40)
+    assert set(row) == ROW_KEYS
+    assert row == {"pid": 2, "comm": "qemu", "fd": 40, "ifname": "vnet0", "kind": "tap",
+                   "flags": ["no_pi", "vnet_hdr"], "cloexec": True, "path": "/dev/net/tun",
+                   "file": w.row(1, 27)["file"], "creator_pid": 1, "creator_comm": "libvirtd",
+                   "how": "received", "from_pid": 1, "from_fd": 27, "shared_with": [[1, 27]],
+                   "queue": "attached"}
+
+
+def test_rows_filter_by_interface_glob():
+    w = World()
+    w.tap(1, 3, "vnet0")
+    w.tap(1, 4, "vnet1")
+    w.tap(1, 5, "tap0")
+    assert [r["ifname"] for r in w.m.rows("vnet*")] == ["vnet0", "vnet1"]
+    assert [r["ifname"] for r in w.m.rows("tap0")] == ["tap0"]
+
+
+def test_descendants_filter_follows_the_model_then_proc():
+    w = World()
+    w.tap(10, 3, "a")
+    w.fork(10, 20)
+    w.fork(20, 30)
+    is_mine = descendants_filter(w.m, 10, {40: 30, 50: 1}.get)
+    assert [is_mine(p) for p in (10, 20, 30, 40, 50, 60)] == [
+        True, True, True, True, False, False]
+
+
+# =============================================================================
+# the JSON field names of every report type
+# =============================================================================
+
+COMMON = {"type", "ts_ns", "pid", "tid", "comm"}
+TUN_IOCTL = {"fd", "ioctl", "ret", "error", "ifname"}
+REPORT_KEYS = {
+    "open": {"fd", "path", "ifname", "cloexec"},
+    "tunsetiff": TUN_IOCTL | {"flags", "created", "kind"},
+    "tungetiff": TUN_IOCTL | {"message"},
+    "tunsetqueue": TUN_IOCTL | {"op"},
+    "tunsetpersist": TUN_IOCTL | {"persist"},
+    "tunsetowner": TUN_IOCTL | {"uid"},
+    "tunsetgroup": TUN_IOCTL | {"gid"},
+    "dup": {"fd", "newfd", "how", "cloexec", "ifname"},
+    "close": {"fd", "ifname", "how"},
+    "cloexec": {"fd", "cloexec", "how", "ifname"},
+    "fork": {"child_pid", "flags", "shared_table", "fds", "ifnames", "quiet"},
+    "exec": {"kept", "closed", "ifnames", "quiet"},
+    "exit": {"closed", "ifnames", "quiet"},
+    "scm_send": {"sock", "fds", "ifnames"},
+    "scm_recv": {"sock", "fds", "from_pid", "from_comm", "from_fds", "ifnames", "cloexec"},
+    "pidfd_getfd": {"fd", "from_pid", "from_fd", "ifname"},
+    "tap_gone": {"ifname"},
+    "lost": {"count"},
+}
+
+
+def test_every_report_type_has_a_fixed_set_of_fields():
+    w = World(probe=lambda pid, fd: "a" if fd == 6 else None)
+    w.tap(1, 3, "a")
+    w.setiff(1, 4, "a", ret=-errno.EBUSY)           # failed tunsetiff: same keys
+    w.tap(1, 5, "mq", MQ)
+    w.ioctl(1, 3, ev.TUNGETIFF, ifname="a", value=TAP)
+    w.ioctl(1, 9, ev.TUNGETIFF, ret=-errno.ENOTTY)
+    w.ioctl(1, 5, ev.TUNSETQUEUE, value=ev.IFF_DETACH_QUEUE)
+    w.ioctl(1, 3, ev.TUNSETPERSIST, value=0)
+    w.ioctl(1, 3, ev.TUNSETOWNER, value=0)
+    w.ioctl(1, 3, ev.TUNSETGROUP, value=0)
+    w.dup(1, 3, 4)
+    w.setfd(1, 4, True, "FIOCLEX")
+    w.close(1, 4)
+    w.fork(1, 2)
+    w.exec(2, "x")
+    w.send(1, 9, [3])
+    w.recv(2, 7, [6])
+    w.apply(ev.PidfdGetfd, 2, pidfd=8, target_fd=3, newfd=11, source_pid=1)
+    w.apply(ev.Lost, 0, count=3)
+    w.exit(1)
+    w.exit(2)
+
+    seen = {}
+    for r in w.reports:
+        seen.setdefault(r["type"], []).append(set(r))
+    assert set(seen) == set(REPORT_KEYS)
+    for type_, keysets in seen.items():
+        for keys in keysets:
+            assert keys == COMMON | REPORT_KEYS[type_], type_
+    assert set(w.m.resync(snapshot({}, [], {}))) == {"type", "added", "removed", "rows"}
+
+
+def test_tap_list_entries_have_a_fixed_set_of_fields():
+    w = World()
+    w.tap(1, 3, "a")
+    assert [set(t) for t in w.m.tap_list()] == [
+        {"ifname", "kind", "flags", "persist", "files", "created_by", "created_comm"}]
+
+
+def test_lineage_items_and_chain_hops_have_a_fixed_set_of_fields():
+    w = World()
+    w.tap(1, 3, "a")
+    [item] = w.m.lineage("a")
+    assert set(item) == {"file", "creator_pid", "open", "steps", "chain"}
+    assert all(set(h) == {"op", "pid", "comm", "fd"} for h in item["chain"])
+    assert all({"ts_ns", "op", "pid", "comm", "fd"} <= set(s) for s in item["steps"])
