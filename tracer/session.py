@@ -36,12 +36,17 @@ class Filters:
         return any(v is not None for v in (self.pid, self.comm, self.ifname))
 
 
-def fd_ifname(pid: int, fd: int) -> str | None:
-    """The model's FdProbe: ifname of a tun fd ("" unattached), None otherwise."""
+def fd_ifname(pid: int, fd: int) -> str | bool | None:
+    """The model's FdProbe: ifname of a tun fd ("" unattached); False for an open fd
+    that is something else; None when it cannot be told (gone, unreadable)."""
     info = procfs.read_fdinfo(pid, fd)
-    if info is None:
+    if info is not None:
+        return info.ifname or ""
+    try:
+        os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
         return None
-    return info.ifname or ""
+    return False
 
 
 def ifindex_name(ifindex: int) -> str | None:
