@@ -10,7 +10,8 @@
  *   tapwalk setfd       A        fcntl F_SETFD on and off
  *   tapwalk close_range A        close_range plain, CLOSE_RANGE_CLOEXEC, to ~0U
  *   tapwalk dup2        A B C    dup2 over a tracked fd, dup3 over one, dup2
- *                                over the last fd of C (C goes)
+ *                                over the last fd of C (C goes), dup2 of a pipe
+ *                                over the last fd of B (B goes)
  *   tapwalk files       A B      clone(CLONE_FILES): the child dups, closes and
  *                                opens a tap in the shared table, then exits
  *   tapwalk exec        A B      fork + exec with mixed close-on-exec bits; the
@@ -25,9 +26,12 @@
  *                                fd (EBADF)
  *   tapwalk persist     A B      TUNSETPERSIST on, close, attach again, off,
  *                                close: A goes; B is held throughout
+ *   tapwalk getfd       A        pidfd_open + pidfd_getfd of the parent's tap fd,
+ *                                then close(pidfd)
+ *   tapwalk blink       A        make A, dup and close, exit at once (no hold)
  *   tapwalk hold                 print the tun fds held, wait for stdin
  *
- * Every scenario ends with exactly one {"step": "hold", "fds": [...]} line
+ * Every scenario but blink ends with exactly one {"step": "hold", "fds": [...]} line
  * (from whichever process holds the taps) and then waits for a line on
  * stdin, so the test can compare the tracer's table with /proc meanwhile.
  */
@@ -49,6 +53,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC 4
 #endif
@@ -261,6 +271,12 @@ static int walk_dup2(char **av)
 	if (dup2(ta, tc) != tc) /* the last fd of C: C goes */
 		die("dup2 a c");
 	say("dup2", "\"fd\": %d, \"newfd\": %d, \"replaced\": \"%s\"", ta, tc, av[2]);
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die("pipe2");
+	if (dup2(p[0], 20) != 20) /* a non-tap over B's last fd: B goes */
+		die("dup2 pipe 20");
+	say("dup2", "\"fd\": %d, \"newfd\": 20, \"replaced\": \"%s\"", p[0], av[1]);
 	hold();
 	return 0;
 }
@@ -529,6 +545,55 @@ static int walk_persist(char **av)
 	return 0;
 }
 
+/* ---- pidfd_getfd ------------------------------------------------------------ */
+
+static int walk_getfd(char **av)
+{
+	int sync[2];
+	pid_t parent = getpid();
+	if (pipe2(sync, O_CLOEXEC) < 0)
+		die("pipe2");
+	pid_t c = fork(); /* before the tap exists: the child never inherits it */
+	if (c < 0)
+		die("fork");
+	if (c == 0) {
+		int fd;
+		if (read(sync[0], &fd, sizeof(fd)) != sizeof(fd))
+			die("read sync");
+		int pidfd = syscall(SYS_pidfd_open, parent, 0);
+		if (pidfd < 0)
+			die("pidfd_open");
+		int n = syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+		if (n < 0)
+			die("pidfd_getfd");
+		close(pidfd); /* as callers do, right away */
+		say("getfd", "\"from_pid\": %d, \"from_fd\": %d, \"newfd\": %d, \"pidfd\": %d, "
+		    "\"cloexec\": %s", parent, fd, n, pidfd, cloexec_of(n) ? "true" : "false");
+		hold();
+		return 0;
+	}
+	int t = tap(av[0], PLAIN, 1);
+	if (write(sync[1], &t, sizeof(t)) != sizeof(t))
+		die("write sync");
+	int st;
+	waitpid(c, &st, 0);
+	return 0;
+}
+
+/* ---- a short-lived process ------------------------------------------------- */
+
+static int walk_blink(char **av)
+{
+	int t = tap(av[0], PLAIN, 1);
+	int d = dup(t);
+	if (d < 0)
+		die("dup");
+	say("dup", "\"fd\": %d, \"newfd\": %d", t, d);
+	close(d);
+	say("exit", "\"fd\": %d", t); /* and exit at once: the exit closes t, A goes */
+	return 0;
+}
+
 struct walk {
 	const char *name;
 	int nargs;
@@ -552,6 +617,8 @@ static const struct walk walks[] = {
 	{ "queue", 1, walk_queue },
 	{ "probe", 1, walk_probe },
 	{ "persist", 2, walk_persist },
+	{ "getfd", 1, walk_getfd },
+	{ "blink", 1, walk_blink },
 };
 
 int main(int argc, char **argv)
@@ -571,6 +638,6 @@ int main(int argc, char **argv)
 		return walks[i].fn(argv + 2);
 	}
 	fprintf(stderr, "usage: tapwalk hold|dup3|dupfd|ioctl|setfd|close_range|dup2|files|"
-			"exec|scm|mmsg|queue|probe|persist NAME...\n");
+			"exec|scm|mmsg|queue|probe|persist|getfd|blink NAME...\n");
 	return 2;
 }

@@ -252,12 +252,17 @@ def test_dup2_and_dup3_over_tracked_fds(tracer, walk):
     close_c = one(events_of(mine, "close", fd=tc, how="dup2", ifname=c))
     gone_c = one(events_of(lines, "tap_gone", ifname=c))
     assert index(lines, close_c) < index(lines, gone_c)
-    assert not events_of(lines, "tap_gone", ifname=a) and not events_of(lines, "tap_gone",
-                                                                         ifname=b)
-    assert (row(table, pid, 20)["ifname"], row(table, pid, 20)["from_fd"]) == (b, tb)
+    # dup2(pipe, 20) put a non-tap over B's last fd: B is gone too, and 20 is no row
+    close_b = one(events_of(mine, "close", fd=20, ifname=b))
+    assert close_b["how"] == "dup2"
+    gone_b = one(events_of(lines, "tap_gone", ifname=b))
+    assert index(lines, close_b) < index(lines, gone_b)
+    assert not events_of(lines, "tap_gone", ifname=a)
+    assert {r["fd"] for r in table["rows"] if r["pid"] == pid} == {ta, tb, tc}
     assert (row(table, pid, tb)["ifname"], row(table, pid, tb)["cloexec"]) == (a, True)
     assert (row(table, pid, tc)["ifname"], row(table, pid, tc)["cloexec"]) == (a, False)
-    assert c not in {x["ifname"] for x in table["taps"]}
+    assert (row(table, pid, tb)["how"], row(table, pid, tb)["from_fd"]) == ("dup", ta)
+    assert {b, c} & {x["ifname"] for x in table["taps"]} == set()
 
 
 # ---- processes --------------------------------------------------------------------
@@ -368,6 +373,35 @@ def test_sendmmsg_recvmmsg_two_messages(tracer, walk):
         r = row(table, receiver, fd)
         assert (r["ifname"], r["how"], r["creator_pid"], r["cloexec"]) == (
             name, "received", sender, True)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "session.Session.drain() resolves the pidfd's pid by reading "
+    "/proc/PID/fdinfo/PIDFD when the record is processed; callers close the pidfd "
+    "right after pidfd_getfd, so source_pid is 0, model._on_PidfdGetfd drops the "
+    "event and the grabbed tap fd is missing from the table"))
+def test_pidfd_getfd_then_close_of_the_pidfd(tracer, walk):
+    t = tracer()
+    (a,) = names(1)
+    # user space reads the records a moment later than the walk runs (always true;
+    # made certain here): by then the pidfd is closed
+    t.proc.send_signal(signal.SIGSTOP)
+    try:
+        w = walk("getfd", a)
+    finally:
+        t.proc.send_signal(signal.SIGCONT)
+    lines, table = finish(t, w)
+    owner, got = w.pid, w.step("getfd")
+    grabber = got["pid"]
+    assert got["from_pid"] == owner and got["cloexec"] is True
+    ev = one(events_of(lines, "pidfd_getfd", pid=grabber))
+    assert (ev["fd"], ev["from_pid"], ev["from_fd"], ev["ifname"]) == (
+        got["newfd"], owner, got["from_fd"], a)
+    r = row(table, grabber, got["newfd"])
+    assert (r["ifname"], r["how"], r["from_pid"], r["from_fd"]) == (a, "received", owner,
+                                                                    got["from_fd"])
+    assert r["creator_pid"] == owner and r["cloexec"] is True
+    assert sorted(map(tuple, r["shared_with"])) == [(owner, got["from_fd"])]
 
 
 # ---- the tun ioctls ---------------------------------------------------------------
