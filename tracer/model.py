@@ -363,12 +363,29 @@ class Model:
             entry = proc.table.fds[fd] = Entry(f, False, "unknown")
         return entry.file
 
+    @staticmethod
+    def _stale_at(entry: Entry, e: ev.TunIoctl) -> bool:
+        """Does this tun ioctl's result show that `entry` is no longer at e.fd?"""
+        if -e.ret in (errno.EBADF, errno.ENOTTY):
+            return True               # not open, or not a tun/tap fd at all
+        f = entry.file
+        if e.ret != 0 or not f.ifname or f.path.startswith("/dev/tap"):
+            return False
+        if e.cmd == ev.TUNSETIFF:
+            return True               # an attached file gets EEXIST: this one was fresh
+        return e.cmd == ev.TUNGETIFF and bool(e.ifname) and e.ifname != f.ifname
+
     def _on_TunIoctl(self, e: ev.TunIoctl, out: list) -> None:
         comm = self._comm_for(e)
         name = ev.TUN_IOCTL_NAMES.get(e.cmd, hex(e.cmd))
         base = {"fd": e.fd, "ioctl": name, "ret": e.ret, "error": errname(e.ret) or None}
         proc = self.procs.get(e.pid)
         entry = proc.table.fds.get(e.fd) if proc else None
+        if entry is not None and self._stale_at(entry, e):
+            # The kernel's answer proves the file the model had at this fd was closed
+            # unseen (io_uring, lost records): it goes quietly, like a reused slot.
+            self._drop_entry(proc, e.fd, e.ts, e.tid, comm, "stale", out, report=False)
+            entry = None
         if e.cmd == ev.TUNGETIFF:
             if e.ret == 0:
                 f = self._file_at(e.pid, e.fd, comm)
@@ -395,6 +412,14 @@ class Model:
                                         created=False, kind=_requested_kind(e.value)))
                 return
             f = self._file_at(e.pid, e.fd, comm)
+            if f.path.startswith("/dev/tap"):
+                # macvtap/ipvtap: the open was the attach; TUNSETIFF only sets flags
+                # and ignores (and returns) the name it was given
+                f.iff = e.value
+                out.append(self._report("tunsetiff", e.ts, e.pid, e.tid, comm, **base,
+                                        ifname=f.ifname, flags=ev.iff_names(e.value),
+                                        created=False, kind=f.kind))
+                return
             f.ifname, f.iff = e.ifname, e.value
             f.creator_pid, f.creator_comm = e.pid, comm
             tap = self.taps.get(e.ifname)

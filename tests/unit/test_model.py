@@ -372,6 +372,63 @@ def test_tungetiff_on_an_fd_the_model_missed_adopts_it_and_it_holds_the_tap():
 
 
 # =============================================================================
+# what a tun ioctl's result proves about fds the model missed closing
+# =============================================================================
+
+@pytest.mark.parametrize("err", [errno.EBADF, errno.ENOTTY])
+def test_an_fd_the_kernel_says_is_not_open_or_not_a_tap_was_closed_unseen(err):
+    # the model still has vnet0 at fd 9 (closed by io_uring, or a record was lost);
+    # QEMU's TUNGETIFF says fd 9 is not open / is a socket now
+    w = World().named(qemu=1)
+    w.tap(1, 9, "vnet0")
+    w.tap(1, 10, "vnet1")
+
+    out = w.ioctl(1, 9, ev.TUNGETIFF, ret=-err)
+
+    assert [(r["type"], r["ifname"]) for r in out] == [("tap_gone", "vnet0"),
+                                                       ("tungetiff", None)]
+    assert "close" not in types(out)                # nobody closed it now
+    assert w.table() == {(1, 10): ("vnet1", False, "opened")}
+
+
+def test_ebadfd_on_a_detached_queue_is_not_a_stale_fd():
+    # a detached queue has no interface (EBADFD) yet still holds its tap
+    w = World()
+    w.tap(1, 3, "mq0", MQ)
+    w.tap(1, 4, "mq0", MQ)
+    w.ioctl(1, 4, ev.TUNSETQUEUE, value=ev.IFF_DETACH_QUEUE)
+
+    w.ioctl(1, 4, ev.TUNGETIFF, ret=-errno.EBADFD)
+
+    assert w.table() == {(1, 3): ("mq0", False, "opened"), (1, 4): ("mq0", False, "opened")}
+    assert w.row(1, 4)["queue"] == "detached"
+
+
+def test_a_tunsetiff_that_succeeds_where_the_model_saw_an_attached_file():
+    # TUNSETIFF on an attached file fails with EEXIST, so success means the model's
+    # file at fd 3 was closed unseen and fd 3 is a fresh open of /dev/net/tun
+    w = World()
+    w.tap(1, 3, "a")
+
+    out = w.setiff(1, 3, "b")
+
+    assert [(r["type"], r["ifname"]) for r in out] == [("tap_gone", "a"), ("tunsetiff", "b")]
+    assert w.table() == {(1, 3): ("b", False, "unknown")}
+    assert [t["ifname"] for t in w.m.tap_list()] == ["b"]
+    assert [i["open"] for i in w.m.lineage("a")] == [False]
+
+
+def test_a_tungetiff_naming_another_tap_replaces_the_stale_file():
+    w = World().named(qemu=1)
+    w.tap(1, 3, "a")
+
+    out = w.ioctl(1, 3, ev.TUNGETIFF, ifname="b", value=TAP)
+
+    assert types(out) == ["tap_gone", "tungetiff"] and out[-1]["message"] == "fd 3 is b"
+    assert w.table() == {(1, 3): ("b", False, "unknown")}
+
+
+# =============================================================================
 # dup family
 # =============================================================================
 
@@ -943,6 +1000,20 @@ def test_macvtap_open_is_the_attach():
     assert w.row(1, 3)["kind"] == "macvtap" and w.row(1, 3)["creator_pid"] == 1
     w.close(1, 3)
     assert w.gone() == []                           # closing it does not delete the link
+
+
+def test_tunsetiff_on_a_macvtap_fd_sets_flags_and_keeps_its_interface():
+    # tap_ioctl(TUNSETIFF) ignores the name: the record carries what was passed in
+    w = World(ifindex_name=lambda i: {12: "macvtap0"}.get(i))
+    w.open(1, 3, path="/dev/tap12")
+
+    out = w.setiff(1, 3, "", TAP | ev.IFF_VNET_HDR)
+
+    assert [(r["type"], r["ifname"], r["created"], r["kind"]) for r in out] == [
+        ("tunsetiff", "macvtap0", False, "macvtap")]
+    assert w.table() == {(1, 3): ("macvtap0", False, "opened")}
+    assert "vnet_hdr" in w.row(1, 3)["flags"]
+    assert w.m.tap_list() == []
 
 
 # =============================================================================
