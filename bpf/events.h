@@ -31,7 +31,8 @@ enum tt_event_type {
 	TT_EV_SCM_SEND = 10,   /* fd=socket, fds[nfds] being sent with SCM_RIGHTS */
 	TT_EV_SCM_RECV = 11,   /* fd=socket, fds[nfds] received, arg=recv flags */
 	TT_EV_UNSHARE = 12,    /* unshare(CLONE_FILES): arg=flags */
-	TT_EV_PIDFD_GETFD = 13 /* fd=pidfd, arg=target fd, ret=new fd */
+	TT_EV_PIDFD_GETFD = 13, /* fd=pidfd, arg=target fd, ret=new fd */
+	TT_EV_PIDFD_OPEN = 14   /* ret=fd=the new pidfd, arg=the pid it refers to */
 };
 
 enum tt_dup_how {

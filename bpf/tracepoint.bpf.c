@@ -368,6 +368,21 @@ TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_getfd)
 	return 0;
 }
 
+/* Which process a pidfd names, so a later pidfd_getfd can say where its fd came from
+ * (the pidfd is often closed before user space could look it up in /proc). */
+TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_open)
+{
+	if (args->ret < 0)
+		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_PIDFD_OPEN);
+	e->fd = (int)args->ret;
+	e->ret = args->ret;
+	e->arg = (u32)sysarg(PT_DI);
+	submit(args, e);
+	return 0;
+}
+
 /* ---- SCM_RIGHTS ----------------------------------------------------------- */
 
 /* struct msghdr (x86-64 uapi): msg_control at 32, msg_controllen at 40. */

@@ -20,6 +20,7 @@ EV_OPEN, EV_TUN_IOCTL, EV_DUP, EV_CLOSE, EV_CLOSE_RANGE, EV_SETFD = 1, 2, 3, 4, 
 EV_FORK, EV_EXEC, EV_EXIT, EV_SCM_SEND, EV_SCM_RECV, EV_UNSHARE, EV_PIDFD_GETFD = (
     7, 8, 9, 10, 11, 12, 13,
 )
+EV_PIDFD_OPEN = 14
 
 # enum tt_dup_how / tt_setfd_how / tt_counter
 DUP_HOW = {0: "dup", 1: "dup2", 2: "dup3", 3: "F_DUPFD", 4: "F_DUPFD_CLOEXEC"}
@@ -165,13 +166,20 @@ class PidfdGetfd(Base):
 
 
 @dataclass(frozen=True)
+class PidfdOpen(Base):
+    """pidfd_open(target) returned fd: user space keeps the mapping for pidfd_getfd."""
+    fd: int
+    target: int
+
+
+@dataclass(frozen=True)
 class Lost(Base):
     """Made by user space: records were dropped; a resync follows."""
     count: int = 0
 
 
 Event = (Open | TunIoctl | Dup | Close | CloseRange | SetFd | Fork | Exec | Exit | ScmSend
-         | ScmRecv | Unshare | PidfdGetfd | Lost)
+         | ScmRecv | Unshare | PidfdGetfd | PidfdOpen | Lost)
 
 
 def _cstr(raw: bytes) -> str:
@@ -212,12 +220,14 @@ def decode(buf: bytes) -> Event | None:
         return Unshare(**base, flags=arg)
     if typ == EV_PIDFD_GETFD:
         return PidfdGetfd(**base, pidfd=fd, target_fd=arg, newfd=ret)
+    if typ == EV_PIDFD_OPEN:
+        return PidfdOpen(**base, fd=fd, target=arg)
     return None
 
 
 _KINDS = {cls.__name__: cls for cls in (Open, TunIoctl, Dup, Close, CloseRange, SetFd, Fork,
                                          Exec, Exit, ScmSend, ScmRecv, Unshare, PidfdGetfd,
-                                         Lost)}
+                                         PidfdOpen, Lost)}
 
 
 def to_record(e: Event) -> dict:

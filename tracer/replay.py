@@ -58,6 +58,8 @@ def replay(lines: Iterable[str]) -> tuple[Model, list[dict]]:
                 continue
             probe = rec.pop("probe", None)
             e = ev.from_record(rec)
+            if isinstance(e, ev.PidfdOpen):
+                continue          # the recorded pidfd_getfd already names its source
             answers.clear()
             if probe is not None and isinstance(e, ev.ScmRecv):
                 answers.update({(e.pid, fd): name for fd, name in zip(e.fds, probe)})

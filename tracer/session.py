@@ -23,6 +23,7 @@ from .model import Model, descendants_filter, iter_ifnames
 from .probes import Probes
 
 POLL_MS = 100
+PIDFDS_MAX = 4096
 SCM_ARM_NS = 2_000_000_000
 
 
@@ -94,6 +95,7 @@ class Session:
         self.filters = filters
         self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name)
         self._queue: list[ev.Event] = []
+        self._pidfds: dict[tuple[int, int], int] = {}
         self._min_ts = 0
         self._lost_seen = 0
         self.stats = {"events": 0, "lost": 0, "resyncs": 0}
@@ -129,9 +131,30 @@ class Session:
             report = self.model.resync(snap)
         # Every process the model knows (holders and sharers) must be in the set.
         self.probes.set_interest(self.model.procs.keys())
+        self._track_root()
         self._min_ts = start
         self._lost_seen = self.probes.lost()
         return report
+
+    def _remember_pidfd(self, e: ev.PidfdOpen) -> None:
+        # The pidfd is often closed before its pidfd_getfd record is read: remember
+        # what it named when it was made (bounded; a reused number is overwritten).
+        self._pidfds[(e.pid, e.fd)] = e.target
+        if len(self._pidfds) > PIDFDS_MAX:
+            del self._pidfds[next(iter(self._pidfds))]
+
+    def _track_root(self) -> None:
+        """With -p, trace the root itself, so its forks (and so its descendants) are
+        known even when a child has exited before user space reads its records."""
+        root = self.filters.pid
+        if root is None:
+            return
+        info = procfs.proc_info(root)
+        if info is None:
+            return
+        proc = self.model._proc(root, info.comm)   # known to the model, even if empty
+        proc.ppid = info.ppid
+        self.probes.set_interest([root])
 
     def table(self) -> dict:
         rows = [r for r in self.model.rows(self.filters.ifname) if self._row_ok(r)]
@@ -166,11 +189,15 @@ class Session:
         if self.probes.info.buffer == "perf":
             batch.sort(key=lambda e: e.ts)          # per-CPU buffers: restore order
         for e in batch:
+            if isinstance(e, ev.PidfdOpen):
+                self._remember_pidfd(e)
+                continue
             if e.ts < self._min_ts:
                 continue
             self.stats["events"] += 1
             if isinstance(e, ev.PidfdGetfd):
-                e = dataclasses.replace(e, source_pid=pidfd_pid(e.pid, e.pidfd))
+                src = self._pidfds.get((e.pid, e.pidfd)) or pidfd_pid(e.pid, e.pidfd)
+                e = dataclasses.replace(e, source_pid=src)
             if self._record is not None:
                 rec = ev.to_record(e)
                 if isinstance(e, ev.ScmRecv):   # what the model asks /proc, for replay
@@ -206,6 +233,7 @@ class Session:
         """From now on show only `pid` and its descendants."""
         self.filters = dataclasses.replace(self.filters, pid=pid)
         self._pid_ok = descendants_filter(self.model, pid, ppid_of)
+        self._track_root()
 
     def _row_ok(self, row: dict) -> bool:
         f = self.filters

@@ -37,7 +37,7 @@ def test_a_record_with_the_c_tail_padding_decodes_the_same():
     assert ev.decode(raw(ev.EV_CLOSE, fd=3, pad=b"\0" * 4)) == ev.decode(raw(ev.EV_CLOSE, fd=3))
 
 
-@pytest.mark.parametrize("type_", [0, 14, 99, 0xFFFFFFFF])
+@pytest.mark.parametrize("type_", [0, 15, 99, 0xFFFFFFFF])
 def test_an_unknown_type_decodes_to_none(type_):
     assert ev.decode(raw(type_)) is None
 
