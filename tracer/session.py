@@ -143,6 +143,15 @@ class Session:
         if len(self._pidfds) > PIDFDS_MAX:
             del self._pidfds[next(iter(self._pidfds))]
 
+    def _adopt(self, pid: int) -> None:
+        """A process first seen through one of its threads: name it after itself
+        (/proc/PID/comm), not after the thread (QEMU's "CPU 0/TCG", libvirtd's
+        "rpc-libvirtd")."""
+        info = procfs.proc_info(pid)
+        if info is not None:
+            proc = self.model._proc(pid, info.comm)
+            proc.ppid = info.ppid
+
     def _track_root(self) -> None:
         """With -p, trace the root itself, so its forks (and so its descendants) are
         known even when a child has exited before user space reads its records."""
@@ -198,6 +207,8 @@ class Session:
             if isinstance(e, ev.PidfdGetfd):
                 src = self._pidfds.get((e.pid, e.pidfd)) or pidfd_pid(e.pid, e.pidfd)
                 e = dataclasses.replace(e, source_pid=src)
+            if e.tid != e.pid and e.pid not in self.model.procs:
+                self._adopt(e.pid)
             if self._record is not None:
                 rec = ev.to_record(e)
                 if isinstance(e, ev.ScmRecv):   # what the model asks /proc, for replay
