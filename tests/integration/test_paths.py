@@ -376,10 +376,6 @@ def test_a_thread_dups_and_closes_in_the_process_table(tracer, script):
     assert {o["comm"] for o in mine} == {comm}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model.Model._proc()/_on_Open name a process first seen through a non-leader "
-    "thread after that thread (e.comm): rows, creator_comm and its events say "
-    "'tapworker' instead of the process's comm"))
 def test_a_process_first_seen_through_a_thread_keeps_its_own_name(tracer, script):
     comm, w, mine, rows = run_threads(tracer, script, "thread")
     assert one(events_of(mine, "open"))["tid"] == w["tid"]          # the worker thread
@@ -505,11 +501,6 @@ SHORT_ROOT = """
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "session/model: -p decides 'descendant' from model ppid or /proc/PID/stat at "
-    "report time; the root is not traced (not in the interest set, not in the model), "
-    "so the events of a child that exited before user space read them have no "
-    "ppid anywhere and are all dropped"))
 def test_pid_filter_keeps_a_short_lived_descendant(tracer, script):
     subprocess.run(["make", "-s", "-C", str(HELPERS)], check=True)
     name = tapkit.unique_name("tp")
