@@ -369,7 +369,7 @@ def run_threads(tracer, script, first: str):
 
 
 def test_a_thread_dups_and_closes_in_the_process_table(tracer, script):
-    comm, w, mine, rows = run_threads(tracer, script, "main")
+    comm, _w, mine, rows = run_threads(tracer, script, "main")
     assert one(events_of(mine, "open"))["tid"] == mine[0]["pid"]     # the main thread
     assert {r["comm"] for r in rows} == {comm}               # the process's name stays
     assert {r["creator_comm"] for r in rows} == {comm}
