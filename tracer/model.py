@@ -123,7 +123,10 @@ class Model:
     """State of every tracked tun/tap fd; apply() turns events into reports."""
 
     def __init__(self, probe_fd: FdProbe = _no_probe,
-                 ifindex_name: Callable[[int], str | None] = lambda _i: None) -> None:
+                 ifindex_name: Callable[[int], str | None] = lambda _i: None,
+                 comm_of: Callable[[int], str | None] = lambda _p: None) -> None:
+        """comm_of(pid): the process's own name (/proc/PID/comm), asked only when a
+        process is first seen through a thread, whose records carry the thread's."""
         self.procs: dict[int, Process] = {}
         self.taps: dict[str, Tap] = {}
         self.files: dict[int, OpenFile] = {}
@@ -131,6 +134,7 @@ class Model:
         self.released: deque[OpenFile] = deque(maxlen=RELEASED_MAX)
         self._probe_fd = probe_fd
         self._ifindex_name = ifindex_name
+        self._comm_of = comm_of
         self._next_id = 1
 
     # ---- construction ------------------------------------------------------
@@ -330,10 +334,12 @@ class Model:
             return p.comm            # a thread's name is not the process's
         if p is not None:
             p.comm = e.comm          # the leader renamed itself (prctl, exec)
+        elif e.tid != e.pid:         # a new process seen through one of its threads
+            return self._comm_of(e.pid) or e.comm
         return e.comm
 
     def _on_Open(self, e: ev.Open, out: list) -> None:
-        proc = self._proc(e.pid, e.comm)
+        proc = self._proc(e.pid, self._comm_for(e))
         self._drop_entry(proc, e.fd, e.ts, e.tid, e.comm, "stale", out, report=False)
         ifname = None
         if e.path.startswith("/dev/tap"):
@@ -616,8 +622,8 @@ class Model:
         if send is None:
             return
         self.pending.remove(send)
-        proc = self._proc(e.pid, e.comm)
         comm = self._comm_for(e)
+        proc = self._proc(e.pid, comm)
         got, names, from_fds = [], [], []
         for newfd, oldfd, f in zip(e.fds, send.fds, send.files):
             # fd_install fills free slots only: what the model had there is stale.
@@ -642,8 +648,8 @@ class Model:
             self._drop_entry(mine, e.newfd, e.ts, e.tid, mine.comm, "stale", out, report=False)
         if entry is None:
             return
-        proc = self._proc(e.pid, e.comm)
         comm = self._comm_for(e)
+        proc = self._proc(e.pid, comm)
         proc.table.fds[e.newfd] = Entry(entry.file, True, "received", e.source_pid,
                                         e.target_fd)
         entry.file.refs += 1

@@ -762,6 +762,29 @@ def test_threads_act_on_the_process_table_and_do_not_rename_it():
     assert {r["tid"] for r in w.reports} == {1, 7, 8}
 
 
+def test_a_process_first_seen_through_a_thread_is_named_by_comm_of():
+    # records carry the calling thread's name; a process the model meets through a
+    # worker thread asks comm_of (/proc/PID/comm) for its own
+    w = World()
+    w.m = Model(comm_of={1: "qemu-system-x86", 2: "qemu-system-x86"}.get)
+    w.tap(1, 3, "a", tid=7, comm="tapworker")
+    w.send(1, 9, [3], tid=7, comm="tapworker")
+    w.recv(2, 4, [40], tid=8, comm="iothread")
+
+    assert {(r["pid"], r["comm"], r["creator_comm"]) for r in w.m.rows()} == {
+        (1, "qemu-system-x86", "qemu-system-x86"), (2, "qemu-system-x86", "qemu-system-x86")}
+    assert {r["comm"] for r in w.reports} == {"qemu-system-x86"}
+    assert {r["tid"] for r in w.reports} == {7, 8}
+
+
+def test_without_comm_of_a_process_first_seen_through_a_thread_has_that_thread_name():
+    w = World()
+    w.tap(1, 3, "a", tid=7, comm="tapworker")
+    assert w.row(1, 3)["comm"] == "tapworker"
+    w.setfd(1, 3, True, comm="qemu")                # the leader: now the model knows
+    assert w.row(1, 3)["comm"] == "qemu"
+
+
 def test_the_leader_renaming_itself_renames_the_process():
     w = World().named(qemu=1)
     w.tap(1, 3, "a")
