@@ -81,6 +81,7 @@ class Entry:
     how: str                          # opened, dup, inherited, received, snapshot
     from_pid: int | None = None
     from_fd: int | None = None
+    by: int | None = None             # the pid that put it in this table (None: unknown)
 
 
 @dataclass(eq=False)
@@ -214,7 +215,8 @@ class Model:
                 how = prev.how if prev else "snapshot"
                 proc.table.fds[key[1]] = Entry(f, fi.cloexec, how,
                                                prev.from_pid if prev else None,
-                                               prev.from_fd if prev else None)
+                                               prev.from_fd if prev else None,
+                                               prev.by if prev else None)
                 f.refs += 1
 
     def resync(self, snap) -> dict:
@@ -288,7 +290,7 @@ class Model:
     def _copy_table(self, src: FdTable) -> FdTable:
         t = self._new_table()
         for fd, e in src.fds.items():
-            t.fds[fd] = Entry(e.file, e.cloexec, e.how, e.from_pid, e.from_fd)
+            t.fds[fd] = Entry(e.file, e.cloexec, e.how, e.from_pid, e.from_fd, e.by)
             e.file.refs += 1
         return t
 
@@ -298,6 +300,11 @@ class Model:
         proc.table.users.discard(proc.pid)
         proc.table = self._copy_table(proc.table)
         proc.table.users.add(proc.pid)
+        # Its own table now: what another sharer put there, it inherited from that one.
+        for fd, entry in proc.table.fds.items():
+            if entry.by is not None and entry.by != proc.pid:
+                entry.how, entry.from_pid, entry.from_fd = "inherited", entry.by, fd
+                entry.by = proc.pid
 
     @staticmethod
     def _report(type_: str, ts: int, pid: int, tid: int, comm: str, **fields) -> dict:
@@ -354,7 +361,7 @@ class Model:
             if ifname in self.taps:
                 self.taps[ifname].files.add(f.id)
         cloexec = bool(e.flags & ev.O_CLOEXEC)
-        proc.table.fds[e.fd] = Entry(f, cloexec, "opened")
+        proc.table.fds[e.fd] = Entry(f, cloexec, "opened", by=e.pid)
         f.step(e.ts, "open", e.pid, self._comm_for(e), e.fd, path=e.path)
         out.append(self._report("open", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
                                 path=e.path, ifname=ifname, cloexec=cloexec))
@@ -366,7 +373,7 @@ class Model:
         if entry is None:
             f = self._new_file()
             f.refs = 1
-            entry = proc.table.fds[fd] = Entry(f, False, "unknown")
+            entry = proc.table.fds[fd] = Entry(f, False, "unknown", by=pid)
         return entry.file
 
     @staticmethod
@@ -477,7 +484,7 @@ class Model:
             self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, "stale", out, report=False)
         if src is None:
             return
-        proc.table.fds[e.newfd] = Entry(src.file, e.cloexec, "dup", e.pid, e.oldfd)
+        proc.table.fds[e.newfd] = Entry(src.file, e.cloexec, "dup", e.pid, e.oldfd, e.pid)
         src.file.refs += 1
         src.file.step(e.ts, "dup", e.pid, comm, e.newfd, from_fd=e.oldfd)
         out.append(self._report("dup", e.ts, e.pid, e.tid, comm, fd=e.oldfd, newfd=e.newfd,
@@ -530,6 +537,7 @@ class Model:
             table = self._copy_table(parent.table)
             for fd, entry in table.fds.items():
                 entry.how, entry.from_pid, entry.from_fd = "inherited", e.pid, fd
+                entry.by = e.child
         table.users.add(e.child)
         self.procs[e.child] = Process(e.child, child_comm, table, e.pid)
         fds = sorted(table.fds)
@@ -598,9 +606,14 @@ class Model:
 
     def _match_send(self, e: ev.ScmRecv) -> PendingSend | None:
         names = [self._probe_fd(e.pid, fd) for fd in e.fds]
-        for send in self.pending:
-            if len(send.fds) != len(e.fds):
-                continue
+        # A control buffer too small for every fd (MSG_CTRUNC) gets the first ones
+        # only; the kernel drops the rest. Such a shorter receive takes a longer send
+        # only when no send matches exactly and /proc confirms what arrived.
+        exact = [s for s in self.pending if len(s.fds) == len(e.fds)]
+        cut = [s for s in self.pending if len(s.fds) > len(e.fds)]
+        if not any(isinstance(n, str) and n for n in names):
+            cut = []
+        for send in exact + cut:
             ok = True
             for f, name in zip(send.files, names):
                 if name is None:
@@ -624,13 +637,17 @@ class Model:
         self.pending.remove(send)
         comm = self._comm_for(e)
         proc = self._proc(e.pid, comm)
-        got, names, from_fds = [], [], []
+        got, names, from_fds, gone = [], [], [], []
+        for oldfd, f in zip(send.fds[len(e.fds):], send.files[len(e.fds):]):
+            if f is not None:         # did not fit (MSG_CTRUNC): the kernel dropped it
+                f.step(e.ts, "close", e.pid, comm, None, how="ctrunc", from_fd=oldfd)
+                self._release(f, e.ts, e.pid, comm, gone)
         for newfd, oldfd, f in zip(e.fds, send.fds, send.files):
             # fd_install fills free slots only: what the model had there is stale.
             self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
             if f is None:
                 continue
-            proc.table.fds[newfd] = Entry(f, e.cloexec, "received", send.pid, oldfd)
+            proc.table.fds[newfd] = Entry(f, e.cloexec, "received", send.pid, oldfd, e.pid)
             # the in-flight reference becomes this fd's reference
             f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=send.pid, from_fd=oldfd)
             got.append(newfd)
@@ -639,6 +656,7 @@ class Model:
         out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
                                 from_pid=send.pid, from_comm=send.comm, from_fds=from_fds,
                                 ifnames=names, cloexec=e.cloexec))
+        out.extend(gone)
 
     def _on_PidfdGetfd(self, e: ev.PidfdGetfd, out: list) -> None:
         src = self.procs.get(e.source_pid)
@@ -651,7 +669,7 @@ class Model:
         comm = self._comm_for(e)
         proc = self._proc(e.pid, comm)
         proc.table.fds[e.newfd] = Entry(entry.file, True, "received", e.source_pid,
-                                        e.target_fd)
+                                        e.target_fd, e.pid)
         entry.file.refs += 1
         entry.file.step(e.ts, "recv", e.pid, comm, e.newfd, from_pid=e.source_pid,
                         from_fd=e.target_fd, via="pidfd_getfd")

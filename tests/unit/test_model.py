@@ -602,7 +602,7 @@ def test_close_range_unshare_with_cloexec_marks_only_the_callers_copy():
     w.tap(1, 3, "a")
     w.fork(1, 2, ev.CLONE_FILES | SIGCHLD)
     w.close_range(2, 0, ALL, ev.CLOSE_RANGE_UNSHARE | ev.CLOSE_RANGE_CLOEXEC)
-    assert w.table() == {(1, 3): ("a", False, "opened"), (2, 3): ("a", True, "opened")}
+    assert w.table() == {(1, 3): ("a", False, "opened"), (2, 3): ("a", True, "inherited")}
 
 
 # =============================================================================
@@ -727,11 +727,37 @@ def test_exec_of_a_sharer_unshares_first_then_closes_its_cloexec_fds():
     out = w.exec(2, "child")
 
     assert (out[0]["kept"], out[0]["closed"]) == ([4], [3])
+    # its own table now: the fds the parent put in the shared one were inherited
     assert w.table() == {(1, 3): ("a", True, "opened"), (1, 4): ("b", False, "opened"),
-                         (2, 4): ("b", False, "opened")}
+                         (2, 4): ("b", False, "inherited")}
+    assert (w.row(2, 4)["from_pid"], w.row(2, 4)["from_fd"]) == (1, 4)
     assert w.gone() == []                           # the parent's table still holds a
     w.close(1, 4)                                  # two tables now: not seen by pid 2
-    assert w.table() == {(1, 3): ("a", True, "opened"), (2, 4): ("b", False, "opened")}
+    assert w.table() == {(1, 3): ("a", True, "opened"), (2, 4): ("b", False, "inherited")}
+
+
+def test_a_sharer_leaving_keeps_saying_how_it_got_the_fds_it_put_there_itself():
+    # while shared, each entry is one for both; who installed it decides, on leaving,
+    # whether the leaver opened/dup'ed/received it or inherited it from the other
+    w = World()
+    w.tap(1, 3, "a")
+    w.fork(1, 2, ev.CLONE_FILES | SIGCHLD)
+    w.tap(2, 5, "b")                                # the child opens one
+    w.dup(2, 3, 6)                                  # and dups the parent's
+    assert w.table()[(2, 3)] == ("a", False, "opened")    # one shared entry
+
+    w.apply(ev.Unshare, 2, flags=ev.CLONE_FILES)
+
+    assert {k: v for k, v in w.table().items() if k[0] == 2} == {
+        (2, 3): ("a", False, "inherited"), (2, 5): ("b", False, "opened"),
+        (2, 6): ("a", False, "dup")}
+    assert (w.row(2, 6)["from_pid"], w.row(2, 6)["from_fd"]) == (2, 3)
+    assert w.row(1, 5)["how"] == "opened"           # the parent's copy is unchanged
+    # a fork copy is the child's own: its exec keeps "inherited" from the parent
+    w.fork(2, 7)
+    w.exec(7, "x")
+    assert w.table()[(7, 5)] == ("b", False, "inherited")
+    assert w.row(7, 5)["from_pid"] == 2
 
 
 def test_unshare_clone_files_gives_the_caller_its_own_copy():
@@ -900,6 +926,50 @@ def test_a_receive_with_a_different_number_of_fds_is_another_message():
     w.send(1, 9, [3])
     assert w.recv(2, 5, [40, 41]) == []
     assert len(w.m.pending) == 1
+
+
+def test_a_receive_cut_short_by_a_small_control_buffer_gets_the_first_fds():
+    # MSG_CTRUNC: the receiver had room for two of three; the kernel installs the
+    # first two and drops the third, which was c's last reference
+    probe = {(2, 40): "a", (2, 41): "b"}
+    w = World(probe=lambda pid, fd: probe.get((pid, fd))).named(sender=1, receiver=2)
+    for fd, name in ((3, "a"), (4, "b"), (5, "c")):
+        w.tap(1, fd, name)
+    w.send(1, 9, [3, 4, 5])
+    for fd in (3, 4, 5):
+        w.close(1, fd)
+
+    out = w.recv(2, 6, [40, 41])
+
+    assert [(r["type"], r.get("fds"), r.get("from_fds"), r["ifnames"] if "ifnames" in r
+             else r["ifname"]) for r in out] == [
+        ("scm_recv", [40, 41], [3, 4], ["a", "b"]), ("tap_gone", None, None, "c")]
+    assert w.table() == {(2, 40): ("a", False, "received"), (2, 41): ("b", False, "received")}
+    assert w.m.pending == []
+    assert w.m.lineage("c")[0]["steps"][-2]["how"] == "ctrunc"
+
+
+def test_a_shorter_receive_nobody_can_confirm_takes_no_longer_send():
+    w = World()
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "b")
+    w.send(1, 9, [3, 4])
+    assert w.recv(2, 6, [40]) == []                # /proc cannot say: not this message
+    assert len(w.m.pending) == 1
+
+
+def test_a_receive_prefers_the_send_with_as_many_fds():
+    w = World(probe=lambda pid, fd: "a" if (pid, fd) == (2, 40) else None)
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "b")
+    w.send(1, 9, [3, 4])                            # cut to its first fd, it would fit too
+    w.send(1, 9, [3])
+
+    out = w.recv(2, 6, [40])
+
+    assert (out[0]["from_fds"], out[0]["ifnames"]) == ([3], ["a"])
+    assert [s.fds for s in w.m.pending] == [(3, 4)]
+    assert w.gone() == []
 
 
 def test_a_send_of_untracked_fds_only_is_not_followed():
