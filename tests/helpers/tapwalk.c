@@ -14,12 +14,22 @@
  *                                over the last fd of B (B goes)
  *   tapwalk files       A B      clone(CLONE_FILES): the child dups, closes and
  *                                opens a tap in the shared table, then exits
+ *   tapwalk files_exec  A B      clone(CLONE_FILES|CLONE_VFORK): the child dup3s
+ *                                O_CLOEXEC into the shared table and execs (which
+ *                                gives it its own table); once it runs, the parent
+ *                                closes and dups in its table only, and B goes
+ *   tapwalk files_exec_race A B  the same, but the parent also dups 16 times (then
+ *                                closes those) as soon as the vfork releases it,
+ *                                while the child may still be in execve
  *   tapwalk exec        A B      fork + exec with mixed close-on-exec bits; the
  *                                exec'ed image is `tapwalk hold`
  *   tapwalk scm         A B      SCM_RIGHTS [tap, pipe, tap] over a socketpair,
  *                                recvmsg(MSG_CMSG_CLOEXEC)
  *   tapwalk mmsg        A B      sendmmsg of two messages ([tap, pipe], [tap]),
  *                                recvmmsg(MSG_CMSG_CLOEXEC)
+ *   tapwalk scm_trunc   A B C    [A, B, C] received into room for two fds:
+ *                                MSG_CTRUNC, the kernel closes C (it goes)
+ *   tapwalk scm_2cmsg   A B      one sendmsg with two SCM_RIGHTS cmsgs [A], [B]
  *   tapwalk queue       A        IFF_MULTI_QUEUE, two queues, TUNSETQUEUE
  *                                detach/attach
  *   tapwalk probe       A        TUNGETIFF on a tap, a pipe (ENOTTY), a closed
@@ -29,7 +39,8 @@
  *   tapwalk getfd       A        pidfd_open + pidfd_getfd of the parent's tap fd,
  *                                then close(pidfd)
  *   tapwalk blink       A        make A, dup and close, exit at once (no hold)
- *   tapwalk hold                 print the tun fds held, wait for stdin
+ *   tapwalk hold [SYNC [READY]]  (write a byte to READY, read one from SYNC,)
+ *                                print the tun fds held, wait for stdin
  *
  * Every scenario but blink ends with exactly one {"step": "hold", "fds": [...]} line
  * (from whichever process holds the taps) and then waits for a line on
@@ -320,6 +331,105 @@ static int walk_files(char **av)
 	return 0;
 }
 
+/* ---- clone(CLONE_FILES) + exec ------------------------------------------------ */
+
+struct files_exec_arg {
+	int keep, sync, ready, race;
+};
+
+/* Pin to the nth CPU we may run on (the test skips with fewer than two). */
+static void pin(int nth)
+{
+	cpu_set_t set, one;
+	if (sched_getaffinity(0, sizeof(set), &set) < 0)
+		die("sched_getaffinity");
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+		if (!CPU_ISSET(cpu, &set) || nth-- > 0)
+			continue;
+		CPU_ZERO(&one);
+		CPU_SET(cpu, &one);
+		if (sched_setaffinity(0, sizeof(one), &one) < 0)
+			die("sched_setaffinity");
+		return;
+	}
+	errno = EINVAL;
+	die("pin: not enough CPUs");
+}
+
+static int files_exec_child(void *p)
+{
+	struct files_exec_arg *a = p;
+	char sync[16], ready[16];
+	if (dup3(a->keep, 30, O_CLOEXEC) != 30) /* into the table the parent uses too */
+		die("dup3 in clone child");
+	say("child-dup3", "\"fd\": %d, \"newfd\": 30, \"cloexec\": true", a->keep);
+	snprintf(sync, sizeof(sync), "%d", a->sync);
+	snprintf(ready, sizeof(ready), "%d", a->ready);
+	if (a->race)
+		pin(0);
+	execl("/proc/self/exe", "tapwalk", "hold", sync, ready, (char *)NULL);
+	die("exec");
+	return 1;
+}
+
+/*
+ * race=0: the parent waits until the exec'ed child runs (its exec is over and
+ * traced) before it touches its table. race=1: it dups at once, as soon as the
+ * vfork lets it go - the kernel gave the child its own table before that, but
+ * the child may still be inside execve.
+ */
+static int files_exec(char **av, int race)
+{
+	static char stack[256 * 1024];
+	int keep = tap(av[0], PLAIN, 0);
+	int gone = tap(av[1], PLAIN, 1);
+	int sync[2], ready[2];
+	if (pipe(sync) < 0 || fcntl(sync[1], F_SETFD, FD_CLOEXEC) < 0 || pipe(ready) < 0 ||
+	    fcntl(ready[0], F_SETFD, FD_CLOEXEC) < 0)
+		die("pipe");
+	struct files_exec_arg a = { keep, sync[0], ready[1], race };
+	if (race) {
+		/* run the moment the vfork lets go, on another CPU than the child's
+		 * (still in execve); reset to SCHED_OTHER in the child */
+		struct sched_param sp = { .sched_priority = 1 };
+		pin(1);
+		if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) < 0)
+			die("SCHED_FIFO");
+	}
+	/* CLONE_VFORK: we go on once the child has exec'ed, i.e. has its own table */
+	pid_t c = clone(files_exec_child, stack + sizeof(stack),
+			CLONE_FILES | CLONE_VFORK | SIGCHLD, &a);
+	if (c < 0)
+		die("clone");
+	int dups[16], n = 0;
+	if (race)
+		for (n = 0; n < 16; n++)
+			if ((dups[n] = dup(keep)) < 0)
+				die("dup");
+	char b;
+	if (read(ready[0], &b, 1) != 1)
+		die("read ready");
+	say("cloned", "\"child\": %d, \"kept\": [%d], \"closed\": [%d, 30]", c, keep, gone);
+	if (close(30) < 0) /* ours only now */
+		die("close 30");
+	int d = dup(keep);
+	if (d < 0)
+		die("dup");
+	for (int i = 0; i < n; i++)
+		close(dups[i]);
+	if (close(gone) < 0) /* the last B: the child's exec closed its copy */
+		die("close gone");
+	say("parent", "\"closed\": [30, %d], \"dup\": %d, \"gone\": \"%s\"", gone, d, av[1]);
+	if (write(sync[1], "x", 1) != 1) /* now the child holds */
+		die("write sync");
+	int st;
+	waitpid(c, &st, 0);
+	return 0;
+}
+
+static int walk_files_exec(char **av) { return files_exec(av, 0); }
+static int walk_files_exec_race(char **av) { return files_exec(av, 1); }
+
 /* ---- fork + exec ---------------------------------------------------------- */
 
 static int walk_exec(char **av)
@@ -414,7 +524,7 @@ static int walk_scm(char **av, int mmsg)
 				     .msg_control = u1.buf, .msg_controllen = sizeof(u1.buf) };
 		struct msghdr m2 = { .msg_iov = &i2, .msg_iovlen = 1,
 				     .msg_control = u2.buf, .msg_controllen = sizeof(u2.buf) };
-		int fds[8], n = 0;
+		int fds[8] = { 0 }, n = 0;
 		char js[128];
 		if (mmsg) {
 			struct mmsghdr mm[2] = { { .msg_hdr = m1 }, { .msg_hdr = m2 } };
@@ -467,6 +577,81 @@ static int walk_scm(char **av, int mmsg)
 	close(a); /* the message in flight, then the receiver, keep both taps */
 	close(b);
 	say("closed", "\"fds\": [%d, %d]", a, b);
+	if (write(sync[1], "x", 1) != 1)
+		die("write sync");
+	int st;
+	waitpid(c, &st, 0);
+	return 0;
+}
+
+/*
+ * Two odd but legal SCM_RIGHTS shapes:
+ *   trunc - [A, B, C] in one cmsg, received into room for 2 fds: the kernel
+ *           delivers A and B, sets MSG_CTRUNC and closes C (the last C: it goes)
+ *   2cmsg - one sendmsg with two SCM_RIGHTS cmsgs, [A] then [B]: the receiver
+ *           gets one cmsg with both
+ */
+static int walk_scm_odd(char **av, int trunc)
+{
+	int sv[2], sync[2];
+	if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0 || pipe2(sync, O_CLOEXEC) < 0)
+		die("socketpair/pipe");
+	pid_t c = fork();
+	if (c < 0)
+		die("fork");
+	if (c == 0) {
+		close(sv[0]);
+		char d[8];
+		union { char buf[CMSG_SPACE(4 * sizeof(int))]; struct cmsghdr align; } u;
+		struct iovec iov = { d, sizeof(d) };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+				    .msg_controllen = trunc ? CMSG_SPACE(sizeof(int)) : sizeof(u.buf) };
+		int fds[4], n;
+		char js[64];
+		if (recvmsg(sv[1], &m, MSG_CMSG_CLOEXEC) < 0)
+			die("recvmsg");
+		n = got_fds(&m, fds);
+		json_ints(js, sizeof(js), fds, n);
+		say("received", "\"sock\": %d, \"fds\": %s, \"ctrunc\": %s", sv[1], js,
+		    (m.msg_flags & MSG_CTRUNC) ? "true" : "false");
+		char x;
+		if (read(sync[0], &x, 1) != 1)
+			die("read sync");
+		hold();
+		return 0;
+	}
+	close(sv[1]);
+	int a = tap(av[0], PLAIN, 1);
+	int b = tap(av[1], PLAIN, 1);
+	int t3 = trunc ? tap(av[2], PLAIN, 1) : -1;
+	char data[1] = { 'x' };
+	union { char buf[2 * CMSG_SPACE(3 * sizeof(int))]; struct cmsghdr align; } u;
+	struct iovec iov = { data, 1 };
+	struct msghdr m;
+	memset(&u, 0, sizeof(u));
+	if (trunc) {
+		int fds[3] = { a, b, t3 };
+		build_msg(&m, &iov, data, u.buf, sizeof(u.buf), fds, 3);
+	} else {
+		build_msg(&m, &iov, data, u.buf, sizeof(u.buf), &a, 1);
+		struct cmsghdr *cm = (struct cmsghdr *)(u.buf + CMSG_SPACE(sizeof(int)));
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &b, sizeof(int));
+		m.msg_controllen = 2 * CMSG_SPACE(sizeof(int));
+	}
+	if (sendmsg(sv[0], &m, 0) < 0)
+		die("sendmsg");
+	int sent[3] = { a, b, t3 };
+	char js[64];
+	json_ints(js, sizeof(js), sent, trunc ? 3 : 2);
+	say("sent", "\"child\": %d, \"sock\": %d, \"fds\": %s", c, sv[0], js);
+	close(a);
+	close(b);
+	if (trunc)
+		close(t3);
+	say("closed", "\"fds\": %s", js);
 	if (write(sync[1], "x", 1) != 1)
 		die("write sync");
 	int st;
@@ -602,6 +787,8 @@ struct walk {
 
 static int walk_scm1(char **av) { return walk_scm(av, 0); }
 static int walk_mmsg(char **av) { return walk_scm(av, 1); }
+static int walk_scm_trunc(char **av) { return walk_scm_odd(av, 1); }
+static int walk_scm_2cmsg(char **av) { return walk_scm_odd(av, 0); }
 
 static const struct walk walks[] = {
 	{ "dup3", 1, walk_dup3 },
@@ -611,9 +798,13 @@ static const struct walk walks[] = {
 	{ "close_range", 1, walk_close_range },
 	{ "dup2", 3, walk_dup2 },
 	{ "files", 2, walk_files },
+	{ "files_exec", 2, walk_files_exec },
+	{ "files_exec_race", 2, walk_files_exec_race },
 	{ "exec", 2, walk_exec },
 	{ "scm", 2, walk_scm1 },
 	{ "mmsg", 2, walk_mmsg },
+	{ "scm_trunc", 3, walk_scm_trunc },
+	{ "scm_2cmsg", 2, walk_scm_2cmsg },
 	{ "queue", 1, walk_queue },
 	{ "probe", 1, walk_probe },
 	{ "persist", 2, walk_persist },
@@ -623,7 +814,12 @@ static const struct walk walks[] = {
 
 int main(int argc, char **argv)
 {
-	if (argc == 2 && !strcmp(argv[1], "hold")) {
+	if (argc >= 2 && argc <= 4 && !strcmp(argv[1], "hold")) {
+		char b;
+		if (argc == 4 && write(atoi(argv[3]), "r", 1) != 1) /* running: exec is over */
+			die("write hold ready");
+		if (argc >= 3 && read(atoi(argv[2]), &b, 1) != 1)
+			die("read hold sync");
 		hold();
 		return 0;
 	}
@@ -638,6 +834,6 @@ int main(int argc, char **argv)
 		return walks[i].fn(argv + 2);
 	}
 	fprintf(stderr, "usage: tapwalk hold|dup3|dupfd|ioctl|setfd|close_range|dup2|files|"
-			"exec|scm|mmsg|queue|probe|persist|getfd|blink NAME...\n");
+			"files_exec|files_exec_race|exec|scm|mmsg|scm_trunc|scm_2cmsg|queue|probe|persist|getfd|blink NAME...\n");
 	return 2;
 }
