@@ -267,9 +267,9 @@ def test_the_human_watch_prints_each_handoff_chain(orchestration):
     assert got_b, chains
     # and the table the VM holds, from the same run
     assert re.search(rf"^\s*{vm}\s+{re.escape(vc)}\s+{a}\s+{a_name}\s.*inherited from {orch}",
-                     out, re.M), out
+                     out, re.MULTILINE), out
     assert re.search(rf"^\s*{vm}\s+{re.escape(vc)}\s+{got}\s+{b_name}\s.*received from {orch}",
-                     out, re.M), out
+                     out, re.MULTILINE), out
 
 
 # ---- a variant: the orchestrator keeps what it hot-plugs, the VM renames itself ----

@@ -294,15 +294,11 @@ def test_clone_files_child_changes_the_parents_table_then_exits(tracer, walk):
     assert (rb["ifname"], rb["creator_pid"], rb["how"]) == (b, child, "opened")
 
 
-def run_files_exec(tracer, walk):
+def test_clone_files_child_execs_into_its_own_table(tracer, walk):
     t = tracer()
     keep, gone = names(2)
     w = walk("files_exec", keep, gone)
-    return w, keep, gone, *finish(t, w)
-
-
-def test_clone_files_child_execs_into_its_own_table(tracer, walk):
-    w, keep, gone, lines, table = run_files_exec(tracer, walk)
+    lines, table = finish(t, w)
     parent, child = w.pid, w.holder
     cloned, after = w.step("cloned"), w.step("parent")
     assert cloned["child"] == child
@@ -332,20 +328,10 @@ def test_clone_files_child_execs_into_its_own_table(tracer, walk):
     assert {r["fd"] for r in table["rows"] if r["pid"] == child} == {kfd}
     r = row(table, child, kfd)
     assert (r["ifname"], r["creator_pid"], r["cloexec"]) == (keep, parent, False)
+    # its own table now: it inherited from the parent what the parent put there
+    assert (r["how"], r["from_pid"], r["from_fd"]) == ("inherited", parent, kfd)
     assert sorted(map(tuple, r["shared_with"])) == [(parent, kfd), (parent, after["dup"])]
     assert row(table, parent, kfd)["how"] == "opened"
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "model.Model._unshare() (run by exec, close_range(CLOSE_RANGE_UNSHARE) and "
-    "unshare(CLONE_FILES)) copies the shared table's entries as they are, so the "
-    "process that leaves says it 'opened' fds its parent opened, with no from_pid"))
-def test_clone_files_child_after_exec_says_it_inherited_the_fd(tracer, walk):
-    w, keep, _gone, _lines, table = run_files_exec(tracer, walk)
-    parent, child = w.pid, w.holder
-    kfd = w.steps_of("tap")[0]["fd"]
-    r = row(table, child, kfd)
-    assert (r["how"], r["from_pid"], r["from_fd"]) == ("inherited", parent, kfd)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -494,11 +480,6 @@ def test_pidfd_getfd_then_close_of_the_pidfd(tracer, walk):
     assert sorted(map(tuple, r["shared_with"])) == [(owner, got["from_fd"])]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model.Model._match_send pairs a receive with a send only when their fd counts "
-    "are equal: a receive cut short by a small control buffer (MSG_CTRUNC; the kernel "
-    "closes the fds that did not fit) never matches, so the received taps are missing "
-    "from the table and the dropped tap's tap_gone is never reported"))
 def test_scm_rights_truncated_by_a_small_control_buffer(tracer, walk):
     t = tracer()
     a, b, c = names(3)
