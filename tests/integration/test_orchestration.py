@@ -20,6 +20,7 @@ import time
 import pytest
 import tapkit
 from conftest import ROOT, events_of, need_root, table_triples
+from test_paths import Live
 
 TESTS = str(ROOT / "tests")
 
@@ -175,6 +176,14 @@ def row(table: dict, pid: int, fd: int) -> dict:
     return found[0]
 
 
+def stop_after(t, pred, timeout: float = 10) -> tuple[list[dict], dict]:
+    """Stop the tracer once it has printed the scenario's last event (no guessing
+    how long it lags behind under load)."""
+    live = Live(t)
+    live.wait_for(pred, timeout)
+    return live.stop(settle=0)
+
+
 def test_pass_fds_then_hot_plug_over_the_monitor_socket(tracer, orchestration):
     t = tracer()
     o = orchestration().run()
@@ -185,7 +194,7 @@ def test_pass_fds_then_hot_plug_over_the_monitor_socket(tracer, orchestration):
     assert adopted["fd"] == a and adopted["ifname"] == a_name and adopted["cloexec"] is False
     assert got["ifname"] == b_name and got["cloexec"] is True
     truth = tapkit.truth([orch, vm])
-    lines, table = t.stop()
+    lines, table = stop_after(t, lambda x: x["type"] == "scm_recv" and x["pid"] == vm)
 
     # the table, exactly as /proc has it, and who made and handed each fd
     assert table_triples(table, [orch, vm]) == truth
@@ -235,22 +244,40 @@ def test_pass_fds_then_hot_plug_over_the_monitor_socket(tracer, orchestration):
     assert not [x for x in events_of(lines, "tap_gone") if x["ifname"] in o.names]
 
 
+def read_until(proc, buf: bytearray, pred, timeout: float) -> bool:
+    """Read proc's stdout (raw, into buf) until pred(buf) or EOF or timeout."""
+    deadline = time.monotonic() + timeout
+    while not pred(buf) and time.monotonic() < deadline:
+        r, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if r:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                return pred(buf)
+            buf += chunk
+    return pred(buf)
+
+
 def test_the_human_watch_prints_each_handoff_chain(orchestration):
     need_root()
     tracer = subprocess.Popen([sys.executable, "-m", "tracer", "watch"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    buf = bytearray()
     try:
-        header = tracer.stdout.readline()
-        assert header.startswith("# tracing with"), header
+        assert read_until(tracer, buf, lambda b: b"\nTIME " in b, 60), (buf, tracer.poll())
+        assert buf.startswith(b"# tracing with"), buf
         o = orchestration().run()
-        time.sleep(0.4)
+        vm, got = o.vm, o.step("received")["fd"]
+        # the receive's event line and then its chain line
+        recv = re.compile(rf"^.* {vm} .* scm_recv .*\n    .* fd {got}\n".encode(), re.MULTILINE)
+        assert read_until(tracer, buf, recv.search, 15), buf.decode()
         tracer.send_signal(signal.SIGINT)
-        out, err = tracer.communicate(timeout=30)
-        assert tracer.returncode == 0, err
+        assert read_until(tracer, buf, lambda b: False, 30) is False
+        assert tracer.wait(timeout=30) == 0, tracer.stderr.read()
     finally:
         if tracer.poll() is None:
             tracer.kill()
-            tracer.communicate()
+            tracer.wait()
+    out = buf.decode()
     a_name, b_name, _c_name = o.names
     orch, vm, a = o.pid, o.vm, o.step("made")["a"]
     b, got = o.step("made")["b"], o.step("received")["fd"]
@@ -361,7 +388,7 @@ def test_hot_plugged_tap_kept_by_the_orchestrator_and_a_renamed_vm(tracer, keepe
     adopted, plugged = held["adopted"], held["plugged"]
     assert adopted["pid"] == vm and (adopted["ifname"], plugged["ifname"]) == (first, hot)
     truth = tapkit.truth([orch, vm])
-    lines, table = t.stop()
+    lines, table = stop_after(t, lambda x: x["type"] == "scm_recv" and x["pid"] == vm)
     assert truth == {(vm, afd, first), (vm, plugged["fd"], hot), (orch, sent["fd"], hot)}
     assert table_triples(table, [orch, vm]) == truth
 
