@@ -22,7 +22,7 @@ enum tt_event_type {
 	                          argument (SETPERSIST/SETOWNER/SETGROUP) */
 	TT_EV_DUP = 3,         /* fd=old fd, ret=new fd, arg=enum tt_dup_how,
 	                          arg2=requested new fd (dup2/dup3/F_DUPFD) */
-	TT_EV_CLOSE = 4,       /* close(fd) entered */
+	TT_EV_CLOSE = 4,       /* close(fd) returned, not EBADF */
 	TT_EV_CLOSE_RANGE = 5, /* fd=first, arg=last, arg2=flags, ret */
 	TT_EV_SETFD = 6,       /* fd, arg=enum tt_setfd_how, arg2=1 if cloexec now */
 	TT_EV_FORK = 7,        /* arg=clone flags, arg2=child pid (a new tgid) */

@@ -51,6 +51,7 @@
 #define SIGCHLD_ 17ULL
 
 #define O_CLOEXEC_ 02000000ULL
+#define EBADF_ 9
 #define F_DUPFD_ 0
 #define F_SETFD_ 2
 #define F_DUPFD_CLOEXEC_ 1030
@@ -261,13 +262,18 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 
 /* ---- fd table operations of tracked processes ----------------------------- */
 
-TRACEPOINT_PROBE(syscalls, sys_enter_close)
+/*
+ * At exit, so closes of fds that were not open (EBADF) are dropped first: a forked
+ * child that closes every possible fd number (libvirt's virCommand does, up to the
+ * fd limit) would otherwise flood the ring with thousands of useless records.
+ */
+TRACEPOINT_PROBE(syscalls, sys_exit_close)
 {
-	if (!interesting(bpf_get_current_pid_tgid() >> 32))
+	if (args->ret == -EBADF_ || !interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_CLOSE);
-	e->fd = (int)args->fd;
+	e->fd = (int)sysarg(PT_DI);
 	submit(args, e);
 	return 0;
 }
@@ -386,6 +392,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_open)
 /* ---- SCM_RIGHTS ----------------------------------------------------------- */
 
 /* struct msghdr (x86-64 uapi): msg_control at 32, msg_controllen at 40. */
+/*
+ * Every fd of every SCM_RIGHTS list in the message, in order (a sender may put
+ * several lists in one message; the receiver gets them all), at most TT_MAX_FDS.
+ */
 static __always_inline u32 scm_fds(const char *msg, int *out)
 {
 	u64 ctl = 0, ctllen = 0;
@@ -394,6 +404,7 @@ static __always_inline u32 scm_fds(const char *msg, int *out)
 	if (!ctl || ctllen < 16)
 		return 0;
 	u64 off = 0;
+	u32 got = 0;
 	for (int i = 0; i < MAX_CMSGS; i++) {
 		struct { u64 len; int level; int type; } h = {};
 		if (off + 16 > ctllen)
@@ -403,17 +414,26 @@ static __always_inline u32 scm_fds(const char *msg, int *out)
 		if (h.len < 16)
 			break;
 		if (h.level == SOL_SOCKET_ && h.type == SCM_RIGHTS_) {
-			u64 n = (h.len - 16) / 4;
+			int list[2 * TT_MAX_FDS] = {};
+			u32 n = (h.len - 16) / 4;
 			if (n > TT_MAX_FDS)
 				n = TT_MAX_FDS;
-			if (n == 0)
-				return 0;
-			bpf_probe_read_user(out, n * 4, (char *)ctl + off + 16);
-			return n;
+			u32 size = n * 4;
+			/* keep clang from folding the mask: it is the verifier's bound */
+			asm volatile("" : "+r"(size));
+			size &= sizeof(list) - 1;
+			if (size && !bpf_probe_read_user(list, size, (char *)ctl + off + 16)) {
+				for (int j = 0; j < TT_MAX_FDS; j++) {
+					if (j >= n || got >= TT_MAX_FDS)
+						break;
+					out[got & (TT_MAX_FDS - 1)] = list[j];
+					got++;
+				}
+			}
 		}
 		off += (h.len + 7) & ~7ULL;
 	}
-	return 0;
+	return got;
 }
 
 static __always_inline void on_recv(void *ctx, int sock, const char *msg, u64 flags,

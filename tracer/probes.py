@@ -118,7 +118,8 @@ class Probes:
                 failed = False
         if failed:
             first = next((ln for ln in noise.getvalue().splitlines()
-                          if "error" in ln.lower() or "unable" in ln.lower()), "").strip()
+                          if any(w in ln.lower() for w in ("error", "unable", "invalid", "min value",
+                                                               "failed to load"))), "").strip()
             first = first.split(". ")[0]
             where = f"headers at {source}" if source else "the headers bcc found"
             hint = kheaders.headers_hint() if os.environ.get("BCC_KERNEL_SOURCE") in (

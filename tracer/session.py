@@ -187,6 +187,9 @@ class Session:
             self.step(timeout)
             if on_tick is not None:
                 on_tick()
+        # what the kernel already recorded belongs in the final table
+        self.probes.poll(0)
+        self.drain()
 
     def step(self, timeout_ms: int = POLL_MS) -> None:
         """Poll once, apply what arrived, recover from loss."""
@@ -228,15 +231,18 @@ class Session:
     def _recover(self, count: int) -> None:
         self.stats["lost"] += count
         self.stats["resyncs"] += 1
-        now = time.monotonic_ns()
-        self.emit({"type": "lost", "ts_ns": now, "pid": os.getpid(), "tid": os.getpid(),
-                   "comm": "taptrace", "count": count})
+        me = {"pid": os.getpid(), "tid": os.getpid(), "comm": "taptrace"}
+        self.emit({"type": "lost", "ts_ns": time.monotonic_ns(), **me, "count": count})
         self._queue.clear()
+        taps_before = set(self.model.taps)
         report = self._snapshot(initial=False)
+        now = time.monotonic_ns()
         if report is not None:
-            report.update(ts_ns=time.monotonic_ns(), pid=os.getpid(), tid=os.getpid(),
-                          comm="taptrace")
+            report.update(ts_ns=now, **me)
             self.emit(report)
+        # what went away while records were lost still deserves its line
+        for name in sorted(taps_before - set(self.model.taps)):
+            self._out({"type": "tap_gone", "ts_ns": now, **me, "ifname": name})
 
     # ---- filtering ---------------------------------------------------------
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,25 +30,38 @@ def need_root() -> None:
 
 
 class Tracer:
+    """A running `watch --json`; a reader thread moves its lines into a queue, so a
+    line is seen as soon as it is printed (select + readline can leave lines sitting
+    in Python's buffer)."""
+
     def __init__(self, *args: str) -> None:
         self.cmd = [sys.executable, "-m", "tracer", "watch", "--json", *args]
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: list[dict] = []
+        self._q: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
         self.ready = self._read_until(lambda o: o["type"] == "ready", timeout=60)
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self._q.put(json.loads(line))
+        self._q.put(None)                       # end of output
 
     def _read_until(self, pred, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if not r:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            line = self.proc.stdout.readline()
-            if not line:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 break
-            obj = json.loads(line)
+            try:
+                obj = self._q.get(timeout=left)
+            except queue.Empty:
+                break
+            if obj is None:
+                self._q.put(None)
+                break
             self.lines.append(obj)
             if pred(obj):
                 return obj
@@ -60,12 +74,17 @@ class Tracer:
                 return obj
         return self._read_until(pred, timeout)
 
-    def stop(self, settle: float = 0.4) -> tuple[list[dict], dict]:
+    def stop(self, settle: float = 0.4, sig: int = signal.SIGINT) -> tuple[list[dict], dict]:
         time.sleep(settle)                 # let the last records reach user space
-        self.proc.send_signal(signal.SIGINT)
-        out, err = self.proc.communicate(timeout=30)
-        for line in out.splitlines():
-            self.lines.append(json.loads(line))
+        self.proc.send_signal(sig)
+        self._reader.join(timeout=60)            # stdout is the reader's alone
+        self.proc.wait(timeout=30)
+        err = self.proc.stderr.read()
+        while True:
+            obj = self._q.get()
+            if obj is None:
+                break
+            self.lines.append(obj)
         assert self.proc.returncode == 0, f"tracer exited {self.proc.returncode}: {err}"
         table = self.lines[-1]
         assert table["type"] == "table", table
@@ -74,7 +93,7 @@ class Tracer:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
 
 
 @pytest.fixture

@@ -119,10 +119,7 @@ def test_sigterm_ends_watch_with_the_table(tracer):
     fd, name = tapkit.create_tap(tapkit.unique_name())
     try:
         t.wait_for(lambda o: o["type"] == "tunsetiff" and o.get("ifname") == name)
-        t.proc.send_signal(signal.SIGTERM)
-        out, _ = t.proc.communicate(timeout=30)
-        last = json.loads(out.splitlines()[-1])
-        assert t.proc.returncode == 0 and last["type"] == "table"
+        _, last = t.stop(settle=0, sig=signal.SIGTERM)
         assert (os.getpid(), fd, name) in table_triples(last, [os.getpid()])
     finally:
         os.close(fd)

@@ -20,7 +20,6 @@ import time
 import pytest
 import tapkit
 from conftest import ROOT, events_of, need_root, table_triples
-from test_paths import Live
 
 TESTS = str(ROOT / "tests")
 
@@ -179,7 +178,7 @@ def row(table: dict, pid: int, fd: int) -> dict:
 def stop_after(t, pred, timeout: float = 10) -> tuple[list[dict], dict]:
     """Stop the tracer once it has printed the scenario's last event (no guessing
     how long it lags behind under load)."""
-    live = Live(t)
+    live = t
     live.wait_for(pred, timeout)
     return live.stop(settle=0)
 

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -131,56 +130,6 @@ def script(tmp_path):
     yield make
     for s in started:
         s.end()
-
-
-class Live:
-    """Reads a started tracer's output in a thread, so a test can wait for a line.
-
-    (conftest's Tracer.wait_for selects on the pipe and then calls readline() on a
-    buffered text stream: a line already pulled into that buffer is not seen until
-    more output arrives, so waiting for the last line of a burst can time out.)
-    stop() replaces Tracer.stop() for a tracer followed this way."""
-
-    def __init__(self, t) -> None:
-        self.t = t
-        self.cond = threading.Condition()
-        self.done = False
-        self.th = threading.Thread(target=self._run, daemon=True)
-        self.th.start()
-
-    def _run(self) -> None:
-        for line in self.t.proc.stdout:
-            obj = json.loads(line)
-            with self.cond:
-                self.t.lines.append(obj)
-                self.cond.notify_all()
-        with self.cond:
-            self.done = True
-            self.cond.notify_all()
-
-    def wait_for(self, pred, timeout: float = 10) -> dict:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self.cond:
-            while True:
-                for o in self.t.lines[seen:]:
-                    if pred(o):
-                        return o
-                seen = len(self.t.lines)
-                left = deadline - time.monotonic()
-                if self.done or left <= 0:
-                    raise AssertionError(f"tracer did not say it: {self.t.lines[-5:]}")
-                self.cond.wait(left)
-
-    def stop(self, settle: float = 0.4) -> tuple[list[dict], dict]:
-        time.sleep(settle)
-        self.t.proc.send_signal(signal.SIGINT)
-        self.th.join(timeout=30)
-        rc = self.t.proc.wait(timeout=30)
-        assert rc == 0, f"tracer exited {rc}: {self.t.proc.stderr.read()}"
-        table = self.t.lines[-1]
-        assert table["type"] == "table", table
-        return self.t.lines, table
 
 
 def check_table(table: dict, pids, truth) -> None:
@@ -403,7 +352,7 @@ EXIT = """
 
 
 def test_exit_closes_every_fd_and_the_unshared_tap_goes(tracer, script):
-    live = Live(tracer())
+    live = tracer()
     a_name, b_name = tapkit.unique_name("tp"), tapkit.unique_name("tp")
     s = script(EXIT, a_name, b_name, names=[a_name, b_name])
     made = s.read_until("made")
@@ -659,7 +608,7 @@ def test_lost_records_lead_to_a_resync_that_restores_an_exact_table(tracer, scri
     name = tapkit.unique_name("tp")
     t = tracer("--buffer-pages", "1")
     assert t.ready["buffer_pages"] == 1
-    live = Live(t)
+    live = t
     s = script(BURST, name, names=[name])
     made = s.read_until("made")
     pid = s.proc.pid

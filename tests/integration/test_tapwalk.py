@@ -503,10 +503,6 @@ def test_scm_rights_truncated_by_a_small_control_buffer(tracer, walk):
         assert (r["ifname"], r["how"], r["creator_pid"]) == (name, "received", sender)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bpf/tracepoint.bpf.c scm_fds() stops at the first SCM_RIGHTS cmsg: a sendmsg "
-    "with two (the kernel joins them; the receiver gets one cmsg with every fd) is "
-    "recorded with the first cmsg's fds only, so the receive never matches it"))
 def test_scm_rights_two_cmsgs_in_one_sendmsg(tracer, walk):
     t = tracer()
     a, b = names(2)
