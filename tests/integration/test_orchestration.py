@@ -178,9 +178,8 @@ def row(table: dict, pid: int, fd: int) -> dict:
 def stop_after(t, pred, timeout: float = 10) -> tuple[list[dict], dict]:
     """Stop the tracer once it has printed the scenario's last event (no guessing
     how long it lags behind under load)."""
-    live = t
-    live.wait_for(pred, timeout)
-    return live.stop(settle=0)
+    t.wait_for(pred, timeout)
+    return t.stop(settle=0)
 
 
 def test_pass_fds_then_hot_plug_over_the_monitor_socket(tracer, orchestration):
