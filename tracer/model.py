@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ LINEAGE_HEAD = 16
 LINEAGE_MAX = 64
 SCM_PENDING_NS = 60_000_000_000
 RELEASED_MAX = 256
+SHARED_MAX = 32
 
 
 def _no_probe(_pid: int, _fd: int) -> str | None:
@@ -721,7 +723,11 @@ class Model:
                     "path": f.path, "file": f.id,
                     "creator_pid": f.creator_pid, "creator_comm": f.creator_comm,
                     "how": entry.how, "from_pid": entry.from_pid, "from_fd": entry.from_fd,
-                    "shared_with": [list(k) for k in by_file[f.id] if k != (pid, fd)],
+                    # the first SHARED_MAX others; `shared_count` says how many in all
+                    # (one file held by 2,000 processes would make rows quadratic)
+                    "shared_with": [list(k) for k in itertools.islice(
+                        (k for k in by_file[f.id] if k != (pid, fd)), SHARED_MAX)],
+                    "shared_count": len(by_file[f.id]) - 1,
                     "queue": "detached" if f.queue_detached else "attached",
                 })
         return rows

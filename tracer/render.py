@@ -177,9 +177,10 @@ def _cell(row: dict, key: str) -> str:
             parts.append("vhost")
         return safe(" ".join(p for p in parts if p) or None)
     if key == "shared_with":
-        others = [f"{p}/{f}" for p, f in row["shared_with"]]
-        if len(others) > 4:
-            others = others[:4] + [f"+{len(others) - 4} more"]
+        others = [f"{p}/{f}" for p, f in row["shared_with"][:4]]
+        total = row.get("shared_count", len(row["shared_with"]))
+        if total > len(others):
+            others.append(f"+{total - len(others)} more")
         return " ".join(others) or "-"
     return safe(row.get(key))
 

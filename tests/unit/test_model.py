@@ -19,7 +19,7 @@ import itertools
 import pytest
 
 from tracer import events as ev
-from tracer.model import Model, descendants_filter
+from tracer.model import SHARED_MAX, Model, descendants_filter
 from tracer.procfs import FdInfo, ProcInfo, Snapshot, TapInfo
 
 TAP = ev.IFF_TAP | ev.IFF_NO_PI
@@ -1256,7 +1256,7 @@ def test_resync_of_an_fd_that_now_holds_another_file():
 
 ROW_KEYS = {"pid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
             "creator_pid", "creator_comm", "how", "from_pid", "from_fd", "shared_with",
-            "queue"}
+            "shared_count", "queue"}
 
 
 def test_a_row_has_exactly_these_fields():
@@ -1270,7 +1270,16 @@ def test_a_row_has_exactly_these_fields():
                    "flags": ["no_pi", "vnet_hdr"], "cloexec": True, "path": "/dev/net/tun",
                    "file": w.row(1, 27)["file"], "creator_pid": 1, "creator_comm": "libvirtd",
                    "how": "received", "from_pid": 1, "from_fd": 27, "shared_with": [[1, 27]],
-                   "queue": "attached"}
+                   "shared_count": 1, "queue": "attached"}
+
+
+def test_shared_with_is_capped_but_shared_count_is_exact():
+    w = World()
+    w.tap(1, 3, "vnet0")
+    for child in range(100, 150):
+        w.m.apply(ev.Fork(ts=1, pid=1, tid=1, comm="p", child=child, flags=17))
+    row = w.row(1, 3)
+    assert row["shared_count"] == 50 and len(row["shared_with"]) == SHARED_MAX
 
 
 def test_rows_filter_by_interface_glob():
