@@ -394,7 +394,8 @@ static int files_exec(char **av, int race)
 		struct sched_param sp = { .sched_priority = 1 };
 		pin(1);
 		if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) < 0)
-			die("SCHED_FIFO");
+			fprintf(stderr, "tapwalk: no SCHED_FIFO (%s): the race is less certain\n",
+				strerror(errno));
 	}
 	/* CLONE_VFORK: we go on once the child has exec'ed, i.e. has its own table */
 	pid_t c = clone(files_exec_child, stack + sizeof(stack),
