@@ -1,12 +1,14 @@
 """Test support: drive the real kernel's tun driver and read its truth.
 
-`truth()` reads /proc/PID/fdinfo itself (not through tracer.procfs) so that it
-can check the tracer's snapshot code as well as the live table.
+Nothing here imports tracer: `truth()` reads /proc/PID/fdinfo itself and the ioctl
+numbers are written out, so that tests check the tracer (its snapshot code as well
+as its live table) against the kernel, not against itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import secrets
@@ -14,31 +16,49 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Scripts that tests write and run import tapkit by path: let them find tracer too.
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from tracer.events import (  # noqa: F401 - the kernel's ABI numbers, re-exported for tests
-    IFF_ATTACH_QUEUE,
-    IFF_DETACH_QUEUE,
-    IFF_MULTI_QUEUE,
-    IFF_NO_PI,
-    IFF_PERSIST,
-    IFF_TAP,
-    IFF_TUN,
-    IFF_VNET_HDR,
-    TUNGETIFF,
-    TUNSETGROUP,
-    TUNSETIFF,
-    TUNSETOWNER,
-    TUNSETPERSIST,
-    TUNSETQUEUE,
-)
+# The kernel's ABI, written out from include/uapi/linux/if_tun.h and vhost.h (x86-64)
+# rather than imported from tracer: the tests check the tracer's copy against the kernel.
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNSETOWNER = 0x400454CC
+TUNSETLINK = 0x400454CD
+TUNSETGROUP = 0x400454CE
+TUNGETFEATURES = 0x800454CF
+TUNSETOFFLOAD = 0x400454D0
+TUNGETIFF = 0x800454D2
+TUNSETVNETHDRSZ = 0x400454D8
+TUNSETQUEUE = 0x400454D9
+TUNSETIFINDEX = 0x400454DA
+TUNSETSTEERINGEBPF = 0x800454E0
+TUNSETFILTEREBPF = 0x800454E1
+TUNSETCARRIER = 0x400454E2
+VHOST_SET_OWNER = 0x0000AF01
+VHOST_NET_SET_BACKEND = 0x4008AF30
+
+IFF_TUN = 0x0001
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_ATTACH_QUEUE = 0x0200
+IFF_DETACH_QUEUE = 0x0400
+IFF_PERSIST = 0x0800
+IFF_NO_PI = 0x1000
+IFF_ONE_QUEUE = 0x2000
+IFF_VNET_HDR = 0x4000
+
+O_CLOEXEC = 0o2000000
+SYS_CLONE = 56                 # x86-64
+CLONE_FILES = 0x00000400
+SIGCHLD = 17
 
 
 def _ifreq(name: str, flags: int) -> bytes:
-    return struct.pack("16sH22x", name.encode(), flags)
+    return struct.pack("16sH22x", name.encode("utf-8", "surrogateescape"), flags)
 
 
 def _name(res: bytes) -> str:
@@ -78,11 +98,12 @@ def get_iff(fd: int) -> str:
 
 
 def fdinfo_iff(pid: int, fd: int) -> str | None:
+    """The kernel's "iff:" for that fd, exact; None: no iff line, empty, or no such fd."""
     try:
         with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
             for line in f.read().split(b"\n"):
-                if line.startswith(b"iff:"):
-                    return line[4:].strip().decode("utf-8", "surrogateescape")
+                if line.startswith(b"iff:\t"):
+                    return line[5:].decode("utf-8", "surrogateescape") or None
     except OSError:
         pass
     return None
@@ -112,11 +133,12 @@ def cloexec_of(pid: int, fd: int) -> bool:
     with open(f"/proc/{pid}/fdinfo/{fd}") as f:
         for line in f:
             if line.startswith("flags:"):
-                return bool(int(line.split()[1], 8) & 0o2000000)
+                return bool(int(line.split()[1], 8) & O_CLOEXEC)
     raise LookupError(fd)
 
 
 def unique_name(prefix: str = "tt") -> str:
+    """prefix + 6 random hex digits: short enough for a 15-byte ifname and for suffixes."""
     return f"{prefix}{secrets.token_hex(3)}"[:15]
 
 
@@ -134,18 +156,67 @@ def recv_fds(sock: socket.socket, n: int, flags: int = 0) -> list[int]:
     return fds
 
 
+def _clone(flags: int) -> int:
+    """fork(2) with extra clone flags (raw syscall: os.fork cannot share the fd table)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = libc.syscall(SYS_CLONE, ctypes.c_ulong(flags | SIGCHLD), ctypes.c_void_p(0),
+                       ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_ulong(0))
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return pid
+
+
 @contextlib.contextmanager
-def held_by_child():
-    """Fork a child that holds copies of all our fds until the block ends; yields its pid."""
+def held_by_child(share_table: bool = False):
+    """A child that holds our fds until the block ends; yields its pid.
+
+    By default a forked copy of the fd table; share_table=True: clone(CLONE_FILES),
+    one table for both processes, so the child sees every fd we open or close.
+    """
     r, w = os.pipe()
-    pid = os.fork()
+    pid = _clone(CLONE_FILES) if share_table else os.fork()
     if pid == 0:
-        os.close(w)
-        os.read(r, 1)
-        os._exit(0)
-    os.close(r)
+        try:
+            if not share_table:
+                os.close(w)
+            os.read(r, 1)
+        finally:
+            os._exit(0)
+    if not share_table:
+        os.close(r)                # (a shared table would lose it for the child too)
     try:
         yield pid
     finally:
+        with contextlib.suppress(OSError):
+            os.write(w, b"x")
         os.close(w)
         os.waitpid(pid, 0)
+        if share_table:
+            os.close(r)
+
+
+def add_macvtap(name: str) -> str:
+    """A macvtap NAME on a fresh veth pair (NAMEa/NAMEb); returns its /dev/tapN.
+
+    Opening that node is the attach: no TUNSETIFF. delete_macvtap() removes all three.
+    """
+    subprocess.run(["ip", "link", "add", f"{name}a", "type", "veth", "peer", "name",
+                    f"{name}b"], check=True, capture_output=True)
+    try:
+        subprocess.run(["ip", "link", "add", "link", f"{name}a", "name", name, "type",
+                        "macvtap"], check=True, capture_output=True)
+        ifindex = int(Path(f"/sys/class/net/{name}/ifindex").read_text())
+    except (subprocess.CalledProcessError, OSError, ValueError):
+        delete_link(f"{name}a")
+        raise
+    node = f"/dev/tap{ifindex}"
+    deadline = time.monotonic() + 5
+    while not os.path.exists(node) and time.monotonic() < deadline:
+        time.sleep(0.02)           # devtmpfs makes the node; udev, if any, may move it
+    return node
+
+
+def delete_macvtap(name: str) -> None:
+    delete_link(name)
+    delete_link(f"{name}a")        # takes its peer NAMEb with it
