@@ -143,7 +143,12 @@ static __always_inline void submit(void *ctx, struct tt_event *e)
 #define W_TUN 0x6e75742fULL             /* "/tun\0\0\0\0" */
 #define W_DEV_TAP 0x7061742f7665642fULL /* "/dev/tap" */
 
-static __always_inline int on_open_exit(void *ctx, long ret, const char *path, u64 flags)
+/*
+ * Runs on every successful open of every process: the path is checked first, and
+ * the open flags (another pt_regs read, or a user read for openat2) are fetched
+ * only for the rare tun/tap match. flags_reg < 0 means openat2's struct open_how.
+ */
+static __always_inline int on_open_exit(void *ctx, long ret, const char *path, int flags_reg)
 {
 	u64 w[2] = {};
 	if (bpf_probe_read_user_str(w, sizeof(w), path) < 0)
@@ -164,7 +169,13 @@ static __always_inline int on_open_exit(void *ctx, long ret, const char *path, u
 	init_event(e, TT_EV_OPEN);
 	e->ret = ret;
 	e->fd = (int)ret;
-	e->arg = flags;
+	if (flags_reg >= 0) {
+		e->arg = sysarg(flags_reg);
+	} else { /* struct open_how: u64 flags at offset 0 */
+		u64 flags = 0;
+		bpf_probe_read_user(&flags, sizeof(flags), (void *)sysarg(PT_DX));
+		e->arg = flags;
+	}
 	__builtin_memcpy(e->name, w, sizeof(w));
 	submit(ctx, e);
 	return 0;
@@ -174,23 +185,21 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat)
 {
 	if (args->ret < 0)
 		return 0;
-	return on_open_exit(args, args->ret, (const char *)sysarg(PT_SI), sysarg(PT_DX));
+	return on_open_exit(args, args->ret, (const char *)sysarg(PT_SI), PT_DX);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_open)
 {
 	if (args->ret < 0)
 		return 0;
-	return on_open_exit(args, args->ret, (const char *)sysarg(PT_DI), sysarg(PT_SI));
+	return on_open_exit(args, args->ret, (const char *)sysarg(PT_DI), PT_SI);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_openat2)
 {
 	if (args->ret < 0)
 		return 0;
-	u64 flags = 0; /* struct open_how: u64 flags at offset 0 */
-	bpf_probe_read_user(&flags, sizeof(flags), (void *)sysarg(PT_DX));
-	return on_open_exit(args, args->ret, (const char *)sysarg(PT_SI), flags);
+	return on_open_exit(args, args->ret, (const char *)sysarg(PT_SI), -1);
 }
 
 /* ---- ioctl ---------------------------------------------------------------- */
