@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 LIBVIRT_RUN = "/run/libvirt/qemu"
+LIBVIRTD_PIDFILE = "/run/libvirtd.pid"
 
 
 def qemu_opts(text: str, implied: str) -> dict[str, str]:
@@ -147,6 +148,8 @@ class LibvirtNic:
     alias: str | None          # net0, ua-...
     model: str | None
     type: str | None           # bridge, network, ethernet, direct
+    managed: bool = True       # <target managed='no'/>: a tap libvirt was given, not made
+    qemu_pid: int | None = None
 
 
 def parse_libvirt_status(xml_text: str) -> list[LibvirtNic]:
@@ -160,6 +163,8 @@ def parse_libvirt_status(xml_text: str) -> list[LibvirtNic]:
         return []
     name = dom.findtext("name") or "?"
     uuid = dom.findtext("uuid")
+    pid = root.get("pid") if root.tag == "domstatus" else None
+    qemu_pid = int(pid) if pid and pid.isdigit() else None
     out = []
     for itf in dom.iterfind("devices/interface"):
         target = itf.find("target")
@@ -170,7 +175,7 @@ def parse_libvirt_status(xml_text: str) -> list[LibvirtNic]:
                               mac.get("address") if mac is not None else None,
                               alias.get("name") if alias is not None else None,
                               model.get("type") if model is not None else None,
-                              itf.get("type")))
+                              itf.get("type"), target.get("managed") != "no", qemu_pid))
     return out
 
 
@@ -224,6 +229,17 @@ def host_side(ifname: str, sysfs: str = "/sys/class/net") -> HostSide | None:
                     int(idx) if idx and idx.isdigit() else None)
 
 
+def libvirtd_pid(pidfile: str = LIBVIRTD_PIDFILE) -> int | None:
+    """The running libvirtd's pid (from its pid file, checked against /proc)."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/comm") as f:
+            return pid if f.read().strip() == "libvirtd" else None
+    except (OSError, ValueError):
+        return None
+
+
 def proc_cmdline(pid: int) -> tuple[str, ...] | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -233,12 +249,24 @@ def proc_cmdline(pid: int) -> tuple[str, ...] | None:
     return tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1])
 
 
+def _bridge_netdev(q: QemuInfo, master: str | None) -> Netdev | None:
+    """`-netdev bridge,br=BR` (qemu-bridge-helper made the tap and sent its fd back, so
+    no fd number is on the command line): the netdev on the tap's bridge, if only one is."""
+    if master is None:
+        return None
+    hits = [nd for nd in q.netdevs if nd.type == "bridge" and (nd.bridge or "br0") == master]
+    return hits[0] if len(hits) == 1 else None
+
+
 def enrich_rows(rows: list[dict], cmdline_of=proc_cmdline, nics: dict[str, LibvirtNic] | None = None,
-                host=host_side) -> list[dict]:
+                host=host_side, libvirtd=libvirtd_pid) -> list[dict]:
     """Add VM, netdev, NIC model, both MACs, master to each row (in place; returned).
 
-    `cmdline_of(pid)` gives a process's argv (or None)."""
+    `cmdline_of(pid)` gives a process's argv (or None). A row whose creator the trace
+    did not see (a snapshot) but whose tap libvirt made for a running domain gets
+    libvirtd as its creator, with `creator_from: "libvirt"` saying it is inferred."""
     nics = libvirt_nics() if nics is None else nics
+    daemon: list[int | None] = []
     qemu_cache: dict[int, QemuInfo | None] = {}
     host_cache: dict[str, HostSide | None] = {}
     for r in rows:
@@ -253,9 +281,18 @@ def enrich_rows(rows: list[dict], cmdline_of=proc_cmdline, nics: dict[str, Libvi
         if ifname and ifname not in host_cache:
             host_cache[ifname] = host(ifname)
         hs = host_cache.get(ifname) if ifname else None
+        if nd is None and q is not None and hs is not None:
+            nd = _bridge_netdev(q, hs.master)
+        r["creator_from"] = "trace" if r.get("creator_pid") is not None else None
+        if r["creator_from"] is None and nic is not None and nic.managed:
+            if not daemon:
+                daemon.append(libvirtd())
+            if daemon[0] is not None:
+                r["creator_pid"], r["creator_comm"] = daemon[0], "libvirtd"
+                r["creator_from"] = "libvirt"
         r["vm"] = (q.vm_name if q else None) or (nic.domain if nic else None)
         r["netdev"] = nd.id if nd else None
-        r["fd_role"] = hit[1] if hit else None
+        r["fd_role"] = hit[1] if hit else ("tap" if nd else None)
         r["nic_model"] = (nd.nic_model if nd else None) or (nic.model if nic else None)
         r["guest_mac"] = (nd.guest_mac if nd else None) or (nic.mac if nic else None)
         r["nic_alias"] = nic.alias if nic else (nd.nic_id if nd else None)

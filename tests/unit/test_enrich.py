@@ -78,19 +78,22 @@ def test_libvirt_status_xml():
     assert nics["vnet1"].domain == "vm1" and nics["vnet1"].mac == "52:54:00:6b:3c:58"
     assert nics["vnet1"].alias == "net0" and nics["vnet1"].model == "virtio"
     assert nics["vnet7"].type == "ethernet" and nics["vnet7"].alias == "ua-hot"
+    assert nics["vnet1"].managed and not nics["vnet7"].managed
+    assert nics["vnet1"].qemu_pid == 4242
     assert enrich.parse_libvirt_status("<not xml") == []
 
 
 def test_enrich_rows_combines_cmdline_status_and_host_side():
-    rows = [{"pid": 4242, "fd": 30, "ifname": "vnet1"},
-            {"pid": 4242, "fd": 40, "ifname": "vnet7"},
-            {"pid": 1, "fd": 3, "ifname": "tap0"}]
+    rows = [{"pid": 4242, "fd": 30, "ifname": "vnet1", "creator_pid": None},
+            {"pid": 4242, "fd": 40, "ifname": "vnet7", "creator_pid": None},
+            {"pid": 1, "fd": 3, "ifname": "tap0", "creator_pid": None}]
     nics = {n.target: n for n in enrich.parse_libvirt_status(STATUS_XML)}
 
     def host(name):
         return enrich.HostSide(name, "fe:54:00:6b:3c:58", "br-test", "up", 9)
 
-    enrich.enrich_rows(rows, {4242: LIBVIRT_JSON_ARGV, 1: ("init",)}.get, nics, host)
+    enrich.enrich_rows(rows, {4242: LIBVIRT_JSON_ARGV, 1: ("init",)}.get, nics, host,
+                       libvirtd=lambda: 812)
     r = rows[0]
     assert (r["vm"], r["netdev"], r["nic_model"], r["guest_mac"], r["host_mac"],
             r["master"]) == ("vm1", "hostnet0", "virtio-net-pci", "52:54:00:6b:3c:58",
@@ -99,6 +102,38 @@ def test_enrich_rows_combines_cmdline_status_and_host_side():
     assert hot["vm"] == "vm1" and hot["guest_mac"] == "52:54:00:00:00:09"
     assert hot["netdev"] is None and hot["nic_alias"] == "ua-hot"
     assert rows[2]["vm"] is None and rows[2]["netdev"] is None
+    # no trace saw the creation: libvirt says it made vnet1 (not vnet7: managed='no')
+    assert (r["creator_pid"], r["creator_comm"], r["creator_from"]) == (
+        812, "libvirtd", "libvirt")
+    assert hot["creator_pid"] is None and hot["creator_from"] is None
+    assert rows[2]["creator_from"] is None
+
+
+def test_a_traced_creator_is_kept_over_libvirts_word():
+    rows = [{"pid": 4242, "fd": 30, "ifname": "vnet1", "creator_pid": 700,
+             "creator_comm": "libvirtd"}]
+    nics = {n.target: n for n in enrich.parse_libvirt_status(STATUS_XML)}
+    enrich.enrich_rows(rows, {4242: LIBVIRT_JSON_ARGV}.get, nics, lambda _n: None,
+                       libvirtd=lambda: 812)
+    assert (rows[0]["creator_pid"], rows[0]["creator_from"]) == (700, "trace")
+
+
+def test_bridge_helper_netdev_is_found_by_the_taps_bridge():
+    """qemu-bridge-helper sends the fd back: no fd number on QEMU's command line."""
+    argv = ("qemu-system-x86_64", "-name", "guest=bh", "-netdev", "bridge,br=brA,id=n1",
+            "-device", "virtio-net-pci,netdev=n1,mac=52:54:00:00:00:aa",
+            "-netdev", "bridge,br=brB,id=n2", "-netdev", "bridge,br=brB,id=n3")
+    rows = [{"pid": 9, "fd": 12, "ifname": "tap3", "creator_pid": 10},
+            {"pid": 9, "fd": 13, "ifname": "tap4", "creator_pid": 11}]
+    masters = {"tap3": "brA", "tap4": "brB"}
+
+    def host(name):
+        return enrich.HostSide(name, "fe:00:00:00:00:01", masters[name], "up", 5)
+
+    enrich.enrich_rows(rows, {9: argv}.get, {}, host, libvirtd=lambda: None)
+    assert (rows[0]["vm"], rows[0]["netdev"], rows[0]["guest_mac"]) == (
+        "bh", "n1", "52:54:00:00:00:aa")
+    assert rows[1]["netdev"] is None          # two bridge netdevs on brB: ambiguous
 
 
 def test_host_side_of_loopback():
