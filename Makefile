@@ -22,4 +22,4 @@ lint:
 
 # Overhead of `taptrace watch` on unrelated work, side by side (root).
 bench: setup
-	$(PY) bench/overhead.py
+	$(PY) bench/bench.py $(WHAT)
