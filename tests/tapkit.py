@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import re
 import secrets
 import socket
 import struct
@@ -55,6 +56,8 @@ O_CLOEXEC = 0o2000000
 SYS_CLONE = 56                 # x86-64
 CLONE_FILES = 0x00000400
 SIGCHLD = 17
+SYS_PIDFD_GETFD = 438          # the same number on every arch (5.6+)
+MACVTAP_NODE = re.compile(r"/dev/tap[0-9]+")
 
 
 def _ifreq(name: str, flags: int) -> bytes:
@@ -110,7 +113,11 @@ def fdinfo_iff(pid: int, fd: int) -> str | None:
 
 
 def truth(pids) -> set[tuple[int, int, str]]:
-    """{(pid, fd, ifname)} of attached tun fds, straight from /proc fdinfo."""
+    """{(pid, fd, ifname)} of attached tun/tap fds, from the kernel.
+
+    A /dev/net/tun fd is named by its fdinfo "iff:" line. A macvtap fd (/dev/tapN)
+    has no such line: a copy of it is taken with pidfd_getfd and asked TUNGETIFF.
+    """
     out = set()
     for pid in pids:
         try:
@@ -119,14 +126,46 @@ def truth(pids) -> set[tuple[int, int, str]]:
             continue
         for n in fds:
             try:
-                if os.readlink(f"/proc/{pid}/fd/{n}") != "/dev/net/tun":
-                    continue
+                link = os.readlink(f"/proc/{pid}/fd/{n}")
             except OSError:
                 continue
-            name = fdinfo_iff(pid, int(n))
+            if link == "/dev/net/tun":
+                name = fdinfo_iff(pid, int(n))
+            elif MACVTAP_NODE.fullmatch(link):
+                name = macvtap_iff(pid, int(n))
+            else:
+                continue
             if name:
                 out.add((pid, int(n), name))
     return out
+
+
+def pidfd_getfd(pid: int, fd: int) -> int:
+    """A copy of another process's fd (root, or ptrace rights over it), close-on-exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        new = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if new < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return new
+    finally:
+        os.close(pidfd)
+
+
+def macvtap_iff(pid: int, fd: int) -> str | None:
+    """The macvtap interface behind PID's fd N (TUNGETIFF on a pidfd_getfd copy)."""
+    try:
+        copy = pidfd_getfd(pid, fd)
+    except OSError:
+        return None                # gone, or no right to it
+    try:
+        return get_iff(copy) or None
+    except OSError:
+        return None
+    finally:
+        os.close(copy)
 
 
 def cloexec_of(pid: int, fd: int) -> bool:
