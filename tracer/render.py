@@ -165,7 +165,9 @@ def _cell(row: dict, key: str) -> str:
     if key == "creator":
         if row.get("creator_pid") is None:
             return "-"
-        return proc_label(row.get("creator_comm") or "?", row["creator_pid"])
+        label = proc_label(row.get("creator_comm") or "?", row["creator_pid"])
+        # libvirt's word (its status XML), not a traced TUNSETIFF: say so
+        return label + " (libvirt)" if row.get("creator_from") == "libvirt" else label
     if key == "how":
         how = row.get("how") or "-"
         if row.get("from_pid") is not None and how in ("inherited", "received"):
@@ -185,7 +187,8 @@ def _cell(row: dict, key: str) -> str:
     return safe(row.get(key))
 
 
-VM_COLUMNS = [("vm", "VM"), ("nic", "NIC"), ("guest_mac", "GUEST MAC")]
+VM_COLUMNS = [("vm", "VM"), ("nic", "NIC"), ("guest_mac", "GUEST MAC"),
+              ("host_mac", "HOST MAC")]
 
 
 def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = True) -> str:

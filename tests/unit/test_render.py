@@ -40,3 +40,21 @@ def test_public_adds_version_and_time_and_drops_internals():
     out = render.public({"type": "fork", "ts_ns": 2_000_000_000, "quiet": False, "pid": 5}, 0)
     assert out["v"] == render.SCHEMA_VERSION and out["time"] == 2.0
     assert "quiet" not in out and out["pid"] == 5
+
+
+def test_table_names_vm_nic_both_macs_and_an_inferred_creator():
+    row = {"pid": 4242, "comm": "qemu-system-x86", "fd": 30, "ifname": "vnet1",
+           "kind": "tap", "flags": ["vnet_hdr"], "cloexec": False, "how": "inherited",
+           "from_pid": None, "shared_with": [], "shared_count": 0,
+           "creator_pid": 812, "creator_comm": "libvirtd", "creator_from": "libvirt",
+           "vm": "web1", "netdev": "hostnet0", "nic_model": "virtio-net-pci",
+           "fd_role": "tap", "guest_mac": "52:54:00:6b:3c:58", "host_mac": "fe:54:00:6b:3c:58"}
+    header, _, line = render.table_text([row]).splitlines()
+    assert header.split() == ["PID", "COMM", "FD", "IFNAME", "KIND", "FLAGS", "CLOEXEC",
+                              "CREATOR", "HOW", "SHARED", "WITH", "VM", "NIC", "GUEST", "MAC",
+                              "HOST", "MAC"]
+    assert "libvirtd[812] (libvirt)" in line
+    assert line.split()[-5:] == ["web1", "hostnet0", "virtio-net-pci", "52:54:00:6b:3c:58",
+                                 "fe:54:00:6b:3c:58"]
+    traced = dict(row, creator_from="trace")
+    assert "(libvirt)" not in render.table_text([traced])
