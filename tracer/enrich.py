@@ -291,7 +291,9 @@ def enrich_rows(rows: list[dict], cmdline_of=proc_cmdline, nics: dict[str, Libvi
                 r["creator_pid"], r["creator_comm"] = daemon[0], "libvirtd"
                 r["creator_from"] = "libvirt"
         r["vm"] = (q.vm_name if q else None) or (nic.domain if nic else None)
-        r["netdev"] = nd.id if nd else None
+        # libvirt names a NIC's netdev "host" + its alias (net1 -> hostnet1), also for a
+        # hot-plugged NIC that QEMU's command line never shows
+        r["netdev"] = nd.id if nd else (f"host{nic.alias}" if nic and nic.alias else None)
         r["fd_role"] = hit[1] if hit else ("tap" if nd else None)
         r["nic_model"] = (nd.nic_model if nd else None) or (nic.model if nic else None)
         r["guest_mac"] = (nd.guest_mac if nd else None) or (nic.mac if nic else None)

@@ -100,7 +100,7 @@ def test_enrich_rows_combines_cmdline_status_and_host_side():
                              "fe:54:00:6b:3c:58", "br-test")
     hot = rows[1]             # hot-plugged: only the status XML knows it
     assert hot["vm"] == "vm1" and hot["guest_mac"] == "52:54:00:00:00:09"
-    assert hot["netdev"] is None and hot["nic_alias"] == "ua-hot"
+    assert hot["netdev"] == "hostua-hot" and hot["nic_alias"] == "ua-hot"
     assert rows[2]["vm"] is None and rows[2]["netdev"] is None
     # no trace saw the creation: libvirt says it made vnet1 (not vnet7: managed='no')
     assert (r["creator_pid"], r["creator_comm"], r["creator_from"]) == (
