@@ -137,7 +137,7 @@ def _chain_lines(session, report: dict) -> list[str]:
     for fd in fds:
         entry = proc.table.fds.get(fd)
         if entry is not None and entry.file.ifname:
-            lines.append(render.chain_text(entry.file.ifname, Model.chain(entry.file)))
+            lines.append(render.chain_text(entry.file.ifname, Model.chain(entry.file, pid)))
     return lines
 
 

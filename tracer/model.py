@@ -28,6 +28,7 @@ LINEAGE_MAX = 64
 SCM_PENDING_NS = 60_000_000_000
 RELEASED_MAX = 256
 SHARED_MAX = 32
+CHAIN_OPS = ("open", "tunsetiff", "snapshot", "fork", "exec", "recv")  # hops of a chain
 
 
 def _no_probe(_pid: int, _fd: int) -> str | None:
@@ -313,19 +314,37 @@ class Model:
         return {"type": type_, "ts_ns": ts, "pid": pid, "tid": tid, "comm": comm, **fields}
 
     @staticmethod
-    def chain(f: OpenFile) -> list:
-        """The holders an open file went through: creator, forks, execs, receivers."""
-        hops: list[dict] = []
-        last = None
+    def chain(f: OpenFile, pid: int | None = None) -> list:
+        """The way an open file came to `pid` (default: its latest holder): its creator,
+        then each fork, exec and receive on that way - not the side branches (a child
+        that was forked with it and closed it is no step towards QEMU)."""
+        steps: list[dict] = []
         for s in f.lineage:
-            if s["op"] in ("open", "tunsetiff", "snapshot", "fork", "exec", "recv"):
-                if hops and s["op"] == "tunsetiff" and hops[-1]["pid"] == s["pid"]:
-                    continue
-                if (last is not None and s["op"] in ("fork", "exec") and last["op"] == s["op"]
-                        and last["pid"] == s["pid"] and last["ts_ns"] == s["ts_ns"]):
-                    continue          # one fork/exec of a file held at several fds
-                last = s
-                hops.append({k: s[k] for k in ("op", "pid", "comm", "fd")})
+            if s["op"] in CHAIN_OPS and not (
+                    steps and s["op"] in ("fork", "exec") and
+                    (steps[-1]["op"], steps[-1]["pid"], steps[-1]["ts_ns"]) ==
+                    (s["op"], s["pid"], s["ts_ns"])):
+                steps.append(s)           # one fork/exec of a file held at several fds
+        i = len(steps) - 1
+        if pid is not None:
+            while i >= 0 and steps[i]["pid"] != pid:
+                i -= 1
+        path: list[dict] = []
+        while i >= 0:
+            s = steps[i]
+            path.append(s)
+            if s["op"] in ("open", "snapshot"):
+                break                    # where the file came from
+            came_from = {"fork": s.get("parent"), "recv": s.get("from_pid")}.get(
+                s["op"], s["pid"])      # exec, tunsetiff: the same process earlier
+            i -= 1
+            while i >= 0 and steps[i]["pid"] != came_from:
+                i -= 1
+        hops: list[dict] = []
+        for s in reversed(path):
+            if hops and s["op"] == "tunsetiff" and hops[-1]["pid"] == s["pid"]:
+                continue                 # open + TUNSETIFF by one process: one hop
+            hops.append({k: s[k] for k in ("op", "pid", "comm", "fd")})
         return hops
 
     # ---- events ------------------------------------------------------------

@@ -1153,6 +1153,25 @@ def test_a_file_held_at_two_fds_makes_one_hop_per_fork_and_exec():
         ("open", 1, 3), ("fork", 2, 3), ("exec", 2, 3)]
 
 
+def test_the_chain_leaves_out_side_branches():
+    """libvirtd forks helpers that get the tap fd and close it; only the fork that
+    leads to QEMU is a step of QEMU's chain (seen live with libvirt 9.0)."""
+    w = World().named(libvirtd=10)
+    w.tap(10, 31, "vnet16")
+    w.fork(10, 20)                      # a helper child: closes it and exits
+    w.close(20, 31)
+    w.exit(20)
+    w.fork(10, 21)                      # the daemonizing child
+    w.close(10, 31)
+    w.fork(21, 22)
+    w.exit(21)
+    w.exec(22, "qemu-system-x86")
+    [item] = w.m.lineage("vnet16")
+    assert [(h["op"], h["pid"]) for h in item["chain"]] == [
+        ("open", 10), ("fork", 21), ("fork", 22), ("exec", 22)]
+    assert [h["pid"] for h in w.m.chain(w.m.procs[22].table.fds[31].file, 21)] == [10, 21]
+
+
 def test_lineage_lists_each_open_file_of_the_interface():
     w = World()
     w.tap(1, 3, "mq0", MQ)
