@@ -14,8 +14,8 @@
 #define TT_MAX_FDS 16
 
 enum tt_event_type {
-	TT_EV_OPEN = 1,        /* open/openat/openat2 of /dev/net/tun or /dev/tapN
-	                          ret=fd, arg=open flags, name=path */
+	TT_EV_OPEN = 1,        /* open/openat/openat2 of /dev/net/tun, /dev/tapN or
+	                          /dev/vhost-net: ret=fd, arg=open flags, name=path */
 	TT_EV_TUN_IOCTL = 2,   /* a tun ioctl returned: fd, arg=cmd, ret,
 	                          name=ifr_name after the call,
 	                          arg2=ifr_flags (SETIFF/SETQUEUE/GETIFF) or the int
@@ -32,7 +32,11 @@ enum tt_event_type {
 	TT_EV_SCM_RECV = 11,   /* fd=socket, fds[nfds] received, arg=recv flags */
 	TT_EV_UNSHARE = 12,    /* unshare(CLONE_FILES): arg=flags */
 	TT_EV_PIDFD_GETFD = 13, /* fd=pidfd, arg=target fd, ret=new fd */
-	TT_EV_PIDFD_OPEN = 14   /* ret=fd=the new pidfd, arg=the pid it refers to */
+	TT_EV_PIDFD_OPEN = 14,  /* ret=fd=the new pidfd, arg=the pid it refers to */
+	TT_EV_VHOST_BACKEND = 15 /* VHOST_NET_SET_BACKEND returned: fd=the vhost fd,
+	                            ret, arg=vring index (0 rx, 1 tx), arg2=the
+	                            backend fd as a u32 (0xffffffff = -1: detach),
+	                            from the caller's struct vhost_vring_file */
 };
 
 enum tt_dup_how {

@@ -12,8 +12,10 @@
  * no per-thread map written on the way in.
  *
  * Filters, cheapest first:
- *   ioctl   - cmd is not a 'T' (0x54) ioctl: leave at the first compare.
- *   open*   - failed, or the path is not /dev/net/tun or /dev/tapN.
+ *   ioctl   - cmd is not a 'T' (0x54) ioctl nor VHOST_NET_SET_BACKEND: leave
+ *             after two compares.
+ *   open*   - failed, or the path is not /dev/net/tun, /dev/tapN or
+ *             /dev/vhost-net (8-byte word compares).
  *   fd ops  - the process is not in `interest` (holds no tracked fd).
  *   recvmsg - no SCM_RIGHTS message from a tracked process is unresolved.
  *
@@ -65,6 +67,8 @@
 #define TUNSETGROUP_ 0x400454ceU
 #define TUNGETIFF_ 0x800454d2U
 #define TUNSETQUEUE_ 0x400454d9U
+/* _IOW(VHOST_VIRTIO 0xAF, 0x30, struct vhost_vring_file) */
+#define VHOST_NET_SET_BACKEND_ 0x4008af30U
 
 #define SOL_SOCKET_ 1
 #define SCM_RIGHTS_ 1
@@ -80,7 +84,7 @@ BPF_PERF_OUTPUT(events);
 
 BPF_HASH(interest, u32, u32, TT_INTEREST_MAX);  /* tgid -> 1 */
 BPF_ARRAY(counters, u64, TT_C_NR);
-BPF_ARRAY(tun_ioctls_inflight, u64, 1);
+BPF_ARRAY(ioctls_inflight, u64, 1);  /* tun/vhost ioctls between enter and exit */
 
 static __always_inline void count(u32 idx)
 {
@@ -137,11 +141,13 @@ static __always_inline void submit(void *ctx, struct tt_event *e)
 #endif
 }
 
-/* ---- open of /dev/net/tun and /dev/tapN (macvtap, ipvtap) ---------------- */
+/* ---- open of /dev/net/tun, /dev/tapN (macvtap, ipvtap), /dev/vhost-net ---- */
 
 #define W_DEV_NET 0x74656e2f7665642fULL /* "/dev/net" */
 #define W_TUN 0x6e75742fULL             /* "/tun\0\0\0\0" */
 #define W_DEV_TAP 0x7061742f7665642fULL /* "/dev/tap" */
+#define W_DEV_VHO 0x6f68762f7665642fULL /* "/dev/vho" */
+#define W_ST_NET 0x74656e2d7473ULL      /* "st-net\0\0" */
 
 /*
  * Runs on every successful open of every process: the path is checked first, and
@@ -159,6 +165,9 @@ static __always_inline int on_open_exit(void *ctx, long ret, const char *path, i
 	} else if (w[0] == W_DEV_TAP) {
 		char c = (char)(w[1] & 0xff);
 		if (c < '0' || c > '9')
+			return 0;
+	} else if (w[0] == W_DEV_VHO) {
+		if (w[1] != W_ST_NET)
 			return 0;
 	} else {
 		return 0;
@@ -210,17 +219,25 @@ static __always_inline int is_tun_cmd(u32 cmd)
 	       cmd == TUNSETPERSIST_ || cmd == TUNSETOWNER_ || cmd == TUNSETGROUP_;
 }
 
+/* Arms the exit probe; it re-reads cmd from pt_regs. */
+static __always_inline void arm_ioctl_exit(void)
+{
+	u32 zero = 0;
+	u64 *n = ioctls_inflight.lookup(&zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 {
 	u32 cmd = (u32)args->cmd;
-	if ((cmd & 0xff00) != 0x5400)
+	if ((cmd & 0xff00) != 0x5400) {
+		if (cmd == VHOST_NET_SET_BACKEND_)
+			arm_ioctl_exit();
 		return 0;
+	}
 	if (is_tun_cmd(cmd)) {
-		/* Arms the exit probe; it re-reads cmd from pt_regs. */
-		u32 zero = 0;
-		u64 *n = tun_ioctls_inflight.lookup(&zero);
-		if (n)
-			__sync_fetch_and_add(n, 1);
+		arm_ioctl_exit();
 		return 0;
 	}
 	if (cmd != FIOCLEX_ && cmd != FIONCLEX_)
@@ -236,13 +253,39 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 	return 0;
 }
 
+/*
+ * VHOST_NET_SET_BACKEND: which file backs a vring of a vhost-net fd. Emitted for
+ * any process and any outcome (QEMU handing a wrong fd shows up as the error);
+ * struct vhost_vring_file { unsigned int index; int fd; } is input only, so the
+ * caller's copy still holds what the kernel was asked.
+ */
+static __always_inline int on_vhost_backend(void *ctx, long ret)
+{
+	u32 vf[2] = {};
+	bpf_probe_read_user(vf, sizeof(vf), (void *)sysarg(PT_DX));
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_VHOST_BACKEND);
+	e->fd = (int)sysarg(PT_DI);
+	e->ret = ret;
+	e->arg = vf[0];
+	e->arg2 = vf[1];
+	if (ret == 0)
+		mark_interesting(e->tgid);
+	submit(ctx, e);
+	return 0;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 {
 	u32 zero = 0;
-	u64 *n = tun_ioctls_inflight.lookup(&zero);
+	u64 *n = ioctls_inflight.lookup(&zero);
 	if (!n || *n == 0)
 		return 0;
 	u32 cmd = (u32)sysarg(PT_SI);
+	if (cmd == VHOST_NET_SET_BACKEND_) {
+		__sync_fetch_and_add(n, -1);
+		return on_vhost_backend(args, args->ret);
+	}
 	if (!is_tun_cmd(cmd))
 		return 0;
 	if (*n > 0)

@@ -20,7 +20,7 @@ EV_OPEN, EV_TUN_IOCTL, EV_DUP, EV_CLOSE, EV_CLOSE_RANGE, EV_SETFD = 1, 2, 3, 4, 
 EV_FORK, EV_EXEC, EV_EXIT, EV_SCM_SEND, EV_SCM_RECV, EV_UNSHARE, EV_PIDFD_GETFD = (
     7, 8, 9, 10, 11, 12, 13,
 )
-EV_PIDFD_OPEN = 14
+EV_PIDFD_OPEN, EV_VHOST_BACKEND = 14, 15
 
 # enum tt_dup_how / tt_setfd_how / tt_counter
 DUP_HOW = {0: "dup", 1: "dup2", 2: "dup3", 3: "F_DUPFD", 4: "F_DUPFD_CLOEXEC"}
@@ -39,6 +39,11 @@ TUN_IOCTL_NAMES = {
     TUNSETIFF: "TUNSETIFF", TUNSETPERSIST: "TUNSETPERSIST", TUNSETOWNER: "TUNSETOWNER",
     TUNSETGROUP: "TUNSETGROUP", TUNGETIFF: "TUNGETIFF", TUNSETQUEUE: "TUNSETQUEUE",
 }
+# include/uapi/linux/vhost.h: _IOW(VHOST_VIRTIO=0xAF, 0x30, struct vhost_vring_file)
+VHOST_NET_SET_BACKEND = 0x4008AF30
+VHOST_PATH = "/dev/vhost-net"
+VHOST_VQ_NAMES = {0: "rx", 1: "tx"}     # drivers/vhost/net.c VHOST_NET_VQ_RX/TX
+
 IFF_TUN, IFF_TAP = 0x0001, 0x0002
 IFF_NAPI, IFF_NAPI_FRAGS = 0x0010, 0x0020
 IFF_MULTI_QUEUE, IFF_ATTACH_QUEUE, IFF_DETACH_QUEUE = 0x0100, 0x0200, 0x0400
@@ -173,13 +178,22 @@ class PidfdOpen(Base):
 
 
 @dataclass(frozen=True)
+class VhostBackend(Base):
+    """ioctl(fd, VHOST_NET_SET_BACKEND, &{index, backend_fd}) returned ret."""
+    fd: int          # the vhost-net fd
+    index: int       # vring: 0 rx, 1 tx
+    backend_fd: int  # the tap (or packet socket) fd; -1 detaches the backend
+    ret: int         # 0 or -errno
+
+
+@dataclass(frozen=True)
 class Lost(Base):
     """Made by user space: records were dropped; a resync follows."""
     count: int = 0
 
 
 Event = (Open | TunIoctl | Dup | Close | CloseRange | SetFd | Fork | Exec | Exit | ScmSend
-         | ScmRecv | Unshare | PidfdGetfd | PidfdOpen | Lost)
+         | ScmRecv | Unshare | PidfdGetfd | PidfdOpen | VhostBackend | Lost)
 
 
 def _cstr(raw: bytes) -> str:
@@ -222,12 +236,17 @@ def decode(buf: bytes) -> Event | None:
         return PidfdGetfd(**base, pidfd=fd, target_fd=arg, newfd=ret)
     if typ == EV_PIDFD_OPEN:
         return PidfdOpen(**base, fd=fd, target=arg)
+    if typ == EV_VHOST_BACKEND:
+        backend = arg2 & 0xFFFFFFFF                  # an int stored as u32
+        return VhostBackend(**base, fd=fd, index=arg & 0xFFFFFFFF,
+                            backend_fd=backend - (1 << 32) if backend >> 31 else backend,
+                            ret=ret)
     return None
 
 
 _KINDS = {cls.__name__: cls for cls in (Open, TunIoctl, Dup, Close, CloseRange, SetFd, Fork,
                                          Exec, Exit, ScmSend, ScmRecv, Unshare, PidfdGetfd,
-                                         PidfdOpen, Lost)}
+                                         PidfdOpen, VhostBackend, Lost)}
 
 
 def to_record(e: Event) -> dict:

@@ -47,7 +47,14 @@ def errname(ret: int) -> str:
 
 @dataclass(eq=False)
 class OpenFile:
-    """One open file on /dev/net/tun or /dev/tapN (a struct file in the kernel)."""
+    """One open file on /dev/net/tun, /dev/tapN or /dev/vhost-net (a struct file).
+
+    A vhost-net file holds a reference to the file backing each of its vrings
+    (VHOST_NET_SET_BACKEND fget()s it): `backends` maps the vring index to that
+    OpenFile (None: a backend the model does not track, e.g. a packet socket), and
+    the backend's `refs` count it, so a tap whose fds are all closed lives on while
+    a vhost file still uses it, as in the kernel.
+    """
 
     id: int
     path: str = "/dev/net/tun"
@@ -56,8 +63,9 @@ class OpenFile:
     creator_pid: int | None = None
     creator_comm: str | None = None
     queue_detached: bool = False
-    refs: int = 0                     # fd entries plus messages in flight
+    refs: int = 0                     # fd entries, messages in flight, vhost vrings
     lineage: list = field(default_factory=list)
+    backends: dict = field(default_factory=dict)   # vhost only: vring index -> OpenFile
 
     def step(self, ts: int, op: str, pid: int, comm: str, fd: int | None = None,
              **extra) -> None:
@@ -67,7 +75,22 @@ class OpenFile:
             del self.lineage[LINEAGE_HEAD]
 
     @property
+    def is_vhost(self) -> bool:
+        return self.path == ev.VHOST_PATH
+
+    @property
+    def label(self) -> str | None:
+        """The interface this file is about: its own, or for a vhost file the tap
+        backing its lowest vring."""
+        if not self.is_vhost:
+            return self.ifname
+        return next((b.ifname for _i, b in sorted(self.backends.items())
+                     if b is not None and b.ifname), None)
+
+    @property
     def kind(self) -> str:
+        if self.is_vhost:
+            return "vhost"
         if self.path.startswith("/dev/tap"):
             return "macvtap"
         if self.iff & ev.IFF_TAP:
@@ -221,6 +244,27 @@ class Model:
                                                prev.from_fd if prev else None,
                                                prev.by if prev else None)
                 f.refs += 1
+        self._reattach_backends()
+
+    def _reattach_backends(self) -> None:
+        """After a (re)load: /proc does not show vhost backends, so a kept vhost file
+        keeps the ones the trace saw, and they count again as references. A backend
+        no fd holds any more is kept alive by the vhost file alone (as in the kernel),
+        unless its tap is gone."""
+        for f in [f for f in self.files.values() if f.backends]:
+            for idx, b in list(f.backends.items()):
+                if b is None:
+                    continue
+                if b.id not in self.files:
+                    tap = self.taps.get(b.ifname) if b.ifname else None
+                    if b.ifname and tap is None:
+                        del f.backends[idx]
+                        continue
+                    b.refs = 0
+                    self.files[b.id] = b
+                    if tap is not None:
+                        tap.files.add(b.id)
+                b.refs += 1
 
     def resync(self, snap) -> dict:
         """Replace the state with a fresh snapshot, keeping what is still true."""
@@ -253,6 +297,10 @@ class Model:
             return
         self.files.pop(f.id, None)
         f.step(ts, "released", pid, comm)
+        backends, f.backends = f.backends, {}
+        for _idx, b in sorted(backends.items()):
+            if b is not None:     # vhost_net_release puts each vring's socket
+                self._release(b, ts, pid, comm, out)
         if f.ifname:
             self.released.append(f)  # bounded: `who --watch` shows closed files too
         if not f.ifname:
@@ -273,7 +321,7 @@ class Model:
         e.file.step(ts, "close", proc.pid, comm, fd, how=how)
         if report:
             out.append(self._report("close", ts, proc.pid, tid, comm, fd=fd,
-                                    ifname=e.file.ifname, how=how))
+                                    ifname=e.file.label, how=how, **_kind(e.file)))
         self._release(e.file, ts, proc.pid, comm, out)
         return e
 
@@ -285,7 +333,7 @@ class Model:
         closed = []
         for fd in sorted(t.fds):
             e = t.fds.pop(fd)
-            closed.append((fd, e.file.ifname))
+            closed.append((fd, e.file.label, e.file.is_vhost))
             e.file.step(ts, "close", proc.pid, comm, fd, how="exit")
             self._release(e.file, ts, proc.pid, comm, out)
         return closed
@@ -308,6 +356,15 @@ class Model:
             if entry.by is not None and entry.by != proc.pid:
                 entry.how, entry.from_pid, entry.from_fd = "inherited", entry.by, fd
                 entry.by = proc.pid
+
+    @staticmethod
+    def _fds_fields(table: FdTable, fds: list) -> dict:
+        """`ifnames` of fds of a table, and `vhost_fds` when some are vhost fds."""
+        out: dict = {"ifnames": [table.fds[fd].file.label for fd in fds]}
+        vhost = [fd for fd in fds if table.fds[fd].file.is_vhost]
+        if vhost:
+            out["vhost_fds"] = vhost
+        return out
 
     @staticmethod
     def _report(type_: str, ts: int, pid: int, tid: int, comm: str, **fields) -> dict:
@@ -377,7 +434,7 @@ class Model:
                 ifname = None
         f = self._new_file(e.path, ifname)
         f.refs = 1
-        if ifname:
+        if ifname or f.is_vhost:    # the open is the attach (macvtap) or the whole make
             f.creator_pid, f.creator_comm = e.pid, self._comm_for(e)
             if ifname in self.taps:
                 self.taps[ifname].files.add(f.id)
@@ -400,9 +457,11 @@ class Model:
     @staticmethod
     def _stale_at(entry: Entry, e: ev.TunIoctl) -> bool:
         """Does this tun ioctl's result show that `entry` is no longer at e.fd?"""
+        f = entry.file
+        if f.is_vhost:                # vhost-net answers ENOTTY to every tun ioctl
+            return e.ret != -errno.ENOTTY
         if -e.ret in (errno.EBADF, errno.ENOTTY):
             return True               # not open, or not a tun/tap fd at all
-        f = entry.file
         if e.ret != 0 or not f.ifname or f.path.startswith("/dev/tap"):
             return False
         if e.cmd == ev.TUNSETIFF:
@@ -491,6 +550,100 @@ class Model:
                                     ifname=ifname, **{key: None if value == 0xFFFFFFFF
                                                       else value}))
 
+    @staticmethod
+    def _vhost_error(e: ev.VhostBackend, f: OpenFile | None) -> str:
+        """Why VHOST_NET_SET_BACKEND failed, in the terms of drivers/vhost/net.c."""
+        err = errname(e.ret)
+        if f is not None and not f.is_vhost:
+            what = f"a {f.kind} fd ({f.label})" if f.label else f"a {f.kind} fd"
+            return f"fd {e.fd} is {what}, not vhost-net ({err})"
+        return {
+            errno.ENOTTY: f"fd {e.fd} is not a vhost-net fd (ENOTTY)",
+            errno.EBADF: f"fd {e.fd} is not open (EBADF)",
+            errno.ENOTSOCK: f"fd {e.backend_fd} is not a tap, macvtap or packet socket "
+                            "(ENOTSOCK)",
+            errno.EPERM: f"fd {e.fd} has another owner or none yet: VHOST_SET_OWNER "
+                         "first (EPERM)",
+            errno.ENOBUFS: f"no vring {e.index}: vhost-net has 0 (rx) and 1 (tx) (ENOBUFS)",
+            errno.EFAULT: f"vring {e.index} is not set up, or a bad pointer (EFAULT)",
+        }.get(-e.ret, f"VHOST_NET_SET_BACKEND on fd {e.fd} failed ({err})")
+
+    def _backend_at(self, proc: Process, fd: int, comm: str) -> OpenFile | None:
+        """The file at `fd` that a vhost vring now uses: a tracked one, or a tun fd the
+        model missed (asked of the FdProbe); None for anything else (packet socket)."""
+        entry = proc.table.fds.get(fd)
+        if entry is not None:
+            return entry.file
+        name = self._probe_fd(proc.pid, fd)
+        if not isinstance(name, str):
+            return None
+        f = self._file_at(proc.pid, fd, comm)
+        if name and f.ifname is None:
+            f.ifname = name
+            tap = self.taps.get(name)
+            if tap is not None:
+                f.iff = tap.iff
+                tap.files.add(f.id)
+        return f
+
+    def _on_VhostBackend(self, e: ev.VhostBackend, out: list) -> None:
+        comm = self._comm_for(e)
+        proc = self.procs.get(e.pid)
+        entry = proc.table.fds.get(e.fd) if proc else None
+        if entry is not None:
+            f = entry.file
+            # Only vhost-net knows this ioctl: success proves a tun file there was
+            # closed unseen; ENOTTY/EBADF prove the same of a vhost file.
+            stale = (-e.ret in (errno.EBADF, errno.ENOTTY) if f.is_vhost
+                     else e.ret == 0 or e.ret == -errno.EBADF)
+            if stale:
+                self._drop_entry(proc, e.fd, e.ts, e.tid, comm, "stale", out, report=False)
+                entry = None
+        vq = ev.VHOST_VQ_NAMES.get(e.index)
+        base = {"fd": e.fd, "index": e.index, "vq": vq, "backend_fd": e.backend_fd,
+                "ret": e.ret, "error": errname(e.ret) or None}
+        where = f"vring {e.index}{f' ({vq})' if vq else ''}"
+        if e.ret != 0:
+            wanted = proc.table.fds.get(e.backend_fd) if proc and e.backend_fd >= 0 else None
+            out.append(self._report("vhost_backend", e.ts, e.pid, e.tid, comm, **base,
+                                    op="detach" if e.backend_fd == -1 else "attach",
+                                    ifname=wanted.file.label if wanted else None,
+                                    message=self._vhost_error(e, entry.file if entry else None)))
+            return
+        proc = self._proc(e.pid, comm)
+        if entry is None:             # a vhost fd the model missed: it is one now
+            f = self._new_file(ev.VHOST_PATH)
+            f.refs = 1
+            entry = proc.table.fds[e.fd] = Entry(f, False, "unknown", by=e.pid)
+        f = entry.file
+        old = f.backends.pop(e.index, None)
+        if e.backend_fd == -1:
+            ifname = old.label if old is not None else None
+            msg = f"{where} detached{f' from {ifname}' if ifname else ''}"
+            op = "detach"
+        else:
+            b = self._backend_at(proc, e.backend_fd, comm)
+            if b is f:
+                b = None              # cannot be (ENOTSOCK); never a cycle of references
+            f.backends[e.index] = b
+            if b is not None:         # the vring holds the backend's file
+                b.refs += 1
+                b.step(e.ts, "vhost", e.pid, comm, e.backend_fd, vhost_fd=e.fd,
+                       index=e.index)
+            ifname = b.label if b is not None else None
+            what = f"{b.kind} {ifname}" if b is not None and ifname else (
+                f"{b.kind} fd" if b is not None else "an untracked socket")
+            msg = f"{where} ← fd {e.backend_fd} ({what})"
+            op = "attach"
+        gone: list[dict] = []         # the line first, then a tap_gone it caused
+        if old is not None:           # the replaced backend's reference goes after
+            self._release(old, e.ts, e.pid, comm, gone)
+        f.step(e.ts, "vhost_backend", e.pid, comm, e.fd, index=e.index,
+               backend_fd=e.backend_fd)
+        out.append(self._report("vhost_backend", e.ts, e.pid, e.tid, comm, **base, op=op,
+                                ifname=ifname, message=msg))
+        out.extend(gone)
+
     def _on_Dup(self, e: ev.Dup, out: list) -> None:
         proc = self.procs.get(e.pid)
         if proc is None or e.oldfd == e.newfd:
@@ -509,7 +662,8 @@ class Model:
         src.file.refs += 1
         src.file.step(e.ts, "dup", e.pid, comm, e.newfd, from_fd=e.oldfd)
         out.append(self._report("dup", e.ts, e.pid, e.tid, comm, fd=e.oldfd, newfd=e.newfd,
-                                how=e.how, cloexec=e.cloexec, ifname=src.file.ifname))
+                                how=e.how, cloexec=e.cloexec, ifname=src.file.label,
+                                **_kind(src.file)))
 
     def _on_Close(self, e: ev.Close, out: list) -> None:
         proc = self.procs.get(e.pid)
@@ -529,7 +683,7 @@ class Model:
                 entry.cloexec = True
                 out.append(self._report("cloexec", e.ts, e.pid, e.tid, comm, fd=fd,
                                         cloexec=True, how="close_range",
-                                        ifname=entry.file.ifname))
+                                        ifname=entry.file.label, **_kind(entry.file)))
             else:
                 self._drop_entry(proc, fd, e.ts, e.tid, comm, "close_range", out)
 
@@ -540,7 +694,8 @@ class Model:
             return
         entry.cloexec = e.cloexec
         out.append(self._report("cloexec", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
-                                cloexec=e.cloexec, how=e.how, ifname=entry.file.ifname))
+                                cloexec=e.cloexec, how=e.how, ifname=entry.file.label,
+                                **_kind(entry.file)))
 
     def _on_Fork(self, e: ev.Fork, out: list) -> None:
         stale = self.procs.pop(e.child, None)          # pid reuse after a missed exit
@@ -567,8 +722,7 @@ class Model:
                 table.fds[fd].file.step(e.ts, "fork", e.child, child_comm, fd, parent=e.pid)
         out.append(self._report("fork", e.ts, e.pid, e.tid, comm, child_pid=e.child,
                                 flags=ev.clone_names(e.flags), shared_table=shared,
-                                fds=fds, ifnames=[table.fds[fd].file.ifname for fd in fds],
-                                quiet=not fds))
+                                fds=fds, **self._fds_fields(table, fds), quiet=not fds))
 
     def _on_Exec(self, e: ev.Exec, out: list) -> None:
         proc = self.procs.get(e.pid)
@@ -585,9 +739,11 @@ class Model:
             else:
                 kept.append(fd)
                 entry.file.step(e.ts, "exec", e.pid, e.comm, fd)
+        vhost = [fd for fd in kept if proc.table.fds[fd].file.is_vhost]
         out.append(self._report("exec", e.ts, e.pid, e.tid, e.comm, kept=kept, closed=closed,
-                                ifnames={str(fd): proc.table.fds[fd].file.ifname
+                                ifnames={str(fd): proc.table.fds[fd].file.label
                                          for fd in kept},
+                                **({"vhost_fds": vhost} if vhost else {}),
                                 quiet=not kept and not closed))
         out.extend(gone)
 
@@ -597,9 +753,11 @@ class Model:
             return
         gone: list[dict] = []
         closed = self._drop_table_user(proc, e.ts, proc.comm, gone)
+        vhost = [fd for fd, _n, is_vhost in closed if is_vhost]
         out.append(self._report("exit", e.ts, e.pid, e.tid, proc.comm,
-                                closed=[fd for fd, _ in closed],
-                                ifnames=[n for _, n in closed], quiet=not closed))
+                                closed=[fd for fd, _n, _v in closed],
+                                ifnames=[n for _fd, n, _v in closed],
+                                **({"vhost_fds": vhost} if vhost else {}), quiet=not closed))
         out.extend(gone)
 
     def _on_Unshare(self, e: ev.Unshare, out: list) -> None:
@@ -622,8 +780,7 @@ class Model:
         self.pending.append(PendingSend(e.ts, e.pid, comm, e.sock, e.fds, files))
         tracked = [fd for fd, f in zip(e.fds, files) if f]
         out.append(self._report("scm_send", e.ts, e.pid, e.tid, comm, sock=e.sock,
-                                fds=tracked,
-                                ifnames=[f.ifname for f in files if f]))
+                                fds=tracked, **self._fds_fields(proc.table, tracked)))
 
     def _match_send(self, e: ev.ScmRecv) -> PendingSend | None:
         names = [self._probe_fd(e.pid, fd) for fd in e.fds]
@@ -658,7 +815,7 @@ class Model:
         self.pending.remove(send)
         comm = self._comm_for(e)
         proc = self._proc(e.pid, comm)
-        got, names, from_fds, gone = [], [], [], []
+        got, names, from_fds, gone, vhost = [], [], [], [], []
         for oldfd, f in zip(send.fds[len(e.fds):], send.files[len(e.fds):]):
             if f is not None:         # did not fit (MSG_CTRUNC): the kernel dropped it
                 f.step(e.ts, "close", e.pid, comm, None, how="ctrunc", from_fd=oldfd)
@@ -672,11 +829,14 @@ class Model:
             # the in-flight reference becomes this fd's reference
             f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=send.pid, from_fd=oldfd)
             got.append(newfd)
-            names.append(f.ifname)
+            names.append(f.label)
             from_fds.append(oldfd)
+            if f.is_vhost:
+                vhost.append(newfd)
         out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
                                 from_pid=send.pid, from_comm=send.comm, from_fds=from_fds,
-                                ifnames=names, cloexec=e.cloexec))
+                                ifnames=names, cloexec=e.cloexec,
+                                **({"vhost_fds": vhost} if vhost else {})))
         out.extend(gone)
 
     def _on_PidfdGetfd(self, e: ev.PidfdGetfd, out: list) -> None:
@@ -696,7 +856,7 @@ class Model:
                         from_fd=e.target_fd, via="pidfd_getfd")
         out.append(self._report("pidfd_getfd", e.ts, e.pid, e.tid, comm, fd=e.newfd,
                                 from_pid=e.source_pid, from_fd=e.target_fd,
-                                ifname=entry.file.ifname))
+                                ifname=entry.file.label, **_kind(entry.file)))
 
     def _on_Lost(self, e: ev.Lost, out: list) -> None:
         out.append(self._report("lost", e.ts, e.pid, e.tid, e.comm, count=e.count))
@@ -728,7 +888,8 @@ class Model:
             for fd in sorted(p.table.fds):
                 entry = p.table.fds[fd]
                 f = entry.file
-                if ifname_glob and not fnmatch.fnmatchcase(f.ifname or "", ifname_glob):
+                label = f.label
+                if ifname_glob and not fnmatch.fnmatchcase(label or "", ifname_glob):
                     continue
                 tap = self.taps.get(f.ifname) if f.ifname else None
                 iff = f.iff or (tap.iff if tap else 0)
@@ -737,7 +898,7 @@ class Model:
                 flags = [n for n in ev.iff_names(iff) if n in ("vnet_hdr", "multi_queue",
                                                                "persist", "no_pi")]
                 rows.append({
-                    "pid": pid, "comm": p.comm, "fd": fd, "ifname": f.ifname,
+                    "pid": pid, "comm": p.comm, "fd": fd, "ifname": label,
                     "kind": f.kind, "flags": flags, "cloexec": entry.cloexec,
                     "path": f.path, "file": f.id,
                     "creator_pid": f.creator_pid, "creator_comm": f.creator_comm,
@@ -748,6 +909,10 @@ class Model:
                         (k for k in by_file[f.id] if k != (pid, fd)), SHARED_MAX)],
                     "shared_count": len(by_file[f.id]) - 1,
                     "queue": "detached" if f.queue_detached else "attached",
+                    "backends": [{"index": i, "vq": ev.VHOST_VQ_NAMES.get(i),
+                                  "ifname": b.ifname if b else None,
+                                  "file": b.id if b else None}
+                                 for i, b in sorted(f.backends.items())],
                 })
         return rows
 
@@ -771,6 +936,11 @@ class Model:
                             "open": f.id in self.files,
                             "steps": list(f.lineage), "chain": self.chain(f)})
         return out
+
+
+def _kind(f: OpenFile) -> dict:
+    """`kind: "vhost"` on a report about one vhost fd (its ifname is the backing tap)."""
+    return {"kind": "vhost"} if f.is_vhost else {}
 
 
 def descendants_filter(model: Model, root: int,

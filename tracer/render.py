@@ -79,11 +79,20 @@ def _names(v) -> str:
     return safe(v)
 
 
+def _vhost_fds(r: dict) -> str:
+    fds = r.get("vhost_fds")
+    return f" (vhost fds {' '.join(map(str, fds))})" if fds else ""
+
+
 def describe(r: dict) -> tuple[str, str, str]:
     """(fd, ifname, detail) columns of a human event line."""
     t = r["type"]
     fd = "" if r.get("fd") is None else str(r["fd"])
     ifn = safe(r.get("ifname")) if r.get("ifname") else ""
+    # a vhost fd's ifname is the tap backing it: say so
+    vhost = " vhost fd" if r.get("kind") == "vhost" and t != "tunsetiff" else ""
+    if t == "vhost_backend":
+        return fd, ifn, safe(r["message"])
     if t == "open":
         return fd, ifn, f"{safe(r['path'])}{' cloexec' if r['cloexec'] else ''}"
     if t == "tunsetiff":
@@ -101,32 +110,38 @@ def describe(r: dict) -> tuple[str, str, str]:
         key = "uid" if t == "tunsetowner" else "gid"
         return fd, ifn, f"{key}={r.get(key)}"
     if t == "dup":
-        return fd, ifn, f"{r['how']} → fd {r['newfd']}{' cloexec' if r['cloexec'] else ''}"
+        return fd, ifn, (f"{r['how']}{vhost} → fd {r['newfd']}"
+                         f"{' cloexec' if r['cloexec'] else ''}")
     if t == "cloexec":
-        return fd, ifn, f"close-on-exec {'set' if r['cloexec'] else 'cleared'} ({r['how']})"
+        return fd, ifn, (f"close-on-exec {'set' if r['cloexec'] else 'cleared'} "
+                         f"({r['how']}){vhost}")
     if t == "close":
         how = "" if r["how"] == "close" else f" (by {r['how']})"
-        return fd, ifn, f"closed{how}"
+        return fd, ifn, f"closed{vhost}{how}"
     if t == "fork":
         shared = " sharing the fd table" if r["shared_table"] else ""
         fds = " ".join(str(f) for f in r["fds"])
-        return "", _names(r["ifnames"]), f"child {r['child_pid']}{shared} got fds {fds}"
+        return "", _names(r["ifnames"]), (f"child {r['child_pid']}{shared} got fds {fds}"
+                                          f"{_vhost_fds(r)}")
     if t == "exec":
         kept = " ".join(map(str, r["kept"])) or "none"
         closed = " ".join(map(str, r["closed"])) or "none"
-        return "", _names(r["ifnames"]), f"kept fds {kept}; close-on-exec closed {closed}"
+        return "", _names(r["ifnames"]), (f"kept fds {kept}{_vhost_fds(r)}; "
+                                          f"close-on-exec closed {closed}")
     if t == "exit":
-        return "", _names(r["ifnames"]), f"exited, closing fds {' '.join(map(str, r['closed']))}"
+        return "", _names(r["ifnames"]), (f"exited, closing fds "
+                                          f"{' '.join(map(str, r['closed']))}{_vhost_fds(r)}")
     if t == "scm_send":
         fds = " ".join(map(str, r["fds"]))
-        return "", _names(r["ifnames"]), f"SCM_RIGHTS send fds {fds} on socket {r['sock']}"
+        return "", _names(r["ifnames"]), (f"SCM_RIGHTS send fds {fds} on socket {r['sock']}"
+                                          f"{_vhost_fds(r)}")
     if t == "scm_recv":
         pairs = ", ".join(f"{a}→{b}" for a, b in zip(r["from_fds"], r["fds"]))
         return "", _names(r["ifnames"]), (
             f"SCM_RIGHTS from {proc_label(r['from_comm'], r['from_pid'])} fds {pairs}"
-            f"{' cloexec' if r['cloexec'] else ''}")
+            f"{' cloexec' if r['cloexec'] else ''}{_vhost_fds(r)}")
     if t == "pidfd_getfd":
-        return fd, ifn, f"pidfd_getfd from pid {r['from_pid']} fd {r['from_fd']}"
+        return fd, ifn, f"pidfd_getfd{vhost} from pid {r['from_pid']} fd {r['from_fd']}"
     if t == "tap_gone":
         return "", ifn, "interface gone (last open file closed)"
     if t == "lost":
@@ -157,7 +172,20 @@ ROW_COLUMNS = [("pid", "PID"), ("comm", "COMM"), ("fd", "FD"), ("ifname", "IFNAM
                ("creator", "CREATOR"), ("how", "HOW"), ("shared_with", "SHARED WITH")]
 
 
+def vhost_cell(row: dict) -> str:
+    """A vhost fd's interface cell: `→ vnet3 (q0,q1)`, the taps backing its vrings."""
+    by_name: dict[str, list[str]] = {}
+    for b in row.get("backends") or ():
+        name = safe(b["ifname"]) if b.get("ifname") else "socket"
+        by_name.setdefault(name, []).append(f"q{b['index']}")
+    if not by_name:
+        return "→ -"
+    return "→ " + ", ".join(f"{n} ({','.join(qs)})" for n, qs in by_name.items())
+
+
 def _cell(row: dict, key: str) -> str:
+    if key == "ifname" and row.get("kind") == "vhost":
+        return vhost_cell(row)
     if key == "flags":
         return ",".join(row["flags"]) or "-"
     if key == "cloexec":

@@ -37,7 +37,7 @@ def test_a_record_with_the_c_tail_padding_decodes_the_same():
     assert ev.decode(raw(ev.EV_CLOSE, fd=3, pad=b"\0" * 4)) == ev.decode(raw(ev.EV_CLOSE, fd=3))
 
 
-@pytest.mark.parametrize("type_", [0, 15, 99, 0xFFFFFFFF])
+@pytest.mark.parametrize("type_", [0, 16, 99, 0xFFFFFFFF])
 def test_an_unknown_type_decodes_to_none(type_):
     assert ev.decode(raw(type_)) is None
 
@@ -175,6 +175,33 @@ def test_unshare_and_pidfd_getfd():
     assert rec == ev.PidfdGetfd(**BASE, pidfd=6, target_fd=27, newfd=11, source_pid=0)
 
 
+def test_open_of_dev_vhost_net():
+    rec = ev.decode(raw(ev.EV_OPEN, fd=28, ret=28, arg=0o2 | ev.O_CLOEXEC,
+                        name=b"/dev/vhost-net\0\0"))
+    assert rec == ev.Open(**BASE, fd=28, path=ev.VHOST_PATH, flags=0o2 | ev.O_CLOEXEC)
+
+
+def test_vhost_set_backend_carries_the_vring_and_the_backend_fd():
+    # struct vhost_vring_file { unsigned int index; int fd; }: arg = index, arg2 = fd
+    rec = ev.decode(raw(ev.EV_VHOST_BACKEND, fd=28, ret=0, arg=1, arg2=27))
+    assert rec == ev.VhostBackend(**BASE, fd=28, index=1, backend_fd=27, ret=0)
+
+
+def test_vhost_detach_is_backend_fd_minus_one_stored_as_u32():
+    rec = ev.decode(raw(ev.EV_VHOST_BACKEND, fd=28, arg=0, arg2=0xFFFFFFFF))
+    assert rec.backend_fd == -1 and rec.index == 0
+    # a negative other than -1 is still what the caller passed (the kernel: ENOTSOCK)
+    rec = ev.decode(raw(ev.EV_VHOST_BACKEND, fd=28, ret=-errno.ENOTSOCK, arg=0,
+                        arg2=0xFFFFFFFE))
+    assert (rec.backend_fd, rec.ret) == (-2, -errno.ENOTSOCK)
+
+
+def test_vhost_set_backend_failure_keeps_the_errno_and_an_unsigned_index():
+    rec = ev.decode(raw(ev.EV_VHOST_BACKEND, fd=5, ret=-errno.ENOTTY, arg=0xFFFFFFFF, arg2=3))
+    assert rec == ev.VhostBackend(**BASE, fd=5, index=0xFFFFFFFF, backend_fd=3,
+                                  ret=-errno.ENOTTY)
+
+
 def test_every_decoded_record_survives_the_replay_form():
     records = [
         raw(ev.EV_OPEN, ret=7, arg=ev.O_CLOEXEC, name=b"/dev/net/tun"),
@@ -185,6 +212,7 @@ def test_every_decoded_record_survives_the_replay_form():
         raw(ev.EV_EXEC, arg2=100), raw(ev.EV_EXIT), raw(ev.EV_SCM_SEND, fd=9, fds=(3, 4)),
         raw(ev.EV_SCM_RECV, fd=5, fds=(6,)), raw(ev.EV_UNSHARE, arg=ev.CLONE_FILES),
         raw(ev.EV_PIDFD_GETFD, fd=6, arg=3, ret=8),
+        raw(ev.EV_VHOST_BACKEND, fd=28, arg=1, arg2=0xFFFFFFFF, ret=-errno.EFAULT),
     ]
     for buf in records:
         rec = ev.decode(buf)

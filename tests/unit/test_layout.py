@@ -163,3 +163,89 @@ def test_counters_agree_both_ways(c_side):
 def test_every_enum_in_the_header_is_checked(c_side):
     assert set(c_side["enums"]) == {"tt_event_type", "tt_dup_how", "tt_setfd_how",
                                     "tt_counter"}
+
+
+# ---- the vhost-net record ------------------------------------------------------
+#
+# TT_EV_VHOST_BACKEND reuses the common fields: fd = the vhost fd, arg = the vring
+# index, arg2 = the backend fd as a u32, both read from the caller's
+# struct vhost_vring_file. The uapi header (<linux/vhost.h>) is the reference.
+
+BPF = HEADER.parent / "tracepoint.bpf.c"
+
+
+def bpf_defines() -> dict[str, int]:
+    pattern = r"^#define\s+(\w+)\s+0x([0-9a-fA-F]+)U?(?:LL|ULL)?\b"
+    return {m.group(1): int(m.group(2), 16)
+            for m in re.finditer(pattern, BPF.read_text(), flags=re.MULTILINE)}
+
+
+VHOST_PROBE = r"""
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <linux/vhost.h>
+#include "events.h"
+
+int main(void) {
+	printf("cmd %u\n", (unsigned)VHOST_NET_SET_BACKEND);
+	printf("vring_file %zu %zu %zu\n", sizeof(struct vhost_vring_file),
+	       offsetof(struct vhost_vring_file, index), offsetof(struct vhost_vring_file, fd));
+	/* what on_vhost_backend() does with QEMU's {.index = 1, .fd = -1} */
+	struct vhost_vring_file vf = { .index = 1, .fd = -1 };
+	unsigned int w[2];
+	memcpy(w, &vf, sizeof(w));
+	struct tt_event e;
+	memset(&e, 0, sizeof(e));
+	e.ts = 99; e.type = TT_EV_VHOST_BACKEND; e.tgid = 100; e.tid = 101; e.fd = 28;
+	e.ret = -14; e.arg = w[0]; e.arg2 = w[1];
+	memcpy(e.comm, "qemu", 5);
+	fwrite(&e, sizeof(e), 1, stdout);
+	return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def vhost_c(tmp_path_factory) -> tuple[list[str], bytes]:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed")
+    d = tmp_path_factory.mktemp("vhost")
+    (d / "probe.c").write_text(VHOST_PROBE)
+    build = subprocess.run([gcc, "-std=gnu11", "-Wall", "-Werror", f"-I{HEADER.parent}",
+                            "-o", str(d / "probe"), str(d / "probe.c")],
+                           check=False, capture_output=True, text=True)
+    if "linux/vhost.h" in build.stderr:
+        pytest.skip("no uapi <linux/vhost.h> (linux-libc-dev)")
+    assert build.returncode == 0, build.stderr
+    out = subprocess.run([str(d / "probe")], check=True, capture_output=True).stdout
+    lines = out.split(b"\n", 2)
+    return [x.decode() for x in lines[:2]], lines[2]
+
+
+def test_vhost_net_set_backend_is_the_uapi_number_on_both_sides(vhost_c):
+    cmd = int(vhost_c[0][0].split()[1])
+    assert cmd == ev.VHOST_NET_SET_BACKEND == bpf_defines()["VHOST_NET_SET_BACKEND_"]
+    assert (cmd >> 8) & 0xFF == 0xAF        # the filter's second compare in sys_enter_ioctl
+
+
+def test_vhost_vring_file_is_the_two_u32_words_the_bpf_side_reads(vhost_c):
+    assert vhost_c[0][1].split()[1:] == ["8", "0", "4"]
+
+
+def test_a_vhost_record_filled_as_the_bpf_side_does_decodes_field_by_field(vhost_c):
+    rec = ev.decode(vhost_c[1])
+    assert rec == ev.VhostBackend(ts=99, pid=100, tid=101, comm="qemu", fd=28, index=1,
+                                  backend_fd=-1, ret=-14)
+
+
+def test_the_open_filter_words_spell_the_device_paths():
+    def word(s: bytes) -> int:
+        return struct.unpack("<Q", s.ljust(8, b"\0"))[0]
+
+    d = bpf_defines()
+    path = ev.VHOST_PATH.encode() + b"\0"           # 15 bytes: two words, NUL-padded
+    assert (d["W_DEV_VHO"], d["W_ST_NET"]) == (word(path[:8]), word(path[8:]))
+    assert (d["W_DEV_NET"], d["W_TUN"]) == (word(b"/dev/net"), word(b"/tun"))
+    assert d["W_DEV_TAP"] == word(b"/dev/tap")

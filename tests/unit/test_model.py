@@ -1275,7 +1275,7 @@ def test_resync_of_an_fd_that_now_holds_another_file():
 
 ROW_KEYS = {"pid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
             "creator_pid", "creator_comm", "how", "from_pid", "from_fd", "shared_with",
-            "shared_count", "queue"}
+            "shared_count", "queue", "backends"}
 
 
 def test_a_row_has_exactly_these_fields():
@@ -1289,7 +1289,7 @@ def test_a_row_has_exactly_these_fields():
                    "flags": ["no_pi", "vnet_hdr"], "cloexec": True, "path": "/dev/net/tun",
                    "file": w.row(1, 27)["file"], "creator_pid": 1, "creator_comm": "libvirtd",
                    "how": "received", "from_pid": 1, "from_fd": 27, "shared_with": [[1, 27]],
-                   "shared_count": 1, "queue": "attached"}
+                   "shared_count": 1, "queue": "attached", "backends": []}
 
 
 def test_shared_with_is_capped_but_shared_count_is_exact():
