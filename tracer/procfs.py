@@ -18,6 +18,7 @@ KCMP_FILE = 0
 KCMP_FILES = 2
 O_CLOEXEC = 0o2000000
 TUN_PATH = "/dev/net/tun"
+VHOST_PATH = "/dev/vhost-net"  # its fdinfo has no iff: and nothing shows its backends
 SYS_NET = "/sys/class/net"
 _TAPDEV = re.compile(r"/dev/tap(\d+)")      # macvtap/ipvtap: /dev/tap<ifindex>
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -28,10 +29,10 @@ IFF_MULTI_QUEUE, IFF_PERSIST, IFF_VNET_HDR = 0x0100, 0x0800, 0x4000
 
 @dataclass(frozen=True)
 class FdInfo:
-    """One fd of one process that refers to a tun/tap character device."""
+    """One fd of one process that refers to a tun/tap (or vhost-net) character device."""
     pid: int
     fd: int
-    path: str                 # "/dev/net/tun" or "/dev/tapN" (macvtap/ipvtap)
+    path: str                 # "/dev/net/tun", "/dev/tapN" (macvtap/ipvtap), "/dev/vhost-net"
     ifname: str | None        # fdinfo "iff:" (exact, surrogateescape); None: not attached
     cloexec: bool
     flags: int                # open flags from fdinfo "flags:" (octal)
@@ -265,7 +266,9 @@ class _Ifindex:
 
 
 def _is_tun_path(path: str) -> bool:
-    return path == TUN_PATH or (path.startswith("/dev/tap") and _TAPDEV.fullmatch(path) is not None)
+    """A path the tracer follows: tun, macvtap/ipvtap, vhost-net."""
+    return (path == TUN_PATH or path == VHOST_PATH
+            or (path.startswith("/dev/tap") and _TAPDEV.fullmatch(path) is not None))
 
 
 def _fdinfo(pid: int, fd: int, path: str, taps: _Ifindex,
@@ -279,13 +282,13 @@ def _fdinfo(pid: int, fd: int, path: str, taps: _Ifindex,
         flags, ifname = parse_fdinfo(_decode(raw))
     except (OSError, ValueError):
         return None
-    if ifname is None and path != TUN_PATH:
+    if ifname is None and path != TUN_PATH and path != VHOST_PATH:
         ifname = taps.name(path)           # macvtap prints no iff:; opening it attached it
     return FdInfo(pid, fd, path, ifname, bool(flags & O_CLOEXEC), flags)
 
 
 def read_fdinfo(pid: int, fd: int) -> FdInfo | None:
-    """The fd if it is a tun/tap fd (None if not, or gone)."""
+    """The fd if it is a tun/tap or vhost-net fd (None if not, or gone)."""
     try:
         path = os.readlink(f"/proc/{pid}/fd/{fd}")
     except OSError:
@@ -309,7 +312,9 @@ def _tun_fds(pid: int, taps: _Ifindex) -> list[FdInfo]:
                 path = os.readlink(name, dir_fd=fd_dir)
             except OSError:
                 continue
-            if path != TUN_PATH and not (path.startswith("/dev/tap") and _TAPDEV.fullmatch(path)):
+            # inline, not _is_tun_path(): this runs for every fd of every process
+            if (path != TUN_PATH and path != VHOST_PATH
+                    and not (path.startswith("/dev/tap") and _TAPDEV.fullmatch(path))):
                 continue
             if info_dir < 0:
                 info_dir = os.open(f"/proc/{pid}/fdinfo", _DIR_FLAGS)
@@ -326,7 +331,7 @@ def _tun_fds(pid: int, taps: _Ifindex) -> list[FdInfo]:
 
 
 def tun_fds(pid: int) -> list[FdInfo]:
-    """Every tun/tap fd of a process; [] if it is gone or unreadable."""
+    """Every tun/tap and vhost-net fd of a process; [] if it is gone or unreadable."""
     return _tun_fds(pid, _Ifindex())
 
 
@@ -395,7 +400,8 @@ def _pids() -> list[int]:
 
 
 def snapshot(pids: Iterable[int] | None = None) -> Snapshot:
-    """Every tun/tap fd of the given processes (default: all), grouped by open file."""
+    """Every tun/tap and vhost-net fd of the given processes (default: all), grouped by
+    open file. Which tap backs a vhost fd's vrings is not in /proc: the trace sees it."""
     taps = _Ifindex()
     fds: list[FdInfo] = []
     for pid in (_pids() if pids is None else pids):
