@@ -1,4 +1,4 @@
-"""The `taptrace` command: ls, watch, top, who, doctor, demo."""
+"""The `taptrace` command: ls, watch, top, who, audit, doctor, demo."""
 
 from __future__ import annotations
 
@@ -391,6 +391,125 @@ def demo(json_out: bool) -> None:
             raise click.ClickException(f"the demo scenario failed (exit {child.returncode})")
     finally:
         session.close()
+
+
+EXAMPLES_AUDIT = """
+\b
+Examples:
+  taptrace audit                     # findings now, from /proc; exit 1 if any
+  taptrace audit -i 'vnet*' --json   # libvirt's taps, one JSON object per finding
+  sudo taptrace audit --watch 60     # trace a minute: failed TUNGETIFF as they
+                                     # happen, then the table, leaks with their creator
+  taptrace audit -q || alert         # 0 clean, 1 findings, 3 could not audit
+"""
+
+
+class AuditError(click.ClickException):
+    """The audit could not be done: exit 3, so a script tells it from findings (1)."""
+    exit_code = 3
+
+
+@cli.command("audit", epilog=EXAMPLES_AUDIT)
+@click.option("--json", "json_out", is_flag=True,
+              help='One {"type": "finding"} JSON line per finding, then {"type": "audit"}.')
+@click.option("--watch", "watch_s", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Trace for S seconds (root, BPF): failed TUNGETIFF probes as they "
+                   "happen, then audit the final table with each fd's lineage.")
+@click.option("-i", "--ifname", metavar="GLOB",
+              help="Only interfaces matching GLOB (failed probes name none: left out).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing; only the exit status.")
+def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: bool) -> None:
+    """Report tap handoff problems; exit 1 when there are any.
+
+    \b
+    leak            a non-VM process (creator, intermediate) still holds the
+                    open file its VM uses
+    foreign_holder  a process that is not the tap's VM holds it another way
+    vm_gone         a tap on a bridge/OVS master that no VM holds
+    orphan          a tap no process holds (e.g. persistent, left behind)
+    bad_probe       a failed TUNGETIFF: a process was given a non-tap fd (--watch)
+
+    The VM of a tap is the QEMU of the libvirt domain that has it as a target,
+    else a QEMU whose -netdev names that fd or tap, else any QEMU holding it."""
+    from . import audit as au
+    from .enrich import libvirt_nics
+
+    found: list = []
+
+    def show(f) -> None:
+        found.append(f)
+        if quiet:
+            return
+        if json_out:
+            _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "finding",
+                                     **f.fields()}))
+            return
+        _write(f"{f.kind} {render.safe(f.message)}")
+        if f.detail.get("chain"):
+            _write("    " + render.chain_text(f.ifname, f.detail["chain"]))
+
+    chain_of = None
+    if watch_s is None:
+        model = Model()
+        model.load(procfs.snapshot())
+    else:
+        offset = time.time_ns() - time.monotonic_ns()
+
+        def emit(report: dict) -> None:
+            t = report["type"]
+            if t == "lost":
+                click.echo(f"taptrace: warning: {report['count']} records lost; "
+                           "resyncing from /proc", err=True)
+            elif t == "ready" and not quiet:
+                _write(render.json_line(render.public(report, offset)) if json_out else
+                       f"# auditing for {watch_s:g} s with the {report['backend']} backend "
+                       f"({report['buffer']}): failed TUNGETIFF as they happen, the table "
+                       "at the end")
+            elif t == "tungetiff" and ifname is None:
+                f = au.probe_finding(render.public(report, offset))
+                if f is not None:
+                    show(f)
+
+        stop = Stop()
+        try:
+            session, _offset = _open_session(json_out, None, None, None, 256, False,
+                                             emit=emit)
+        except click.ClickException as exc:
+            raise AuditError(exc.message) from None
+        try:
+            session.start()
+            session.run(watch_s, stop)
+        finally:
+            session.close()
+        model = session.model
+        files = model.files
+
+        def chain_of(file: int, pid: int) -> list:
+            return Model.chain(files[file], pid) if file in files else []
+    nics = libvirt_nics()
+    rows = enrich_rows(model.rows(ifname), nics=nics)
+    taps = [t for t in model.tap_list()
+            if ifname is None or fnmatch.fnmatchcase(t["ifname"], ifname)]
+    facts = au.gather(rows, taps, nics)
+    for f in au.audit(rows, taps, nics, facts, chain_of=chain_of or au.no_chain):
+        show(f)
+    complete = os.geteuid() == 0
+    kinds = au.summary(found)
+    checked = len({t["ifname"] for t in taps} | {r["ifname"] for r in rows if r["ifname"]})
+    if json_out and not quiet:
+        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "audit",
+                                 "findings": len(found), "kinds": kinds, "taps": checked,
+                                 "rows": len(rows), "complete": complete}))
+    elif not quiet:
+        what = (f"{len(found)} finding{'s' if len(found) != 1 else ''} ("
+                + ", ".join(f"{k} {n}" for k, n in kinds.items()) + ")"
+                if found else "no findings")
+        _write(f"# audit: {what}; {checked} tap{'s' if checked != 1 else ''}, "
+               f"{len(rows)} tap fd{'s' if len(rows) != 1 else ''} checked"
+               + ("" if complete else " (not root: other users' fds unseen, so "
+                  "orphan/vm_gone may be wrong)"))
+    if found:
+        sys.exit(1)
 
 
 def main() -> None:

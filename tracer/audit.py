@@ -1,0 +1,271 @@
+"""`taptrace audit`: what is wrong with who holds which tap.
+
+A pure judgement over the model's rows (already enriched: vm, netdev, master…),
+its taps, libvirt's NICs and, live, the failed TUNGETIFF reports. `gather()` is
+the one reader: which holders are QEMU processes, which QEMU runs each libvirt
+domain, and which taps still exist in /sys and on what master.
+
+Which process is "the VM" of a tap, strongest word first:
+  1. libvirt: the tap is a `<target dev=>` of a running domain; its QEMU is the
+     domain's pid (status XML, else /run/libvirt/qemu/NAME.pid).
+  2. QEMU's command line: a QEMU holding the tap whose `-netdev` names that fd
+     (`fd=`/`fds=`), that `ifname=`, or the tap's bridge (`-netdev bridge`).
+  3. Any QEMU holding it (hot-plugged by QMP `getfd`: no number to match).
+
+Kinds, one finding per holder (pid, fd) or per tap:
+  leak            a process that is not the VM holds the same open file as the VM:
+                  the copy the creator (libvirtd) or an intermediate kept after
+                  handing the fd over. From a snapshot only the sharing is known;
+                  live, the creator and the chain of holders too.
+  foreign_holder  the tap has a VM and a process that is not that VM holds it
+                  through an open file the VM does not hold (a second queue
+                  attached by TUNSETIFF, another VM's QEMU), or while the VM holds
+                  none of it. Not a leftover of a handoff: someone else's use.
+  orphan          a tap no process holds (a persistent tap left behind), on no
+                  bridge.
+  vm_gone         a tap on a bridge/OVS master that no QEMU holds: the port stays
+                  on the bridge without its VM (held by nobody, or only by e.g. a
+                  leaking libvirtd). A holderless bridged tap is this, not orphan.
+  bad_probe       a failed TUNGETIFF (`fd 9 is not a tap (ENOTTY)`): the process
+                  was given something that is not a tap. Live only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .enrich import (
+    LIBVIRT_RUN,
+    LibvirtNic,
+    host_side,
+    is_qemu,
+    parse_qemu_cmdline,
+    proc_cmdline,
+)
+
+KINDS = ("leak", "foreign_holder", "vm_gone", "orphan", "bad_probe")
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str                   # one of KINDS
+    ifname: str | None          # None: bad_probe (no tap involved)
+    pid: int | None             # the holder / prober; None: a tap-wide finding
+    fd: int | None
+    comm: str | None
+    message: str                # raw (exact names); escape before a terminal
+    detail: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def fields(self) -> dict:
+        """Flat JSON fields (detail keys never clash with these)."""
+        return {"kind": self.kind, "ifname": self.ifname, "pid": self.pid, "fd": self.fd,
+                "comm": self.comm, "message": self.message, **self.detail}
+
+
+class ChainOf(Protocol):
+    def __call__(self, file: int, pid: int) -> list[dict]:
+        """The hops by which open file `file` came to `pid` (Model.chain); [] unknown."""
+
+
+def no_chain(_file: int, _pid: int) -> list[dict]:
+    return []
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the audit needs besides the rows, read once by gather()."""
+    qemu: Mapping[int, str | None]           # pid of each QEMU process -> its -name guest=
+    domain_pids: Mapping[str, int]           # libvirt domain -> its QEMU's pid
+    masters: Mapping[str, str | None]        # every tap that exists in /sys -> its master
+
+
+def _label(comm, pid) -> str:
+    return f"{comm or '?'}[{pid}]"
+
+
+def _vm_label(pid: int, comm, vm) -> str:
+    return _label(comm, pid) + (f" (VM {vm})" if vm else "")
+
+
+def gather(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic],
+           cmdline_of: Callable[[int], tuple[str, ...] | None] = proc_cmdline,
+           host=host_side, run_dir: str = LIBVIRT_RUN) -> HostFacts:
+    domain_pids: dict[str, int] = {}
+    for nic in nics.values():
+        pid = nic.qemu_pid or _pidfile(os.path.join(run_dir, f"{nic.domain}.pid"))
+        if pid is not None:
+            domain_pids[nic.domain] = pid
+    qemu: dict[int, str | None] = {}
+    for pid in {r["pid"] for r in rows} | set(domain_pids.values()):
+        argv = cmdline_of(pid)
+        if argv and is_qemu(argv):
+            q = parse_qemu_cmdline(argv)
+            qemu[pid] = q.vm_name if q else None
+    masters: dict[str, str | None] = {}
+    for name in {t["ifname"] for t in taps} | {r["ifname"] for r in rows if r.get("ifname")}:
+        hs = host(name)
+        if hs is not None:
+            masters[name] = hs.master
+    return HostFacts(qemu, domain_pids, masters)
+
+
+def _pidfile(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _owners(ifname: str, holders: list[dict], nics: Mapping[str, LibvirtNic],
+            facts: HostFacts) -> tuple[set[int], str | None, str | None]:
+    """(pids that are the VM of this tap, the VM's name, where that came from)."""
+    nic = nics.get(ifname)
+    if nic is not None:
+        pid = facts.domain_pids.get(nic.domain)
+        if pid is not None and pid in facts.qemu:
+            return {pid}, nic.domain, "libvirt"
+    qemu_rows = [r for r in holders if r["pid"] in facts.qemu]
+    named = [r for r in qemu_rows if r.get("netdev")]
+    chosen, source = (named, "cmdline") if named else (qemu_rows, "holder")
+    if not chosen:
+        return set(), None, None
+    pids = {r["pid"] for r in chosen}
+    vm = next((facts.qemu.get(p) for p in sorted(pids) if facts.qemu.get(p)), None)
+    return pids, vm or (nic.domain if nic else None), source
+
+
+def audit(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic],
+          facts: HostFacts, probes: Iterable[dict] = (),
+          chain_of: ChainOf = no_chain) -> list[Finding]:
+    """Every finding about these rows and taps (and failed TUNGETIFF reports).
+
+    chain_of(file, pid): how an open file came to a process, known when traced live.
+    A vhost-net fd (kind "vhost") holds no tap fd: it is no holder that can leak,
+    but a QEMU whose vhost vrings use a tap is using that tap."""
+    taps = list(taps)
+    by_tap: dict[str, list[dict]] = {}
+    vhost_users: dict[str, set[int]] = {}
+    for r in rows:
+        if r.get("kind") == "vhost":
+            for name in {b.get("ifname") for b in r.get("backends") or []} | {r.get("ifname")}:
+                if name:
+                    vhost_users.setdefault(name, set()).add(r["pid"])
+        elif r.get("ifname"):
+            by_tap.setdefault(r["ifname"], []).append(r)
+    tap_info = {t["ifname"]: t for t in taps}
+    out: list[Finding] = []
+    for ifname in sorted(set(by_tap) | set(tap_info)):
+        holders = by_tap.get(ifname, [])
+        if not holders and ifname not in facts.masters:
+            continue                  # gone from /sys since the model last saw it
+        out.extend(_tap_findings(ifname, holders, vhost_users.get(ifname, set()),
+                                 tap_info.get(ifname), nics, facts, chain_of))
+    out.extend(f for f in map(probe_finding, probes) if f is not None)
+    order = {k: i for i, k in enumerate(KINDS)}
+    out.sort(key=lambda f: (order[f.kind], f.ifname or "", f.pid or 0, f.fd or 0))
+    return out
+
+
+def _tap_findings(ifname: str, holders: list[dict], vhost: set[int], tap: dict | None,
+                  nics: Mapping[str, LibvirtNic], facts: HostFacts,
+                  chain_of: ChainOf) -> list[Finding]:
+    out: list[Finding] = []
+    owners, vm, source = _owners(ifname, holders, nics, facts)
+    vm_rows = [r for r in holders if r["pid"] in owners]
+    vm_files = {r["file"]: r for r in vm_rows}
+    if owners:
+        for r in holders:
+            if r["pid"] in owners:
+                continue
+            out.append(_holder_finding(ifname, r, vm_files, owners, vm, source, facts,
+                                       chain_of))
+    master = facts.masters.get(ifname)
+    if master is None and holders:
+        master = next((r.get("master") for r in holders if r.get("master")), None)
+    in_use = any(r["pid"] in facts.qemu for r in holders) or any(p in facts.qemu for p in vhost)
+    if master and not in_use:
+        held = ", ".join(f"{_label(r['comm'], r['pid'])} fd {r['fd']}" for r in holders)
+        why = f"held only by {held}" if holders else "no process holds it"
+        out.append(Finding("vm_gone", ifname, None, None, None,
+                           f"{ifname}: a port of {master} that no VM holds ({why})",
+                           {"master": master, "holders": [[r["pid"], r["fd"]] for r in holders],
+                            "persist": bool(tap and tap.get("persist"))}))
+    elif not holders and not vhost:
+        persist = bool(tap and tap.get("persist"))
+        what = "persistent tap" if persist else f"{(tap or {}).get('kind', 'tap')}"
+        out.append(Finding("orphan", ifname, None, None, None,
+                           f"{ifname}: {what}, no process holds it",
+                           {"persist": persist}))
+    return out
+
+
+def _holder_finding(ifname: str, r: dict, vm_files: dict, owners: set[int], vm, source,
+                    facts: HostFacts, chain_of: ChainOf) -> Finding:
+    who = f"{_label(r['comm'], r['pid'])} fd {r['fd']}"
+    detail: dict = {"vm": vm, "vm_pids": sorted(owners), "vm_from": source,
+                    "file": r["file"], "how": r.get("how"), "from_pid": r.get("from_pid"),
+                    "creator_pid": r.get("creator_pid"), "creator_comm": r.get("creator_comm"),
+                    "creator_from": r.get("creator_from")}
+    vm_row = vm_files.get(r["file"])
+    # live: the way the file went to the VM (a leak), or to this holder (foreign)
+    chain = chain_of(r["file"], vm_row["pid"] if vm_row is not None else r["pid"])
+    if chain:
+        detail["chain"] = chain
+    if vm_row is not None:
+        if r.get("creator_pid") is None:
+            role = None               # a snapshot: who made it is unknown
+        elif r["creator_pid"] == r["pid"]:
+            role = "creator"
+        elif any(h["pid"] == r["pid"] for h in chain):
+            role = "intermediate"     # on the way from the creator to the VM
+        else:
+            role = "copy"             # got a copy off that way and kept it
+        detail.update(role=role, vm_pid=vm_row["pid"], vm_comm=vm_row["comm"],
+                      vm_fd=vm_row["fd"])
+        made_by = _label(r.get("creator_comm"), r.get("creator_pid"))
+        whose = {"creator": " (its creator)",
+                 "intermediate": f" (passed it on; created by {made_by})",
+                 "copy": f" (a copy; created by {made_by})",
+                 None: ""}[role]
+        return Finding("leak", ifname, r["pid"], r["fd"], r["comm"],
+                       f"{ifname}: {who}{whose} still holds the tap that "
+                       f"{_vm_label(vm_row['pid'], vm_row['comm'], vm)} uses", detail)
+    owner = min(owners)
+    owner_comm = next((x["comm"] for x in vm_files.values() if x["pid"] == owner), None)
+    owner_label = (_vm_label(owner, owner_comm, vm) if owner_comm is not None
+                   else f"VM {vm} (QEMU pid {owner})" if vm else f"the QEMU pid {owner}")
+    own_vm = facts.qemu.get(r["pid"]) if r["pid"] in facts.qemu else None
+    detail.update(vm_holds=bool(vm_files), holder_is_vm=r["pid"] in facts.qemu,
+                  holder_vm=own_vm)
+    if vm_files:
+        how = "through an open file of its own, not the VM's"
+    else:
+        how = "which does not hold it"
+    other = (f" (itself a VM{' ' + own_vm if own_vm else ''})"
+             if r["pid"] in facts.qemu else "")
+    return Finding("foreign_holder", ifname, r["pid"], r["fd"], r["comm"],
+                   f"{ifname}: {who}{other} holds the tap of {owner_label}, {how}", detail)
+
+
+def probe_finding(report: dict) -> Finding | None:
+    """A failed TUNGETIFF report (model `tungetiff` with an error) as a finding."""
+    if report.get("type") != "tungetiff" or not report.get("error"):
+        return None
+    detail = {"error": report["error"]}
+    for k in ("time", "ts_ns", "tid"):
+        if report.get(k) is not None:
+            detail[k] = report[k]
+    return Finding("bad_probe", None, report["pid"], report["fd"], report["comm"],
+                   f"{_label(report['comm'], report['pid'])}: TUNGETIFF {report['message']}",
+                   detail)
+
+
+def summary(findings: list[Finding]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    return {k: counts[k] for k in KINDS if k in counts}
