@@ -220,6 +220,8 @@ def _holder_finding(ifname: str, r: dict, vm_files: dict, owners: set[int], vm, 
             role = None               # a snapshot: who made it is unknown
         elif r["creator_pid"] == r["pid"]:
             role = "creator"
+        elif not chain:
+            role = None               # not the creator; by which way, a snapshot cannot say
         elif any(h["pid"] == r["pid"] for h in chain):
             role = "intermediate"     # on the way from the creator to the VM
         else:
@@ -230,7 +232,7 @@ def _holder_finding(ifname: str, r: dict, vm_files: dict, owners: set[int], vm, 
         whose = {"creator": " (its creator)",
                  "intermediate": f" (passed it on; created by {made_by})",
                  "copy": f" (a copy; created by {made_by})",
-                 None: ""}[role]
+                 None: f" (created by {made_by})" if r.get("creator_pid") else ""}[role]
         return Finding("leak", ifname, r["pid"], r["fd"], r["comm"],
                        f"{ifname}: {who}{whose} still holds the tap that "
                        f"{_vm_label(vm_row['pid'], vm_row['comm'], vm)} uses", detail)

@@ -362,3 +362,76 @@ def test_not_root_snapshot_audit_runs_and_says_it_may_be_incomplete(links):
     assert "not root" in out.stdout.splitlines()[-1]
     last = taptrace("audit", "--json", "-i", name, user="nobody").stdout.splitlines()[-1]
     assert json.loads(last)["complete"] is False
+
+
+# ---- a real libvirt domain --------------------------------------------------------
+
+VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
+need_libvirt = pytest.mark.skipif(
+    shutil.which("libvirtd") is None or shutil.which("virsh") is None or QEMU is None,
+    reason="libvirt-daemon-system and qemu-system-x86 are not installed")
+
+
+def _libvirtd_up() -> None:
+    """Start the daemons when nothing runs them (no systemd here); wait for an answer."""
+    for daemon in ("virtlogd", "libvirtd"):
+        if subprocess.run(["pgrep", "-x", daemon], capture_output=True,
+                          check=False).returncode != 0:
+            subprocess.run([daemon, "-d"], check=True)
+    wait_until(lambda: subprocess.run([*VIRSH, "version"], capture_output=True,
+                                      check=False).returncode == 0, 30, "libvirtd")
+
+
+@need_libvirt
+def test_libvirt_a_clean_start_then_a_kept_copy_then_the_domain_gone(links, tmp_path):
+    """libvirtd hands the tap to QEMU and closes its copy: clean. A tool that takes
+    a copy of QEMU's fd (pidfd_getfd) and keeps it leaks it; once the domain is
+    destroyed that copy keeps the tap on the bridge without its VM."""
+    _libvirtd_up()
+    me = os.getpid()
+    bridge = tapkit.unique_name("tb")
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    links.append(bridge)
+    dom = tapkit.unique_name("ttaudit")
+    xml = tmp_path / "dom.xml"
+    xml.write_text(f"""<domain type='qemu'><name>{dom}</name><memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><emulator>{QEMU}</emulator><controller type='usb' model='none'/>
+    <memballoon model='none'/>
+    <interface type='bridge'><source bridge='{bridge}'/><mac address='{MAC}'/>
+      <model type='virtio'/><driver name='qemu'/></interface></devices></domain>""")
+    copy = None
+    try:
+        subprocess.run([*VIRSH, "create", str(xml), "--paused"], check=True,
+                       capture_output=True, timeout=180)
+        with open(f"/run/libvirt/qemu/{dom}.pid") as f:
+            qemu = int(f.read())
+        [(_, qfd, tap)] = tapkit.truth([qemu])     # libvirt's vnetN: not ours to delete
+        assert os.path.basename(os.readlink(f"/sys/class/net/{tap}/master")) == bridge
+        assert audit_json("-i", tap)[0] == 0                # libvirtd closed its copy
+
+        copy = tapkit.pidfd_getfd(qemu, qfd)
+        assert tapkit.truth([me, qemu]) == {(me, copy, tap), (qemu, qfd, tap)}
+        rc, found, _ = audit_json("-i", tap)
+        assert rc == 1
+        assert [(f["kind"], f["pid"], f["fd"]) for f in found] == [("leak", me, copy)]
+        f = found[0]
+        assert (f["vm"], f["vm_from"], f["vm_pid"], f["vm_fd"]) == (dom, "libvirt", qemu, qfd)
+        assert (f["creator_comm"], f["creator_from"], f["role"]) == (
+            "libvirtd", "libvirt", None)
+
+        subprocess.run([*VIRSH, "destroy", dom], check=True, capture_output=True, timeout=120)
+        wait_until(lambda: not os.path.exists(f"/proc/{qemu}"), 30, "QEMU to exit")
+        assert tapkit.truth([me]) >= {(me, copy, tap)}      # our copy keeps the tap alive
+        rc, found, _ = audit_json("-i", tap)
+        assert rc == 1
+        assert [(f["kind"], f["ifname"], f["master"], f["holders"]) for f in found] == [
+            ("vm_gone", tap, bridge, [[me, copy]])]
+        os.close(copy)
+        copy = None
+        assert not os.path.exists(f"/sys/class/net/{tap}")  # its last file went
+        assert audit_json("-i", tap)[0] == 0
+    finally:
+        if copy is not None:
+            os.close(copy)
+        subprocess.run([*VIRSH, "destroy", dom], capture_output=True, check=False)

@@ -41,6 +41,7 @@ class Host:
         self.nics: dict[str, LibvirtNic] = {}
         self.clock = itertools.count(1_000)
         self.reports: list[dict] = []
+        self.libvirtd: int | None = None             # /run/libvirtd.pid
 
     # ---- records ----------------------------------------------------------
     def apply(self, cls, pid: int, **kw) -> list[dict]:
@@ -101,7 +102,7 @@ class Host:
 
     def audit(self, live: bool = True, probes=()) -> list[au.Finding]:
         rows = enrich_rows(self.m.rows(), cmdline_of=self.argv.get, nics=self.nics,
-                           host=self.host_side, libvirtd=lambda: None)
+                           host=self.host_side, libvirtd=lambda: self.libvirtd)
         taps = self.m.tap_list()
         facts = au.gather(rows, taps, self.nics, cmdline_of=self.argv.get,
                           host=self.host_side, run_dir="/nonexistent")
@@ -208,6 +209,24 @@ def test_libvirt_names_the_vm_process_by_the_domain_pid():
     [f] = h.audit()
     assert (f.kind, f.pid, f.detail["vm_from"], f.detail["vm"]) == ("leak", 100, "libvirt",
                                                                     "web1")
+
+
+def test_from_a_snapshot_libvirt_names_the_creator_but_not_the_way():
+    # libvirtd (812) made vnet3 for domain web1 (QEMU 101); a tool (900) took a copy
+    # of QEMU's fd (pidfd_getfd) and kept it, and libvirtd kept its own too
+    h = Host()
+    h.libvirtd = 812
+    h.load({812: ("/usr/sbin/libvirtd",), 101: qemu_argv("web1", 29), 900: ("grab",)},
+           [(812, 27, "vnet3"), (101, 29, "vnet3"), (900, 4, "vnet3")], {"vnet3": TAP},
+           [[(812, 27), (101, 29), (900, 4)]])
+    h.nics["vnet3"] = LibvirtNic("web1", None, "vnet3", None, "net0", "virtio", "bridge",
+                                 True, qemu_pid=101)
+    found = h.audit(live=False)
+    assert keys(found) == [("leak", "vnet3", 812, 27), ("leak", "vnet3", 900, 4)]
+    assert [(f.detail["role"], f.detail["creator_from"]) for f in found] == [
+        ("creator", "libvirt"), (None, "libvirt")]
+    assert found[1].message == ("vnet3: grab[900] fd 4 (created by libvirtd[812]) still holds "
+                                "the tap that qemu-system-x86[101] (VM web1) uses")
 
 
 # =============================================================================
