@@ -16,14 +16,17 @@ Kinds, one finding per holder (pid, fd) or per tap:
   leak            a process that is not the VM holds the same open file as the VM:
                   the copy the creator (libvirtd) or an intermediate kept after
                   handing the fd over. From a snapshot only the sharing is known;
-                  live, the creator and the chain of holders too.
+                  live, the creator, the holder's role (creator, intermediate on
+                  the way to the VM, or a side copy) and the chain to the VM.
   foreign_holder  the tap has a VM and a process that is not that VM holds it
                   through an open file the VM does not hold (a second queue
                   attached by TUNSETIFF, another VM's QEMU), or while the VM holds
                   none of it. Not a leftover of a handoff: someone else's use.
   orphan          a tap no process holds (a persistent tap left behind), on no
                   bridge.
-  vm_gone         a tap on a bridge/OVS master that no QEMU holds: the port stays
+  vm_gone         a tap on a bridge/OVS master that no QEMU holds (by a tap fd or a
+                  vhost vring: a vhost fd is no tap holder, but its QEMU uses the
+                  tap): the port stays
                   on the bridge without its VM (held by nobody, or only by e.g. a
                   leaking libvirtd). A holderless bridged tap is this, not orphan.
   bad_probe       a failed TUNGETIFF (`fd 9 is not a tap (ENOTTY)`): the process

@@ -179,6 +179,8 @@ def test_a_persistent_tap_nobody_holds_is_an_orphan(links):
     assert [(f["kind"], f["ifname"], f["pid"], f["persist"]) for f in found] == [
         ("orphan", name, None, True)]
     assert found[0]["message"] == f"{name}: persistent tap, no process holds it"
+    quiet = taptrace("audit", "-q", "-i", name)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (1, "", "")
     tapkit.delete_link(name)
     assert audit_json("-i", name)[0] == 0                  # gone: nothing to say
 
