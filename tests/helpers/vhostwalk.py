@@ -40,7 +40,7 @@ def say(step: str, **kw) -> None:
     print(json.dumps({"step": step, "pid": os.getpid(), **kw}), flush=True)
 
 
-def ioctl(fd: int, cmd: int, arg: bytes | int = 0) -> int:
+def ioctl(fd: int, cmd: int, arg: bytes | bytearray | int = 0) -> int:
     """0, or -errno."""
     try:
         fcntl.ioctl(fd, cmd, arg)
@@ -71,9 +71,10 @@ def main() -> int:
     base = ctypes.addressof(ctypes.c_char.from_buffer(mem))
     # no memory table yet: the rings cannot be checked: EFAULT
     say("no_rings", ret=set_backend(vhost, 0, tap))
-    table = struct.pack("II", 1, 0) + struct.pack("QQQQ", base, MEM, base, 0)
-    buf = ctypes.create_string_buffer(table, len(table))
-    assert ioctl(vhost, VHOST_SET_MEM_TABLE, ctypes.addressof(buf)) == 0
+    # struct vhost_memory {nregions, padding} + one vhost_memory_region; a mutable
+    # buffer: fcntl passes its address (an int argument would be a C int)
+    table = bytearray(struct.pack("II", 1, 0) + struct.pack("QQQQ", base, MEM, base, 0))
+    assert ioctl(vhost, VHOST_SET_MEM_TABLE, table) == 0
     for i in (0, 1):
         ring = base + i * 0x4000
         assert ioctl(vhost, VHOST_SET_VRING_NUM, struct.pack("II", i, RING)) == 0
