@@ -7,7 +7,10 @@ fds and vring index the caller passed - on a tun fd (EBADFD before TUNSETIFF,
 EINVAL after: the tun driver's answers to an ioctl it does not know) and on a pipe
 (ENOTTY). The real sequence (open /dev/vhost-net, VHOST_SET_OWNER, rings,
 SET_BACKEND rx/tx, detach) runs where /dev/vhost-net exists
-(tests/helpers/vhostwalk.py), here or in a guest (tests/integration/test_vhost_guest.py).
+(tests/helpers/vhostwalk.py). In a Debian 6.1 guest (TCG, virtme-ng) vhostwalk ran for
+real and the kernel answered EPERM, EFAULT, 0, 0, ENOBUFS, ENOTSOCK, ENOTSOCK, ENOTTY as
+check_vhostwalk expects, but the tracer did not load there ("bpf: Failed to load
+program: Bad address"), so no guest test exists yet.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ def test_other_af_ioctls_are_not_reported(tracer, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists("/dev/vhost-net"),
                     reason="no /dev/vhost-net on this kernel (vhost_net not built or "
-                           "not loaded): the real SET_BACKEND runs in test_vhost_guest.py")
+                           "not loaded)")
 def test_the_real_vhost_net_sequence(tracer, tmp_path):
     t = tracer()
     name = tapkit.unique_name("vh")
