@@ -58,6 +58,9 @@ IFF_NAMES = (
 )
 
 O_CLOEXEC = 0o2000000
+# Open.flags of an open seen only at the fd's first TUN ioctl, when /proc could no
+# longer say whether it was close-on-exec (it was closed or its process gone)
+CLOEXEC_UNKNOWN = 1 << 40
 MSG_CMSG_CLOEXEC = 0x40000000
 CLONE_VM, CLONE_FILES, CLONE_VFORK, CLONE_THREAD = 0x100, 0x400, 0x4000, 0x10000
 CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4

@@ -103,7 +103,7 @@ class OpenFile:
 @dataclass(eq=False)
 class Entry:
     file: OpenFile
-    cloexec: bool
+    cloexec: bool | None              # None: unknown (see ev.CLOEXEC_UNKNOWN) until exec
     how: str                          # opened, dup, inherited, received, snapshot
     from_pid: int | None = None
     from_fd: int | None = None
@@ -438,7 +438,7 @@ class Model:
             f.creator_pid, f.creator_comm = e.pid, self._comm_for(e)
             if ifname in self.taps:
                 self.taps[ifname].files.add(f.id)
-        cloexec = bool(e.flags & ev.O_CLOEXEC)
+        cloexec = None if e.flags & ev.CLOEXEC_UNKNOWN else bool(e.flags & ev.O_CLOEXEC)
         proc.table.fds[e.fd] = Entry(f, cloexec, "opened", by=e.pid)
         f.step(e.ts, "open", e.pid, self._comm_for(e), e.fd, path=e.path)
         out.append(self._report("open", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
@@ -733,6 +733,9 @@ class Model:
         kept, closed, gone = [], [], []   # the exec line first, then what it made go
         for fd in sorted(proc.table.fds):
             entry = proc.table.fds[fd]
+            if entry.cloexec is None:
+                # unknown since its first sight: what /proc shows after the exec says
+                entry.cloexec = not isinstance(self._probe_fd(proc.pid, fd), str)
             if entry.cloexec:
                 closed.append(fd)
                 self._drop_entry(proc, fd, e.ts, e.tid, e.comm, "exec", gone, report=False)

@@ -94,7 +94,8 @@ def describe(r: dict) -> tuple[str, str, str]:
     if t == "vhost_backend":
         return fd, ifn, safe(r["message"])
     if t == "open":
-        return fd, ifn, f"{safe(r['path'])}{' cloexec' if r['cloexec'] else ''}"
+        cloexec = " cloexec" if r["cloexec"] else " cloexec=?" if r["cloexec"] is None else ""
+        return fd, ifn, f"{safe(r['path'])}{cloexec}"
     if t == "tunsetiff":
         if r.get("error"):
             return fd, ifn, f"failed: {r['error']}"
@@ -189,7 +190,7 @@ def _cell(row: dict, key: str) -> str:
     if key == "flags":
         return ",".join(row["flags"]) or "-"
     if key == "cloexec":
-        return "yes" if row["cloexec"] else "no"
+        return "?" if row["cloexec"] is None else "yes" if row["cloexec"] else "no"
     if key == "creator":
         if row.get("creator_pid") is None:
             return "-"

@@ -1,9 +1,11 @@
 """Replaying a `watch --record` file through the model, with no kernel and no bcc.
 
 A recording is JSON lines: {"kind": "snapshot", ...} for each /proc snapshot
-(the start and every resync) and one record per event (tracer.events). What the
-model asked /proc while tracing (the receiver's fds of an SCM_RIGHTS message)
-is recorded beside the event and answered from there.
+(the start and every resync) and one record per event (tracer.events), including
+the opens user space made at an fd's first TUN ioctl. What the model asked /proc
+while tracing (the receiver's fds of an SCM_RIGHTS message, the fds of unknown
+close-on-exec state at an exec) is recorded beside the event and answered from
+there.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def replay(lines: Iterable[str]) -> tuple[Model, list[dict]]:
             answers.clear()
             if probe is not None and isinstance(e, ev.ScmRecv):
                 answers.update({(e.pid, fd): name for fd, name in zip(e.fds, probe)})
+            elif probe is not None and isinstance(e, ev.Exec):
+                answers.update({(e.pid, fd): name for fd, name in probe})
             reports.extend(model.apply(e))
         except (KeyError, TypeError, ValueError) as exc:
             raise ReplayError(f"record {n}: {exc}") from None

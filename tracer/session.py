@@ -10,6 +10,7 @@ again: resync from /proc, drop what predates it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fnmatch
 import os
 import time
@@ -136,6 +137,33 @@ class Session:
         self._lost_seen = self.probes.lost()
         return report
 
+    def _first_sight(self, e: ev.TunIoctl | ev.VhostBackend) -> ev.Open | None:
+        """The open behind an fd's first TUN (or vhost) ioctl, named from /proc.
+
+        There is no open probe (every open on the machine would pay for it, see
+        bpf/), so an fd on /dev/net/tun, /dev/tapN or /dev/vhost-net is first seen
+        at its first ioctl; the kernel's answer says whether it is one (not ENOTTY,
+        not EBADF), /proc says which node and whether it is close-on-exec."""
+        if -e.ret in (errno.ENOTTY, errno.EBADF):
+            return None
+        proc = self.model.procs.get(e.pid)
+        if proc is not None and e.fd in proc.table.fds:
+            return None
+        # a CLONE_FILES child may be gone already: its table lives on in the others
+        sharers = sorted(proc.table.users - {e.pid}) if proc is not None else []
+        info = None
+        for pid in [e.pid, *sharers]:
+            info = procfs.read_fdinfo(pid, e.fd)
+            if info is not None:
+                break
+        if info is not None:
+            path, flags = info.path, info.flags | (ev.O_CLOEXEC if info.cloexec else 0)
+        else:      # closed or gone by now: the kernel's answer still says what it was
+            path = procfs.VHOST_PATH if isinstance(e, ev.VhostBackend) else procfs.TUN_PATH
+            flags = ev.CLOEXEC_UNKNOWN
+        return ev.Open(ts=e.ts, pid=e.pid, tid=e.tid, comm=e.comm, fd=e.fd, path=path,
+                       flags=flags)
+
     def _remember_pidfd(self, e: ev.PidfdOpen) -> None:
         # The pidfd is often closed before its pidfd_getfd record is read: remember
         # what it named when it was made (bounded; a reused number is overwritten).
@@ -212,13 +240,11 @@ class Session:
                 e = dataclasses.replace(e, source_pid=src)
             if e.tid != e.pid and e.pid not in self.model.procs:
                 self._adopt(e.pid)
-            if self._record is not None:
-                rec = ev.to_record(e)
-                if isinstance(e, ev.ScmRecv):   # what the model asks /proc, for replay
-                    rec["probe"] = [fd_ifname(e.pid, fd) for fd in e.fds]
-                self._record(rec)
-            for report in self.model.apply(e):
-                self._out(report)
+            if isinstance(e, (ev.TunIoctl, ev.VhostBackend)):
+                opened = self._first_sight(e)
+                if opened is not None:
+                    self._apply(opened)
+            self._apply(e)
         lost = self.probes.lost()
         if lost > self._lost_seen:
             self._recover(lost - self._lost_seen)
@@ -227,6 +253,21 @@ class Session:
             self._out(report)
         if self.model.pending:
             self.probes.arm_scm(now + SCM_ARM_NS)
+
+    def _apply(self, e: ev.Event) -> None:
+        if self._record is not None:
+            rec = ev.to_record(e)
+            if isinstance(e, ev.ScmRecv):   # what the model asks /proc, for replay
+                rec["probe"] = [fd_ifname(e.pid, fd) for fd in e.fds]
+            elif isinstance(e, ev.Exec):
+                proc = self.model.procs.get(e.pid)
+                unknown = [fd for fd, entry in proc.table.fds.items()
+                           if entry.cloexec is None] if proc is not None else []
+                if unknown:
+                    rec["probe"] = [[fd, fd_ifname(e.pid, fd)] for fd in unknown]
+            self._record(rec)
+        for report in self.model.apply(e):
+            self._out(report)
 
     def _recover(self, count: int) -> None:
         self.stats["lost"] += count

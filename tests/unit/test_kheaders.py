@@ -223,7 +223,7 @@ def test_doctor_reports_every_area_and_ends_with_the_backend():
 def test_doctor_checks_each_tracepoint_the_program_attaches():
     need_root()
     wanted = doctor.needed_tracepoints()
-    assert ("syscalls", "sys_enter_ioctl") in wanted
+    assert ("syscalls", "sys_exit_ioctl") in wanted
     assert ("sched", "sched_process_fork") in wanted
 
     names = {c.name: c for c in doctor.run_checks()}

@@ -238,14 +238,3 @@ def test_a_vhost_record_filled_as_the_bpf_side_does_decodes_field_by_field(vhost
     rec = ev.decode(vhost_c[1])
     assert rec == ev.VhostBackend(ts=99, pid=100, tid=101, comm="qemu", fd=28, index=1,
                                   backend_fd=-1, ret=-14)
-
-
-def test_the_open_filter_words_spell_the_device_paths():
-    def word(s: bytes) -> int:
-        return struct.unpack("<Q", s.ljust(8, b"\0"))[0]
-
-    d = bpf_defines()
-    path = ev.VHOST_PATH.encode() + b"\0"           # 15 bytes: two words, NUL-padded
-    assert (d["W_DEV_VHO"], d["W_ST_NET"]) == (word(path[:8]), word(path[8:]))
-    assert (d["W_DEV_NET"], d["W_TUN"]) == (word(b"/dev/net"), word(b"/tun"))
-    assert d["W_DEV_TAP"] == word(b"/dev/tap")

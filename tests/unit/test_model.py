@@ -1395,3 +1395,23 @@ def test_lineage_items_and_chain_hops_have_a_fixed_set_of_fields():
     assert set(item) == {"file", "creator_pid", "open", "steps", "chain"}
     assert all(set(h) == {"op", "pid", "comm", "fd"} for h in item["chain"])
     assert all({"ts_ns", "op", "pid", "comm", "fd"} <= set(s) for s in item["steps"])
+
+
+def test_an_open_of_unknown_close_on_exec_is_settled_by_what_the_exec_left():
+    """An fd first seen at its TUN ioctl after its opener closed it: /proc could not say
+    whether it was close-on-exec. The forked child's exec settles it: what /proc shows
+    after the exec (the model's probe) was kept, what is missing was closed."""
+    after_exec = {(2, 3): "a"}                     # fd 4 is not there any more
+    w = World(probe=lambda pid, fd: after_exec.get((pid, fd))).named(orch=1, qemu=2)
+    w.apply(ev.Open, 1, fd=3, path="/dev/net/tun", flags=ev.CLOEXEC_UNKNOWN)
+    w.setiff(1, 3, "a")
+    w.apply(ev.Open, 1, fd=4, path="/dev/net/tun", flags=ev.CLOEXEC_UNKNOWN)
+    w.setiff(1, 4, "b")
+    assert (w.row(1, 3)["cloexec"], w.row(1, 4)["cloexec"]) == (None, None)
+    w.fork(1, 2)
+    w.close(1, 3)
+    w.close(1, 4)
+    [ex] = w.exec(2, "qemu")[:1]
+    assert (ex["kept"], ex["closed"]) == ([3], [4])
+    assert w.table() == {(2, 3): ("a", False, "inherited")}
+    assert w.gone() == ["b"]
