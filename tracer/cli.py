@@ -5,14 +5,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import click
 
 from . import __version__, procfs, render
-from .enrich import enrich_rows
+from .enrich import enrich_rows, proc_cmdline
 from .model import Model
 
 EXAMPLES_LS = """
@@ -164,6 +163,14 @@ def cli() -> None:
     (dup, fork, exec, SCM_RIGHTS), and who holds what now."""
 
 
+def _scan_workers() -> int:
+    """Processes for the /proc scan of `ls`: one per CPU we may run on, at most 4."""
+    try:
+        return min(4, len(os.sched_getaffinity(0)))
+    except OSError:
+        return 1
+
+
 @cli.command(epilog=EXAMPLES_LS)
 @click.option("--json", "json_out", is_flag=True, help="One {\"type\": \"table\"} JSON line.")
 @click.option("-i", "--ifname", metavar="GLOB", help="Only interfaces matching GLOB.")
@@ -173,9 +180,15 @@ def ls(json_out: bool, ifname: str | None) -> None:
     One row per (pid, fd) holding a tun/tap file: ifname, kind, flags,
     close-on-exec, and the other (pid, fd) sharing the same open file (kcmp).
     Taps that exist with no holder (persistent) are listed too."""
+    snap = procfs.snapshot(workers=_scan_workers())
     model = Model()
-    model.load(procfs.snapshot())
-    rows = enrich_rows(model.rows(ifname))
+    model.load(snap)
+
+    def cmdline_of(pid: int) -> tuple[str, ...] | None:   # the snapshot read it already
+        info = snap.procs.get(pid)
+        return info.cmdline if info is not None else proc_cmdline(pid)
+
+    rows = enrich_rows(model.rows(ifname), cmdline_of=cmdline_of)
     taps = [t for t in model.tap_list()
             if ifname is None or fnmatch.fnmatchcase(t["ifname"], ifname)]
     if json_out:
@@ -360,6 +373,8 @@ def demo(json_out: bool) -> None:
     """Trace a built-in scenario: a libvirt-style tap created, handed to a
     "QEMU" by fork+exec, probed with TUNGETIFF, a second tap hot-plugged over
     SCM_RIGHTS, then everything closed."""
+    import subprocess
+
     stop = Stop()
     session, offset = _open_session(json_out, None, None, None, 256, False)
     try:

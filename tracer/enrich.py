@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 LIBVIRT_RUN = "/run/libvirt/qemu"
@@ -154,6 +153,8 @@ class LibvirtNic:
 
 def parse_libvirt_status(xml_text: str) -> list[LibvirtNic]:
     """The interfaces of a running domain from libvirt's status XML."""
+    import xml.etree.ElementTree as ET  # only where libvirt runs: not on every `ls`
+
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError:
@@ -208,17 +209,34 @@ class HostSide:
     ifindex: int | None
 
 
+def _read_bytes(path: str) -> bytes | None:
+    """A small /proc or /sys file: open, read, close (open() adds an fstat, an ioctl
+    and a buffer per file, and this runs per tap and per holder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def host_side(ifname: str, sysfs: str = "/sys/class/net") -> HostSide | None:
     d = os.path.join(sysfs, ifname)
     if not os.path.isdir(d):
         return None
 
     def read(name: str) -> str | None:
-        try:
-            with open(os.path.join(d, name)) as f:
-                return f.read().strip() or None
-        except OSError:
+        raw = _read_bytes(os.path.join(d, name))
+        if raw is None:
             return None
+        return raw.decode("utf-8", "replace").strip() or None
 
     try:
         master = os.path.basename(os.readlink(os.path.join(d, "master")))
@@ -241,10 +259,8 @@ def libvirtd_pid(pidfile: str = LIBVIRTD_PIDFILE) -> int | None:
 
 
 def proc_cmdline(pid: int) -> tuple[str, ...] | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
+    raw = _read_bytes(f"/proc/{pid}/cmdline")
+    if raw is None:
         return None
     return tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1])
 

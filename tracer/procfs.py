@@ -7,6 +7,7 @@ even for root: such entries are skipped quietly.
 from __future__ import annotations
 
 import ctypes
+import marshal
 import os
 import re
 from collections.abc import Callable, Hashable, Iterable
@@ -399,13 +400,108 @@ def _pids() -> list[int]:
         return []
 
 
-def snapshot(pids: Iterable[int] | None = None) -> Snapshot:
-    """Every tun/tap and vhost-net fd of the given processes (default: all), grouped by
-    open file. Which tap backs a vhost fd's vrings is not in /proc: the trace sees it."""
-    taps = _Ifindex()
+def _scan(pids: Iterable[int], taps: _Ifindex) -> list[FdInfo]:
     fds: list[FdInfo] = []
-    for pid in (_pids() if pids is None else pids):
+    for pid in pids:
         fds.extend(_tun_fds(pid, taps))
+    return fds
+
+
+_PIDS_PER_WORKER = 256      # below this a fork (~2 ms) costs more than it saves
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _scan_in_child(pids: list[int]) -> tuple[int, int]:
+    """Fork a helper that scans pids and sends back its FdInfo fields (marshal):
+    (helper pid, read end of its pipe)."""
+    r, w = os.pipe()
+    try:
+        child = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
+    if child == 0:                  # the helper: never returns, whatever happens
+        code = 1
+        try:
+            os.close(r)
+            data = memoryview(marshal.dumps(
+                [(f.pid, f.fd, f.path, f.ifname, f.cloexec, f.flags)
+                 for f in _scan(pids, _Ifindex())]))
+            while data:
+                data = data[os.write(w, data):]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    return child, r
+
+
+def _collect(child: int, r: int) -> list[FdInfo] | None:
+    """A helper's FdInfo list; None if it failed."""
+    try:
+        data = _read_all(r)
+    except OSError:
+        data = b""
+    finally:
+        os.close(r)
+    _, status = os.waitpid(child, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return None
+    try:
+        return [FdInfo(*t) for t in marshal.loads(data)]
+    except (EOFError, ValueError, TypeError):
+        return None
+
+
+def _scan_parallel(pids: list[int], taps: _Ifindex, workers: int) -> list[FdInfo]:
+    """_scan in `workers` processes, this one included, each taking every workers-th pid.
+
+    Nearly all of a full scan is the kernel's work per fd (getdents instantiating a
+    dentry, readlinkat): it splits across CPUs, but not across threads, which hand the
+    GIL over at every microsecond-long syscall. A helper that cannot be forked or fails
+    has its share scanned here, so the result is the serial scan's in any case."""
+    shares = [pids[i::workers] for i in range(workers)]
+    helpers: list[tuple[int, int, list[int]]] = []    # (pid, pipe, share) to collect
+    unforked: list[list[int]] = []
+    try:
+        for share in shares[1:]:
+            try:
+                helpers.append((*_scan_in_child(share), share))
+            except OSError:
+                unforked.append(share)
+        fds = _scan(shares[0], taps)
+        while helpers:
+            child, r, share = helpers.pop(0)
+            got = _collect(child, r)
+            fds.extend(_scan(share, taps) if got is None else got)
+        for share in unforked:
+            fds.extend(_scan(share, taps))
+    finally:                                    # interrupted: no helper left behind
+        for child, r, _ in helpers:
+            os.close(r)
+            os.waitpid(child, 0)
+    order = {pid: i for i, pid in enumerate(pids)}
+    fds.sort(key=lambda f: order[f.pid])   # the serial scan's order (stable: fds in place)
+    return fds
+
+
+def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
+    """Every tun/tap and vhost-net fd of the given processes (default: all), grouped by
+    open file. Which tap backs a vhost fd's vrings is not in /proc: the trace sees it.
+
+    workers > 1 scans in that many processes (forked helpers) when there are enough
+    pids; only for a single-threaded caller (`taptrace ls`), not a tracer with BPF."""
+    taps = _Ifindex()
+    pids = _pids() if pids is None else list(pids)
+    workers = min(workers, len(pids) // _PIDS_PER_WORKER)
+    fds = _scan_parallel(pids, taps, workers) if workers > 1 else _scan(pids, taps)
     procs: dict[int, ProcInfo] = {}
     for pid in sorted({f.pid for f in fds}):
         info = proc_info(pid)

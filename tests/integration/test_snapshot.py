@@ -283,6 +283,31 @@ def test_a_full_scan_finds_ours_among_everything(kit):
         assert_consistent(snap)
 
 
+def test_a_scan_split_across_processes_is_the_serial_scan(kit, monkeypatch):
+    """`taptrace ls` scans /proc in forked helpers: the same fds, files and tables."""
+    me = os.getpid()
+    fd, name = kit.tap()
+    bare = kit.own(tapkit.open_tun())
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)                             # a pid that has gone
+    monkeypatch.setattr(procfs, "_PIDS_PER_WORKER", 1)
+    with tapkit.held_by_child() as child:
+        pids = [child, pid, *[p for p in procfs._pids() if p not in (me, child)], me]
+        split = procfs.snapshot(pids, workers=3)
+        serial = procfs.snapshot(pids)
+
+        assert triples(split, [me, child]) == tapkit.truth([me, child])
+        assert (child, fd, name) in triples(split, [child])
+        assert {(me, bare), (child, bare)} <= {(f.pid, f.fd) for f in split.fds}
+        assert sorted([(me, fd), (child, fd)]) in groups(split)
+        mine = [f for f in split.fds if f.pid in (me, child)]
+        assert mine == [f for f in serial.fds if f.pid in (me, child)]   # same order too
+        assert mine[0].pid == child                      # pids order: child first
+        assert_consistent(split)
+
+
 def test_a_comm_with_parentheses_and_spaces():
     child = subprocess.Popen(
         [sys.executable, "-c",

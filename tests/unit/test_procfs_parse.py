@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tracer import procfs
@@ -155,3 +157,55 @@ def test_group_files_falls_back_to_one_file_per_fd_without_kcmp(monkeypatch):
     assert procfs.group_files([(2, 4), (1, 3), (1, 4)]) == [[(1, 3)], [(1, 4)], [(2, 4)]]
     assert procfs.group_tables([3, 1, 2]) == [[1], [2], [3]]
     assert procfs.kcmp(1, 1, procfs.KCMP_FILES) is None
+
+
+# ---- the scan split across processes ------------------------------------------
+
+def _fake_fds(pid, _taps):
+    """Two fds per pid; names that only survive a byte-exact round trip."""
+    if pid % 7 == 0:
+        return []                                  # gone, or no tun fd
+    return [procfs.FdInfo(pid, 3, procfs.TUN_PATH, f"t\udcff\x1b{pid}", True, 0o2000002),
+            procfs.FdInfo(pid, 9, procfs.VHOST_PATH, None, False, 0o2)]
+
+
+def test_a_scan_in_helper_processes_equals_the_serial_scan(monkeypatch):
+    monkeypatch.setattr(procfs, "_tun_fds", _fake_fds)
+    pids = [5, 40, 3, 12, 8, 21, 1, 30, 2, 17]
+    serial = procfs._scan(pids, procfs._Ifindex())
+    for workers in (2, 3, 4):
+        assert procfs._scan_parallel(pids, procfs._Ifindex(), workers) == serial
+
+
+def test_a_helper_that_fails_or_cannot_be_forked_has_its_share_scanned_here(monkeypatch):
+    parent = os.getpid()
+
+    def fails_in_helpers(pid, taps):
+        if os.getpid() != parent:
+            raise RuntimeError("helper dies")
+        return _fake_fds(pid, taps)
+
+    monkeypatch.setattr(procfs, "_tun_fds", fails_in_helpers)
+    pids = list(range(1, 40))
+    serial = procfs._scan(pids, procfs._Ifindex())
+    assert procfs._scan_parallel(pids, procfs._Ifindex(), 3) == serial
+
+    def no_fork():
+        raise OSError(11, "fork: EAGAIN")
+
+    monkeypatch.setattr(procfs.os, "fork", no_fork)
+    assert procfs._scan_parallel(pids, procfs._Ifindex(), 3) == serial
+
+
+def test_snapshot_forks_only_for_enough_pids(monkeypatch):
+    forked = []
+    real = procfs._scan_in_child
+    monkeypatch.setattr(procfs, "_scan_in_child", lambda pids: forked.append(pids) or real(pids))
+    monkeypatch.setattr(procfs, "_tun_fds", lambda pid, taps: [])
+    procfs.snapshot(list(range(1, procfs._PIDS_PER_WORKER * 2)), workers=4)
+    assert forked == []                                   # fewer than 2 workers' worth
+    procfs.snapshot(list(range(1, procfs._PIDS_PER_WORKER * 3 + 1)), workers=4)
+    assert len(forked) == 2                               # 3 workers: 2 helpers
+    forked.clear()
+    procfs.snapshot(list(range(1, procfs._PIDS_PER_WORKER * 9)), workers=1)
+    assert forked == []
