@@ -106,10 +106,10 @@ class Running:
             self.proc.wait()
         self._thread.join(timeout=30)
 
-    def rss_kb(self) -> int:
+    def rss_kb(self, field: str = "VmRSS") -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
         return 0
 
@@ -267,7 +267,8 @@ def memory(args) -> None:
     t = taptrace()
     time.sleep(1)
     idle = t.rss_kb()
-    say(f"memory: watch RSS idle {idle / 1024:.1f} MiB; {args.taps} taps created and "
+    say(f"memory: watch RSS idle {idle / 1024:.1f} MiB (anon {t.rss_kb('RssAnon') / 1024:.1f}, "
+        f"file {t.rss_kb('RssFile') / 1024:.1f}); {args.taps} taps created and "
         f"destroyed by short-lived processes, in {args.steps} steps")
     samples = []
     per = args.taps // args.steps

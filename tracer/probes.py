@@ -60,6 +60,28 @@ class BackendInfo:
     kernel_source: str | None
 
 
+MADV_PAGEOUT = 21          # Linux 5.4+
+
+
+def _shed_compiler_memory() -> None:
+    """Give back what compiling the program left behind: clang/LLVM's freed heap
+    (malloc_trim) and the pages of their libraries (MADV_PAGEOUT: clean file pages
+    are dropped and fault back in if ever used again). A tracer that runs for days
+    should not keep a compiler resident."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.malloc_trim(0)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                parts = line.split()
+                if len(parts) >= 6 and ("libLLVM" in parts[5] or "libclang" in parts[5]):
+                    start, end = (int(x, 16) for x in parts[0].split("-"))
+                    libc.madvise(start, end - start, MADV_PAGEOUT)
+    except (OSError, AttributeError, ValueError):
+        pass                   # not glibc, or no /proc: only memory is at stake
+
+
 def kernel_at_least(major: int, minor: int) -> bool:
     try:
         parts = platform.release().split(".")
@@ -147,6 +169,7 @@ class Probes:
             self._perf_lost = 0
             self._bpf["events"].open_perf_buffer(_raw, page_cnt=buffer_pages, lost_cb=_lost)
         self._ringbuf = ringbuf
+        _shed_compiler_memory()
 
     def poll(self, timeout_ms: int) -> None:
         if self._ringbuf:
