@@ -1,5 +1,7 @@
 """taptrace benchmarks: every figure is a ratio measured side by side in one run.
 
+  hooks     what hooking costs by itself: empty programs on syscall tracepoints,
+            raw sys_enter/sys_exit tracepoints, taptrace's own program
   overhead  unrelated work (open/close, fork+exec, non-tun ioctl, tar, python
             startups) with no tracer, the floor (one empty BPF program on
             sys_enter_ioctl), `taptrace watch` and the bpftrace peer (peer.bt),
@@ -134,10 +136,13 @@ CONDITIONS = {
 
 # ---- overhead ---------------------------------------------------------------
 
+PIN = ["taskset", "-c", str(os.cpu_count() - 1)] if (os.cpu_count() or 1) > 1 else []
+
+
 def _c_workload(prog: str, n: int):
     def run() -> float:
-        out = subprocess.run([str(BIN / prog), str(n)], check=True, capture_output=True,
-                             text=True).stdout
+        out = subprocess.run([*PIN, str(BIN / prog), str(n)], check=True,
+                             capture_output=True, text=True).stdout
         return float(out)                              # ns per operation
     return run
 
@@ -154,46 +159,138 @@ def _timed(argv: list[str], times: int = 1):
 def workloads(scale: float) -> dict:
     tar_src = "/usr/share/doc" if os.path.isdir("/usr/share/doc") else "/usr/share"
     return {
-        "open/close": _c_workload("openclose", int(400_000 * scale)),
-        "fork+exec": _c_workload("forkexec", int(400 * scale)),
-        "ioctl FIONREAD": _c_workload("ioctlloop", int(2_000_000 * scale)),
-        "tar c | wc": _timed(["sh", "-c", f"tar cf - -C {tar_src} . 2>/dev/null | wc -c"]),
-        "python startup": _timed(["/usr/bin/python3", "-c", "import json, subprocess"],
-                                 max(1, int(20 * scale))),
+        "open/close": _c_workload("openclose", int(200_000 * scale)),
+        "fork+exec": _c_workload("forkexec", int(200 * scale)),
+        "ioctl FIONREAD": _c_workload("ioctlloop", int(1_000_000 * scale)),
+        "tar c | wc": _timed([*PIN, "sh", "-c",
+                              f"tar cf - -C {tar_src} . 2>/dev/null | wc -c"]),
+        "python startup": _timed([*PIN, "/usr/bin/python3", "-c", "import json, subprocess"],
+                                 max(1, int(10 * scale))),
     }
 
 
 def overhead(args) -> None:
     work = workloads(args.scale)
-    conds = list(CONDITIONS)
-    times = {c: {w: [] for w in work} for c in conds}
+    tracers = [c for c in CONDITIONS if CONDITIONS[c]]
+    base = {c: {w: [] for w in work} for c in tracers}    # "none" right before c
+    traced = {c: {w: [] for w in work} for c in tracers}
     for run in work.values():                          # warm caches
         run()
-    say(f"overhead: {args.rounds} rounds; conditions alternate, their order rotating "
-        "each round")
+    say(f"overhead: {args.rounds} rounds; in each, for each condition (order rotating): "
+        "the workloads with no tracer, then the same with the condition's tracer, so "
+        "every ratio pairs two runs seconds apart")
     for r in range(args.rounds):
-        order = conds[r % len(conds):] + conds[:r % len(conds)]
+        order = tracers[r % len(tracers):] + tracers[:r % len(tracers)]
         for c in order:
-            tracer = CONDITIONS[c]() if CONDITIONS[c] else None
+            for w, run in work.items():
+                base[c][w].append(run())
+            tracer = CONDITIONS[c]()
             try:
                 time.sleep(0.3)
                 for w, run in work.items():
-                    times[c][w].append(run())
+                    traced[c][w].append(run())
             finally:
-                if tracer:
-                    tracer.stop()
-        say(f"  round {r + 1}: " + "  ".join(
-            f"{c}={times[c]['open/close'][-1]:.0f}" for c in conds) + " ns/open+close")
+                tracer.stop()
+        say(f"  round {r + 1}: open/close ratio " + "  ".join(
+            f"{c}={traced[c]['open/close'][-1] / base[c]['open/close'][-1]:.3f}"
+            for c in tracers))
     say()
-    say(f"{'workload':<16} {'none (ns/op)':>13}  {'floor/none':<26} {'taptrace/none':<26} "
-        f"{'peer/none':<26} taptrace overhead / peer's")
+    say(f"{'workload':<16} {'none (ns/op)':>13}  {'floor/none':<28} {'taptrace/none':<28} "
+        f"{'peer/none':<28} taptrace overhead / peer's")
     for w in work:
-        base = times["none"][w]
-        ratio = {c: [t / b for t, b in zip(times[c][w], base)] for c in conds[1:]}
+        ratio = {c: [t / b for t, b in zip(traced[c][w], base[c][w])] for c in tracers}
         tt, peer = statistics.median(ratio["taptrace"]), statistics.median(ratio["peer"])
-        share = (tt - 1) / (peer - 1) if peer > 1 else float("nan")
-        say(f"{w:<16} {statistics.median(base):>13.0f}  {spread(ratio['floor']):<26} "
-            f"{spread(ratio['taptrace']):<26} {spread(ratio['peer']):<26} {share:.2f}")
+        share = f"{(tt - 1) / (peer - 1):.2f}" if peer > 1.005 else "- (peer within noise)"
+        none = statistics.median([x for c in tracers for x in base[c][w]])
+        say(f"{w:<16} {none:>13.0f}  {spread(ratio['floor']):<28} "
+            f"{spread(ratio['taptrace']):<28} {spread(ratio['peer']):<28} {share}")
+
+
+# ---- hooks: what a syscall tracepoint costs, by itself -------------------------
+
+HOOKS_SRC = r"""
+BPF_PROG_ARRAY(exit_calls, 512);
+BPF_PROG_ARRAY(enter_calls, 512);
+int empty(void *ctx) { return 0; }
+int raw_enter(struct bpf_raw_tracepoint_args *ctx) {
+    enter_calls.call(ctx, (u32)ctx->args[1]);
+    return 0;
+}
+int raw_exit(struct bpf_raw_tracepoint_args *ctx) {
+    u64 nr = 0;
+    bpf_probe_read_kernel(&nr, sizeof(nr), (char *)ctx->args[0] + 120); /* orig_ax */
+    exit_calls.call(ctx, (u32)nr);
+    return 0;
+}
+int raw_empty(struct bpf_raw_tracepoint_args *ctx) { return 0; }
+"""
+
+
+def hooks(args) -> None:
+    """Programs loaded once, attached and detached between short runs of one
+    workload (many rounds, seconds apart at most): what each way of hooking costs,
+    apart from what the program does. taptrace's own program is loaded the way
+    `watch` loads it."""
+    import ctypes
+
+    from tracer import kheaders
+    from tracer.probes import Probes
+    kheaders.ensure_tracefs()
+    kheaders.prepare_bcc_env()
+    import bcc
+    b = bcc.BPF(text=HOOKS_SRC)
+    for table, nr in (("exit_calls", 257), ("exit_calls", 3), ("enter_calls", 16)):
+        fn = b.load_func("raw_empty", bcc.BPF.RAW_TRACEPOINT)
+        b[table][ctypes.c_int(nr)] = ctypes.c_int(fn.fd)
+    tt = Probes(lambda _e: None)
+    tt_points = [k.decode() for k in tt._bpf.tracepoint_fds]
+
+    def tp(*points):
+        return (lambda: [b.attach_tracepoint(tp=p, fn_name="empty") for p in points],
+                lambda: [b.detach_tracepoint(p) for p in points])
+
+    def raw():
+        return (lambda: (b.attach_raw_tracepoint(tp="sys_enter", fn_name="raw_enter"),
+                         b.attach_raw_tracepoint(tp="sys_exit", fn_name="raw_exit")),
+                lambda: (b.detach_raw_tracepoint(tp="sys_enter"),
+                         b.detach_raw_tracepoint(tp="sys_exit")))
+
+    def taptrace_program():
+        def on():
+            for p in tt_points:
+                tt._bpf.attach_tracepoint(tp=p, fn_name="tracepoint__" + p.replace(":", "__"))
+        return on, lambda: [tt._bpf.detach_tracepoint(p) for p in tt_points]
+
+    for p in tt_points:                                # loaded, attached only below
+        tt._bpf.detach_tracepoint(p)
+    conds = {"none": (lambda: None, lambda: None),
+             "floor: empty sys_enter_ioctl": tp("syscalls:sys_enter_ioctl"),
+             "empty sys_exit_openat+close": tp("syscalls:sys_enter_ioctl",
+                                               "syscalls:sys_exit_openat",
+                                               "syscalls:sys_exit_close"),
+             "raw sys_enter/exit + tail call": raw(),
+             "taptrace's program": taptrace_program()}
+    work = {"open/close": _c_workload("openclose", 20_000),
+            "ioctl FIONREAD": _c_workload("ioctlloop", 200_000)}
+    res = {c: {w: [] for w in work} for c in conds}
+    names = list(conds)
+    for r in range(args.rounds):
+        for c in names[r % len(names):] + names[:r % len(names)]:
+            on, off = conds[c]
+            on()
+            try:
+                for w, run in work.items():
+                    res[c][w].append(run())
+            finally:
+                off()
+    say(f"hooks: {args.rounds} rounds, each condition attached around one short run "
+        "of each workload (ratio to the round's run with nothing attached)")
+    for w in work:
+        say(f"  {w}:")
+        for c in names[1:]:
+            ratio = [t / b for t, b in zip(res[c][w], res["none"][w])]
+            say(f"    {c:<32} {spread(ratio)}")
+    tt.close()
 
 
 # ---- capacity ---------------------------------------------------------------
@@ -326,7 +423,7 @@ def snapshot(args) -> None:
         farm.wait()
 
 
-BENCHES = {"overhead": overhead, "capacity": capacity, "startup": startup, "memory": memory,
+BENCHES = {"overhead": overhead, "hooks": hooks, "capacity": capacity, "startup": startup, "memory": memory,
            "snapshot": snapshot}
 
 
@@ -334,8 +431,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what")
     p = sub.add_parser("overhead")
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--scale", type=float, default=1.0, help="workload size factor")
+    p = sub.add_parser("hooks")
+    p.add_argument("--rounds", type=int, default=40)
     p = sub.add_parser("capacity")
     p.add_argument("--seconds", type=float, default=5)
     p = sub.add_parser("startup")

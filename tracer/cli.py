@@ -122,6 +122,16 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
     return session, offset
 
 
+def _trace_for(session, seconds: float, stop: Stop) -> Model:
+    """Run an opened session for `seconds` (or until `stop`: SIGINT/SIGTERM); its model."""
+    try:
+        session.start()
+        session.run(seconds, stop)
+    finally:
+        session.close()
+    return session.model
+
+
 def _chain_lines(session, report: dict) -> list[str]:
     """The handoff chain of each open file that just changed hands."""
     if session is None or report["type"] not in ("fork", "exec", "scm_recv"):
@@ -317,12 +327,7 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
         stop = Stop()
         session, _offset = _open_session(json_out, None, None, ifname_arg, 256, False,
                                         quiet_header=True)
-        try:
-            session.start()
-            session.run(watch_s, stop)
-        finally:
-            session.close()
-        model = session.model
+        model = _trace_for(session, watch_s, stop)
     rows = enrich_rows(model.rows(ifname_arg))
     tap = next((t for t in model.tap_list() if t["ifname"] == ifname_arg), None)
     lineage = model.lineage(ifname_arg)
@@ -338,7 +343,7 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
         _write(f"{render.safe(ifname_arg)}: gone")
     else:
         _write(f"{render.safe(tap['ifname'])}: {tap['kind']} "
-               f"flags={','.join(tap['flags']) or '-'}{' persist' if tap['persist'] else ''}, "
+               f"flags={','.join(tap['flags']) or '-'}{' persist' if tap['persist'] and 'persist' not in tap['flags'] else ''}, "
                f"{tap['files']} open file(s)")
     _write(render.table_text(rows))
     for line in render.mac_story(ifname_arg, rows):
@@ -491,12 +496,7 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
                                              emit=emit)
         except click.ClickException as exc:
             raise AuditError(exc.message) from None
-        try:
-            session.start()
-            session.run(watch_s, stop)
-        finally:
-            session.close()
-        model = session.model
+        model = _trace_for(session, watch_s, stop)
         files = model.files
 
         def chain_of(file: int, pid: int) -> list:
