@@ -25,6 +25,7 @@
  * Compile-time switches (set by tracer/probes.py):
  *   TT_RINGBUF, TT_RING_PAGES     ring buffer (5.8+) or perf buffer
  *   TT_HAVE_GROUP_DEAD            sched_process_exit has group_dead (6.16+)
+ *   TT_HAVE_PREPARE_EXEC          sched_prepare_exec exists (6.10+)
  *   TT_INTEREST_MAX               interest-set capacity
  */
 #include "events.h"
@@ -541,6 +542,26 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 	submit(args, e);
 	return 0;
 }
+
+#ifdef TT_HAVE_PREPARE_EXEC
+/*
+ * An exec's point of no return (6.10+), before it unshares a CLONE_FILES table
+ * (unshare_files) and releases a vfork parent (exec_mmap): from here on what the
+ * table holds is this process's own, whatever a sharer does next. Without it the
+ * unshare is modelled at sched_process_exec, after a released parent may already
+ * have changed the shared table.
+ */
+TRACEPOINT_PROBE(sched, sched_prepare_exec)
+{
+	if (!interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_UNSHARE);
+	e->arg = CLONE_FILES;
+	submit(args, e);
+	return 0;
+}
+#endif
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {

@@ -112,12 +112,17 @@ def check_headers() -> list[Check]:
                   f"{src}{origin} (no {build}; the probes read only uapi layouts)")]
 
 
+# used when the kernel has them (probes.py compiles them in only then)
+OPTIONAL_TRACEPOINTS = {("sched", "sched_prepare_exec")}
+
+
 def needed_tracepoints() -> list[tuple[str, str]]:
     """Every (category, event) the BPF program attaches, read from its source."""
     from . import probes
 
     text = (probes.BPF_DIR / probes.SOURCE).read_text()
-    return re.findall(r"^\s*TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)", text, re.MULTILINE)
+    found = re.findall(r"^\s*TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)", text, re.MULTILINE)
+    return [tp for tp in found if tp not in OPTIONAL_TRACEPOINTS]
 
 
 def check_tracepoints() -> list[Check]:

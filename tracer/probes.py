@@ -130,6 +130,8 @@ class Probes:
             cflags.append("-DTT_RINGBUF")
         if kheaders.has_tracepoint_field("sched", "sched_process_exit", "group_dead"):
             cflags.append("-DTT_HAVE_GROUP_DEAD")
+        if kheaders.has_tracepoint_field("sched", "sched_prepare_exec", "pid"):
+            cflags.append("-DTT_HAVE_PREPARE_EXEC")
         text = (BPF_DIR / SOURCE).read_text()
         with _captured_output() as noise:
             try:

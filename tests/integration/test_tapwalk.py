@@ -334,13 +334,11 @@ def test_clone_files_child_execs_into_its_own_table(tracer, walk):
     assert row(table, parent, kfd)["how"] == "opened"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bpf/tracepoint.bpf.c + model: a CLONE_FILES sharer's exec is modelled at "
-    "sched_process_exec, but the kernel unshares the table earlier (begin_new_exec: "
-    "unshare_files, then exec_mmap releases a vfork parent); the parent's fd changes "
-    "in between are copied into the child's table. sched_prepare_exec (6.10+) marks "
-    "the point of no return before unshare_files"))
 def test_clone_files_exec_while_the_parent_changes_its_table_at_once(tracer, walk):
+    """The kernel unshares a CLONE_FILES child's table early in its exec
+    (begin_new_exec: unshare_files, then exec_mmap releases the vfork parent): the
+    parent's changes right after belong to its table only. sched_prepare_exec marks
+    that point (6.10+)."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs: the parent runs while the child is in execve")
     t = tracer()
