@@ -7,6 +7,7 @@ printed plus its final table. Ground truth comes from /proc (tests/tapkit.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -96,19 +97,29 @@ class Tracer:
             self.proc.wait()
 
 
+@contextlib.contextmanager
+def spawned(cls):
+    """`start(*args)` makes a cls(*args) (a running taptrace); every one started is
+    killed at the end, whatever happened."""
+    need_root()
+    started: list = []
+
+    def start(*args: str):
+        obj = cls(*args)
+        started.append(obj)
+        return obj
+
+    try:
+        yield start
+    finally:
+        for obj in started:
+            obj.kill()
+
+
 @pytest.fixture
 def tracer():
-    need_root()
-    started: list[Tracer] = []
-
-    def start(*args: str) -> Tracer:
-        t = Tracer(*args)
-        started.append(t)
-        return t
-
-    yield start
-    for t in started:
-        t.kill()
+    with spawned(Tracer) as start:
+        yield start
 
 
 def events_of(lines: list[dict], kind: str, **match) -> list[dict]:

@@ -20,7 +20,7 @@ import time
 
 import pytest
 import tapkit
-from conftest import ROOT, need_root
+from conftest import ROOT, need_root, spawned
 
 QEMU = shutil.which("qemu-system-x86_64")
 BASE = [QEMU or "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-S", "-nodefaults",
@@ -282,17 +282,8 @@ class LiveAudit:
 
 @pytest.fixture
 def live():
-    need_root()
-    started: list[LiveAudit] = []
-
-    def start(*args: str) -> LiveAudit:
-        a = LiveAudit(*args)
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        a.kill()
+    with spawned(LiveAudit) as start:
+        yield start
 
 
 @need_qemu
