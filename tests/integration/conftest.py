@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -35,8 +36,10 @@ class Tracer:
     line is seen as soon as it is printed (select + readline can leave lines sitting
     in Python's buffer)."""
 
+    COMMAND: tuple[str, ...] = ("watch", "--json")
+
     def __init__(self, *args: str) -> None:
-        self.cmd = [sys.executable, "-m", "tracer", "watch", "--json", *args]
+        self.cmd = [sys.executable, "-m", "tracer", *self.COMMAND, *args]
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: list[dict] = []
@@ -95,6 +98,34 @@ class Tracer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class StepReader:
+    """The JSON step lines ({"step": ..., "pid": ...}) a scenario process prints,
+    read as they come (select + os.read: nothing sits in a Python buffer)."""
+
+    def __init__(self, proc: subprocess.Popen, steps: list[dict]) -> None:
+        self.proc = proc
+        self.steps = steps
+        self._buf = b""
+
+    def until(self, step: str, timeout: float = 15) -> dict | None:
+        """Read until a line says `step`; that line, or None (EOF or timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b"\n" not in self._buf:
+                r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+                if r:
+                    chunk = os.read(self.proc.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    self._buf += chunk
+                continue
+            line, self._buf = self._buf.split(b"\n", 1)
+            self.steps.append(json.loads(line))
+            if self.steps[-1]["step"] == step:
+                return self.steps[-1]
+        return None
 
 
 @contextlib.contextmanager

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import tapkit
-from conftest import ROOT, need_root, spawned
+from conftest import ROOT, Tracer, need_root, spawned
 
 QEMU = shutil.which("qemu-system-x86_64")
 BASE = [QEMU or "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-S", "-nodefaults",
@@ -233,38 +231,14 @@ def test_control_bytes_in_a_finding_are_escaped_for_people_kept_in_json(links):
 
 # ---- live -------------------------------------------------------------------------
 
-class LiveAudit:
+class LiveAudit(Tracer):
     """`audit --watch 120 --json ARGS` running; lines arrive through a reader thread."""
 
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tracer", "audit", "--json",
-                                      "--watch", "120", *args], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[dict] = []
-        self._q: queue.Queue = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.ready = self.next(lambda o: o["type"] == "ready", 60)
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self._q.put(json.loads(line))
-        self._q.put(None)
+    COMMAND = ("audit", "--json", "--watch", "120")
 
     def next(self, pred, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                obj = self._q.get(timeout=left)
-            except queue.Empty:
-                break
-            if obj is None:
-                self._q.put(None)
-                break
-            self.lines.append(obj)
-            if pred(obj):
-                return obj
-        raise AssertionError(f"audit did not print it: {self.lines[-3:]} "
-                             f"{self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+        """The next line (not one already read) that satisfies pred."""
+        return self._read_until(pred, timeout)
 
     def finish(self) -> tuple[int, list[dict]]:
         """SIGINT: the audit ends early, audits the table and exits."""
@@ -273,11 +247,6 @@ class LiveAudit:
         self.next(lambda o: o["type"] == "audit", 60)
         self.proc.wait(timeout=30)
         return self.proc.returncode, [o for o in self.lines if o["type"] == "finding"]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ and a final table equal to /proc while everyone still holds their fds."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import select
@@ -19,7 +18,7 @@ import time
 
 import pytest
 import tapkit
-from conftest import ROOT, events_of, need_root, table_triples
+from conftest import ROOT, StepReader, events_of, need_root, table_triples
 
 TESTS = str(ROOT / "tests")
 
@@ -101,22 +100,9 @@ class Orchestration:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
 
     def run(self, timeout: float = 15) -> Orchestration:
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if b"\n" not in buf:
-                r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-                if r:
-                    chunk = os.read(self.proc.stdout.fileno(), 65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-                continue
-            line, buf = buf.split(b"\n", 1)
-            self.steps.append(json.loads(line))
-            if self.steps[-1]["step"] == "hold":
-                return self
-        raise AssertionError(f"the orchestration did not reach hold: {self.steps}")
+        if StepReader(self.proc, self.steps).until("hold", timeout) is None:
+            raise AssertionError(f"the orchestration did not reach hold: {self.steps}")
+        return self
 
     def step(self, name: str) -> dict:
         return next(s for s in self.steps if s["step"] == name)

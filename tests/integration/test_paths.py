@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -20,7 +18,7 @@ import time
 
 import pytest
 import tapkit
-from conftest import ROOT, events_of, table_triples
+from conftest import ROOT, StepReader, events_of, table_triples
 
 TESTS = str(ROOT / "tests")
 HELPERS = ROOT / "tests" / "helpers"
@@ -54,7 +52,7 @@ class Script:
         self.steps: list[dict] = []
         self.extra_pids: set[int] = set()
         self.proc = None
-        self._buf = b""
+        self._reader: StepReader | None = None
         if start:
             self.start()
 
@@ -62,24 +60,14 @@ class Script:
         self.proc = subprocess.Popen([sys.executable, str(self.path), *self.args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
+        self._reader = StepReader(self.proc, self.steps)
         return self
 
     def read_until(self, step: str, timeout: float = 15) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if b"\n" not in self._buf:
-                r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-                if r:
-                    chunk = os.read(self.proc.stdout.fileno(), 65536)
-                    if not chunk:
-                        break
-                    self._buf += chunk
-                continue
-            line, self._buf = self._buf.split(b"\n", 1)
-            self.steps.append(json.loads(line))
-            if self.steps[-1]["step"] == step:
-                return self.steps[-1]
-        raise AssertionError(f"{self.path.name} did not say {step}: {self.steps}")
+        got = self._reader.until(step, timeout)
+        if got is None:
+            raise AssertionError(f"{self.path.name} did not say {step}: {self.steps}")
+        return got
 
     def step(self, name: str) -> dict:
         return next(s for s in self.steps if s["step"] == name)

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import tapkit
-from conftest import events_of, need_root, table_triples
+from conftest import StepReader, events_of, need_root, table_triples
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 BIN = HELPERS / "bin" / "tapwalk"
@@ -39,24 +37,9 @@ class Walk:
         self.proc = subprocess.Popen([str(BIN), scenario, *names], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, start_new_session=True)
         self.steps: list[dict] = []
-        buf = b""
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if b"\n" not in buf:
-                r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-                if not r:
-                    continue
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                buf += chunk
-                continue
-            line, buf = buf.split(b"\n", 1)
-            self.steps.append(json.loads(line))
-            if self.steps[-1]["step"] == "hold":
-                return
-        self.release()
-        raise AssertionError(f"tapwalk {scenario} did not reach hold: {self.steps}")
+        if StepReader(self.proc, self.steps).until("hold") is None:
+            self.release()
+            raise AssertionError(f"tapwalk {scenario} did not reach hold: {self.steps}")
 
     def step(self, name: str, **match) -> dict:
         return next(s for s in self.steps if s["step"] == name
