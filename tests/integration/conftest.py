@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tapkit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,6 +127,38 @@ class StepReader:
             if self.steps[-1]["step"] == step:
                 return self.steps[-1]
         return None
+
+
+def end_scenario(proc: subprocess.Popen | None, names, say: bytes = b"",
+                 also_kill=()) -> None:
+    """End a scenario run in its own session: tell it `say` and close its stdin (its
+    cue to let go), wait a little, then SIGKILL whatever is left of its session and
+    the pids in `also_kill`, and delete the links it made (`names`)."""
+    if proc is not None and proc.poll() is None:
+        try:
+            if say:
+                proc.stdin.write(say)
+            proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    for pid in also_kill:
+        if proc is None or pid != proc.pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if proc is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    for n in names:
+        tapkit.delete_link(n)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import time
 
 import pytest
 import tapkit
-from conftest import ROOT, StepReader, events_of, need_root, table_triples
+from conftest import ROOT, StepReader, end_scenario, events_of, need_root, table_triples
 
 TESTS = str(ROOT / "tests")
 
@@ -116,20 +116,7 @@ class Orchestration:
         return self.step("adopted")["pid"]
 
     def end(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(b"\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=5)
-            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)   # the VM too: same session
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        for n in self.names:
-            tapkit.delete_link(n)
+        end_scenario(self.proc, self.names, b"\n")     # the VM too: same session
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import time
 
 import pytest
 import tapkit
-from conftest import ROOT, StepReader, events_of, table_triples
+from conftest import ROOT, StepReader, end_scenario, events_of, table_triples
 
 TESTS = str(ROOT / "tests")
 HELPERS = ROOT / "tests" / "helpers"
@@ -81,29 +81,9 @@ class Script:
         self.proc.stdin.flush()
 
     def end(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        for pid in self.extra_pids | {s["pid"] for s in self.steps}:
-            if self.proc is None or pid != self.proc.pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)      # children this scenario made
-                except (ProcessLookupError, PermissionError):
-                    pass
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-        for n in self.names:
-            tapkit.delete_link(n)
+        # and the children this scenario made, whatever session they are in
+        end_scenario(self.proc, self.names,
+                     also_kill=self.extra_pids | {s["pid"] for s in self.steps})
 
 
 @pytest.fixture

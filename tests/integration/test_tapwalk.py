@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import tapkit
-from conftest import StepReader, events_of, need_root, table_triples
+from conftest import StepReader, end_scenario, events_of, need_root, table_triples
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 BIN = HELPERS / "bin" / "tapwalk"
@@ -61,24 +61,7 @@ class Walk:
         return {s["pid"] for s in self.steps}
 
     def release(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(b"go\n")
-                self.proc.stdin.close()
-            except (BrokenPipeError, ValueError):
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)   # stragglers of this walk only
-        except ProcessLookupError:
-            pass
-        if self.proc.poll() is None:
-            self.proc.wait()
-        for n in self.names:
-            tapkit.delete_link(n)
+        end_scenario(self.proc, self.names, b"go\n")   # stragglers of this walk only
 
 
 @pytest.fixture
