@@ -86,6 +86,19 @@ def _write(line: str) -> None:
         raise SystemExit(0) from None
 
 
+class BackendError(click.ClickException):
+    """The backend could not start: one line, then its evidence (verifier lines)."""
+
+    def __init__(self, message: str, details: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.details = details
+
+    def show(self, file=None) -> None:
+        super().show(file)
+        for line in self.details:
+            click.echo(f"  {render.safe(line)}", err=True)
+
+
 def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
                   emit=None, quiet_header=False, record=None):
     from .probes import ProbeError
@@ -117,7 +130,7 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
         session = Session(emit or default_emit, filters, buffer_pages=buffer_pages,
                           force_perf=force_perf, record=record)
     except ProbeError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise BackendError(str(exc), exc.details) from None
     session_ref[0] = session
     return session, offset
 

@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 SYSTEM_PYTHON_BCC = "/usr/lib/python3/dist-packages/bcc"
 APT_BCC = "apt-get install python3-bpfcc"
 # What the tracer cannot start without; the rest is information.
-REQUIRED = ("root", "tracefs", "bcc", "kernel headers", "bpf program", "tracepoints")
+REQUIRED = ("root", "tracefs", "bcc", "kernel headers", "bpf program", "tracepoints", "bpf load")
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,12 @@ def check_headers() -> list[Check]:
                   f"{src}{origin} (no {build}; the probes read only uapi layouts)")]
 
 
-# used when the kernel has them (probes.py compiles them in only then)
-OPTIONAL_TRACEPOINTS = {("sched", "sched_prepare_exec")}
+# used when the kernel has them (probes.py compiles them in only then): what happens without
+OPTIONAL_TRACEPOINTS = {
+    ("sched", "sched_prepare_exec"):
+        "kernel < 6.10; a CLONE_FILES child's exec unshares its fd table at "
+        "sched_process_exec instead (a vfork parent released just before may be misread)",
+}
 
 
 def needed_tracepoints() -> list[tuple[str, str]]:
@@ -148,6 +153,10 @@ def check_tracepoints() -> list[Check]:
                    if cat == "syscalls" else "kernel too old or built without this tracepoint")
         checks.append(Check(f"tracepoint {cat}:{event}", present,
                             "present" if present else f"missing in {tracing}/events", fix))
+    for (cat, event), without in OPTIONAL_TRACEPOINTS.items():
+        present = kheaders.tracepoint_format(cat, event) is not None
+        checks.append(Check(f"tracepoint {cat}:{event}", True,
+                            "present" if present else f"absent (optional): {without}"))
     return checks
 
 
@@ -190,9 +199,13 @@ CHECKS: tuple[tuple[str, Callable[[], list[Check]]], ...] = (
 )
 
 
+def _blocking(checks: list[Check]) -> list[str]:
+    return [c.name for c in checks if not c.ok
+            and (c.name in REQUIRED or c.name.startswith("tracepoint "))]
+
+
 def _backend(checks: list[Check]) -> Check:
-    blocking = [c.name for c in checks if not c.ok
-                and (c.name in REQUIRED or c.name.startswith("tracepoint "))]
+    blocking = _blocking(checks)
     if blocking:
         return Check("backend", False, f"none: tracing cannot start ({', '.join(blocking)})",
                      "fix the failures above")
@@ -201,9 +214,38 @@ def _backend(checks: list[Check]) -> Check:
     return Check("backend", True, f"tracepoint, {kind}")
 
 
-def run_checks() -> list[Check]:
+def check_load() -> list[Check]:
+    """Compile the backend and load it into the kernel for real: only the kernel's
+    verifier can say whether this kernel takes our programs."""
+    from . import probes
+
+    t0 = time.monotonic()
+    try:
+        p = probes.Probes(lambda _e: None)
+    except probes.ProbeError as exc:
+        fix = "report it as a taptrace bug, with the output of TAPTRACE_DEBUG=1 taptrace " \
+            "doctor" if "verifier" in str(exc) else kheaders.headers_hint()
+        return [Check("bpf load", False, " | ".join((str(exc), *exc.details)), fix)]
+    try:
+        n = len(needed_tracepoints())
+        return [Check("bpf load", True, f"{p.info.name} backend compiled and loaded "
+                      f"({n}+ programs, {p.info.buffer}) in {time.monotonic() - t0:.1f} s")]
+    finally:
+        p.close()
+
+
+def run_checks(load: bool = True) -> list[Check]:
+    """Every check; with `load`, the program is compiled and loaded too, once the
+    checks it depends on have passed."""
     checks: list[Check] = []
-    for name, fn in CHECKS:
+    steps = [*CHECKS, ("bpf load", check_load)] if load else list(CHECKS)
+    for name, fn in steps:
+        if name == "bpf load":
+            blocking = _blocking(checks)
+            if blocking:
+                checks.append(Check(name, False, f"not tried ({', '.join(blocking)} failed)",
+                                    "fix the failures above"))
+                continue
         try:
             checks.extend(fn())
         except Exception as exc:  # noqa: BLE001 - the doctor reports, it never crashes

@@ -11,6 +11,7 @@ import ctypes
 import io
 import os
 import platform
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -49,7 +50,57 @@ def _captured_output():
 
 
 class ProbeError(Exception):
-    """One line saying what is wrong and what to do."""
+    """One line saying what is wrong and what to do; `details`, a few lines of
+    evidence worth showing under it (the verifier's last words)."""
+
+    def __init__(self, message: str, details: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+_LOAD_FAILED = re.compile(r"Failed to load BPF program b?'?(\w+)'?: (.+)")
+_ATTACH_FAILED = re.compile(r"Failed to attach BPF program b?'?(\w+)'? to \w+ b?'?([\w:]+)'?")
+_INSN_LINE = re.compile(r"^\d+: ")
+
+
+def _last_error_line(output: str) -> str:
+    """libbcc's own last word (e.g. "ioctl(PERF_EVENT_IOC_SET_BPF): Permission denied")."""
+    lines = [ln.strip() for ln in output.splitlines()
+             if ln.strip() and "warning" not in ln and not ln.startswith((" ", "\t"))]
+    return lines[-1] if lines else ""
+
+
+def load_error(message: str, output: str, source: str | None) -> ProbeError:
+    """What bcc's failure was, in one line: the kernel's verifier refusing one of
+    our programs (a taptrace bug on this kernel, whatever the headers), or clang
+    failing to compile (a headers problem)."""
+    m = _LOAD_FAILED.search(message)
+    if m:
+        name, why = m.groups()
+        log = output[output.find("bpf: Failed to load program"):].splitlines()[1:]
+        words = [ln.strip() for ln in log if ln.strip() and not _INSN_LINE.match(ln)]
+        last = next((w for w in reversed(words) if not w.startswith("processed ")), why)
+        return ProbeError(
+            f"the kernel's verifier rejected BPF program {name} on Linux "
+            f"{platform.release()}: {last} ({why}); this is a taptrace bug on this "
+            f"kernel: please report it with the output of TAPTRACE_DEBUG=1 taptrace doctor",
+            tuple(words[-4:]))
+    m = _ATTACH_FAILED.search(message)
+    if m:
+        return ProbeError(f"the kernel refused to attach BPF program {m.group(1)} to "
+                          f"{m.group(2)} on Linux {platform.release()}: "
+                          f"{_last_error_line(output) or 'no reason given'}")
+    lines = output.splitlines()
+    first = next((ln for ln in lines if "error:" in ln.lower()), "") or \
+        next((ln for ln in lines if any(w in ln.lower() for w in (
+            "unable", "invalid", "failed"))), "") or message
+    first = first.strip().split(". ")[0]
+    where = f"headers at {source}" if source else "the headers bcc found"
+    hint = kheaders.headers_hint() if os.environ.get("BCC_KERNEL_SOURCE") in (
+        None, kheaders.kernel_source()) else "unset BCC_KERNEL_SOURCE or point it at " \
+        "kernel headers"
+    return ProbeError(f"could not compile the BPF program against {where}"
+                      f"{': ' + first[:160] if first else ''}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +157,16 @@ def _import_bcc():
     return bcc
 
 
+def load_bpf(bcc, text: str, cflags: list[str], source: str | None):
+    """bcc.BPF(text), its compiler noise captured; a failure as one ProbeError."""
+    with _captured_output() as noise:
+        try:
+            return bcc.BPF(text=text, cflags=cflags)
+        except Exception as exc:  # noqa: BLE001 - bcc raises a bare Exception on failure
+            error = exc
+    raise load_error(str(error), noise.getvalue(), source)
+
+
 class Probes:
     """The attached tracepoint backend: poll() delivers decoded events."""
 
@@ -133,24 +194,7 @@ class Probes:
         if kheaders.has_tracepoint_field("sched", "sched_prepare_exec", "pid"):
             cflags.append("-DTT_HAVE_PREPARE_EXEC")
         text = (BPF_DIR / SOURCE).read_text()
-        with _captured_output() as noise:
-            try:
-                self._bpf = bcc.BPF(text=text, cflags=cflags)
-            except Exception:  # noqa: BLE001 - bcc raises a bare Exception on failure
-                failed = True
-            else:
-                failed = False
-        if failed:
-            first = next((ln for ln in noise.getvalue().splitlines()
-                          if any(w in ln.lower() for w in ("error", "unable", "invalid", "min value",
-                                                               "failed to load"))), "").strip()
-            first = first.split(". ")[0]
-            where = f"headers at {source}" if source else "the headers bcc found"
-            hint = kheaders.headers_hint() if os.environ.get("BCC_KERNEL_SOURCE") in (
-                None, kheaders.kernel_source()) else "unset BCC_KERNEL_SOURCE or point it at " \
-                "kernel headers"
-            raise ProbeError(f"could not compile the BPF program against {where}"
-                             f"{': ' + first[:160] if first else ''}; {hint}")
+        self._bpf = load_bpf(bcc, text, cflags, source)
         self.info = BackendInfo("tracepoint", "ringbuf" if ringbuf else "perf", buffer_pages,
                                 source)
         self._on_event = on_event

@@ -1,0 +1,93 @@
+"""How a failure to load the BPF backend is reported, on the real kernel and compiler.
+
+A verifier rejection is a taptrace bug on that kernel (whatever the headers), and must
+say so with the program's name and the verifier's last words; a compile error is a
+headers problem. Both used to read "could not compile ... against the headers".
+"""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+from conftest import need_root
+
+from tracer import doctor, kheaders, probes
+
+REJECTED = r"""
+TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
+{
+	u64 v;
+	/* above the top of the BPF stack: the verifier must refuse this */
+	asm volatile("%0 = *(u64 *)(r10 + 8)" : "=r"(v));
+	return v;
+}
+"""
+
+BROKEN = "TRACEPOINT_PROBE(syscalls, sys_exit_ioctl) { return nosuchname; }\n"
+
+
+def test_a_verifier_rejection_names_the_program_and_the_verifiers_reason():
+    need_root()
+    kheaders.prepare_bcc_env()
+    bcc = probes._import_bcc()
+
+    with pytest.raises(probes.ProbeError) as err:
+        probes.load_bpf(bcc, REJECTED, [], None)
+
+    msg = str(err.value)
+    assert msg.startswith("the kernel's verifier rejected BPF program "
+                          "tracepoint__syscalls__sys_exit_ioctl on Linux "
+                          f"{platform.release()}: ")
+    assert "invalid read from stack" in msg and "headers" not in msg
+    assert "\n" not in msg
+    assert err.value.details and any("invalid read from stack" in d for d in err.value.details)
+
+
+def test_a_compile_error_is_reported_as_one_and_names_clangs_error():
+    need_root()
+    kheaders.prepare_bcc_env()
+    bcc = probes._import_bcc()
+
+    with pytest.raises(probes.ProbeError) as err:
+        probes.load_bpf(bcc, BROKEN, [], None)
+
+    msg = str(err.value)
+    assert msg.startswith("could not compile the BPF program against ")
+    assert "nosuchname" in msg and "verifier" not in msg
+
+
+def test_doctor_loads_the_backend_for_real():
+    need_root()
+
+    checks = {c.name: c for c in doctor.run_checks()}
+
+    assert checks["bpf load"].ok, checks["bpf load"].detail
+    assert "tracepoint backend compiled and loaded" in checks["bpf load"].detail
+    assert checks["backend"].ok
+
+
+PAST_CONTEXT = r"""
+TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
+{
+	u64 v;
+	/* past the end of the tracepoint's record: refused at load or at attach */
+	asm volatile("%0 = *(u64 *)(%1 + 4096)" : "=r"(v) : "r"(args));
+	return v;
+}
+"""
+
+
+def test_a_refused_attach_is_the_kernels_word_not_a_headers_problem():
+    need_root()
+    kheaders.prepare_bcc_env()
+    bcc = probes._import_bcc()
+
+    with pytest.raises(probes.ProbeError) as err:
+        probes.load_bpf(bcc, PAST_CONTEXT, [], None)
+
+    msg = str(err.value)
+    assert msg.startswith(("the kernel refused to attach BPF program "
+                           "tracepoint__syscalls__sys_exit_ioctl to syscalls:sys_exit_ioctl",
+                           "the kernel's verifier rejected BPF program")), msg
+    assert "headers" not in msg
