@@ -30,7 +30,9 @@ enum tt_event_type {
 	TT_EV_EXIT = 9,        /* the whole thread group is dead */
 	TT_EV_SCM_SEND = 10,   /* fd=socket, fds[nfds] being sent with SCM_RIGHTS */
 	TT_EV_SCM_RECV = 11,   /* fd=socket, fds[nfds] received, arg=recv flags */
-	TT_EV_UNSHARE = 12,    /* unshare(CLONE_FILES): arg=flags */
+	TT_EV_UNSHARE = 12,    /* unshare(CLONE_FILES): arg=flags; or'ed with
+	                          TT_UNSHARE_AT_EXEC: an exec began (kernels
+	                          without sched_prepare_exec), see the BPF */
 	TT_EV_PIDFD_GETFD = 13, /* fd=pidfd, arg=target fd, ret=new fd */
 	TT_EV_PIDFD_OPEN = 14,  /* ret=fd=the new pidfd, arg=the pid it refers to */
 	TT_EV_VHOST_BACKEND = 15 /* VHOST_NET_SET_BACKEND returned: fd=the vhost fd,
@@ -38,6 +40,9 @@ enum tt_event_type {
 	                            backend fd as a u32 (0xffffffff = -1: detach),
 	                            from the caller's struct vhost_vring_file */
 };
+
+/* not a clone flag: "the table as it is now is the one this exec will own" */
+#define TT_UNSHARE_AT_EXEC (1ULL << 40)
 
 enum tt_dup_how {
 	TT_DUP = 0,

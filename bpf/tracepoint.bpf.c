@@ -563,6 +563,34 @@ TRACEPOINT_PROBE(sched, sched_prepare_exec)
 	submit(args, e);
 	return 0;
 }
+#else
+/*
+ * Without sched_prepare_exec (before 6.10): the table as the exec begins is the
+ * one the process will own if it succeeds. Exact for a CLONE_VFORK child, whose
+ * parent sleeps until after the kernel's unshare_files; a plain CLONE_FILES
+ * sharer's changes during the exec are the ones left uncertain. User space drops
+ * the copy if anything but the exec comes next. An exec costs nothing else here.
+ */
+static __always_inline int on_exec_enter(void *ctx)
+{
+	if (!interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_UNSHARE);
+	e->arg = CLONE_FILES | TT_UNSHARE_AT_EXEC;
+	submit(ctx, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+	return on_exec_enter(args);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
+{
+	return on_exec_enter(args);
+}
 #endif
 
 TRACEPOINT_PROBE(sched, sched_process_exec)

@@ -64,6 +64,7 @@ CLOEXEC_UNKNOWN = 1 << 40
 MSG_CMSG_CLOEXEC = 0x40000000
 CLONE_VM, CLONE_FILES, CLONE_VFORK, CLONE_THREAD = 0x100, 0x400, 0x4000, 0x10000
 CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4
+UNSHARE_AT_EXEC = 1 << 40          # TT_UNSHARE_AT_EXEC: an exec began (see bpf/events.h)
 
 
 def iff_names(flags: int) -> list[str]:

@@ -123,6 +123,9 @@ class Process:
     comm: str
     table: FdTable
     ppid: int | None = None
+    # a sharer's table as its exec began (kernels without sched_prepare_exec): its
+    # own if the exec succeeds, dropped if anything else comes first
+    exec_table: FdTable | None = None
 
 
 @dataclass
@@ -338,6 +341,11 @@ class Model:
             self._release(e.file, ts, proc.pid, comm, out)
         return closed
 
+    def _discard_table(self, t: FdTable, ts: int, proc: Process, out: list) -> None:
+        """Drop a copy nobody came to use (a failed exec's): its references go."""
+        for fd in sorted(t.fds):
+            self._release(t.fds.pop(fd).file, ts, proc.pid, proc.comm, out)
+
     def _copy_table(self, src: FdTable) -> FdTable:
         t = self._new_table()
         for fd, e in src.fds.items():
@@ -345,11 +353,15 @@ class Model:
             e.file.refs += 1
         return t
 
-    def _unshare(self, proc: Process) -> None:
+    def _unshare(self, proc: Process, own: FdTable | None = None, ts: int = 0) -> None:
+        """Give a sharer a table of its own: a copy of the shared one as it is now,
+        or `own`, a copy made earlier (see Process.exec_table)."""
         if len(proc.table.users) <= 1:
+            if own is not None:
+                self._discard_table(own, ts, proc, [])
             return
         proc.table.users.discard(proc.pid)
-        proc.table = self._copy_table(proc.table)
+        proc.table = own if own is not None else self._copy_table(proc.table)
         proc.table.users.add(proc.pid)
         # Its own table now: what another sharer put there, it inherited from that one.
         for fd, entry in proc.table.fds.items():
@@ -409,6 +421,11 @@ class Model:
     def apply(self, e: ev.Event) -> list[dict]:
         """Apply one event; return the reports it produces (maybe none)."""
         out: list[dict] = []
+        proc = self.procs.get(getattr(e, "pid", None))
+        if proc is not None and proc.exec_table is not None and not isinstance(e, ev.Exec):
+            # the exec that began did not happen (it failed, or the process died)
+            own, proc.exec_table = proc.exec_table, None
+            self._discard_table(own, e.ts, proc, out)
         handler = getattr(self, "_on_" + type(e).__name__)
         handler(e, out)
         return out
@@ -728,7 +745,8 @@ class Model:
         proc = self.procs.get(e.pid)
         if proc is None:
             return
-        self._unshare(proc)       # exec gives a CLONE_FILES sharer its own table
+        own, proc.exec_table = proc.exec_table, None
+        self._unshare(proc, own, e.ts)  # exec gives a CLONE_FILES sharer its own table
         proc.comm = e.comm
         kept, closed, gone = [], [], []   # the exec line first, then what it made go
         for fd in sorted(proc.table.fds):
@@ -765,8 +783,12 @@ class Model:
 
     def _on_Unshare(self, e: ev.Unshare, out: list) -> None:
         proc = self.procs.get(e.pid)
-        if proc is not None:
+        if proc is None:
+            return
+        if not e.flags & ev.UNSHARE_AT_EXEC:
             self._unshare(proc)
+        elif len(proc.table.users) > 1:
+            proc.exec_table = self._copy_table(proc.table)
 
     def _on_ScmSend(self, e: ev.ScmSend, out: list) -> None:
         proc = self.procs.get(e.pid)

@@ -16,6 +16,8 @@ of 9p/virtio modules the kernel has as modules is all the guest needs of its own
 
 Stdlib only. Usage:
     guestvm.py [--kernel SERIES|RELEASE] [--install] [--timeout S] -- CMD [ARGS...]
+    guestvm.py --pytest [--kernel K]... [--install] -- [PYTEST ARGS]   (the matrix)
+    guestvm.py --install [--kernel K]...
     guestvm.py --list
 Exit status: the command's, or 124 on timeout, 125 when the guest could not run it.
 """
@@ -23,6 +25,7 @@ Exit status: the command's, or 124 on timeout, 125 when the guest could not run 
 from __future__ import annotations
 
 import argparse
+import codecs
 import lzma
 import os
 import re
@@ -33,9 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 STAGE2 = HERE / "stage2.sh"
 CACHE = Path(os.environ.get("TAPTRACE_GUEST_CACHE", "/var/cache/taptrace-guest"))
 # What the initramfs loads to reach the host root (modules on Debian's kernels).
@@ -261,6 +267,7 @@ def run(release: str, command: list[str], *, out_dir: Path | None = None, timeou
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     timed_out = False
+    text = codecs.getincrementaldecoder("utf-8")("replace")   # chunks split characters
     try:
         fd = proc.stdout.fileno()
         while True:
@@ -274,7 +281,7 @@ def run(release: str, command: list[str], *, out_dir: Path | None = None, timeou
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            stream.write(chunk.replace(b"\r\n", b"\n").decode("utf-8", "replace"))
+            stream.write(text.decode(chunk.replace(b"\r\n", b"\n")))
             stream.flush()
     finally:
         if proc.poll() is None:
@@ -295,28 +302,119 @@ def run(release: str, command: list[str], *, out_dir: Path | None = None, timeou
             shutil.rmtree(out, ignore_errors=True)
 
 
+# ---- pytest in the guest ---------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """One kernel's pytest run in the guest."""
+    release: str
+    rc: int
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)   # passed, failed, skipped...
+    failures: list[str] = field(default_factory=list)      # "test id: first line"
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.failures and self.counts.get("passed", 0) > 0
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{n} {k}" for k, n in self.counts.items() if n)
+        return f"{self.release}: {'PASS' if self.ok else 'FAIL'} ({parts or 'no tests'}; " \
+               f"exit {self.rc}; {self.seconds:.0f} s)"
+
+
+def _junit(path: Path) -> tuple[dict[str, int], list[str]]:
+    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0, "xfailed": 0}
+    failures: list[str] = []
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return counts, ["pytest wrote no readable junit report"]
+    for case in root.iter("testcase"):
+        tid = f"{case.get('classname', '')}::{case.get('name', '')}"
+        kinds = {child.tag: child for child in case}
+        if "failure" in kinds or "error" in kinds:
+            bad = kinds.get("failure", kinds.get("error"))
+            counts["failed" if "failure" in kinds else "error"] += 1
+            first = (bad.get("message") or "").strip().splitlines()[:1]
+            failures.append(f"{tid}: {first[0][:300] if first else '?'}")
+        elif "skipped" in kinds:
+            xfail = kinds["skipped"].get("type") == "pytest.xfail"
+            counts["xfailed" if xfail else "skipped"] += 1
+        else:
+            counts["passed"] += 1
+    return counts, failures
+
+
+def run_pytest(release: str, pytest_args: list[str], *, timeout: float = 3600,
+               stream=sys.stdout) -> Outcome:
+    """This checkout's pytest, with PYTEST_ARGS, in a guest running RELEASE."""
+    python = REPO / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise GuestError(f"{python} is missing: run `make setup` (or scripts/setup.sh) first")
+    with tempfile.TemporaryDirectory(prefix="tt-guest-") as tmp:
+        out = Path(tmp)
+        t0 = time.monotonic()
+        cwd = os.getcwd()
+        os.chdir(REPO)
+        try:
+            rc = run(release, [str(python), "-m", "pytest", "-p", "no:cacheprovider",
+                               "-rfEsx", f"--junitxml=/tt-out/junit.xml", *pytest_args],
+                     out_dir=out, timeout=timeout, stream=stream)
+        finally:
+            os.chdir(cwd)
+        counts, failures = _junit(out / "junit.xml")
+        return Outcome(release, rc, time.monotonic() - t0, counts, failures)
+
+
+def matrix(kernels: list[str], pytest_args: list[str], timeout: float) -> int:
+    """One boot per kernel running PYTEST_ARGS; a summary line each; 0 only if all pass."""
+    outcomes = []
+    for k in kernels:
+        release = resolve(k)
+        print(f"\n===== guest {release}: pytest {' '.join(pytest_args)}", flush=True)
+        outcomes.append(run_pytest(release, pytest_args, timeout=timeout))
+    print("\n===== guest matrix")
+    for o in outcomes:
+        print(o.summary())
+        for f in o.failures:
+            print(f"    {f}")
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kernel", default="6.1", help="series (6.1, 6.12) or release")
+    ap.add_argument("--kernel", action="append",
+                    help="series (6.1, 6.12) or release; repeat for several "
+                         f"(default: {' '.join(DEFAULT_SERIES)} with --pytest, else 6.1)")
     ap.add_argument("--install", action="store_true",
-                    help="apt-get the kernel, its headers and the host tools first")
-    ap.add_argument("--timeout", type=float, default=1800)
+                    help="apt-get the kernels, their headers and the host tools first")
+    ap.add_argument("--pytest", action="store_true",
+                    help="run this checkout's pytest with ARGS in each kernel (the matrix)")
+    ap.add_argument("--timeout", type=float, default=3600, help="per boot, seconds")
     ap.add_argument("--memory", default="2G")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--out", type=Path, help="keep the guest's out share here")
     ap.add_argument("--list", action="store_true", help="installed kernels, then exit")
-    ap.add_argument("command", nargs="*")
+    ap.add_argument("command", nargs="*", help="the command (or, with --pytest, its args)")
     a = ap.parse_args()
+    kernels = a.kernel or (list(DEFAULT_SERIES) if a.pytest or a.install else ["6.1"])
     try:
         if a.install:
-            install([a.kernel])
+            install(kernels)
         if a.list:
             print("\n".join(installed_kernels()))
             return 0
+        if a.pytest:
+            return matrix(kernels, a.command or ["tests/integration"], a.timeout)
         if not a.command:
+            if a.install:
+                return 0
             ap.error("a command to run in the guest is needed (after --)")
-        release = resolve(a.kernel)
+        if len(kernels) != 1:
+            ap.error("one --kernel for a command (use --pytest for a matrix)")
+        release = resolve(kernels[0])
         t0 = time.monotonic()
         rc = run(release, a.command, out_dir=a.out, timeout=a.timeout, memory=a.memory,
                  cpus=a.cpus)

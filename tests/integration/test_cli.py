@@ -125,6 +125,7 @@ def test_sigterm_ends_watch_with_the_table(tracer):
         os.close(fd)
 
 
+@pytest.mark.smoke
 def test_demo_runs_and_shows_the_handoff():
     need_root()
     out = run("demo", "--json")

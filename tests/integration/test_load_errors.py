@@ -57,6 +57,7 @@ def test_a_compile_error_is_reported_as_one_and_names_clangs_error():
     assert "nosuchname" in msg and "verifier" not in msg
 
 
+@pytest.mark.smoke
 def test_doctor_loads_the_backend_for_real():
     need_root()
 

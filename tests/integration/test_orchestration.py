@@ -155,6 +155,7 @@ def stop_after(t, pred, timeout: float = 10) -> tuple[list[dict], dict]:
     return t.stop(settle=0)
 
 
+@pytest.mark.smoke
 def test_pass_fds_then_hot_plug_over_the_monitor_socket(tracer, orchestration):
     t = tracer()
     o = orchestration().run()

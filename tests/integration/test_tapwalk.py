@@ -234,6 +234,7 @@ def test_dup2_and_dup3_over_tracked_fds(tracer, walk):
 # ---- processes --------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_clone_files_child_changes_the_parents_table_then_exits(tracer, walk):
     t = tracer()
     a, b = names(2)
@@ -260,6 +261,7 @@ def test_clone_files_child_changes_the_parents_table_then_exits(tracer, walk):
     assert (rb["ifname"], rb["creator_pid"], rb["how"]) == (b, child, "opened")
 
 
+@pytest.mark.smoke
 def test_clone_files_child_execs_into_its_own_table(tracer, walk):
     t = tracer()
     keep, gone = names(2)
@@ -300,6 +302,7 @@ def test_clone_files_child_execs_into_its_own_table(tracer, walk):
     assert row(table, parent, kfd)["how"] == "opened"
 
 
+@pytest.mark.smoke
 def test_clone_files_exec_while_the_parent_changes_its_table_at_once(tracer, walk):
     """The kernel unshares a CLONE_FILES child's table early in its exec
     (begin_new_exec: unshare_files, then exec_mmap releases the vfork parent): the
@@ -339,6 +342,7 @@ def test_a_short_lived_process_exit_closes_its_fds_and_the_tap_goes(tracer):
     assert a not in {x["ifname"] for x in table["taps"]}
 
 
+@pytest.mark.smoke
 def test_fork_exec_keeps_plain_fds_and_closes_cloexec_ones(tracer, walk):
     t = tracer()
     keep, gone = names(2)
@@ -372,6 +376,7 @@ def test_fork_exec_keeps_plain_fds_and_closes_cloexec_ones(tracer, walk):
 # ---- SCM_RIGHTS -------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_scm_rights_several_fds_with_a_pipe_and_msg_cmsg_cloexec(tracer, walk):
     t = tracer()
     a, b = names(2)
@@ -400,6 +405,7 @@ def test_scm_rights_several_fds_with_a_pipe_and_msg_cmsg_cloexec(tracer, walk):
     assert not [r for r in table["rows"] if r["pid"] == sender]
 
 
+@pytest.mark.smoke
 def test_sendmmsg_recvmmsg_two_messages(tracer, walk):
     t = tracer()
     a, b = names(2)
@@ -486,6 +492,7 @@ def test_scm_rights_two_cmsgs_in_one_sendmsg(tracer, walk):
 # ---- the tun ioctls ---------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_multi_queue_detach_and_attach(tracer, walk):
     t = tracer()
     (a,) = names(1)

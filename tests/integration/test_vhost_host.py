@@ -139,6 +139,7 @@ def test_other_af_ioctls_are_not_reported(tracer, tmp_path):
     assert events_of(lines, "vhost_backend", pid=proc.pid) == []
 
 
+@pytest.mark.smoke
 @pytest.mark.skipif(not os.path.exists("/dev/vhost-net"),
                     reason="no /dev/vhost-net on this kernel (vhost_net not built or "
                            "not loaded)")

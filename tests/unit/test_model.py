@@ -760,6 +760,50 @@ def test_a_sharer_leaving_keeps_saying_how_it_got_the_fds_it_put_there_itself():
     assert w.row(7, 5)["from_pid"] == 2
 
 
+def test_before_6_10_a_vfork_sharers_table_is_its_own_from_the_start_of_its_exec():
+    # no sched_prepare_exec: the BPF says when the exec begins; the kernel unshares
+    # before it lets the vfork parent go, so the parent's changes after that (seen
+    # before the exec's own record) are the parent's alone
+    w = World()
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "b", cloexec=True)
+    w.fork(1, 2, ev.CLONE_FILES | ev.CLONE_VM | ev.CLONE_VFORK | SIGCHLD)
+    w.apply(ev.Unshare, 2, flags=ev.CLONE_FILES | ev.UNSHARE_AT_EXEC)
+    w.dup(1, 3, 9)                                  # the released parent, at once
+    w.close(1, 4)
+
+    out = w.exec(2, "child")
+
+    assert (out[0]["kept"], out[0]["closed"]) == ([3], [4])
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 9): ("a", False, "dup"),
+                         (2, 3): ("a", False, "inherited")}
+    assert types(out) == ["exec", "tap_gone"] and w.gone() == ["b"]
+
+
+def test_an_exec_that_fails_after_it_began_leaves_the_table_shared():
+    w = World()
+    w.tap(1, 3, "a")
+    w.fork(1, 2, ev.CLONE_FILES | SIGCHLD)
+    w.apply(ev.Unshare, 2, flags=ev.CLONE_FILES | ev.UNSHARE_AT_EXEC)
+
+    w.dup(2, 3, 5)                                  # execve returned ENOENT: still shared
+    w.close(1, 3)
+
+    assert w.table() == {(1, 5): ("a", False, "dup"), (2, 5): ("a", False, "dup")}
+    w.exit(2)
+    w.close(1, 5)
+    assert w.gone() == ["a"]                        # the dropped copy held no reference
+
+
+def test_an_exec_beginning_in_a_process_with_its_own_table_changes_nothing():
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES | ev.UNSHARE_AT_EXEC)
+    w.exec(1, "x")
+    w.close(1, 3)
+    assert w.table() == {} and w.gone() == ["a"]
+
+
 def test_unshare_clone_files_gives_the_caller_its_own_copy():
     w = World()
     w.tap(1, 3, "a")

@@ -1,0 +1,44 @@
+"""The guest smoke set on Debian's own kernels: taptrace must load and trace right on
+the kernels users run, not only on this machine's.
+
+Each kernel boots once (tests/guest/guestvm.py: QEMU TCG, the host root read-only over
+9p) and runs the integration tests marked `smoke` there - the demo, a fork/exec
+handoff, SCM_RIGHTS (sendmsg and sendmmsg), CLONE_FILES (with and without exec), a
+multi-queue tap, the real vhost-net sequence, doctor - each comparing taptrace's
+table with /proc inside the guest. `make test-guest` runs the whole integration suite
+the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import guestvm  # noqa: E402
+
+# Every smoke test must run (pass) in each kernel; a skip there is a failure here, except
+# those named with the kernels that legitimately skip them.
+SMOKE_MIN = 10
+
+
+@pytest.mark.parametrize("series", guestvm.DEFAULT_SERIES)
+def test_smoke_set_in_debians_kernel(series):
+    if os.geteuid() != 0:
+        pytest.skip("the guest tests need root (they run taptrace in the guest as root)")
+    if os.environ.get("TAPTRACE_SKIP_GUEST") == "1":
+        pytest.skip("TAPTRACE_SKIP_GUEST=1")
+    try:
+        release = guestvm.resolve(series)
+    except guestvm.GuestError as exc:
+        pytest.fail(f"{exc} (make test installs them: tests/guest/guestvm.py --install)")
+
+    outcome = guestvm.run_pytest(release, ["-m", "smoke", "tests/integration"], timeout=1200)
+
+    print(outcome.summary())
+    assert not outcome.failures, f"{release}: " + "; ".join(outcome.failures)
+    assert outcome.rc == 0, outcome.summary()
+    assert outcome.counts["passed"] >= SMOKE_MIN, outcome.summary()
+    assert outcome.counts["skipped"] == 0, outcome.summary()
