@@ -102,7 +102,7 @@ def install(series: list[str]) -> None:
             continue
         pkgs += SERIES_PACKAGES[s]
     missing = [p for p in pkgs if subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
+        ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True, check=False
     ).stdout != "install ok installed"]
     if not missing:
         return
@@ -111,7 +111,7 @@ def install(series: list[str]) -> None:
     for cmd in (["apt-get", "-q", "-o", "DPkg::Lock::Timeout=600", "update"],
                 ["apt-get", "install", "-y", "-q", "--no-install-recommends",
                  "-o", "DPkg::Lock::Timeout=600", *missing]):
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if r.returncode:
             sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
             raise GuestError(f"{' '.join(cmd[:2])} failed (exit {r.returncode})")
@@ -137,7 +137,7 @@ def vmlinux(release: str) -> Path:
             elf = None
     pos = blob.find(b"\x28\xb5\x2f\xfd")
     if elf is None and pos >= 0:
-        r = subprocess.run(["zstd", "-dcq"], input=blob[pos:], capture_output=True)
+        r = subprocess.run(["zstd", "-dcq"], input=blob[pos:], capture_output=True, check=False)
         elf = r.stdout or None          # trailing bytes make zstd complain after the frame
     if not elf or elf[:4] != b"\x7fELF":
         raise GuestError(f"could not extract an ELF kernel from {src}")
@@ -153,7 +153,7 @@ def _module_files(release: str) -> list[Path]:
     seen: list[Path] = []
     for mod in BOOT_MODULES:
         r = subprocess.run(["modprobe", "--show-depends", "-S", release, mod],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
         if r.returncode:
             raise GuestError(f"modprobe --show-depends {mod} for {release}: {r.stderr.strip()}")
         for line in r.stdout.splitlines():
@@ -359,7 +359,7 @@ def run_pytest(release: str, pytest_args: list[str], *, timeout: float = 3600,
         os.chdir(REPO)
         try:
             rc = run(release, [str(python), "-m", "pytest", "-p", "no:cacheprovider",
-                               "-rfEsx", f"--junitxml=/tt-out/junit.xml", *pytest_args],
+                               "-rfEsx", "--junitxml=/tt-out/junit.xml", *pytest_args],
                      out_dir=out, timeout=timeout, stream=stream)
         finally:
             os.chdir(cwd)

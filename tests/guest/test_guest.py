@@ -17,7 +17,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-import guestvm  # noqa: E402
+import guestvm
 
 # Every smoke test must run (pass) in each kernel; a skip there is a failure here, except
 # those named with the kernels that legitimately skip them.
