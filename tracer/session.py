@@ -13,6 +13,8 @@ import dataclasses
 import errno
 import fnmatch
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +74,79 @@ def ppid_of(pid: int) -> int | None:
         return int(data[data.rindex(b")") + 2:].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+PERF_EVENT_LINK = "anon_inode:[perf_event]"
+
+
+def perf_event_fds() -> list[int]:
+    """This process's perf event fds: one per attached tracepoint."""
+    out = []
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == PERF_EVENT_LINK:
+                out.append(int(name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close fds in parallel: each perf event's release waits for grace periods,
+    and concurrent releases share some of them (18 events: 1.4 s → 0.7 s here)."""
+    threads = [threading.Thread(target=os.close, args=(fd,)) for fd in fds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def release_after(fds: list[int]) -> int | None:
+    """Fork a helper holding `fds`; it closes them when the returned pipe end is
+    closed (or this process dies). None: no helper (fork failed or nothing to hold).
+
+    Double fork: the helper is reparented and reaped by init, never our zombie. It
+    keeps only `fds`, its pipe end and stdout: a program reading our output to its
+    end (a test, a benchmark, `$(taptrace …)`) sees EOF only once the probes are
+    gone, while a shell gets its prompt back as soon as we exit."""
+    if not fds:
+        return None
+    r, w = os.pipe()
+    try:
+        child = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return None
+    if child == 0:
+        code = 0
+        try:
+            if os.fork() != 0:
+                os._exit(0)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            low = 0
+            for fd in sorted({*fds, r, 1}):
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, 1 << 20)
+            while os.read(r, 1):
+                pass
+            _close_all(fds)
+        except BaseException:  # noqa: BLE001 - a helper never returns into the tracer
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(r)
+    try:
+        os.waitpid(child, 0)
+    except ChildProcessError:
+        pass
+    return w
 
 
 def pidfd_pid(pid: int, pidfd: int) -> int:
@@ -198,7 +273,17 @@ class Session:
         return {"type": "table", "rows": enrich_rows(rows), "taps": self.model.tap_list()}
 
     def close(self) -> None:
-        self.probes.close()
+        """Detach the probes. Releasing a tracepoint's perf event waits for RCU grace
+        periods in the kernel (~50-90 ms each here, one event after another under
+        event_mutex): 18 of them held the exit ~1.4 s (2.6 s on a busy machine). A
+        helper takes a reference to each first, so our own closes are cheap; it
+        releases them once we have let go, while we print and exit."""
+        done = release_after(perf_event_fds())
+        try:
+            self.probes.close()
+        finally:
+            if done is not None:
+                os.close(done)
 
     # ---- the loop ----------------------------------------------------------
 
