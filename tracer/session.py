@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from . import events as ev
 from . import procfs
 from .enrich import enrich_rows
-from .model import Model, descendants_filter, iter_ifnames
+from .model import Model, OpenFile, descendants_filter, iter_ifnames
 from .probes import Probes
 
 POLL_MS = 100
 PIDFDS_MAX = 4096
+HELD_OPENS_MAX = 4096
 SCM_ARM_NS = 2_000_000_000
 
 
@@ -171,6 +172,8 @@ class Session:
         self.filters = filters
         self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name)
         self._queue: list[ev.Event] = []
+        # -i: `open` lines of fds whose interface is not known yet, by open file id
+        self._held: dict[int, tuple[OpenFile, dict]] = {}
         self._pidfds: dict[tuple[int, int], int] = {}
         self._min_ts = 0
         self._lost_seen = 0
@@ -352,6 +355,8 @@ class Session:
                     rec["probe"] = [[fd, fd_ifname(e.pid, fd)] for fd in unknown]
             self._record(rec)
         for report in self.model.apply(e):
+            if report["type"] == "open" and self._hold_open(report):
+                continue
             self._out(report)
 
     def _recover(self, count: int) -> None:
@@ -384,14 +389,51 @@ class Session:
             return False
         return not (self._pid_ok is not None and not self._pid_ok(row["pid"]))
 
+    def _hold_open(self, report: dict) -> bool:
+        """With -i, an `open` has no interface yet (it is seen at the fd's first ioctl,
+        usually the TUNSETIFF that names it): keep it until its file has one. True:
+        held (or dropped by the pid/comm filters)."""
+        if self.filters.ifname is None or report.get("ifname"):
+            return False
+        if not self._proc_ok(report):
+            return True
+        proc = self.model.procs.get(report["pid"])
+        entry = proc.table.fds.get(report["fd"]) if proc is not None else None
+        if entry is None:
+            return True
+        self._held[entry.file.id] = (entry.file, report)
+        if len(self._held) > HELD_OPENS_MAX:         # files that never get an interface
+            del self._held[next(iter(self._held))]
+        return True
+
+    def _release_held(self) -> None:
+        """Each held `open` whose file now has an interface: shown (named) if that
+        interface matches -i, else dropped; dropped too once its file is closed.
+        Called before any other line goes out, so the open comes before the line
+        (TUNSETIFF, vhost_backend…) that named its file."""
+        for fid, (file, report) in list(self._held.items()):
+            name = file.label
+            if name:
+                del self._held[fid]
+                if fnmatch.fnmatchcase(name, self.filters.ifname or ""):
+                    self.emit({**report, "ifname": name})
+            elif self.model.files.get(fid) is not file:
+                del self._held[fid]
+
+    def _proc_ok(self, report: dict) -> bool:
+        f = self.filters
+        if f.comm is not None and not fnmatch.fnmatchcase(report.get("comm", ""), f.comm):
+            return False
+        return not (self._pid_ok is not None and not self._pid_ok(report.get("pid", -1)))
+
     def _out(self, report: dict) -> None:
+        if self._held:
+            self._release_held()
         if report.get("quiet"):
             return
         f = self.filters
         if f.active():
-            if f.comm is not None and not fnmatch.fnmatchcase(report.get("comm", ""), f.comm):
-                return
-            if self._pid_ok is not None and not self._pid_ok(report.get("pid", -1)):
+            if not self._proc_ok(report):
                 return
             if f.ifname is not None and not any(
                     fnmatch.fnmatchcase(n, f.ifname) for n in iter_ifnames(report)):
