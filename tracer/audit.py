@@ -29,6 +29,8 @@ Kinds, one finding per holder (pid, fd) or per tap:
                   tap): the port stays
                   on the bridge without its VM (held by nobody, or only by e.g. a
                   leaking libvirtd). A holderless bridged tap is this, not orphan.
+  bad_probe       a failed TUNGETIFF (`fd 9 is not a tap (ENOTTY)`): the process
+                  was given something that is not a tap. Live only.
 
 A persistent tun/tap that no process holds was made to outlive its creator when
 it has an owner or group (`tunctl -u`, `ip tuntap add … user`, `openvpn --mktun
@@ -36,8 +38,6 @@ it has an owner or group (`tunctl -u`, `ip tuntap add … user`, `openvpn --mktu
 by the process whose TUNSETIFF created it: `openvpn --mktun`, `tunctl`). Such a
 one is no orphan (nor vm_gone) unless `strict`: it is kept on purpose. A snapshot
 cannot see who set persist, so there only an owner or group tells.
-  bad_probe       a failed TUNGETIFF (`fd 9 is not a tap (ENOTTY)`): the process
-                  was given something that is not a tap. Live only.
 """
 
 from __future__ import annotations
@@ -240,10 +240,10 @@ def _tap_findings(ifname: str, holders: list[dict], vhost: set[int], tap: dict |
     in_use = any(r["pid"] in facts.qemu for r in holders) or any(p in facts.qemu for p in vhost)
     kind = _kind(tap or (holders[0] if holders else None))
     persist = bool(tap and tap.get("persist"))
-    kept = {"owner": (tap or {}).get("owner"), "group": (tap or {}).get("group"),
-            "kept_on_purpose": kept_on_purpose(tap)}
-    # strict: say why it would have been left out
-    on_purpose = f" (kept on purpose: {kept_text(tap)})" if tap and kept["kept_on_purpose"] \
+    intent = {"owner": (tap or {}).get("owner"), "group": (tap or {}).get("group"),
+              "kept_on_purpose": kept_on_purpose(tap)}
+    # only with strict does a tap kept on purpose get here: say why it could have been left out
+    on_purpose = f" (kept on purpose: {kept_text(tap)})" if tap and intent["kept_on_purpose"] \
         else ""
     if master and not in_use:
         held = ", ".join(f"{_label(r['comm'], r['pid'])} fd {r['fd']}" for r in holders)
@@ -252,12 +252,12 @@ def _tap_findings(ifname: str, holders: list[dict], vhost: set[int], tap: dict |
                            f"{ifname}: a port of {master} that no VM holds ({why})"
                            + ("" if holders else on_purpose),
                            {"master": master, "holders": [[r["pid"], r["fd"]] for r in holders],
-                            "persist": persist, **kept}))
+                            "persist": persist, **intent}))
     elif not holders and not vhost:
         what = f"persistent {kind}" if persist else kind
         out.append(Finding("orphan", ifname, None, None, None,
                            f"{ifname}: {what}, no process holds it{on_purpose}",
-                           {"persist": persist, **kept}))
+                           {"persist": persist, **intent}))
     return out
 
 
