@@ -22,7 +22,7 @@ Kinds, one finding per holder (pid, fd) or per tap:
                   through an open file the VM does not hold (a second queue
                   attached by TUNSETIFF, another VM's QEMU), or while the VM holds
                   none of it. Not a leftover of a handoff: someone else's use.
-  orphan          a tap no process holds (a persistent tap left behind), on no
+  orphan          a tun/tap no process holds (a persistent one left behind), on no
                   bridge.
   vm_gone         a tap on a bridge/OVS master that no QEMU holds (by a tap fd or a
                   vhost vring: a vhost fd is no tap holder, but its QEMU uses the
@@ -31,6 +31,13 @@ Kinds, one finding per holder (pid, fd) or per tap:
                   leaking libvirtd). A holderless bridged tap is this, not orphan.
   bad_probe       a failed TUNGETIFF (`fd 9 is not a tap (ENOTTY)`): the process
                   was given something that is not a tap. Live only.
+
+A persistent tun/tap that no process holds was made to outlive its creator when
+it has an owner or group (`tunctl -u`, `ip tuntap add … user`, `openvpn --mktun
+--user`) or when its creator itself made it persistent while traced (TUNSETPERSIST
+by the process whose TUNSETIFF created it: `openvpn --mktun`, `tunctl`). Such a
+one is no orphan (nor vm_gone) unless `strict`: it is kept on purpose. A snapshot
+cannot see who set persist, so there only an owner or group tells.
 """
 
 from __future__ import annotations
@@ -93,6 +100,38 @@ def _vm_label(pid: int, comm, vm) -> str:
     return _label(comm, pid) + (f" (VM {vm})" if vm else "")
 
 
+def _kind(row_or_tap: dict | None) -> str:
+    """The word for the interface: tap, tun or macvtap (a tun is no tap)."""
+    kind = (row_or_tap or {}).get("kind")
+    return kind if kind in ("tap", "tun", "macvtap") else "tap"
+
+
+def kept_on_purpose(tap: dict | None) -> list[str]:
+    """Why a persistent tun/tap is meant to outlive its creator ([]: no sign of it):
+    `owner` / `group` set, `persist_by_creator` (its creator made it persistent,
+    seen live)."""
+    if not tap or not tap.get("persist"):
+        return []
+    why = [k for k in ("owner", "group") if tap.get(k) is not None]
+    if tap.get("persist_by") is not None and tap.get("persist_by") == tap.get("created_by"):
+        why.append("persist_by_creator")
+    return why
+
+
+def kept_text(tap: dict) -> str:
+    """`owner uid 65534, group gid 100; made persistent by its creator tunctl[42]`"""
+    parts = []
+    if tap.get("owner") is not None:
+        parts.append(f"owner uid {tap['owner']}")
+    if tap.get("group") is not None:
+        parts.append(f"group gid {tap['group']}")
+    text = ", ".join(parts)
+    if "persist_by_creator" in kept_on_purpose(tap):
+        text += ("; " if text else "") + (f"made persistent by its creator "
+                                          f"{_label(tap.get('created_comm'), tap['created_by'])}")
+    return text
+
+
 def gather(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic],
            cmdline_of: Callable[[int], tuple[str, ...] | None] = proc_cmdline,
            host=host_side, run_dir: str = LIBVIRT_RUN) -> HostFacts:
@@ -143,12 +182,15 @@ def _owners(ifname: str, holders: list[dict], nics: Mapping[str, LibvirtNic],
 
 def audit(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic],
           facts: HostFacts, probes: Iterable[dict] = (),
-          chain_of: ChainOf = no_chain) -> list[Finding]:
+          chain_of: ChainOf = no_chain, strict: bool = False,
+          kept: list[str] | None = None) -> list[Finding]:
     """Every finding about these rows and taps (and failed TUNGETIFF reports).
 
     chain_of(file, pid): how an open file came to a process, known when traced live.
     A vhost-net fd (kind "vhost") holds no tap fd: it is no holder that can leak,
-    but a QEMU whose vhost vrings use a tap is using that tap."""
+    but a QEMU whose vhost vrings use a tap is using that tap.
+    strict: a holderless persistent tun/tap kept on purpose is a finding too; if not,
+    its name goes to `kept` (when given) instead."""
     taps = list(taps)
     by_tap: dict[str, list[dict]] = {}
     vhost_users: dict[str, set[int]] = {}
@@ -165,8 +207,14 @@ def audit(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic]
         holders = by_tap.get(ifname, [])
         if not holders and ifname not in facts.masters:
             continue                  # gone from /sys since the model last saw it
+        tap = tap_info.get(ifname)
+        if not holders and not vhost_users.get(ifname) and not strict \
+                and kept_on_purpose(tap):
+            if kept is not None:
+                kept.append(ifname)
+            continue
         out.extend(_tap_findings(ifname, holders, vhost_users.get(ifname, set()),
-                                 tap_info.get(ifname), nics, facts, chain_of))
+                                 tap, nics, facts, chain_of))
     out.extend(f for f in map(probe_finding, probes) if f is not None)
     order = {k: i for i, k in enumerate(KINDS)}
     out.sort(key=lambda f: (order[f.kind], f.ifname or "", f.pid or 0, f.fd or 0))
@@ -190,19 +238,26 @@ def _tap_findings(ifname: str, holders: list[dict], vhost: set[int], tap: dict |
     if master is None and holders:
         master = next((r.get("master") for r in holders if r.get("master")), None)
     in_use = any(r["pid"] in facts.qemu for r in holders) or any(p in facts.qemu for p in vhost)
+    kind = _kind(tap or (holders[0] if holders else None))
+    persist = bool(tap and tap.get("persist"))
+    intent = {"owner": (tap or {}).get("owner"), "group": (tap or {}).get("group"),
+              "kept_on_purpose": kept_on_purpose(tap)}
+    # only with strict does a tap kept on purpose get here: say why it could have been left out
+    on_purpose = f" (kept on purpose: {kept_text(tap)})" if tap and intent["kept_on_purpose"] \
+        else ""
     if master and not in_use:
         held = ", ".join(f"{_label(r['comm'], r['pid'])} fd {r['fd']}" for r in holders)
         why = f"held only by {held}" if holders else "no process holds it"
         out.append(Finding("vm_gone", ifname, None, None, None,
-                           f"{ifname}: a port of {master} that no VM holds ({why})",
+                           f"{ifname}: a port of {master} that no VM holds ({why})"
+                           + ("" if holders else on_purpose),
                            {"master": master, "holders": [[r["pid"], r["fd"]] for r in holders],
-                            "persist": bool(tap and tap.get("persist"))}))
+                            "persist": persist, **intent}))
     elif not holders and not vhost:
-        persist = bool(tap and tap.get("persist"))
-        what = "persistent tap" if persist else f"{(tap or {}).get('kind', 'tap')}"
+        what = f"persistent {kind}" if persist else kind
         out.append(Finding("orphan", ifname, None, None, None,
-                           f"{ifname}: {what}, no process holds it",
-                           {"persist": persist}))
+                           f"{ifname}: {what}, no process holds it{on_purpose}",
+                           {"persist": persist, **intent}))
     return out
 
 
@@ -237,7 +292,7 @@ def _holder_finding(ifname: str, r: dict, vm_files: dict, owners: set[int], vm, 
                  "copy": f" (a copy; created by {made_by})",
                  None: f" (created by {made_by})" if r.get("creator_pid") else ""}[role]
         return Finding("leak", ifname, r["pid"], r["fd"], r["comm"],
-                       f"{ifname}: {who}{whose} still holds the tap that "
+                       f"{ifname}: {who}{whose} still holds the {_kind(r)} that "
                        f"{_vm_label(vm_row['pid'], vm_row['comm'], vm)} uses", detail)
     owner = min(owners)
     owner_comm = next((x["comm"] for x in vm_files.values() if x["pid"] == owner), None)
@@ -253,7 +308,8 @@ def _holder_finding(ifname: str, r: dict, vm_files: dict, owners: set[int], vm, 
     other = (f" (itself a VM{' ' + own_vm if own_vm else ''})"
              if r["pid"] in facts.qemu else "")
     return Finding("foreign_holder", ifname, r["pid"], r["fd"], r["comm"],
-                   f"{ifname}: {who}{other} holds the tap of {owner_label}, {how}", detail)
+                   f"{ifname}: {who}{other} holds the {_kind(r)} of {owner_label}, {how}",
+                   detail)
 
 
 def probe_finding(report: dict) -> Finding | None:

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 
 import click
 
@@ -202,7 +203,7 @@ def ls(json_out: bool, ifname: str | None) -> None:
 
     One row per (pid, fd) holding a tun/tap file: ifname, kind, flags,
     close-on-exec, and the other (pid, fd) sharing the same open file (kcmp).
-    Taps that exist with no holder (persistent) are listed too."""
+    Tuns and taps that exist with no holder (persistent) are listed too."""
     snap = procfs.snapshot(workers=_scan_workers())
     model = Model()
     model.load(snap)
@@ -355,9 +356,7 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
     if tap is None:
         _write(f"{render.safe(ifname_arg)}: gone")
     else:
-        _write(f"{render.safe(tap['ifname'])}: {tap['kind']} "
-               f"flags={','.join(tap['flags']) or '-'}{' persist' if tap['persist'] and 'persist' not in tap['flags'] else ''}, "
-               f"{tap['files']} open file(s)")
+        _write(f"{render.tap_text(tap)}, {tap['files']} open file(s)")
     _write(render.table_text(rows))
     for line in render.mac_story(ifname_arg, rows):
         _write(line)
@@ -434,6 +433,7 @@ Examples:
   sudo taptrace audit --watch 60     # trace a minute: failed TUNGETIFF as they
                                      # happen, then the table, leaks with their creator
   taptrace audit -q || alert         # 0 clean, 1 findings, 3 could not audit
+  taptrace audit --strict            # also persistent tuns/taps kept on purpose
 """
 
 
@@ -451,7 +451,11 @@ class AuditError(click.ClickException):
 @click.option("-i", "--ifname", metavar="GLOB",
               help="Only interfaces matching GLOB (failed probes name none: left out).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; only the exit status.")
-def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: bool) -> None:
+@click.option("--strict", is_flag=True,
+              help="Also report a persistent tun/tap that no process holds when it was kept "
+                   "on purpose (owner or group set, or made persistent by its creator).")
+def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: bool,
+              strict: bool) -> None:
     """Report tap handoff problems; exit 1 when there are any.
 
     \b
@@ -459,8 +463,13 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
                     open file its VM uses
     foreign_holder  a process that is not the tap's VM holds it another way
     vm_gone         a tap on a bridge/OVS master that no VM holds
-    orphan          a tap no process holds (e.g. persistent, left behind)
-    bad_probe       a failed TUNGETIFF: a process was given a non-tap fd (--watch)
+    orphan          a tun/tap no process holds (persistent, left behind)
+    bad_probe       a failed TUNGETIFF: a process was given a non-tun/tap fd
+                    (--watch)
+
+    A persistent tun/tap with an owner or group (tunctl -u), or made persistent
+    by its creator while traced (openvpn --mktun), is kept on purpose: not an
+    orphan or vm_gone unless --strict.
 
     The VM of a tap is the QEMU of the libvirt domain that has it as a target,
     else a QEMU whose -netdev names that fd or tap, else any QEMU holding it."""
@@ -519,21 +528,33 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
     taps = [t for t in model.tap_list()
             if ifname is None or fnmatch.fnmatchcase(t["ifname"], ifname)]
     facts = au.gather(rows, taps, nics)
-    for f in au.audit(rows, taps, nics, facts, chain_of=chain_of or au.no_chain):
+    kept: list[str] = []
+    for f in au.audit(rows, taps, nics, facts, chain_of=chain_of or au.no_chain,
+                      strict=strict, kept=kept):
         show(f)
     complete = os.geteuid() == 0
     kinds = au.summary(found)
-    checked = len({t["ifname"] for t in taps} | {r["ifname"] for r in rows if r["ifname"]})
+    kind_of = {t["ifname"]: t["kind"] for t in taps}
+    for r in rows:
+        if r["ifname"] and r["kind"] != "vhost":
+            kind_of.setdefault(r["ifname"], r["kind"])
+    checked = len(kind_of)
     if json_out and not quiet:
         _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "audit",
                                  "findings": len(found), "kinds": kinds, "taps": checked,
-                                 "rows": len(rows), "complete": complete}))
+                                 "rows": len(rows), "complete": complete,
+                                 "kept_on_purpose": kept}))
     elif not quiet:
         what = (f"{len(found)} finding{'s' if len(found) != 1 else ''} ("
                 + ", ".join(f"{k} {n}" for k, n in kinds.items()) + ")"
                 if found else "no findings")
-        _write(f"# audit: {what}; {checked} tap{'s' if checked != 1 else ''}, "
-               f"{len(rows)} tap fd{'s' if len(rows) != 1 else ''} checked"
+        counts = ", ".join(f"{n} {k}{'s' if n != 1 else ''}"
+                           for k, n in sorted(Counter(kind_of.values()).items()))
+        names = ", ".join(render.safe(n) for n in kept[:5]) + (
+            f" +{len(kept) - 5} more" if len(kept) > 5 else "")
+        _write(f"# audit: {what}; {counts or '0 taps'}, "
+               f"{len(rows)} fd{'s' if len(rows) != 1 else ''} checked"
+               + (f"; kept on purpose, not counted (--strict): {names}" if kept else "")
                + ("" if complete else " (not root: other users' fds unseen, so "
                   "orphan/vm_gone may be wrong)"))
     if found:

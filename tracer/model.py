@@ -137,6 +137,9 @@ class Tap:
     created_by: int | None = None
     created_comm: str | None = None
     files: set = field(default_factory=set)      # OpenFile ids attached to it
+    owner: int | None = None                     # TUNSETOWNER uid (None: none, -1 in /sys)
+    group: int | None = None                     # TUNSETGROUP gid
+    persist_by: int | None = None                # whose TUNSETPERSIST made it persistent (live)
 
 
 @dataclass
@@ -199,7 +202,8 @@ class Model:
 
     def _load(self, snap, keep_files: dict, keep_entries: dict) -> None:
         for info in snap.taps.values():
-            self.taps[info.ifname] = Tap(info.ifname, info.kind, info.tun_flags, info.persist)
+            self.taps[info.ifname] = Tap(info.ifname, info.kind, info.tun_flags, info.persist,
+                                         owner=info.owner, group=info.group)
         table_of: dict[int, FdTable] = {}
         for group in snap.tables:
             t = self._new_table()
@@ -288,6 +292,7 @@ class Model:
             old = taps_before.get(name)
             if old is not None:
                 tap.created_by, tap.created_comm = old.created_by, old.created_comm
+                tap.persist_by = old.persist_by if tap.persist else None
         after = {(r["pid"], r["fd"], r["ifname"]) for r in self.rows()}
         return {"type": "resync", "added": len(after - before), "removed": len(before - after),
                 "rows": len(after)}
@@ -558,11 +563,19 @@ class Model:
             tap = self.taps.get(ifname) if ifname else None
             if e.ret == 0 and tap is not None:
                 tap.persist = bool(e.value)
+                tap.persist_by = e.pid if e.value else None
             out.append(self._report("tunsetpersist", e.ts, e.pid, e.tid, comm, **base,
                                     ifname=ifname, persist=bool(e.value)))
         elif e.cmd in (ev.TUNSETOWNER, ev.TUNSETGROUP):
             key = "uid" if e.cmd == ev.TUNSETOWNER else "gid"
             value = e.value & 0xFFFFFFFF
+            tap = self.taps.get(ifname) if ifname else None
+            if e.ret == 0 and tap is not None:
+                who = None if value == 0xFFFFFFFF else value
+                if key == "uid":
+                    tap.owner = who
+                else:
+                    tap.group = who
             out.append(self._report(name.lower(), e.ts, e.pid, e.tid, comm, **base,
                                     ifname=ifname, **{key: None if value == 0xFFFFFFFF
                                                       else value}))
@@ -934,6 +947,7 @@ class Model:
                         (k for k in by_file[f.id] if k != (pid, fd)), SHARED_MAX)],
                     "shared_count": len(by_file[f.id]) - 1,
                     "queue": "detached" if f.queue_detached else "attached",
+                    "owner": tap.owner if tap else None, "group": tap.group if tap else None,
                     "backends": [{"index": i, "vq": ev.VHOST_VQ_NAMES.get(i),
                                   "ifname": b.ifname if b else None,
                                   "file": b.id if b else None}
@@ -947,7 +961,8 @@ class Model:
                  "flags": ev.iff_names((t.iff & ~ev.IFF_PERSIST)
                                        | (ev.IFF_PERSIST if t.persist else 0)),
                  "persist": t.persist, "files": len(t.files), "created_by": t.created_by,
-                 "created_comm": t.created_comm}
+                 "created_comm": t.created_comm, "owner": t.owner, "group": t.group,
+                 "persist_by": t.persist_by}
                 for t in sorted(self.taps.values(), key=lambda t: t.ifname)]
 
     def lineage(self, ifname: str) -> list[dict]:

@@ -8,7 +8,9 @@ surrogateescape code points U+DC80..U+DCFF).
 
 from __future__ import annotations
 
+import grp
 import json
+import pwd
 import time
 from collections.abc import Iterable
 
@@ -207,6 +209,8 @@ def _cell(row: dict, key: str) -> str:
         if row.get("fd_role") == "vhost":
             parts.append("vhost")
         return safe(" ".join(p for p in parts if p) or None)
+    if key == "owner":
+        return owner_text(row) or "-"
     if key == "shared_with":
         others = [f"{p}/{f}" for p, f in row["shared_with"][:4]]
         total = row.get("shared_count", len(row["shared_with"]))
@@ -216,24 +220,58 @@ def _cell(row: dict, key: str) -> str:
     return safe(row.get(key))
 
 
+def owner_text(obj: dict) -> str:
+    """A tun/tap's owner and group as `id` writes them (`uid=65534(nobody) gid=100(users)`);
+    "" when neither is set (/sys shows -1)."""
+    parts = []
+    for key, tag, lookup in (("owner", "uid", pwd.getpwuid), ("group", "gid", grp.getgrgid)):
+        value = obj.get(key)
+        if value is None:
+            continue
+        try:
+            name = f"({safe(lookup(value)[0])})"
+        except (KeyError, OverflowError, TypeError):
+            name = ""
+        parts.append(f"{tag}={value}{name}")
+    return " ".join(parts)
+
+
+OWNER_COLUMNS = [("owner", "OWNER")]
+
 VM_COLUMNS = [("vm", "VM"), ("nic", "NIC"), ("guest_mac", "GUEST MAC"),
               ("host_mac", "HOST MAC")]
 
 
+def tap_text(tap: dict) -> str:
+    """One tun/tap of the tap list: `tap0: tap tap,no_pi persist uid=65534(nobody)`."""
+    owner = owner_text(tap)
+    return (f"{safe(tap['ifname'])}: {tap['kind']} {','.join(tap['flags']) or '-'}"
+            f"{' persist' if tap.get('persist') and 'persist' not in tap['flags'] else ''}"
+            f"{' ' + owner if owner else ''}")
+
+
+def kinds_word(kinds: Iterable[str]) -> str:
+    """`Taps`, `Tuns` or `Tuns and taps`: a tun is no tap."""
+    word = " and ".join(k + "s" for k in sorted(set(kinds), key=lambda k: (k != "tun", k)))
+    return (word or "taps").capitalize()
+
+
 def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = True) -> str:
     """The table for people; `complete` is False when other users' fds were unreadable.
-    VM columns appear when some holder is a VM."""
-    cols = ROW_COLUMNS + (VM_COLUMNS if any(r.get("vm") for r in rows) else [])
+    VM columns appear when some holder is a VM, OWNER when some tun/tap has an owner or
+    a group."""
+    owned = any(r.get("owner") is not None or r.get("group") is not None for r in rows)
+    cols = (ROW_COLUMNS + (OWNER_COLUMNS if owned else [])
+            + (VM_COLUMNS if any(r.get("vm") for r in rows) else []))
     body = [[_cell(r, k) for k, _ in cols] for r in rows]
     text = tabulate(body, headers=[h for _, h in cols], tablefmt="simple",
                     disable_numparse=True) if body else "(no process holds a tun/tap fd)"
     orphans = [t for t in taps if not t.get("files")]
     if orphans:
-        lines = [f"{safe(t['ifname'])}: {t['kind']} {','.join(t['flags']) or '-'}"
-                 f"{' persist' if t.get('persist') and 'persist' not in t['flags'] else ''}"
-                 " — no process holds it" for t in orphans]
-        title = ("Taps with no holder:" if complete else
-                 "Taps with no holder visible to you (root sees every process):")
+        lines = [f"{tap_text(t)} — no process holds it" for t in orphans]
+        what = kinds_word(t["kind"] for t in orphans)
+        title = (f"{what} with no holder:" if complete else
+                 f"{what} with no holder visible to you (root sees every process):")
         text += f"\n\n{title}\n  " + "\n  ".join(lines)
     return text
 

@@ -138,7 +138,7 @@ def test_a_tap_kept_after_handing_it_to_qemu_is_a_leak_until_closed(vms):
     lines = human.stdout.splitlines()
     assert lines[0].startswith(f"leak {vm.name}: ") and f"[{me}] fd {vm.fd} still holds" in lines[0]
     assert lines[0].endswith(f"qemu-system-x86[{vm.qemu.pid}] (VM auditvm) uses")
-    assert lines[-1] == "# audit: 1 finding (leak 1); 1 tap, 2 tap fds checked"
+    assert lines[-1] == "# audit: 1 finding (leak 1); 1 tap, 2 fds checked"
 
     vm.close_mine()
     assert tapkit.truth([me, vm.qemu.pid]) == {(vm.qemu.pid, vm.fd, vm.name)}
@@ -146,7 +146,7 @@ def test_a_tap_kept_after_handing_it_to_qemu_is_a_leak_until_closed(vms):
     assert (rc, found, summary["findings"], summary["rows"]) == (0, [], 0, 1)
     human = taptrace("audit", "-i", vm.name)
     assert (human.returncode, human.stdout) == (
-        0, "# audit: no findings; 1 tap, 1 tap fd checked\n")
+        0, "# audit: no findings; 1 tap, 1 fd checked\n")
 
 
 @need_qemu

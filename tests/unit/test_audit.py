@@ -79,8 +79,11 @@ class Host:
 
     # ---- a snapshot --------------------------------------------------------
     def load(self, procs: dict[int, tuple[str, ...]], fds: list[tuple[int, int, str]],
-             taps: dict[str, int], files: list[list[tuple[int, int]]]) -> None:
-        """procs: pid -> argv; fds: (pid, fd, ifname); files: (pid, fd) groups (kcmp)."""
+             taps: dict[str, int], files: list[list[tuple[int, int]]],
+             owners: dict[str, tuple[int | None, int | None]] | None = None) -> None:
+        """procs: pid -> argv; fds: (pid, fd, ifname); files: (pid, fd) groups (kcmp);
+        owners: ifname -> (owner, group) as /sys shows them (default: none)."""
+        owners = owners or {}
         for pid, argv in procs.items():
             self.argv[pid] = argv
             self.comm[pid] = argv[0].rsplit("/", 1)[-1][:15]
@@ -89,8 +92,9 @@ class Host:
         self.m.load(Snapshot(
             procs={p: ProcInfo(p, 1, self.comm[p], a, 0) for p, a in procs.items()},
             fds=[FdInfo(p, fd, "/dev/net/tun", n, False, 0o2) for p, fd, n in fds],
-            taps={n: TapInfo(n, 10 + i, "tap", fl, bool(fl & ev.IFF_PERSIST),
-                             bool(fl & ev.IFF_MULTI_QUEUE), False, None, None, None)
+            taps={n: TapInfo(n, 10 + i, "tap" if fl & ev.IFF_TAP else "tun", fl,
+                             bool(fl & ev.IFF_PERSIST), bool(fl & ev.IFF_MULTI_QUEUE), False,
+                             *owners.get(n, (None, None)), None)
                   for i, (n, fl) in enumerate(taps.items())},
             files=files, tables=[[p] for p in procs]))
 
@@ -100,7 +104,8 @@ class Host:
             return None
         return HostSide(name, "fe:54:00:00:00:01", self.masters[name], "up", 5)
 
-    def audit(self, live: bool = True, probes=()) -> list[au.Finding]:
+    def audit(self, live: bool = True, probes=(), strict: bool = False,
+              kept: list | None = None) -> list[au.Finding]:
         rows = enrich_rows(self.m.rows(), cmdline_of=self.argv.get, nics=self.nics,
                            host=self.host_side, libvirtd=lambda: self.libvirtd)
         taps = self.m.tap_list()
@@ -112,7 +117,7 @@ class Host:
             return Model.chain(files[file], pid) if file in files else []
 
         return au.audit(rows, taps, self.nics, facts, probes=probes,
-                        chain_of=chain_of if live else au.no_chain)
+                        chain_of=chain_of if live else au.no_chain, strict=strict, kept=kept)
 
 
 def keys(findings: list[au.Finding]) -> list[tuple]:
@@ -287,12 +292,32 @@ def test_a_tap_no_vm_claims_held_by_its_program_is_fine():
 
 def test_a_persistent_tap_nobody_holds_is_an_orphan():
     h = Host()
-    h.tap(10, 3, "keep0")
-    h.apply(ev.TunIoctl, 10, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=1)
-    h.close(10, 3)
-    [f] = h.audit()
+    h.load({}, [], {"keep0": TAP | ev.IFF_PERSIST}, [])     # no owner, no group, no history
+    [f] = h.audit(live=False)
     assert keys([f]) == [("orphan", "keep0", None, None)]
     assert f.message == "keep0: persistent tap, no process holds it"
+    assert f.detail == {"persist": True, "owner": None, "group": None, "kept_on_purpose": []}
+
+
+def test_a_persistent_tun_is_called_a_tun():
+    h = Host()
+    h.load({}, [], {"tun7": ev.IFF_TUN | ev.IFF_NO_PI | ev.IFF_PERSIST}, [])
+    [f] = h.audit(live=False)
+    assert f.message == "tun7: persistent tun, no process holds it"
+
+
+def test_a_tap_made_persistent_by_another_process_than_its_creator_is_an_orphan():
+    h = Host()
+    h.tap(10, 3, "keep0")
+    h.fork(10, 11)
+    h.apply(ev.TunIoctl, 11, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=1)
+    h.apply(ev.Exit, 11)
+    h.close(10, 3)
+    [tap] = h.m.tap_list()
+    assert (tap["created_by"], tap["persist_by"], tap["persist"]) == (10, 11, True)
+    [f] = h.audit()
+    assert keys([f]) == [("orphan", "keep0", None, None)]
+    assert f.detail["kept_on_purpose"] == []
 
 
 def test_a_holderless_tap_on_a_bridge_is_vm_gone_not_orphan():
@@ -302,7 +327,8 @@ def test_a_holderless_tap_on_a_bridge_is_vm_gone_not_orphan():
     [f] = h.audit(live=False)
     assert keys([f]) == [("vm_gone", "vnet9", None, None)]
     assert f.message == "vnet9: a port of virbr0 that no VM holds (no process holds it)"
-    assert f.detail == {"master": "virbr0", "holders": [], "persist": True}
+    assert f.detail == {"master": "virbr0", "holders": [], "persist": True, "owner": None,
+                        "group": None, "kept_on_purpose": []}
 
 
 def test_a_bridged_tap_left_with_libvirtd_after_qemu_exited_is_vm_gone():
@@ -330,8 +356,9 @@ def test_a_tap_gone_from_sys_is_not_reported():
     h.tap(10, 3, "keep0")
     h.apply(ev.TunIoctl, 10, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=1)
     h.close(10, 3)
+    assert [f.kind for f in h.audit(strict=True)] == ["orphan"]
     del h.masters["keep0"]                       # `ip link del keep0`: no record of it
-    assert h.audit() == []
+    assert h.audit(strict=True) == []
 
 
 def test_a_bridged_tap_used_by_qemu_only_through_vhost_is_fine():
@@ -343,6 +370,145 @@ def test_a_bridged_tap_used_by_qemu_only_through_vhost_is_fine():
     h.close(200, 30)                             # the vring still holds the tap's file
     h.masters["vnet4"] = "br0"
     assert h.audit() == []
+
+
+# =============================================================================
+# persistent taps kept on purpose (tunctl -u, openvpn --mktun) and --strict
+# =============================================================================
+
+TUN = ev.IFF_TUN | ev.IFF_NO_PI
+NOBODY = 65534
+
+
+def tunctl(h: Host, pid: int, name: str, owner: int | None = NOBODY,
+           group: int | None = None) -> None:
+    """What `tunctl -t NAME -u nobody [-g G]` does (strace): TUNSETIFF, TUNSETPERSIST 1,
+    TUNSETOWNER [, TUNSETGROUP], exit."""
+    h.comm[pid] = "tunctl"
+    h.tap(pid, 3, name, TAP)
+    h.apply(ev.TunIoctl, pid, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=1)
+    if owner is not None:
+        h.apply(ev.TunIoctl, pid, fd=3, cmd=ev.TUNSETOWNER, ret=0, ifname="", value=owner)
+    if group is not None:
+        h.apply(ev.TunIoctl, pid, fd=3, cmd=ev.TUNSETGROUP, ret=0, ifname="", value=group)
+    h.apply(ev.Exit, pid)
+
+
+def mktun(h: Host, pid: int, name: str) -> None:
+    """What `openvpn --mktun --dev NAME` does (strace): a tun, TUNSETPERSIST 1, close."""
+    h.comm[pid] = "openvpn"
+    h.tap(pid, 3, name, TUN)
+    h.apply(ev.TunIoctl, pid, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=1)
+    h.close(pid, 3)
+    h.apply(ev.Exit, pid)
+
+
+def test_tunctl_with_an_owner_is_kept_on_purpose_not_an_orphan():
+    h = Host()
+    tunctl(h, 40, "tap0")
+    [tap] = h.m.tap_list()
+    assert (tap["kind"], tap["persist"], tap["files"], tap["owner"], tap["group"],
+            tap["created_by"], tap["persist_by"]) == ("tap", True, 0, NOBODY, None, 40, 40)
+    kept: list = []
+    assert h.audit(kept=kept) == [] and kept == ["tap0"]
+    [f] = h.audit(strict=True)
+    assert keys([f]) == [("orphan", "tap0", None, None)]
+    assert f.message == ("tap0: persistent tap, no process holds it (kept on purpose: "
+                         "owner uid 65534; made persistent by its creator tunctl[40])")
+    assert f.detail == {"persist": True, "owner": NOBODY, "group": None,
+                        "kept_on_purpose": ["owner", "persist_by_creator"]}
+
+
+def test_openvpn_mktun_is_a_tun_its_creator_made_persistent():
+    h = Host()
+    mktun(h, 50, "tun0")
+    [tap] = h.m.tap_list()
+    assert (tap["kind"], tap["owner"], tap["group"], tap["persist_by"]) == (
+        "tun", None, None, 50)
+    assert h.audit() == []
+    [f] = h.audit(strict=True)
+    assert f.message == ("tun0: persistent tun, no process holds it (kept on purpose: "
+                         "made persistent by its creator openvpn[50])")
+    assert f.detail["kept_on_purpose"] == ["persist_by_creator"]
+
+
+def test_from_a_snapshot_only_an_owner_or_a_group_tells_intent():
+    h = Host()
+    h.load({}, [], {"tap0": TAP | ev.IFF_PERSIST, "tap1": TAP | ev.IFF_PERSIST,
+                    "tun0": TUN | ev.IFF_PERSIST},
+           [], owners={"tap0": (NOBODY, None), "tap1": (None, 100)})
+    assert [(t["ifname"], t["owner"], t["group"], t["persist_by"]) for t in h.m.tap_list()] == [
+        ("tap0", NOBODY, None, None), ("tap1", None, 100, None), ("tun0", None, None, None)]
+    kept: list = []
+    assert keys(h.audit(live=False, kept=kept)) == [("orphan", "tun0", None, None)]
+    assert kept == ["tap0", "tap1"]
+    found = h.audit(live=False, strict=True)
+    assert [(f.ifname, f.detail["kept_on_purpose"]) for f in found] == [
+        ("tap0", ["owner"]), ("tap1", ["group"]), ("tun0", [])]
+    assert found[1].message == ("tap1: persistent tap, no process holds it "
+                                "(kept on purpose: group gid 100)")
+
+
+def test_owner_and_group_follow_the_ioctls_and_show_in_rows():
+    h = Host()
+    h.tap(10, 3, "tap0")
+    assert (h.m.rows()[0]["owner"], h.m.rows()[0]["group"]) == (None, None)
+    h.apply(ev.TunIoctl, 10, fd=3, cmd=ev.TUNSETOWNER, ret=0, ifname="", value=1000)
+    h.apply(ev.TunIoctl, 10, fd=3, cmd=ev.TUNSETGROUP, ret=-errno.EPERM, ifname="", value=5)
+    assert (h.m.rows()[0]["owner"], h.m.rows()[0]["group"]) == (1000, None)  # EPERM: unset
+    h.apply(ev.TunIoctl, 10, fd=3, cmd=ev.TUNSETGROUP, ret=0, ifname="", value=5)
+    [row] = h.m.rows()
+    [tap] = h.m.tap_list()
+    assert (row["owner"], row["group"], tap["owner"], tap["group"]) == (1000, 5, 1000, 5)
+
+
+def test_a_held_tap_with_an_owner_is_no_finding_and_persist_off_forgets_intent():
+    h = Host()
+    h.tap(10, 3, "tap0")
+    h.apply(ev.TunIoctl, 10, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=1)
+    assert h.audit(strict=True) == []               # held: nothing to say, strict or not
+    h.apply(ev.TunIoctl, 10, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=0)
+    assert h.m.tap_list()[0]["persist_by"] is None
+    h.fork(10, 11)                                  # a child makes it persistent again
+    h.apply(ev.TunIoctl, 11, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=1)
+    h.apply(ev.Exit, 11)
+    h.close(10, 3)
+    assert keys(h.audit()) == [("orphan", "tap0", None, None)]
+
+
+def test_a_failed_tunsetpersist_is_no_intent():
+    h = Host()
+    h.tap(10, 3, "tap0")
+    h.apply(ev.TunIoctl, 10, fd=3, cmd=ev.TUNSETPERSIST, ret=-errno.EPERM, ifname="", value=1)
+    assert h.m.tap_list()[0]["persist_by"] is None
+    h.close(10, 3)
+    assert h.m.tap_list() == []                     # not persistent: it went with its file
+
+
+def test_a_holderless_owned_tap_on_a_bridge_is_kept_not_vm_gone_unless_strict():
+    h = Host()
+    h.load({}, [], {"tap9": TAP | ev.IFF_PERSIST}, [], owners={"tap9": (1000, None)})
+    h.masters["tap9"] = "br0"                       # a user's VM tap, waiting for its VM
+    kept: list = []
+    assert h.audit(live=False, kept=kept) == [] and kept == ["tap9"]
+    [f] = h.audit(live=False, strict=True)
+    assert keys([f]) == [("vm_gone", "tap9", None, None)]
+    assert f.message == ("tap9: a port of br0 that no VM holds (no process holds it) "
+                         "(kept on purpose: owner uid 1000)")
+
+
+def test_a_resync_keeps_who_made_a_tap_persistent():
+    h = Host()
+    tunctl(h, 40, "tap0", owner=None)
+    snap = Snapshot(procs={}, fds=[], files=[], tables=[],
+                    taps={"tap0": TapInfo("tap0", 12, "tap", TAP | ev.IFF_PERSIST, True, False,
+                                          False, None, None, None)})
+    h.m.resync(snap)
+    [tap] = h.m.tap_list()
+    assert (tap["created_by"], tap["persist_by"]) == (40, 40)
+    assert h.audit() == []
+    assert [f.detail["kept_on_purpose"] for f in h.audit(strict=True)] == [
+        ["persist_by_creator"]]
 
 
 # =============================================================================
@@ -377,7 +543,9 @@ def test_findings_come_in_kind_order_with_flat_json_fields():
     h = Host()
     libvirt_start(h, close_after=False)
     h.tap(10, 3, "keep0")
-    h.apply(ev.TunIoctl, 10, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=1)
+    h.fork(10, 11)                               # not its creator: no sign of intent
+    h.apply(ev.TunIoctl, 11, fd=3, cmd=ev.TUNSETPERSIST, ret=0, ifname="", value=1)
+    h.apply(ev.Exit, 11)
     h.close(10, 3)
     h.comm[5] = "qemu-system-x86"
     [probe] = h.getiff(5, 7, ret=-errno.EBADF)

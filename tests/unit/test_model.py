@@ -169,7 +169,8 @@ def test_open_then_tunsetiff_creates_a_tap():
             row["queue"]) == ("tap", ["no_pi", "vnet_hdr"], 10, "tunctl", "attached")
     assert w.m.tap_list() == [{"ifname": "tap0", "kind": "tap",
                                "flags": ["tap", "no_pi", "vnet_hdr"], "persist": False,
-                               "files": 1, "created_by": 10, "created_comm": "tunctl"}]
+                               "files": 1, "created_by": 10, "created_comm": "tunctl",
+                               "owner": None, "group": None, "persist_by": None}]
 
 
 def test_a_tun_device_is_kind_tun():
@@ -1319,7 +1320,7 @@ def test_resync_of_an_fd_that_now_holds_another_file():
 
 ROW_KEYS = {"pid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
             "creator_pid", "creator_comm", "how", "from_pid", "from_fd", "shared_with",
-            "shared_count", "queue", "backends"}
+            "shared_count", "queue", "backends", "owner", "group"}
 
 
 def test_a_row_has_exactly_these_fields():
@@ -1333,7 +1334,8 @@ def test_a_row_has_exactly_these_fields():
                    "flags": ["no_pi", "vnet_hdr"], "cloexec": True, "path": "/dev/net/tun",
                    "file": w.row(1, 27)["file"], "creator_pid": 1, "creator_comm": "libvirtd",
                    "how": "received", "from_pid": 1, "from_fd": 27, "shared_with": [[1, 27]],
-                   "shared_count": 1, "queue": "attached", "backends": []}
+                   "shared_count": 1, "queue": "attached", "backends": [],
+                   "owner": None, "group": None}
 
 
 def test_shared_with_is_capped_but_shared_count_is_exact():
@@ -1429,7 +1431,8 @@ def test_tap_list_entries_have_a_fixed_set_of_fields():
     w = World()
     w.tap(1, 3, "a")
     assert [set(t) for t in w.m.tap_list()] == [
-        {"ifname", "kind", "flags", "persist", "files", "created_by", "created_comm"}]
+        {"ifname", "kind", "flags", "persist", "files", "created_by", "created_comm",
+         "owner", "group", "persist_by"}]
 
 
 def test_lineage_items_and_chain_hops_have_a_fixed_set_of_fields():
