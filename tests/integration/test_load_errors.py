@@ -27,32 +27,30 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 BROKEN = "TRACEPOINT_PROBE(syscalls, sys_exit_ioctl) { return nosuchname; }\n"
 
 
-def test_a_verifier_rejection_names_the_program_and_the_verifiers_reason():
+def refusal(text: str) -> probes.ProbeError:
+    """What loading TEXT the way the backend loads its program raises."""
     need_root()
     kheaders.prepare_bcc_env()
     bcc = probes._import_bcc()
-
     with pytest.raises(probes.ProbeError) as err:
-        probes.load_bpf(bcc, REJECTED, [], None)
+        probes.load_bpf(bcc, text, [], None)
+    return err.value
 
-    msg = str(err.value)
+
+def test_a_verifier_rejection_names_the_program_and_the_verifiers_reason():
+    err = refusal(REJECTED)
+
+    msg = str(err)
     assert msg.startswith("the kernel's verifier rejected BPF program "
                           "tracepoint__syscalls__sys_exit_ioctl on Linux "
                           f"{platform.release()}: ")
     assert "invalid read from stack" in msg and "headers" not in msg
     assert "\n" not in msg
-    assert err.value.details and any("invalid read from stack" in d for d in err.value.details)
+    assert err.details and any("invalid read from stack" in d for d in err.details)
 
 
 def test_a_compile_error_is_reported_as_one_and_names_clangs_error():
-    need_root()
-    kheaders.prepare_bcc_env()
-    bcc = probes._import_bcc()
-
-    with pytest.raises(probes.ProbeError) as err:
-        probes.load_bpf(bcc, BROKEN, [], None)
-
-    msg = str(err.value)
+    msg = str(refusal(BROKEN))
     assert msg.startswith("could not compile the BPF program against ")
     assert "nosuchname" in msg and "verifier" not in msg
 
@@ -80,14 +78,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 
 
 def test_a_refused_attach_is_the_kernels_word_not_a_headers_problem():
-    need_root()
-    kheaders.prepare_bcc_env()
-    bcc = probes._import_bcc()
-
-    with pytest.raises(probes.ProbeError) as err:
-        probes.load_bpf(bcc, PAST_CONTEXT, [], None)
-
-    msg = str(err.value)
+    msg = str(refusal(PAST_CONTEXT))
     refused = ("the kernel refused to attach BPF program "
                "tracepoint__syscalls__sys_exit_ioctl to syscalls:sys_exit_ioctl")
     assert msg.startswith((refused, "the kernel's verifier rejected BPF program")), msg
