@@ -156,7 +156,7 @@ def test_open_then_tunsetiff_creates_a_tap():
     out = w.open(10, 3, cloexec=True)
     assert out == [{"type": "open", "ts_ns": out[0]["ts_ns"], "pid": 10, "tid": 10,
                     "comm": "tunctl", "fd": 3, "path": "/dev/net/tun", "ifname": None,
-                    "cloexec": True}]
+                    "cloexec": True, "netns": None, "netns_name": None}]
     assert w.table() == {(10, 3): (None, True, "opened")}     # a tun fd, no interface yet
 
     out = w.setiff(10, 3, "tap0", VNET)
@@ -169,7 +169,8 @@ def test_open_then_tunsetiff_creates_a_tap():
             row["queue"]) == ("tap", ["no_pi", "vnet_hdr"], 10, "tunctl", "attached")
     assert w.m.tap_list() == [{"ifname": "tap0", "kind": "tap",
                                "flags": ["tap", "no_pi", "vnet_hdr"], "persist": False,
-                               "files": 1, "created_by": 10, "created_comm": "tunctl"}]
+                               "files": 1, "created_by": 10, "created_comm": "tunctl",
+                               "ifindex": None, "netns": None, "netns_name": None}]
 
 
 def test_a_tun_device_is_kind_tun():
@@ -1275,7 +1276,7 @@ def test_resync_of_an_fd_that_now_holds_another_file():
 
 ROW_KEYS = {"pid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
             "creator_pid", "creator_comm", "how", "from_pid", "from_fd", "shared_with",
-            "shared_count", "queue", "backends"}
+            "shared_count", "queue", "backends", "netns", "netns_name"}
 
 
 def test_a_row_has_exactly_these_fields():
@@ -1289,7 +1290,8 @@ def test_a_row_has_exactly_these_fields():
                    "flags": ["no_pi", "vnet_hdr"], "cloexec": True, "path": "/dev/net/tun",
                    "file": w.row(1, 27)["file"], "creator_pid": 1, "creator_comm": "libvirtd",
                    "how": "received", "from_pid": 1, "from_fd": 27, "shared_with": [[1, 27]],
-                   "shared_count": 1, "queue": "attached", "backends": []}
+                   "shared_count": 1, "queue": "attached", "backends": [],
+                   "netns": None, "netns_name": None}
 
 
 def test_shared_with_is_capped_but_shared_count_is_exact():
@@ -1325,25 +1327,28 @@ def test_descendants_filter_follows_the_model_then_proc():
 # =============================================================================
 
 COMMON = {"type", "ts_ns", "pid", "tid", "comm"}
-TUN_IOCTL = {"fd", "ioctl", "ret", "error", "ifname"}
+NS = {"netns", "netns_name"}               # a report about one file: its tap's namespace
+TUN_IOCTL = {"fd", "ioctl", "ret", "error", "ifname"} | NS
 REPORT_KEYS = {
-    "open": {"fd", "path", "ifname", "cloexec"},
+    "open": {"fd", "path", "ifname", "cloexec"} | NS,
     "tunsetiff": TUN_IOCTL | {"flags", "created", "kind"},
     "tungetiff": TUN_IOCTL | {"message"},
     "tunsetqueue": TUN_IOCTL | {"op"},
     "tunsetpersist": TUN_IOCTL | {"persist"},
     "tunsetowner": TUN_IOCTL | {"uid"},
     "tunsetgroup": TUN_IOCTL | {"gid"},
-    "dup": {"fd", "newfd", "how", "cloexec", "ifname"},
-    "close": {"fd", "ifname", "how"},
-    "cloexec": {"fd", "cloexec", "how", "ifname"},
-    "fork": {"child_pid", "flags", "shared_table", "fds", "ifnames", "quiet"},
-    "exec": {"kept", "closed", "ifnames", "quiet"},
-    "exit": {"closed", "ifnames", "quiet"},
-    "scm_send": {"sock", "fds", "ifnames"},
-    "scm_recv": {"sock", "fds", "from_pid", "from_comm", "from_fds", "ifnames", "cloexec"},
-    "pidfd_getfd": {"fd", "from_pid", "from_fd", "ifname"},
-    "tap_gone": {"ifname"},
+    "dup": {"fd", "newfd", "how", "cloexec", "ifname"} | NS,
+    "close": {"fd", "ifname", "how"} | NS,
+    "cloexec": {"fd", "cloexec", "how", "ifname"} | NS,
+    # reports listing fds: `netns` lists each one's namespace, like `ifnames`
+    "fork": {"child_pid", "flags", "shared_table", "fds", "ifnames", "netns", "quiet"},
+    "exec": {"kept", "closed", "ifnames", "netns", "quiet"},
+    "exit": {"closed", "ifnames", "netns", "quiet"},
+    "scm_send": {"sock", "fds", "ifnames", "netns"},
+    "scm_recv": {"sock", "fds", "from_pid", "from_comm", "from_fds", "ifnames", "netns",
+                 "cloexec"},
+    "pidfd_getfd": {"fd", "from_pid", "from_fd", "ifname"} | NS,
+    "tap_gone": {"ifname"} | NS,
     "lost": {"count"},
 }
 
@@ -1385,14 +1390,16 @@ def test_tap_list_entries_have_a_fixed_set_of_fields():
     w = World()
     w.tap(1, 3, "a")
     assert [set(t) for t in w.m.tap_list()] == [
-        {"ifname", "kind", "flags", "persist", "files", "created_by", "created_comm"}]
+        {"ifname", "kind", "flags", "persist", "files", "created_by", "created_comm",
+         "ifindex", "netns", "netns_name"}]
 
 
 def test_lineage_items_and_chain_hops_have_a_fixed_set_of_fields():
     w = World()
     w.tap(1, 3, "a")
     [item] = w.m.lineage("a")
-    assert set(item) == {"file", "creator_pid", "open", "steps", "chain"}
+    assert set(item) == {"file", "creator_pid", "open", "steps", "chain", "netns",
+                         "netns_name"}
     assert all(set(h) == {"op", "pid", "comm", "fd"} for h in item["chain"])
     assert all({"ts_ns", "op", "pid", "comm", "fd"} <= set(s) for s in item["steps"])
 
