@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from tabulate import tabulate
 
@@ -153,16 +153,40 @@ def describe(r: dict) -> tuple[str, str, str]:
     return fd, ifn, ""
 
 
+def netns_label(netns, name, own) -> str | None:
+    """How people see a namespace that is not taptrace's own: its `ip netns` name, else
+    its inode; None for taptrace's own (or an unknown) one."""
+    if netns is None or netns == own:
+        return None
+    return safe(name) if name else str(netns)
+
+
+def _report_netns(r: dict, own, names: Mapping) -> str:
+    """` [netns ctr1]` after an event line about a tap of another namespace."""
+    ns = r.get("netns")
+    if isinstance(ns, dict):
+        ns = list(ns.values())
+    if isinstance(ns, list):
+        labels = [netns_label(n, names.get(n), own) for n in ns]
+    else:
+        labels = [netns_label(ns, r.get("netns_name") or names.get(ns), own)]
+    seen = list(dict.fromkeys(lb for lb in labels if lb))
+    return f" [netns {','.join(seen)}]" if seen else ""
+
+
 HEADER = f"{'TIME':<12} {'PID':>7} {'COMM':<16} {'EVENT':<13} {'FD':>4} {'IFNAME':<15} DETAIL"
 
 
-def event_line(r: dict, clock_offset_ns: int) -> str:
+def event_line(r: dict, clock_offset_ns: int, own_netns: int | None = None,
+               netns_names: Mapping | None = None) -> str:
+    """One human line; a tap in a namespace other than `own_netns` is named."""
     ts = r.get("ts_ns")
     when = "-"
     if ts is not None:
         wall = (ts + clock_offset_ns) / 1e9
         when = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1000) % 1000:03d}"
     fd, ifn, detail = describe(r)
+    detail += _report_netns(r, own_netns, netns_names or {})
     comm = safe(r.get("comm", ""))[:16]
     return (f"{when:<12} {r.get('pid', ''):>7} {comm:<16} {r['type']:<13} {fd:>4} "
             f"{ifn:<15} {detail}")
@@ -207,6 +231,8 @@ def _cell(row: dict, key: str) -> str:
         if row.get("fd_role") == "vhost":
             parts.append("vhost")
         return safe(" ".join(p for p in parts if p) or None)
+    if key == "netns":
+        return netns_label(row.get("netns"), row.get("netns_name"), row.get("_own")) or "-"
     if key == "shared_with":
         others = [f"{p}/{f}" for p, f in row["shared_with"][:4]]
         total = row.get("shared_count", len(row["shared_with"]))
@@ -220,30 +246,40 @@ VM_COLUMNS = [("vm", "VM"), ("nic", "NIC"), ("guest_mac", "GUEST MAC"),
               ("host_mac", "HOST MAC")]
 
 
-def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = True) -> str:
+def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = True,
+               own_netns: int | None = None) -> str:
     """The table for people; `complete` is False when other users' fds were unreadable.
-    VM columns appear when some holder is a VM."""
-    cols = ROW_COLUMNS + (VM_COLUMNS if any(r.get("vm") for r in rows) else [])
-    body = [[_cell(r, k) for k, _ in cols] for r in rows]
+    VM columns appear when some holder is a VM; a NETNS column when some tap is in
+    another network namespace than `own_netns` (taptrace's)."""
+    cols = list(ROW_COLUMNS)
+    if any(netns_label(r.get("netns"), None, own_netns) for r in rows):
+        cols.insert(cols.index(("ifname", "IFNAME")) + 1, ("netns", "NETNS"))
+    cols += VM_COLUMNS if any(r.get("vm") for r in rows) else []
+    body = [[_cell({**r, "_own": own_netns}, k) for k, _ in cols] for r in rows]
     text = tabulate(body, headers=[h for _, h in cols], tablefmt="simple",
                     disable_numparse=True) if body else "(no process holds a tun/tap fd)"
     orphans = [t for t in taps if not t.get("files")]
     if orphans:
         lines = [f"{safe(t['ifname'])}: {t['kind']} {','.join(t['flags']) or '-'}"
                  f"{' persist' if t.get('persist') and 'persist' not in t['flags'] else ''}"
-                 " — no process holds it" for t in orphans]
+                 + (f" in netns {lb}" if (lb := netns_label(t.get("netns"),
+                                                             t.get("netns_name"), own_netns))
+                    else "")
+                 + " — no process holds it" for t in orphans]
         title = ("Taps with no holder:" if complete else
                  "Taps with no holder visible to you (root sees every process):")
         text += f"\n\n{title}\n  " + "\n  ".join(lines)
     return text
 
 
-def mac_story(ifname: str, rows: list[dict]) -> list[str]:
-    """Why the guest's MAC is not the tap's: the two ends of one link."""
+def mac_story(ifname: str, rows: list[dict], netns: str | None = None) -> list[str]:
+    """Why the guest's MAC is not the tap's: the two ends of one link. `netns`: the
+    label of the tap's namespace where it is not taptrace's."""
     r = next((r for r in rows if r.get("guest_mac") or r.get("host_mac")), None)
     if r is None or not r.get("host_mac"):
         return []
-    lines = [(f"host side: {safe(ifname)} mac {safe(r['host_mac'])}"
+    where = f" (netns {netns})" if netns else ""
+    lines = [(f"host side: {safe(ifname)}{where} mac {safe(r['host_mac'])}"
              f"{' on ' + safe(r['master']) if r.get('master') else ''}"
              f"{', ' + safe(r['operstate']) if r.get('operstate') else ''}")]
     if r.get("guest_mac"):

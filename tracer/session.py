@@ -26,6 +26,7 @@ from .probes import Probes
 POLL_MS = 100
 PIDFDS_MAX = 4096
 SCM_ARM_NS = 2_000_000_000
+NETNS_NAMES_EVERY_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,11 @@ class Session:
         self.emit = emit
         self._record = record
         self.filters = filters
-        self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name)
+        self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name,
+                           netns_of=self._netns_of)
+        self._ns_asked: list[list] = []          # the model's netns questions, recorded
+        self._ns_names: dict[int, str] = {}
+        self._ns_names_at = 0
         self._queue: list[ev.Event] = []
         self._pidfds: dict[tuple[int, int], int] = {}
         self._min_ts = 0
@@ -115,7 +120,7 @@ class Session:
                  "buffer_pages": info.buffer_pages, "kernel_source": info.kernel_source,
                  "rows": sum(len(p.table.fds) for p in self.model.procs.values()),
                  "taps": len(self.model.taps),
-                 "tracer_pid": os.getpid()}
+                 "tracer_pid": os.getpid(), "own_netns": self.model.own_netns}
         self.emit(ready)
         return ready
 
@@ -164,6 +169,40 @@ class Session:
         return ev.Open(ts=e.ts, pid=e.pid, tid=e.tid, comm=e.comm, fd=e.fd, path=path,
                        flags=flags)
 
+    def _netns_name(self, ino: int) -> str | None:
+        """`ip netns`'s name for a namespace (re-read /run/netns at most once a second
+        when a namespace it did not name turns up)."""
+        if ino not in self._ns_names and ino != self.model.own_netns:
+            now = time.monotonic_ns()
+            if now - self._ns_names_at > NETNS_NAMES_EVERY_NS:
+                self._ns_names, self._ns_names_at = procfs.netns_names(), now
+        return self._ns_names.get(ino)
+
+    def _netns_of(self, pid: int, fd: int) -> tuple[int | None, str | None] | None:
+        """The model's NetnsProbe: the namespace of the tap behind pid/fd.
+
+        Asked of the fd itself (TUNGETDEVNETNS on a pidfd_getfd copy): exact, because
+        the device lives where the file was opened, whatever the process did since
+        (slirp4netns's and pasta's children setns() first). The fd may be gone by the
+        time its record is read: then a sharer of the same fd table (a CLONE_FILES
+        child that made the tap and exited leaves it to its parent), and only then the
+        process's own namespace *now*, a guess (wrong if it setns()ed since)."""
+        proc = self.model.procs.get(pid)
+        sharers = sorted(proc.table.users - {pid}) if proc is not None else []
+        ino = None
+        for p in [pid, *sharers]:
+            ino = procfs.tap_netns(p, fd)
+            if ino is not None:
+                break
+        if ino is None:
+            ino = procfs.pid_netns(pid)
+        if ino is None:
+            self._ns_asked.append([pid, fd, None, None])
+            return None
+        name = self._netns_name(ino)
+        self._ns_asked.append([pid, fd, ino, name])
+        return ino, name
+
     def _remember_pidfd(self, e: ev.PidfdOpen) -> None:
         # The pidfd is often closed before its pidfd_getfd record is read: remember
         # what it named when it was made (bounded; a reused number is overwritten).
@@ -195,7 +234,9 @@ class Session:
 
     def table(self) -> dict:
         rows = [r for r in self.model.rows(self.filters.ifname) if self._row_ok(r)]
-        return {"type": "table", "rows": enrich_rows(rows), "taps": self.model.tap_list()}
+        return {"type": "table", "own_netns": self.model.own_netns,
+                "rows": enrich_rows(rows, own_netns=self.model.own_netns),
+                "taps": self.model.tap_list()}
 
     def close(self) -> None:
         self.probes.close()
@@ -255,6 +296,7 @@ class Session:
             self.probes.arm_scm(now + SCM_ARM_NS)
 
     def _apply(self, e: ev.Event) -> None:
+        rec = None
         if self._record is not None:
             rec = ev.to_record(e)
             if isinstance(e, ev.ScmRecv):   # what the model asks /proc, for replay
@@ -265,8 +307,13 @@ class Session:
                            if entry.cloexec is None] if proc is not None else []
                 if unknown:
                     rec["probe"] = [[fd, fd_ifname(e.pid, fd)] for fd in unknown]
+        self._ns_asked.clear()
+        reports = self.model.apply(e)
+        if rec is not None:
+            if self._ns_asked:              # the namespaces read for it, for replay
+                rec["netns"] = [list(a) for a in self._ns_asked]
             self._record(rec)
-        for report in self.model.apply(e):
+        for report in reports:
             self._out(report)
 
     def _recover(self, count: int) -> None:
@@ -282,8 +329,10 @@ class Session:
             report.update(ts_ns=now, **me)
             self.emit(report)
         # what went away while records were lost still deserves its line
-        for name in sorted(taps_before - set(self.model.taps)):
-            self._out({"type": "tap_gone", "ts_ns": now, **me, "ifname": name})
+        for netns, name in sorted(taps_before - set(self.model.taps),
+                                  key=lambda k: (k[1], k[0] or 0)):
+            self._out({"type": "tap_gone", "ts_ns": now, **me, "ifname": name,
+                       **self.model.ns_fields(netns)})
 
     # ---- filtering ---------------------------------------------------------
 
