@@ -27,6 +27,10 @@ POLL_MS = 100
 PIDFDS_MAX = 4096
 SCM_ARM_NS = 2_000_000_000
 NETNS_NAMES_EVERY_NS = 1_000_000_000
+# How long a TUNSETIFF whose process has already gone (slirp4netns's child sends the
+# fd to its parent and exits) may wait for the record of the fd's receive, where the
+# tap's namespace can be asked of the receiver's copy.
+NETNS_HOLD_NS = 300_000_000
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class Session:
         self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name,
                            netns_of=self._netns_of)
         self._ns_asked: list[list] = []          # the model's netns questions, recorded
+        self._ns_ready: dict[tuple[int, int], tuple[int, str | None]] = {}
+        self._self_pid = os.getpid()
         self._ns_names: dict[int, str] = {}
         self._ns_names_at = 0
         self._queue: list[ev.Event] = []
@@ -187,13 +193,8 @@ class Session:
         time its record is read: then a sharer of the same fd table (a CLONE_FILES
         child that made the tap and exited leaves it to its parent), and only then the
         process's own namespace *now*, a guess (wrong if it setns()ed since)."""
-        proc = self.model.procs.get(pid)
-        sharers = sorted(proc.table.users - {pid}) if proc is not None else []
-        ino = None
-        for p in [pid, *sharers]:
-            ino = procfs.tap_netns(p, fd)
-            if ino is not None:
-                break
+        ready = self._ns_ready.pop((pid, fd), None)
+        ino = ready[0] if ready is not None else self._netns_exact(pid, fd)
         if ino is None:
             ino = procfs.pid_netns(pid)
         if ino is None:
@@ -202,6 +203,43 @@ class Session:
         name = self._netns_name(ino)
         self._ns_asked.append([pid, fd, ino, name])
         return ino, name
+
+    def _netns_exact(self, pid: int, fd: int) -> int | None:
+        """TUNGETDEVNETNS on pid's fd, or on the same fd of a sharer of its table."""
+        proc = self.model.procs.get(pid)
+        sharers = sorted(proc.table.users - {pid}) if proc is not None else []
+        for p in [pid, *sharers]:
+            ino = procfs.tap_netns(p, fd)
+            if ino is not None:
+                return ino
+        return None
+
+    def _netns_ahead(self, e: ev.TunIoctl, rest: list) -> int | None:
+        """The namespace of the tap just made at e.pid/e.fd, asked of where the fd went
+        next when its maker has gone: the receiver of its SCM_RIGHTS send among the
+        records that follow (the first receive of that position whose fd has that
+        name, as the model will match it)."""
+        send = next((r for r in rest if isinstance(r, ev.ScmSend) and r.pid == e.pid
+                     and e.fd in r.fds), None)
+        if send is None:
+            return None
+        pos = send.fds.index(e.fd)
+        for r in rest[rest.index(send) + 1:]:
+            if (isinstance(r, ev.ScmRecv) and pos < len(r.fds) <= len(send.fds)
+                    and fd_ifname(r.pid, r.fds[pos]) == e.ifname):
+                return procfs.tap_netns(r.pid, r.fds[pos])
+        return None
+
+    def _prepare_netns(self, e: ev.TunIoctl, rest: list) -> bool:
+        """Read the namespace of the tap a TUNSETIFF made before the model asks (see
+        _netns_of); False when neither its fd nor a receiver's copy can tell yet."""
+        ino = self._netns_exact(e.pid, e.fd)
+        if ino is None:
+            ino = self._netns_ahead(e, rest)
+        if ino is None:
+            return False
+        self._ns_ready[(e.pid, e.fd)] = (ino, None)
+        return True
 
     def _remember_pidfd(self, e: ev.PidfdOpen) -> None:
         # The pidfd is often closed before its pidfd_getfd record is read: remember
@@ -258,23 +296,32 @@ class Session:
                 on_tick()
         # what the kernel already recorded belongs in the final table
         self.probes.poll(0)
-        self.drain()
+        self.drain(final=True)
 
     def step(self, timeout_ms: int = POLL_MS) -> None:
         """Poll once, apply what arrived, recover from loss."""
         self.probes.poll(timeout_ms)
         self.drain()
 
-    def drain(self) -> None:
+    def drain(self, final: bool = False) -> None:
+        """Apply what arrived. A TUNSETIFF whose tap's namespace cannot be read yet
+        (its maker gone, its receive not recorded yet) holds back itself and what
+        follows until the next poll, for NETNS_HOLD_NS at most; `final`: hold nothing."""
         batch, self._queue[:] = list(self._queue), []
         if self.probes.info.buffer == "perf":
             batch.sort(key=lambda e: e.ts)          # per-CPU buffers: restore order
-        for e in batch:
+        self._ns_ready.clear()
+        for i, e in enumerate(batch):
             if isinstance(e, ev.PidfdOpen):
                 self._remember_pidfd(e)
                 continue
-            if e.ts < self._min_ts:
-                continue
+            if e.ts < self._min_ts or e.pid == self._self_pid:
+                continue          # (the tracer's own copies, taken to read namespaces)
+            if (isinstance(e, ev.TunIoctl) and e.cmd == ev.TUNSETIFF and e.ret == 0
+                    and not self._prepare_netns(e, batch[i + 1:]) and not final
+                    and time.monotonic_ns() - e.ts < NETNS_HOLD_NS):
+                self._queue[:0] = batch[i:]
+                break
             self.stats["events"] += 1
             if isinstance(e, ev.PidfdGetfd):
                 src = self._pidfds.get((e.pid, e.pidfd)) or pidfd_pid(e.pid, e.pidfd)
