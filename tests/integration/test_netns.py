@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import tapkit
@@ -205,3 +206,73 @@ def test_slirp4netns_beside_a_host_tap_of_the_same_name(tracer, names, tmp_path)
         (True, own), (True, ns_ino)])
     assert sorted((tp["netns"], tp["files"]) for tp in objs[-1]["taps"]
                   if tp["ifname"] == name) == sorted([(own, 0), (ns_ino, 1)])
+
+
+MAKER_LEAVES = """
+import ctypes, json, os, socket, sys
+sys.path.insert(0, sys.argv[3])
+import tapkit
+
+ns_path, name = sys.argv[1], sys.argv[2]
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+child = os.fork()
+if child == 0:              # slirp4netns's way: into the namespace, make, send, leave
+    ns = os.open(ns_path, os.O_RDONLY)
+    if ctypes.CDLL(None, use_errno=True).setns(ns, 0x40000000) != 0:
+        os._exit(3)
+    fd, _ = tapkit.create_tap(name)
+    tapkit.send_fds(a, [fd])
+    os.close(fd)
+    os._exit(0)
+os.waitpid(child, 0)
+print(json.dumps({"step": "sent", "child": child}), flush=True)
+sys.stdin.readline()        # the receiver takes its time: the maker is long gone
+[fd] = tapkit.recv_fds(b, 1)
+print(json.dumps({"step": "hold", "pid": os.getpid(), "fd": fd}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_maker_left_and_its_receiver_took_the_tap_later(tracer, names, tmp_path):
+    """When the TUNSETIFF's record is read, the fd it was made on is gone (its maker
+    sent it and exited while the tracer was stopped) and the receive has not happened
+    yet: the tracer holds the record back until the receive's record comes and reads
+    the tap's namespace from the receiver's copy. Guessing instead would take the
+    host's namesake for it (`created: false`, one tap)."""
+    ns = tapkit.add_netns("ttn")
+    names["netns"].append(ns)
+    name = tapkit.unique_name("tts")
+    names["links"].append(name)
+    ns_ino = tapkit.netns_inode(f"/run/netns/{ns}")
+    script = tmp_path / "maker_leaves.py"
+    script.write_text(MAKER_LEAVES)
+    t = tracer()
+    host_tap_left_behind(name)
+    proc = None
+    os.kill(t.proc.pid, signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen([sys.executable, str(script), f"/run/netns/{ns}", name,
+                                 str(ROOT / "tests")], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, start_new_session=True)
+        sent = json.loads(proc.stdout.readline())
+    finally:
+        os.kill(t.proc.pid, signal.SIGCONT)
+    try:
+        time.sleep(0.05)      # the tracer reads the TUNSETIFF with no receive after it
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        said = json.loads(proc.stdout.readline())
+        truth = tapkit.truth_ns([said["pid"]])
+        assert truth == {(said["pid"], said["fd"], name, ns_ino)}
+        lines, table = t.stop()
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    [made] = events_of(lines, "tunsetiff", pid=sent["child"])
+    assert (made["created"], made["netns"], made["netns_name"]) == (True, ns_ino, ns)
+    got = {(r["pid"], r["fd"], r["ifname"], r["netns"]) for r in table["rows"]
+           if r["pid"] == said["pid"]}
+    assert got == truth
+    assert sorted((tp["netns"], tp["persist"], tp["files"]) for tp in table["taps"]
+                  if tp["ifname"] == name) == sorted([(tapkit.own_netns(), True, 0),
+                                                      (ns_ino, False, 1)])
