@@ -276,3 +276,51 @@ def test_the_maker_left_and_its_receiver_took_the_tap_later(tracer, names, tmp_p
     assert sorted((tp["netns"], tp["persist"], tp["files"]) for tp in table["taps"]
                   if tp["ifname"] == name) == sorted([(tapkit.own_netns(), True, 0),
                                                       (ns_ino, False, 1)])
+
+
+PASTA = shutil.which("pasta")
+
+
+@pytest.mark.skipif(PASTA is None, reason="pasta (passt) is not installed (scripts/setup.sh)")
+def test_pasta_names_its_tap_after_the_host_nic_and_who_tells_them_apart(names):
+    """pasta (passt) copies the name of the host's uplink (here eth0) for the tap it
+    makes in the namespace. `who NAME` and `ls` find that tap there, with its own MAC,
+    and never describe the host's NIC of that name as its host side. No ports are
+    forwarded and nothing is sent (-t/-u/-T/-U none)."""
+    ns = tapkit.add_netns("ttn")
+    names["netns"].append(ns)
+    ns_ino = tapkit.netns_inode(f"/run/netns/{ns}")
+    proc = subprocess.Popen([PASTA, "-f", "-q", "--runas", "0", "-t", "none", "-u", "none",
+                             "-T", "none", "-U", "none", "--no-map-gw", "--netns-only",
+                             "--netns", f"/run/netns/{ns}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        truth: set = set()
+        deadline = time.monotonic() + 10
+        while not truth and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            truth = tapkit.truth_ns([proc.pid])
+        if not truth:
+            err = proc.stderr.read() if proc.poll() is not None else ""
+            raise AssertionError(f"pasta made no tap: {proc.poll()} {err}")
+        [(pid, fd, name, where)] = truth
+        assert where == ns_ino
+        inside = tapkit.link_facts(name, ns)
+        host = subprocess.run(["ip", "-j", "link", "show", "dev", name], capture_output=True,
+                              text=True, check=False)
+        host_mac = json.loads(host.stdout)[0]["address"] if host.returncode == 0 else None
+
+        who = taptrace("who", name)
+        assert who.returncode == 0 and "gone" not in who.stdout
+        assert f"{name} (netns {ns}): tap flags=tap,no_pi, 1 open file(s)" in who.stdout
+        assert f"host side: {name} (netns {ns}) mac {inside['mac']}" in who.stdout
+        if host_mac is not None:          # the host's NIC of that name is not its host side
+            assert host_mac not in who.stdout
+        rows = taptrace_json("who", name, "--netns", ns)["rows"]
+        assert [(r["pid"], r["fd"], r["netns"], r["host_mac"]) for r in rows] == [
+            (pid, fd, ns_ino, inside["mac"])]
+        assert taptrace_json("who", name, "--netns", str(tapkit.own_netns()))["rows"] == []
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
