@@ -324,3 +324,50 @@ def test_pasta_names_its_tap_after_the_host_nic_and_who_tells_them_apart(names):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+OPENED_HERE = """
+import ctypes, json, os, sys
+sys.path.insert(0, sys.argv[3])
+import tapkit
+
+fd = tapkit.open_tun()      # opened in the host's namespace...
+ns = os.open(sys.argv[1], os.O_RDONLY)
+if ctypes.CDLL(None, use_errno=True).setns(ns, 0x40000000) != 0:
+    sys.exit(3)
+tapkit.set_iff(fd, sys.argv[2])    # ...TUNSETIFF from inside the container's
+print(json.dumps({"pid": os.getpid(), "fd": fd}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_tap_lives_where_its_file_was_opened_not_where_its_process_is(tracer, names,
+                                                                        tmp_path):
+    """The kernel makes the device in the namespace of the /dev/net/tun file (its
+    open), so a process that opens, setns()es and then does TUNSETIFF makes a tap in
+    the namespace it left. The tracer asks the fd, not /proc/PID/ns/net."""
+    ns = tapkit.add_netns("ttn")
+    names["netns"].append(ns)
+    name = tapkit.unique_name("tts")
+    names["links"].append(name)
+    own = tapkit.own_netns()
+    script = tmp_path / "opened_here.py"
+    script.write_text(OPENED_HERE)
+    t = tracer()
+    proc = subprocess.Popen([sys.executable, str(script), f"/run/netns/{ns}", name,
+                             str(ROOT / "tests")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        said = json.loads(proc.stdout.readline())
+        truth = tapkit.truth_ns([said["pid"]])
+        assert truth == {(said["pid"], said["fd"], name, own)}
+        assert tapkit.netns_inode(f"/proc/{said['pid']}/ns/net") != own
+        assert tapkit.link_facts(name) is not None and tapkit.link_facts(name, ns) is None
+        lines, table = t.stop()
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    [made] = events_of(lines, "tunsetiff", ifname=name)
+    assert (made["created"], made["netns"]) == (True, own)
+    assert {(r["pid"], r["fd"], r["ifname"], r["netns"]) for r in table["rows"]
+            if r["pid"] == said["pid"]} == truth
