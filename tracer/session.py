@@ -232,12 +232,13 @@ class Session:
 
     def _prepare_netns(self, e: ev.TunIoctl, rest: list) -> bool:
         """Read the namespace of the tap a TUNSETIFF made before the model asks (see
-        _netns_of); False when neither its fd nor a receiver's copy can tell yet."""
+        _netns_of); False only when its fd has gone and no receiver's copy can tell
+        yet (an fd still open that cannot tell, a macvtap's, will not tell later)."""
         ino = self._netns_exact(e.pid, e.fd)
         if ino is None:
             ino = self._netns_ahead(e, rest)
         if ino is None:
-            return False
+            return fd_ifname(e.pid, e.fd) is not None
         self._ns_ready[(e.pid, e.fd)] = (ino, None)
         return True
 
@@ -315,8 +316,13 @@ class Session:
             if isinstance(e, ev.PidfdOpen):
                 self._remember_pidfd(e)
                 continue
-            if e.ts < self._min_ts or e.pid == self._self_pid:
-                continue          # (the tracer's own copies, taken to read namespaces)
+            if e.pid == self._self_pid:
+                # its own copies of tun fds (taken to read namespaces) put the tracer
+                # into the in-kernel interest set: out again, and no events
+                self.probes.drop_interest(self._self_pid)
+                continue
+            if e.ts < self._min_ts:
+                continue
             if (isinstance(e, ev.TunIoctl) and e.cmd == ev.TUNSETIFF and e.ret == 0
                     and not self._prepare_netns(e, batch[i + 1:]) and not final
                     and time.monotonic_ns() - e.ts < NETNS_HOLD_NS):
