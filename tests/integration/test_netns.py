@@ -26,8 +26,8 @@ import tapkit
 from conftest import ROOT, events_of
 
 SLIRP = shutil.which("slirp4netns")
-pytestmark = pytest.mark.skipif(SLIRP is None,
-                                reason="slirp4netns is not installed (scripts/setup.sh)")
+needs_slirp = pytest.mark.skipif(SLIRP is None,
+                                 reason="slirp4netns is not installed (scripts/setup.sh)")
 
 
 def taptrace(*args: str) -> subprocess.CompletedProcess:
@@ -88,6 +88,7 @@ def names():
         tapkit.delete_netns(n)
 
 
+@needs_slirp
 def test_a_slirp4netns_tap_is_in_the_container_namespace(tracer, names):
     ns = tapkit.add_netns("ttn")
     names["netns"].append(ns)
@@ -138,6 +139,7 @@ def test_a_slirp4netns_tap_is_in_the_container_namespace(tracer, names):
         (ns_ino, 1)]
 
 
+@needs_slirp
 def test_slirp4netns_beside_a_host_tap_of_the_same_name(tracer, names, tmp_path):
     """Two devices, one name: neither is merged into the other, the orphan is the
     host's, and each one's facts come from its own namespace."""
