@@ -23,7 +23,7 @@ import time
 
 import pytest
 import tapkit
-from conftest import ROOT, events_of
+from conftest import ROOT, events_of, need_root
 
 SLIRP = shutil.which("slirp4netns")
 needs_slirp = pytest.mark.skipif(SLIRP is None,
@@ -80,6 +80,7 @@ def host_tap_left_behind(name: str) -> None:
 @pytest.fixture
 def names():
     """Namespaces and host links a test makes, removed at the end."""
+    need_root()
     made: dict[str, list[str]] = {"netns": [], "links": []}
     yield made
     for n in made["links"]:
