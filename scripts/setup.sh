@@ -26,7 +26,7 @@ quiet() {
 installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 
 release=$(uname -r)
-PACKAGES=(python3-bpfcc python3-venv bpftrace gcc libc6-dev make iproute2 kmod qemu-system-x86 libvirt-daemon-system libvirt-clients uml-utilities openvpn)
+PACKAGES=(python3-bpfcc python3-venv bpftrace gcc libc6-dev make iproute2 kmod qemu-system-x86 libvirt-daemon-system libvirt-clients uml-utilities openvpn slirp4netns passt)
 
 # 1. Distro packages.
 command -v dpkg-query >/dev/null && command -v apt-get >/dev/null \

@@ -39,6 +39,7 @@ TUNSETIFINDEX = 0x400454DA
 TUNSETSTEERINGEBPF = 0x800454E0
 TUNSETFILTEREBPF = 0x800454E1
 TUNSETCARRIER = 0x400454E2
+TUNGETDEVNETNS = 0x000054E3    # _IO('T', 227): an fd of the tap's own namespace (5.2+)
 VHOST_SET_OWNER = 0x0000AF01
 VHOST_NET_SET_BACKEND = 0x4008AF30
 
@@ -166,6 +167,65 @@ def macvtap_iff(pid: int, fd: int) -> str | None:
         return None
     finally:
         os.close(copy)
+
+
+def netns_of_fd(pid: int, fd: int) -> int | None:
+    """The inode of the network namespace the tap behind PID's fd N lives in, asked of
+    the device itself (TUNGETDEVNETNS on a pidfd_getfd copy); None: not a tun fd."""
+    try:
+        copy = pidfd_getfd(pid, fd)
+    except OSError:
+        return None
+    try:
+        ns = fcntl.ioctl(copy, TUNGETDEVNETNS)
+    except OSError:
+        return None
+    finally:
+        os.close(copy)
+    try:
+        return os.fstat(ns).st_ino
+    finally:
+        os.close(ns)
+
+
+def netns_inode(path: str) -> int:
+    """The inode of a namespace file: /run/netns/NAME, /proc/PID/ns/net."""
+    return os.stat(path).st_ino
+
+
+def own_netns() -> int:
+    return netns_inode("/proc/self/ns/net")
+
+
+def truth_ns(pids) -> set[tuple[int, int, str, int | None]]:
+    """truth() with the namespace of each tap: {(pid, fd, ifname, netns inode)}."""
+    return {(pid, fd, name, netns_of_fd(pid, fd)) for pid, fd, name in truth(pids)}
+
+
+def add_netns(prefix: str = "ttn") -> str:
+    """A fresh `ip netns` namespace (/run/netns/NAME); delete_netns() removes it."""
+    name = unique_name(prefix)
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    return name
+
+
+def delete_netns(name: str) -> None:
+    subprocess.run(["ip", "netns", "del", name], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=False)
+
+
+def link_facts(ifname: str, netns: str | None = None) -> dict | None:
+    """What iproute2 says of a link, in its namespace (`ip -n NS -d -j link show`):
+    {"mac", "pi", "persist", "vnet_hdr", "type"} for a tun/tap; None if absent."""
+    cmd = ["ip", *(["-n", netns] if netns else []), "-d", "-j", "link", "show", "dev", ifname]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        return None
+    import json
+    [link] = json.loads(r.stdout)
+    data = (link.get("linkinfo") or {}).get("info_data") or {}
+    return {"mac": link.get("address"), "pi": data.get("pi"), "persist": data.get("persist"),
+            "vnet_hdr": data.get("vnet_hdr"), "type": data.get("type")}
 
 
 def cloexec_of(pid: int, fd: int) -> bool:

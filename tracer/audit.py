@@ -90,6 +90,7 @@ class HostFacts:
     qemu: Mapping[int, str | None]           # pid of each QEMU process -> its -name guest=
     domain_pids: Mapping[str, int]           # libvirt domain -> its QEMU's pid
     masters: Mapping[str, str | None]        # every tap that exists in /sys -> its master
+    own_netns: int | None = None             # taptrace's network namespace
 
 
 def _label(comm, pid) -> str:
@@ -132,9 +133,16 @@ def kept_text(tap: dict) -> str:
     return text
 
 
+def _ns_key(item: dict, own: int | None) -> int | None:
+    """The namespace part of a tap's identity: None for taptrace's own (or unknown)."""
+    ns = item.get("netns")
+    return None if ns is None or ns == own else ns
+
+
 def gather(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic],
            cmdline_of: Callable[[int], tuple[str, ...] | None] = proc_cmdline,
-           host=host_side, run_dir: str = LIBVIRT_RUN) -> HostFacts:
+           host=host_side, run_dir: str = LIBVIRT_RUN,
+           own_netns: int | None = None) -> HostFacts:
     domain_pids: dict[str, int] = {}
     for nic in nics.values():
         pid = nic.qemu_pid or _pidfile(os.path.join(run_dir, f"{nic.domain}.pid"))
@@ -146,12 +154,16 @@ def gather(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic
         if argv and is_qemu(argv):
             q = parse_qemu_cmdline(argv)
             qemu[pid] = q.vm_name if q else None
-    masters: dict[str, str | None] = {}
-    for name in {t["ifname"] for t in taps} | {r["ifname"] for r in rows if r.get("ifname")}:
+    masters: dict = {}
+    # /sys shows taptrace's namespace only: a tap of another namespace is no tap here
+    # (its rows' `master` was read in its own namespace)
+    own = [t for t in taps if _ns_key(t, own_netns) is None]
+    for name in {t["ifname"] for t in own} | {r["ifname"] for r in rows if r.get("ifname")
+                                              and _ns_key(r, own_netns) is None}:
         hs = host(name)
         if hs is not None:
             masters[name] = hs.master
-    return HostFacts(qemu, domain_pids, masters)
+    return HostFacts(qemu, domain_pids, masters, own_netns)
 
 
 def _pidfile(path: str) -> int | None:
@@ -192,29 +204,46 @@ def audit(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic]
     strict: a holderless persistent tun/tap kept on purpose is a finding too; if not,
     its name goes to `kept` (when given) instead."""
     taps = list(taps)
-    by_tap: dict[str, list[dict]] = {}
-    vhost_users: dict[str, set[int]] = {}
+    own = facts.own_netns
+    # A tap is (namespace, name): the `tap0` of a container is not the host's `tap0`.
+    by_tap: dict[tuple, list[dict]] = {}
+    vhost_users: dict[tuple, set[int]] = {}
     for r in rows:
+        ns = _ns_key(r, own)
         if r.get("kind") == "vhost":
             for name in {b.get("ifname") for b in r.get("backends") or []} | {r.get("ifname")}:
                 if name:
-                    vhost_users.setdefault(name, set()).add(r["pid"])
+                    vhost_users.setdefault((ns, name), set()).add(r["pid"])
         elif r.get("ifname"):
-            by_tap.setdefault(r["ifname"], []).append(r)
-    tap_info = {t["ifname"]: t for t in taps}
+            by_tap.setdefault((ns, r["ifname"]), []).append(r)
+    tap_info = {(_ns_key(t, own), t["ifname"]): t for t in taps}
     out: list[Finding] = []
-    for ifname in sorted(set(by_tap) | set(tap_info)):
-        holders = by_tap.get(ifname, [])
-        if not holders and ifname not in facts.masters:
+    for key in sorted(set(by_tap) | set(tap_info), key=lambda k: (k[1], k[0] or 0)):
+        ns, ifname = key
+        holders = by_tap.get(key, [])
+        if not holders and ns is None and ifname not in facts.masters:
             continue                  # gone from /sys since the model last saw it
-        tap = tap_info.get(ifname)
-        if not holders and not vhost_users.get(ifname) and not strict \
+        tap = tap_info.get(key)
+        if not holders and not vhost_users.get(key) and not strict \
                 and kept_on_purpose(tap):
             if kept is not None:
                 kept.append(ifname)
             continue
-        out.extend(_tap_findings(ifname, holders, vhost_users.get(ifname, set()),
-                                 tap, nics, facts, chain_of))
+        if ns is None:
+            out.extend(_tap_findings(ifname, holders, vhost_users.get(key, set()),
+                                     tap, nics, facts, chain_of))
+            continue
+        # another namespace: its master comes with its rows; libvirt's names are not its
+        t = tap_info.get(key) or {}
+        label = t.get("netns_name") or next((r.get("netns_name") for r in holders
+                                             if r.get("netns_name")), None) or str(ns)
+        found = _tap_findings(ifname, holders, vhost_users.get(key, set()), t or None, {},
+                              HostFacts(facts.qemu, facts.domain_pids, {}, own), chain_of)
+        for f in found:
+            out.append(Finding(f.kind, f.ifname, f.pid, f.fd, f.comm,
+                               f.message.replace(f"{ifname}: ", f"{ifname} (netns {label}): ",
+                                                 1),
+                               {**f.detail, "netns": ns, "netns_name": t.get("netns_name")}))
     out.extend(f for f in map(probe_finding, probes) if f is not None)
     order = {k: i for i, k in enumerate(KINDS)}
     out.sort(key=lambda f: (order[f.kind], f.ifname or "", f.pid or 0, f.fd or 0))

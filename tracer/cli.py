@@ -20,6 +20,7 @@ EXAMPLES_LS = """
 Examples:
   taptrace ls                  # every tun/tap fd, who holds it, shared files
   taptrace ls -i 'vnet*'       # only libvirt's taps
+  taptrace ls --netns ctr1     # only taps of the `ip netns` namespace ctr1
   taptrace ls --json | jq '.rows[] | select(.comm | test("qemu"))'
 """
 
@@ -46,6 +47,7 @@ Examples:
   taptrace who vnet1           # who holds vnet1 now
   taptrace who vnet1 --watch 30  # and how its open files move for 30 s
   taptrace who vnet1 --json
+  taptrace who tap0 --netns ctr1  # the tap0 of namespace ctr1, not the host's
 """
 
 EXAMPLES_DOCTOR = """
@@ -122,7 +124,9 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
                        f"{report['taps']} taps known at start. Ctrl-C to stop.")
                 _write(render.HEADER)
             return
-        _write(render.event_line(report, offset))
+        model = session_ref[0].model if session_ref[0] is not None else None
+        _write(render.event_line(report, offset, model and model.own_netns,
+                                 model and model.netns_names))
         for line in _chain_lines(session_ref[0], report):
             _write("    " + line)
 
@@ -187,6 +191,33 @@ def cli() -> None:
     (dup, fork, exec, SCM_RIGHTS), and who holds what now."""
 
 
+def _netns_option(f):
+    return click.option(
+        "--netns", "netns", metavar="NAME|INODE", callback=_resolve_netns,
+        help="Only taps of this network namespace: an `ip netns` name or the inode "
+             "(`stat -L -c %i /proc/PID/ns/net`).")(f)
+
+
+def _resolve_netns(_ctx, _param, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.isdigit() and len(value) <= 20:
+        return int(value)
+    ino = next((i for i, n in procfs.netns_names().items() if n == value), None)
+    if ino is None:
+        raise click.BadParameter(f"no network namespace named {render.safe(value)} "
+                                 "(see `ip netns list`; or give its inode)")
+    return ino
+
+
+def _in_netns(item: dict, netns: int | None, own: int | None) -> bool:
+    """Is a row or tap in namespace `netns` (None: any)? Unknown counts as own."""
+    if netns is None:
+        return True
+    ns = item.get("netns")
+    return ns == netns or (ns is None and netns == own)
+
+
 def _scan_workers() -> int:
     """Processes for the /proc scan of `ls`: one per CPU we may run on, at most 4."""
     try:
@@ -198,28 +229,33 @@ def _scan_workers() -> int:
 @cli.command(epilog=EXAMPLES_LS)
 @click.option("--json", "json_out", is_flag=True, help="One {\"type\": \"table\"} JSON line.")
 @click.option("-i", "--ifname", metavar="GLOB", help="Only interfaces matching GLOB.")
-def ls(json_out: bool, ifname: str | None) -> None:
+@_netns_option
+def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
     """Snapshot from /proc (no BPF; any user sees what it may read).
 
-    One row per (pid, fd) holding a tun/tap file: ifname, kind, flags,
-    close-on-exec, and the other (pid, fd) sharing the same open file (kcmp).
-    Tuns and taps that exist with no holder (persistent) are listed too."""
+    One row per (pid, fd) holding a tun/tap file: ifname, its network namespace
+    where not taptrace's, kind, flags, close-on-exec, and the other (pid, fd)
+    sharing the same open file (kcmp). Tuns and taps that exist with no holder
+    (persistent) are listed too, in every namespace taptrace can enter."""
     snap = procfs.snapshot(workers=_scan_workers())
     model = Model()
     model.load(snap)
+    own = model.own_netns
 
     def cmdline_of(pid: int) -> tuple[str, ...] | None:   # the snapshot read it already
         info = snap.procs.get(pid)
         return info.cmdline if info is not None else proc_cmdline(pid)
 
-    rows = enrich_rows(model.rows(ifname), cmdline_of=cmdline_of)
+    rows = enrich_rows([r for r in model.rows(ifname) if _in_netns(r, netns, own)],
+                       cmdline_of=cmdline_of, own_netns=own)
     taps = [t for t in model.tap_list()
-            if ifname is None or fnmatch.fnmatchcase(t["ifname"], ifname)]
+            if (ifname is None or fnmatch.fnmatchcase(t["ifname"], ifname))
+            and _in_netns(t, netns, own)]
     if json_out:
-        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "table", "rows": rows,
-                                 "taps": taps}))
+        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "table",
+                                 "own_netns": own, "rows": rows, "taps": taps}))
     else:
-        _write(render.table_text(rows, taps, complete=os.geteuid() == 0))
+        _write(render.table_text(rows, taps, complete=os.geteuid() == 0, own_netns=own))
 
 
 @cli.command(epilog=EXAMPLES_WATCH)
@@ -278,13 +314,15 @@ def replay(recording, json_out: bool) -> None:
     for r in reports:
         if r.get("quiet"):
             continue
-        _write(render.json_line(render.public(r, 0)) if json_out else render.event_line(r, 0))
-    table = {"type": "table", "rows": model.rows(), "taps": model.tap_list()}
+        _write(render.json_line(render.public(r, 0)) if json_out else
+               render.event_line(r, 0, model.own_netns, model.netns_names))
+    table = {"type": "table", "own_netns": model.own_netns, "rows": model.rows(),
+             "taps": model.tap_list()}
     if json_out:
         _write(render.json_line(render.public(table, 0)))
     else:
         _write("")
-        _write(render.table_text(table["rows"], table["taps"]))
+        _write(render.table_text(table["rows"], table["taps"], own_netns=model.own_netns))
 
 
 def _finish(session, json_out: bool, offset: int) -> None:
@@ -293,7 +331,7 @@ def _finish(session, json_out: bool, offset: int) -> None:
         _write(render.json_line(render.public(table, offset)))
     else:
         _write("")
-        _write(render.table_text(table["rows"], table["taps"]))
+        _write(render.table_text(table["rows"], table["taps"], own_netns=table["own_netns"]))
         s = session.stats
         _write(f"# {s['events']} records, {s['lost']} lost, {s['resyncs']} resyncs")
 
@@ -316,7 +354,8 @@ def top(pid, comm, ifname, duration, buffer_pages, perf_buffer) -> None:
         table = session.table()
         tty = sys.stdout.isatty()
         out = ("\x1b[H\x1b[2J" if tty else "") + time.strftime("%H:%M:%S  taptrace top") + \
-            f"  ({len(table['rows'])} fds)\n" + render.table_text(table["rows"], table["taps"])
+            f"  ({len(table['rows'])} fds)\n" + render.table_text(
+                table["rows"], table["taps"], own_netns=table["own_netns"])
         _write(out + ("" if tty else "\n"))
 
     try:
@@ -332,8 +371,12 @@ def top(pid, comm, ifname, duration, buffer_pages, perf_buffer) -> None:
 @click.option("--watch", "watch_s", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="Also trace for S seconds and show the lineage of each open file.")
 @click.option("--json", "json_out", is_flag=True)
-def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
-    """Who holds IFNAME now (and, with --watch, how its open files moved)."""
+@_netns_option
+def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | None) -> None:
+    """Who holds IFNAME now (and, with --watch, how its open files moved).
+
+    A name is unique only inside a network namespace: without --netns, every
+    tap of that name is shown, each with its namespace where not taptrace's."""
     if watch_s is None:
         model = Model()
         model.load(procfs.snapshot())
@@ -342,30 +385,46 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool) -> None:
         session, _offset = _open_session(json_out, None, None, ifname_arg, 256, False,
                                         quiet_header=True)
         model = _trace_for(session, watch_s, stop)
-    rows = enrich_rows(model.rows(ifname_arg))
-    tap = next((t for t in model.tap_list() if t["ifname"] == ifname_arg), None)
-    lineage = model.lineage(ifname_arg)
+    own = model.own_netns
+    rows = enrich_rows([r for r in model.rows(ifname_arg) if _in_netns(r, netns, own)],
+                       own_netns=own)
+    taps = [t for t in model.tap_list()
+            if t["ifname"] == ifname_arg and _in_netns(t, netns, own)]
+    lineage = [item for item in model.lineage(ifname_arg)
+               if _in_netns(item, netns, own)]
+    tap = next((t for t in taps if _in_netns(t, own, own)), taps[0] if taps else None)
     if json_out:
         _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "who",
-                                 "ifname": ifname_arg, "tap": tap, "rows": rows,
-                                 "lineage": lineage}))
+                                 "ifname": ifname_arg, "own_netns": own, "tap": tap,
+                                 "taps": taps, "rows": rows, "lineage": lineage}))
         return
-    if tap is None and not rows and not lineage:
-        raise click.ClickException(f"no tun/tap interface named {render.safe(ifname_arg)!s} "
-                                   "is known (see `taptrace ls`)")
-    if tap is None:
-        _write(f"{render.safe(ifname_arg)}: gone")
-    else:
-        _write(f"{render.tap_text(tap)}, {tap['files']} open file(s)")
-    _write(render.table_text(rows))
-    for line in render.mac_story(ifname_arg, rows):
-        _write(line)
+    where = ""
+    if netns is not None and netns != own:
+        where = f" in netns {render.netns_label(netns, model.netns_names.get(netns), own)}"
+    if not taps and not rows and not lineage:
+        raise click.ClickException(f"no tun/tap interface named {render.safe(ifname_arg)!s}"
+                                   f"{where} is known (see `taptrace ls`)")
+    if not taps:
+        _write(f"{render.safe(ifname_arg)}{where}: gone")
+    for t in taps:
+        _write(f"{render.tap_text(t, own)}, {t['files']} open file(s)")
+    _write(render.table_text(rows, own_netns=own))
+    # each tap's host side, read in its own namespace (not a namesake of this one)
+    by_ns: dict = {}
+    for r in rows:
+        by_ns.setdefault(r.get("netns") if r.get("netns") != own else None, []).append(r)
+    for ns, ns_rows in sorted(by_ns.items(), key=lambda kv: kv[0] or 0):
+        label = render.netns_label(ns, ns_rows[0].get("netns_name"), own)
+        for line in render.mac_story(ifname_arg, ns_rows, label):
+            _write(line)
     if any(item["chain"] for item in lineage):
         _write("\nOpen files seen while watching (creator → holders):")
     for item in lineage:
         if item["chain"]:
             state = "" if item["open"] else "  (closed)"
-            _write("  " + render.chain_text(ifname_arg, item["chain"]) + state)
+            label = render.netns_label(item["netns"], item["netns_name"], own)
+            _write("  " + render.chain_text(ifname_arg, item["chain"]) + state
+                   + (f"  [netns {label}]" if label else ""))
 
 
 @cli.command(epilog=EXAMPLES_DOCTOR)
@@ -412,7 +471,7 @@ def demo(json_out: bool) -> None:
         if not json_out:
             table = session.table()
             _write("\n# the table while qemu-system-x86 holds both taps:")
-            _write(render.table_text(table["rows"]))
+            _write(render.table_text(table["rows"], own_netns=table["own_netns"]))
             _write("\n# now qemu-system-x86 exits:")
         child.stdin.close()
         while child.poll() is None and not stop():
@@ -524,20 +583,20 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
         def chain_of(file: int, pid: int) -> list:
             return Model.chain(files[file], pid) if file in files else []
     nics = libvirt_nics()
-    rows = enrich_rows(model.rows(ifname), nics=nics)
+    rows = enrich_rows(model.rows(ifname), nics=nics, own_netns=model.own_netns)
     taps = [t for t in model.tap_list()
             if ifname is None or fnmatch.fnmatchcase(t["ifname"], ifname)]
-    facts = au.gather(rows, taps, nics)
+    facts = au.gather(rows, taps, nics, own_netns=model.own_netns)
     kept: list[str] = []
     for f in au.audit(rows, taps, nics, facts, chain_of=chain_of or au.no_chain,
                       strict=strict, kept=kept):
         show(f)
     complete = os.geteuid() == 0
     kinds = au.summary(found)
-    kind_of = {t["ifname"]: t["kind"] for t in taps}
+    kind_of = {(t["netns"], t["ifname"]): t["kind"] for t in taps}
     for r in rows:
         if r["ifname"] and r["kind"] != "vhost":
-            kind_of.setdefault(r["ifname"], r["kind"])
+            kind_of.setdefault((r["netns"], r["ifname"]), r["kind"])
     checked = len(kind_of)
     if json_out and not quiet:
         _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "audit",

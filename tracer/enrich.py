@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from . import procfs
 
 LIBVIRT_RUN = "/run/libvirt/qemu"
 LIBVIRTD_PIDFILE = "/run/libvirtd.pid"
@@ -247,6 +250,33 @@ def host_side(ifname: str, sysfs: str = "/sys/class/net") -> HostSide | None:
                     int(idx) if idx and idx.isdigit() else None)
 
 
+def host_side_of_links(ifname: str, links: list[procfs.Link]) -> HostSide | None:
+    """The host side of `ifname` among the devices of its namespace (rtnetlink)."""
+    link = next((ln for ln in links if ln.ifname == ifname), None)
+    if link is None:
+        return None
+    master = next((ln.ifname for ln in links if ln.ifindex == link.master), None)
+    return HostSide(ifname, link.mac, master, link.operstate, link.ifindex)
+
+
+class NetnsHostSides:
+    """host_side() for a tap in another network namespace: that namespace's /sys is
+    not the one mounted here (a `tap0` there is not the `tap0` here, and pasta's tap
+    may be called `eth0` like the host's NIC), so ask rtnetlink inside it, entered
+    through the holder's fd (TUNGETDEVNETNS) or else its /proc/PID/ns/net. One dump
+    per namespace per call."""
+
+    def __init__(self) -> None:
+        self._links: dict[int, list[procfs.Link] | None] = {}
+
+    def __call__(self, pid: int, fd: int, netns: int, ifname: str) -> HostSide | None:
+        if netns not in self._links:
+            self._links[netns] = procfs.links_of_netns(
+                netns, [(pid, fd), f"/proc/{pid}/ns/net"])
+        links = self._links[netns]
+        return host_side_of_links(ifname, links) if links is not None else None
+
+
 def libvirtd_pid(pidfile: str = LIBVIRTD_PIDFILE) -> int | None:
     """The running libvirtd's pid (from its pid file, checked against /proc)."""
     try:
@@ -275,28 +305,37 @@ def _bridge_netdev(q: QemuInfo, master: str | None) -> Netdev | None:
 
 
 def enrich_rows(rows: list[dict], cmdline_of=proc_cmdline, nics: dict[str, LibvirtNic] | None = None,
-                host=host_side, libvirtd=libvirtd_pid) -> list[dict]:
+                host=host_side, libvirtd=libvirtd_pid, own_netns: int | None = None,
+                host_in: Callable[[int, int, int, str], HostSide | None] | None = None,
+                ) -> list[dict]:
     """Add VM, netdev, NIC model, both MACs, master to each row (in place; returned).
 
     `cmdline_of(pid)` gives a process's argv (or None). A row whose creator the trace
     did not see (a snapshot) but whose tap libvirt made for a running domain gets
-    libvirtd as its creator, with `creator_from: "libvirt"` saying it is inferred."""
+    libvirtd as its creator, with `creator_from: "libvirt"` saying it is inferred.
+    A row whose tap is in another network namespace than `own_netns` gets its host
+    side from there (`host_in(pid, fd, netns, ifname)`), never from a namesake here,
+    and no libvirt NIC (libvirt's taps are in its own namespace)."""
     nics = libvirt_nics() if nics is None else nics
+    host_in = NetnsHostSides() if host_in is None else host_in
     daemon: list[int | None] = []
     qemu_cache: dict[int, QemuInfo | None] = {}
-    host_cache: dict[str, HostSide | None] = {}
+    host_cache: dict[tuple, HostSide | None] = {}
     for r in rows:
         pid, ifname = r["pid"], r.get("ifname")
+        ns = r.get("netns")
+        foreign = ns is not None and own_netns is not None and ns != own_netns
         if pid not in qemu_cache:
             argv = cmdline_of(pid)
             qemu_cache[pid] = parse_qemu_cmdline(argv) if argv else None
         q = qemu_cache[pid]
         hit = q.by_fd(r["fd"]) if q else None
         nd = hit[0] if hit else (q.by_ifname(ifname) if q and ifname else None)
-        nic = nics.get(ifname) if ifname else None
-        if ifname and ifname not in host_cache:
-            host_cache[ifname] = host(ifname)
-        hs = host_cache.get(ifname) if ifname else None
+        nic = nics.get(ifname) if ifname and not foreign else None
+        key = (ns if foreign else None, ifname)
+        if ifname and key not in host_cache:
+            host_cache[key] = host_in(pid, r["fd"], ns, ifname) if foreign else host(ifname)
+        hs = host_cache.get(key) if ifname else None
         if nd is None and q is not None and hs is not None:
             nd = _bridge_netdev(q, hs.master)
         r["creator_from"] = "trace" if r.get("creator_pid") is not None else None

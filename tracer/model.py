@@ -22,6 +22,11 @@ from . import events as ev
 # that can tell "open, but not a tun fd" apart from "gone" may answer False for the
 # former: an SCM_RIGHTS receive is then never matched to a send of a tap by order.
 FdProbe = Callable[[int, int], str | bool | None]
+# (pid, fd) -> (inode, name) of the network namespace of the tap behind that fd
+# (name: `ip netns`'s, or None); None when it cannot be told. Asked when a file first
+# gets its interface (TUNSETIFF, or TUNGETIFF on a file the model missed): a tap's
+# identity is (namespace, name), as two namespaces may each have a `tap0`.
+NetnsProbe = Callable[[int, int], tuple[int | None, str | None] | None]
 
 LINEAGE_HEAD = 16
 LINEAGE_MAX = 64
@@ -32,6 +37,10 @@ CHAIN_OPS = ("open", "tunsetiff", "snapshot", "fork", "exec", "recv")  # hops of
 
 
 def _no_probe(_pid: int, _fd: int) -> str | None:
+    return None
+
+
+def _no_netns(_pid: int, _fd: int) -> None:
     return None
 
 
@@ -60,6 +69,7 @@ class OpenFile:
     path: str = "/dev/net/tun"
     ifname: str | None = None
     iff: int = 0                      # IFF_* given at TUNSETIFF
+    netns: int | None = None          # its tap's network namespace (None: unknown/own)
     creator_pid: int | None = None
     creator_comm: str | None = None
     queue_detached: bool = False
@@ -140,6 +150,12 @@ class Tap:
     owner: int | None = None                     # TUNSETOWNER uid (None: none, -1 in /sys)
     group: int | None = None                     # TUNSETGROUP gid
     persist_by: int | None = None                # whose TUNSETPERSIST made it persistent (live)
+    netns: int | None = None                     # None: unknown (taken as the own one)
+    ifindex: int | None = None                   # in its namespace, where known
+
+    @property
+    def key(self) -> tuple:
+        return (self.netns, self.ifname)
 
 
 @dataclass
@@ -157,11 +173,15 @@ class Model:
 
     def __init__(self, probe_fd: FdProbe = _no_probe,
                  ifindex_name: Callable[[int], str | None] = lambda _i: None,
-                 comm_of: Callable[[int], str | None] = lambda _p: None) -> None:
+                 comm_of: Callable[[int], str | None] = lambda _p: None,
+                 netns_of: NetnsProbe = _no_netns) -> None:
         """comm_of(pid): the process's own name (/proc/PID/comm), asked only when a
         process is first seen through a thread, whose records carry the thread's."""
         self.procs: dict[int, Process] = {}
-        self.taps: dict[str, Tap] = {}
+        self.taps: dict[tuple, Tap] = {}             # (netns, ifname) -> Tap
+        self.own_netns: int | None = None            # the tracer's, from the snapshot
+        self.netns_names: dict[int, str] = {}        # inode -> `ip netns` name
+        self._netns_of = netns_of
         self.files: dict[int, OpenFile] = {}
         self.pending: list[PendingSend] = []
         self.released: deque[OpenFile] = deque(maxlen=RELEASED_MAX)
@@ -201,9 +221,14 @@ class Model:
         self._load(snap, {}, {})
 
     def _load(self, snap, keep_files: dict, keep_entries: dict) -> None:
+        self.own_netns = getattr(snap, "own_netns", None)
+        self.netns_names.update(getattr(snap, "netns_names", None) or {})
         for info in snap.taps.values():
-            self.taps[info.ifname] = Tap(info.ifname, info.kind, info.tun_flags, info.persist,
-                                         owner=info.owner, group=info.group)
+            ns = getattr(info, "netns", None)
+            tap = Tap(info.ifname, info.kind, info.tun_flags, info.persist,
+                      owner=info.owner, group=info.group, netns=ns,
+                      ifindex=info.ifindex or None)
+            self.taps[tap.key] = tap
         table_of: dict[int, FdTable] = {}
         for group in snap.tables:
             t = self._new_table()
@@ -223,14 +248,17 @@ class Model:
                 continue
             # The file the model already had there, unless another group took it:
             # two snapshot files are never one model file.
+            first_ns = getattr(first, "netns", None)
             old = next((keep_files[k] for k in group if k in keep_files
                         and keep_files[k].ifname == first.ifname
+                        and self._same_ns(keep_files[k].netns, first_ns)
                         and keep_files[k].id not in reused), None)
             f = old or OpenFile(self._new_id(), path=first.path, ifname=first.ifname)
             reused.add(f.id)
             f.refs = 0
             self.files[f.id] = f
-            tap = self.taps.get(f.ifname) if f.ifname else None
+            tap = self._tap(first_ns if first_ns is not None else f.netns, f.ifname)
+            f.netns = tap.netns if tap is not None else first_ns
             if tap is not None:
                 tap.files.add(f.id)
                 if not f.iff:
@@ -263,7 +291,7 @@ class Model:
                 if b is None:
                     continue
                 if b.id not in self.files:
-                    tap = self.taps.get(b.ifname) if b.ifname else None
+                    tap = self._tap_of(b)
                     if b.ifname and tap is None:
                         del f.backends[idx]
                         continue
@@ -282,14 +310,14 @@ class Model:
             for fd, e in p.table.fds.items():
                 keep_files[(p.pid, fd)] = e.file
                 keep_entries[(p.pid, fd)] = e
-        taps_before = {n: t for n, t in self.taps.items()}
+        taps_before = dict(self.taps)
         self.procs.clear()
         self.taps.clear()
         self.files.clear()
         self.pending.clear()
         self._load(snap, keep_files, keep_entries)
-        for name, tap in self.taps.items():
-            old = taps_before.get(name)
+        for key, tap in self.taps.items():
+            old = taps_before.get(key)
             if old is not None:
                 tap.created_by, tap.created_comm = old.created_by, old.created_comm
                 tap.persist_by = old.persist_by if tap.persist else None
@@ -298,6 +326,61 @@ class Model:
                 "rows": len(after)}
 
     # ---- helpers -----------------------------------------------------------
+
+    def _same_ns(self, a: int | None, b: int | None) -> bool:
+        """Could two namespace answers be one namespace? (None: unknown, or own.)"""
+        if a is None or b is None:
+            return True
+        return a == b
+
+    def _tap(self, netns: int | None, ifname: str | None) -> Tap | None:
+        """The tap (netns, ifname). A namespace not known (None) is taken as the
+        tracer's own, else the only tap of that name; a known one as said, where a
+        tap of unknown namespace with that name stands in (a snapshot that could
+        not tell)."""
+        if not ifname:
+            return None
+        tap = self.taps.get((netns, ifname))
+        if tap is not None:
+            return tap
+        if netns is None:
+            tap = self.taps.get((self.own_netns, ifname))
+            if tap is not None:
+                return tap
+            named = [t for t in self.taps.values() if t.ifname == ifname]
+            return named[0] if len(named) == 1 else None
+        if netns == self.own_netns:
+            return self.taps.get((None, ifname))
+        return None
+
+    def _tap_of(self, f: OpenFile) -> Tap | None:
+        return self._tap(f.netns, f.ifname) if f.ifname else None
+
+    def _learn_netns(self, f: OpenFile, pid: int, fd: int) -> None:
+        """Ask where the tap behind pid/fd lives (the file has just got its name)."""
+        got = self._netns_of(pid, fd)
+        if got is None:
+            return
+        ino, name = got
+        f.netns = ino
+        if ino is not None and name:
+            self.netns_names[ino] = name
+
+    def ns_fields(self, netns: int | None) -> dict:
+        """`netns` and `netns_name` of a report or row."""
+        return {"netns": netns,
+                "netns_name": self.netns_names.get(netns) if netns is not None else None}
+
+    def _file_ns(self, f: OpenFile | None) -> dict:
+        """The namespace fields of a report about one file (a vhost file: its tap's)."""
+        if f is None:
+            return self.ns_fields(None)
+        if f.is_vhost:
+            f = next((b for _i, b in sorted(f.backends.items())
+                      if b is not None and b.ifname), None)
+            if f is None:
+                return self.ns_fields(None)
+        return self.ns_fields(f.netns)
 
     def _release(self, f: OpenFile, ts: int, pid: int, comm: str, out: list) -> None:
         f.refs -= 1
@@ -313,13 +396,14 @@ class Model:
             self.released.append(f)  # bounded: `who --watch` shows closed files too
         if not f.ifname:
             return
-        tap = self.taps.get(f.ifname)
+        tap = self._tap_of(f)
         if tap is None:
             return
         tap.files.discard(f.id)
         if not tap.files and not tap.persist:
-            del self.taps[f.ifname]
-            out.append(self._report("tap_gone", ts, pid, 0, comm, ifname=f.ifname))
+            del self.taps[tap.key]
+            out.append(self._report("tap_gone", ts, pid, 0, comm, ifname=f.ifname,
+                                    **self.ns_fields(tap.netns)))
 
     def _drop_entry(self, proc: Process, fd: int, ts: int, tid: int, comm: str, how: str,
                     out: list, report: bool = True) -> Entry | None:
@@ -329,7 +413,8 @@ class Model:
         e.file.step(ts, "close", proc.pid, comm, fd, how=how)
         if report:
             out.append(self._report("close", ts, proc.pid, tid, comm, fd=fd,
-                                    ifname=e.file.label, how=how, **_kind(e.file)))
+                                    ifname=e.file.label, how=how, **_kind(e.file),
+                                    **self._file_ns(e.file)))
         self._release(e.file, ts, proc.pid, comm, out)
         return e
 
@@ -341,7 +426,7 @@ class Model:
         closed = []
         for fd in sorted(t.fds):
             e = t.fds.pop(fd)
-            closed.append((fd, e.file.label, e.file.is_vhost))
+            closed.append((fd, e.file.label, e.file.is_vhost, self._file_ns(e.file)["netns"]))
             e.file.step(ts, "close", proc.pid, comm, fd, how="exit")
             self._release(e.file, ts, proc.pid, comm, out)
         return closed
@@ -374,10 +459,11 @@ class Model:
                 entry.how, entry.from_pid, entry.from_fd = "inherited", entry.by, fd
                 entry.by = proc.pid
 
-    @staticmethod
-    def _fds_fields(table: FdTable, fds: list) -> dict:
-        """`ifnames` of fds of a table, and `vhost_fds` when some are vhost fds."""
-        out: dict = {"ifnames": [table.fds[fd].file.label for fd in fds]}
+    def _fds_fields(self, table: FdTable, fds: list) -> dict:
+        """`ifnames` (and their `netns`) of fds of a table, and `vhost_fds` when some
+        are vhost fds."""
+        out: dict = {"ifnames": [table.fds[fd].file.label for fd in fds],
+                     "netns": [self._file_ns(table.fds[fd].file)["netns"] for fd in fds]}
         vhost = [fd for fd in fds if table.fds[fd].file.is_vhost]
         if vhost:
             out["vhost_fds"] = vhost
@@ -458,13 +544,17 @@ class Model:
         f.refs = 1
         if ifname or f.is_vhost:    # the open is the attach (macvtap) or the whole make
             f.creator_pid, f.creator_comm = e.pid, self._comm_for(e)
-            if ifname in self.taps:
-                self.taps[ifname].files.add(f.id)
+            if ifname:
+                self._learn_netns(f, e.pid, e.fd)
+            tap = self._tap_of(f)
+            if tap is not None:
+                tap.files.add(f.id)
         cloexec = None if e.flags & ev.CLOEXEC_UNKNOWN else bool(e.flags & ev.O_CLOEXEC)
         proc.table.fds[e.fd] = Entry(f, cloexec, "opened", by=e.pid)
         f.step(e.ts, "open", e.pid, self._comm_for(e), e.fd, path=e.path)
         out.append(self._report("open", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
-                                path=e.path, ifname=ifname, cloexec=cloexec))
+                                path=e.path, ifname=ifname, cloexec=cloexec,
+                                **self._file_ns(f)))
 
     def _file_at(self, pid: int, fd: int, comm: str) -> OpenFile:
         """The open file behind pid/fd, adopting one the model missed."""
@@ -502,14 +592,17 @@ class Model:
             self._drop_entry(proc, e.fd, e.ts, e.tid, comm, "stale", out, report=False)
             entry = None
         if e.cmd == ev.TUNGETIFF:
+            f = None
             if e.ret == 0:
                 f = self._file_at(e.pid, e.fd, comm)
                 if f.ifname is None:
                     f.ifname = e.ifname
                     f.iff = f.iff or e.value
-                    tap = self.taps.get(e.ifname)
+                    self._learn_netns(f, e.pid, e.fd)
+                    tap = self._tap_of(f)
                     if tap is not None:     # it holds the tap too: no tap_gone without it
                         tap.files.add(f.id)
+                        f.netns = tap.netns
                 msg = f"fd {e.fd} is {e.ifname}"
             else:
                 msg = {
@@ -518,13 +611,15 @@ class Model:
                     errno.EBADFD: f"fd {e.fd} is a tun fd with no interface attached (EBADFD)",
                 }.get(-e.ret, f"TUNGETIFF on fd {e.fd} failed ({errname(e.ret)})")
             out.append(self._report("tungetiff", e.ts, e.pid, e.tid, comm, **base,
-                                    ifname=e.ifname if e.ret == 0 else None, message=msg))
+                                    ifname=e.ifname if e.ret == 0 else None, message=msg,
+                                    **self._file_ns(f)))
             return
         if e.cmd == ev.TUNSETIFF:
             if e.ret != 0:
                 out.append(self._report("tunsetiff", e.ts, e.pid, e.tid, comm, **base,
                                         ifname=e.ifname or None, flags=ev.iff_names(e.value),
-                                        created=False, kind=_requested_kind(e.value)))
+                                        created=False, kind=_requested_kind(e.value),
+                                        **self.ns_fields(None)))
                 return
             f = self._file_at(e.pid, e.fd, comm)
             if f.path.startswith("/dev/tap"):
@@ -533,43 +628,49 @@ class Model:
                 f.iff = e.value
                 out.append(self._report("tunsetiff", e.ts, e.pid, e.tid, comm, **base,
                                         ifname=f.ifname, flags=ev.iff_names(e.value),
-                                        created=False, kind=f.kind))
+                                        created=False, kind=f.kind, **self._file_ns(f)))
                 return
             f.ifname, f.iff = e.ifname, e.value
             f.creator_pid, f.creator_comm = e.pid, comm
-            tap = self.taps.get(e.ifname)
+            # The device was made (or found) in the namespace the file was opened in,
+            # which the fd itself tells (not where the process is now)
+            f.netns = None
+            self._learn_netns(f, e.pid, e.fd)
+            tap = self._tap_of(f)
             created = tap is None
             if created:
                 # IFF_PERSIST in TUNSETIFF's flags is ignored by the kernel: a new
                 # device is persistent only after TUNSETPERSIST.
-                tap = self.taps[e.ifname] = Tap(
-                    e.ifname, "tap" if e.value & ev.IFF_TAP else "tun",
-                    e.value & ~ev.IFF_PERSIST, False, e.pid, comm)
+                tap = Tap(e.ifname, "tap" if e.value & ev.IFF_TAP else "tun",
+                          e.value & ~ev.IFF_PERSIST, False, e.pid, comm, netns=f.netns)
+                self.taps[tap.key] = tap
+            f.netns = tap.netns
             tap.files.add(f.id)
             f.step(e.ts, "tunsetiff", e.pid, comm, e.fd, created=created)
             out.append(self._report("tunsetiff", e.ts, e.pid, e.tid, comm, **base,
                                     ifname=e.ifname, flags=ev.iff_names(e.value),
-                                    created=created, kind=tap.kind))
+                                    created=created, kind=tap.kind, **self._file_ns(f)))
             return
         f = entry.file if entry else None
         ifname = f.ifname if f else (e.ifname or None)
+        ns = self._file_ns(f)
         if e.cmd == ev.TUNSETQUEUE:
             attach = bool(e.value & ev.IFF_ATTACH_QUEUE)
             if e.ret == 0 and f is not None:
                 f.queue_detached = not attach
             out.append(self._report("tunsetqueue", e.ts, e.pid, e.tid, comm, **base,
-                                    ifname=ifname, op="attach" if attach else "detach"))
+                                    ifname=ifname, op="attach" if attach else "detach", **ns))
         elif e.cmd == ev.TUNSETPERSIST:
-            tap = self.taps.get(ifname) if ifname else None
+            tap = self._tap(f.netns if f else None, ifname)
             if e.ret == 0 and tap is not None:
                 tap.persist = bool(e.value)
                 tap.persist_by = e.pid if e.value else None
             out.append(self._report("tunsetpersist", e.ts, e.pid, e.tid, comm, **base,
-                                    ifname=ifname, persist=bool(e.value)))
+                                    ifname=ifname, persist=bool(e.value), **ns))
         elif e.cmd in (ev.TUNSETOWNER, ev.TUNSETGROUP):
             key = "uid" if e.cmd == ev.TUNSETOWNER else "gid"
             value = e.value & 0xFFFFFFFF
-            tap = self.taps.get(ifname) if ifname else None
+            tap = self._tap(f.netns if f else None, ifname)
             if e.ret == 0 and tap is not None:
                 who = None if value == 0xFFFFFFFF else value
                 if key == "uid":
@@ -578,7 +679,7 @@ class Model:
                     tap.group = who
             out.append(self._report(name.lower(), e.ts, e.pid, e.tid, comm, **base,
                                     ifname=ifname, **{key: None if value == 0xFFFFFFFF
-                                                      else value}))
+                                                      else value}, **ns))
 
     @staticmethod
     def _vhost_error(e: ev.VhostBackend, f: OpenFile | None) -> str:
@@ -610,9 +711,10 @@ class Model:
         f = self._file_at(proc.pid, fd, comm)
         if name and f.ifname is None:
             f.ifname = name
-            tap = self.taps.get(name)
+            self._learn_netns(f, proc.pid, fd)
+            tap = self._tap_of(f)
             if tap is not None:
-                f.iff = tap.iff
+                f.iff, f.netns = tap.iff, tap.netns
                 tap.files.add(f.id)
         return f
 
@@ -638,7 +740,8 @@ class Model:
             out.append(self._report("vhost_backend", e.ts, e.pid, e.tid, comm, **base,
                                     op="detach" if e.backend_fd == -1 else "attach",
                                     ifname=wanted.file.label if wanted else None,
-                                    message=self._vhost_error(e, entry.file if entry else None)))
+                                    message=self._vhost_error(e, entry.file if entry else None),
+                                    **self._file_ns(wanted.file if wanted else None)))
             return
         proc = self._proc(e.pid, comm)
         if entry is None:             # a vhost fd the model missed: it is one now
@@ -651,6 +754,7 @@ class Model:
             ifname = old.label if old is not None else None
             msg = f"{where} detached{f' from {ifname}' if ifname else ''}"
             op = "detach"
+            about = old
         else:
             b = self._backend_at(proc, e.backend_fd, comm)
             if b is f:
@@ -665,13 +769,15 @@ class Model:
                 f"{b.kind} fd" if b is not None else "an untracked socket")
             msg = f"{where} ← fd {e.backend_fd} ({what})"
             op = "attach"
+            about = b
         gone: list[dict] = []         # the line first, then a tap_gone it caused
         if old is not None:           # the replaced backend's reference goes after
             self._release(old, e.ts, e.pid, comm, gone)
         f.step(e.ts, "vhost_backend", e.pid, comm, e.fd, index=e.index,
                backend_fd=e.backend_fd)
         out.append(self._report("vhost_backend", e.ts, e.pid, e.tid, comm, **base, op=op,
-                                ifname=ifname, message=msg))
+                                ifname=ifname, message=msg,
+                                **self._file_ns(about)))
         out.extend(gone)
 
     def _on_Dup(self, e: ev.Dup, out: list) -> None:
@@ -693,7 +799,7 @@ class Model:
         src.file.step(e.ts, "dup", e.pid, comm, e.newfd, from_fd=e.oldfd)
         out.append(self._report("dup", e.ts, e.pid, e.tid, comm, fd=e.oldfd, newfd=e.newfd,
                                 how=e.how, cloexec=e.cloexec, ifname=src.file.label,
-                                **_kind(src.file)))
+                                **_kind(src.file), **self._file_ns(src.file)))
 
     def _on_Close(self, e: ev.Close, out: list) -> None:
         proc = self.procs.get(e.pid)
@@ -713,7 +819,8 @@ class Model:
                 entry.cloexec = True
                 out.append(self._report("cloexec", e.ts, e.pid, e.tid, comm, fd=fd,
                                         cloexec=True, how="close_range",
-                                        ifname=entry.file.label, **_kind(entry.file)))
+                                        ifname=entry.file.label, **_kind(entry.file),
+                                        **self._file_ns(entry.file)))
             else:
                 self._drop_entry(proc, fd, e.ts, e.tid, comm, "close_range", out)
 
@@ -725,7 +832,7 @@ class Model:
         entry.cloexec = e.cloexec
         out.append(self._report("cloexec", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
                                 cloexec=e.cloexec, how=e.how, ifname=entry.file.label,
-                                **_kind(entry.file)))
+                                **_kind(entry.file), **self._file_ns(entry.file)))
 
     def _on_Fork(self, e: ev.Fork, out: list) -> None:
         stale = self.procs.pop(e.child, None)          # pid reuse after a missed exit
@@ -777,6 +884,8 @@ class Model:
         out.append(self._report("exec", e.ts, e.pid, e.tid, e.comm, kept=kept, closed=closed,
                                 ifnames={str(fd): proc.table.fds[fd].file.label
                                          for fd in kept},
+                                netns={str(fd): self._file_ns(proc.table.fds[fd].file)["netns"]
+                                       for fd in kept},
                                 **({"vhost_fds": vhost} if vhost else {}),
                                 quiet=not kept and not closed))
         out.extend(gone)
@@ -787,10 +896,11 @@ class Model:
             return
         gone: list[dict] = []
         closed = self._drop_table_user(proc, e.ts, proc.comm, gone)
-        vhost = [fd for fd, _n, is_vhost in closed if is_vhost]
+        vhost = [fd for fd, _n, is_vhost, _ns in closed if is_vhost]
         out.append(self._report("exit", e.ts, e.pid, e.tid, proc.comm,
-                                closed=[fd for fd, _n, _v in closed],
-                                ifnames=[n for _fd, n, _v in closed],
+                                closed=[fd for fd, _n, _v, _ns in closed],
+                                ifnames=[n for _fd, n, _v, _ns in closed],
+                                netns=[ns for _fd, _n, _v, ns in closed],
                                 **({"vhost_fds": vhost} if vhost else {}), quiet=not closed))
         out.extend(gone)
 
@@ -853,7 +963,7 @@ class Model:
         self.pending.remove(send)
         comm = self._comm_for(e)
         proc = self._proc(e.pid, comm)
-        got, names, from_fds, gone, vhost = [], [], [], [], []
+        got, names, from_fds, gone, vhost, nses = [], [], [], [], [], []
         for oldfd, f in zip(send.fds[len(e.fds):], send.files[len(e.fds):]):
             if f is not None:         # did not fit (MSG_CTRUNC): the kernel dropped it
                 f.step(e.ts, "close", e.pid, comm, None, how="ctrunc", from_fd=oldfd)
@@ -868,12 +978,13 @@ class Model:
             f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=send.pid, from_fd=oldfd)
             got.append(newfd)
             names.append(f.label)
+            nses.append(self._file_ns(f)["netns"])
             from_fds.append(oldfd)
             if f.is_vhost:
                 vhost.append(newfd)
         out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
                                 from_pid=send.pid, from_comm=send.comm, from_fds=from_fds,
-                                ifnames=names, cloexec=e.cloexec,
+                                ifnames=names, netns=nses, cloexec=e.cloexec,
                                 **({"vhost_fds": vhost} if vhost else {})))
         out.extend(gone)
 
@@ -894,7 +1005,8 @@ class Model:
                         from_fd=e.target_fd, via="pidfd_getfd")
         out.append(self._report("pidfd_getfd", e.ts, e.pid, e.tid, comm, fd=e.newfd,
                                 from_pid=e.source_pid, from_fd=e.target_fd,
-                                ifname=entry.file.label, **_kind(entry.file)))
+                                ifname=entry.file.label, **_kind(entry.file),
+                                **self._file_ns(entry.file)))
 
     def _on_Lost(self, e: ev.Lost, out: list) -> None:
         out.append(self._report("lost", e.ts, e.pid, e.tid, e.comm, count=e.count))
@@ -929,7 +1041,7 @@ class Model:
                 label = f.label
                 if ifname_glob and not fnmatch.fnmatchcase(label or "", ifname_glob):
                     continue
-                tap = self.taps.get(f.ifname) if f.ifname else None
+                tap = self._tap_of(f)
                 iff = f.iff or (tap.iff if tap else 0)
                 if tap is not None:   # TUNSETPERSIST may have changed it since
                     iff = (iff & ~ev.IFF_PERSIST) | (ev.IFF_PERSIST if tap.persist else 0)
@@ -948,6 +1060,7 @@ class Model:
                     "shared_count": len(by_file[f.id]) - 1,
                     "queue": "detached" if f.queue_detached else "attached",
                     "owner": tap.owner if tap else None, "group": tap.group if tap else None,
+                    **self._file_ns(f),
                     "backends": [{"index": i, "vq": ev.VHOST_VQ_NAMES.get(i),
                                   "ifname": b.ifname if b else None,
                                   "file": b.id if b else None}
@@ -962,17 +1075,21 @@ class Model:
                                        | (ev.IFF_PERSIST if t.persist else 0)),
                  "persist": t.persist, "files": len(t.files), "created_by": t.created_by,
                  "created_comm": t.created_comm, "owner": t.owner, "group": t.group,
-                 "persist_by": t.persist_by}
-                for t in sorted(self.taps.values(), key=lambda t: t.ifname)]
+                 "persist_by": t.persist_by, "ifindex": t.ifindex,
+                 **self.ns_fields(t.netns)}
+                for t in sorted(self.taps.values(),
+                                key=lambda t: (t.ifname, t.netns != self.own_netns,
+                                               t.netns or 0))]
 
-    def lineage(self, ifname: str) -> list[dict]:
-        """Each open file of `ifname`, live or released while traced, with its hops."""
+    def lineage(self, ifname: str, netns: int | None = None) -> list[dict]:
+        """Each open file of `ifname` (in namespace `netns`, or any), live or released
+        while traced, with its hops."""
         out = []
         files = {f.id: f for f in self.released}
         files.update(self.files)
         for f in sorted(files.values(), key=lambda f: f.id):
-            if f.ifname == ifname:
-                out.append({"file": f.id, "creator_pid": f.creator_pid,
+            if f.ifname == ifname and (netns is None or self._same_ns(f.netns, netns)):
+                out.append({"file": f.id, "creator_pid": f.creator_pid, **self.ns_fields(f.netns),
                             "open": f.id in self.files,
                             "steps": list(f.lineage), "chain": self.chain(f)})
         return out

@@ -7,11 +7,14 @@ even for root: such entries are skipped quietly.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import marshal
 import os
 import re
+import socket
+import struct
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 SYS_KCMP = 312           # x86-64
@@ -25,7 +28,18 @@ _TAPDEV = re.compile(r"/dev/tap(\d+)")      # macvtap/ipvtap: /dev/tap<ifindex>
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 IFF_TUN, IFF_TAP = 0x0001, 0x0002
-IFF_MULTI_QUEUE, IFF_PERSIST, IFF_VNET_HDR = 0x0100, 0x0800, 0x4000
+IFF_MULTI_QUEUE, IFF_PERSIST, IFF_NO_PI, IFF_VNET_HDR = 0x0100, 0x0800, 0x1000, 0x4000
+
+# A tap's network namespace. A tun file makes (or finds) its device in the namespace
+# it was *opened* in (tun_set_iff uses the file's socket's net), not in the one of the
+# process doing TUNSETIFF or holding it now (slirp4netns's parent holds a tap of the
+# container's namespace). TUNGETDEVNETNS (5.2+) asks the device itself: exact.
+TUNGETDEVNETNS = 0x54E3            # _IO('T', 227)
+SYS_PIDFD_OPEN = 434
+SYS_PIDFD_GETFD = 438
+SYS_SETNS = 308                    # x86-64
+CLONE_NEWNET = 0x40000000
+NETNS_RUN = "/run/netns"           # `ip netns` names: bind mounts of nsfs files
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ class FdInfo:
     ifname: str | None        # fdinfo "iff:" (exact, surrogateescape); None: not attached
     cloexec: bool
     flags: int                # open flags from fdinfo "flags:" (octal)
+    netns: int | None = None  # the tap's network namespace (nsfs inode); None: unknown
 
 
 @dataclass(frozen=True)
@@ -61,15 +76,18 @@ class TapInfo:
     owner: int | None
     group: int | None
     mac: str | None
+    netns: int | None = None  # its network namespace (nsfs inode); None: taptrace's own
 
 
 @dataclass
 class Snapshot:
     procs: dict[int, ProcInfo]           # holders of tun fds
     fds: list[FdInfo]
-    taps: dict[str, TapInfo]
+    taps: dict[str, TapInfo]             # keyed by name (own namespace) or "INODE:name"
     files: list[list[tuple[int, int]]]   # (pid, fd) groups that are one open file
     tables: list[list[int]]              # pid groups sharing one fd table
+    own_netns: int | None = None         # taptrace's network namespace
+    netns_names: dict[int, str] = field(default_factory=dict)   # `ip netns` names
 
 
 # ---- kcmp ------------------------------------------------------------------
@@ -180,6 +198,265 @@ def group_tables(pids: Iterable[int]) -> list[list[int]]:
     return _classes(pids, lambda a, b: _syscall(SYS_KCMP, a, b, KCMP_FILES, 0, 0))
 
 
+# ---- network namespaces ----------------------------------------------------
+#
+# A namespace is named by its nsfs inode (what `ls -L -i /proc/PID/ns/net` shows),
+# and by NAME where `ip netns` bind-mounted it at /run/netns/NAME.
+
+_setns = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          use_errno=True)(("setns", _libc))
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def own_netns() -> int | None:
+    """taptrace's own network namespace."""
+    return _inode("/proc/self/ns/net")
+
+
+def pid_netns(pid: int) -> int | None:
+    """The namespace a process is in *now* (not necessarily its taps')."""
+    return _inode(f"/proc/{pid}/ns/net")
+
+
+def netns_names(run_dir: str = NETNS_RUN) -> dict[int, str]:
+    """inode -> name of each `ip netns` namespace (a bind mount at /run/netns/NAME)."""
+    out: dict[int, str] = {}
+    try:
+        names = sorted(os.listdir(run_dir))
+        nsfs = os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return out
+    for name in names:
+        try:
+            st = os.stat(os.path.join(run_dir, name))
+        except OSError:
+            continue
+        if st.st_dev == nsfs:             # not a placeholder left without its mount
+            out.setdefault(st.st_ino, name)
+    return out
+
+
+def pidfd_open(pid: int) -> int | None:
+    fd = _syscall(SYS_PIDFD_OPEN, pid, 0, 0, 0, 0)
+    return None if fd < 0 else fd
+
+
+def tap_netns_fd(pid: int, fd: int, pidfd: int | None = None) -> int | None:
+    """An fd of the namespace that the tap behind PID's fd N lives in: TUNGETDEVNETNS
+    on a pidfd_getfd copy (root, or ptrace rights over PID). None: gone, no right, no
+    tap attached, or not a tun file (macvtap has no TUNGETDEVNETNS)."""
+    own = pidfd is None
+    if own:
+        pidfd = pidfd_open(pid)
+        if pidfd is None:
+            return None
+    try:
+        copy = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0, 0, 0)
+        if copy < 0:
+            return None
+        try:
+            return fcntl.ioctl(copy, TUNGETDEVNETNS)
+        except OSError:
+            return None
+        finally:
+            os.close(copy)
+    finally:
+        if own:
+            os.close(pidfd)
+
+
+def tap_netns(pid: int, fd: int, pidfd: int | None = None) -> int | None:
+    """The inode of the tap's namespace (see tap_netns_fd); None: cannot be told."""
+    ns = tap_netns_fd(pid, fd, pidfd)
+    if ns is None:
+        return None
+    try:
+        return os.fstat(ns).st_ino
+    finally:
+        os.close(ns)
+
+
+# rtnetlink: enough of RTM_GETLINK to describe the tun/tap devices of a namespace
+# whose /sys taptrace cannot see (/sys/class/net shows the namespace sysfs was
+# mounted in). The socket is made inside that namespace and answers about it.
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MASTER, IFLA_OPERSTATE, IFLA_LINKINFO = 1, 3, 10, 16, 18
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_TUN_OWNER, IFLA_TUN_GROUP, IFLA_TUN_TYPE, IFLA_TUN_PI = 1, 2, 3, 4
+IFLA_TUN_VNET_HDR, IFLA_TUN_PERSIST, IFLA_TUN_MULTI_QUEUE = 5, 6, 7
+OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
+_NLMSGHDR = struct.Struct("=IHHII")
+_IFINFOMSG = struct.Struct("=BxHiII")
+_RTATTR = struct.Struct("=HH")
+
+
+@dataclass(frozen=True)
+class Link:
+    """One network device of a namespace, from rtnetlink."""
+    ifname: str
+    ifindex: int
+    mac: str | None
+    master: int | None        # the master's ifindex (bridge, OVS), same namespace
+    operstate: str | None
+    tun: tuple | None         # (tun_flags, owner, group) for a tun/tap device
+
+
+def _rtattrs(buf: bytes, off: int = 0):
+    """(type, payload) of each rtattr in buf[off:] (4-byte aligned)."""
+    while off + 4 <= len(buf):
+        length, kind = _RTATTR.unpack_from(buf, off)
+        if length < 4 or off + length > len(buf):
+            return
+        yield kind & 0x3FFF, buf[off + 4:off + length]   # without NLA_F_NESTED & co
+        off += (length + 3) & ~3
+
+
+def _tun_info(data: bytes) -> tuple:
+    """IFLA_INFO_DATA of a tun device -> (tun_flags as /sys shows them, owner, group)."""
+    a = dict(_rtattrs(data))
+
+    def u8(k: int) -> int:
+        return a[k][0] if len(a.get(k, b"")) >= 1 else 0
+
+    def u32(k: int) -> int | None:
+        return struct.unpack_from("=I", a[k])[0] if len(a.get(k, b"")) >= 4 else None
+
+    flags = (u8(IFLA_TUN_TYPE) & (IFF_TUN | IFF_TAP)
+             | (0 if u8(IFLA_TUN_PI) else IFF_NO_PI)
+             | (IFF_VNET_HDR if u8(IFLA_TUN_VNET_HDR) else 0)
+             | (IFF_PERSIST if u8(IFLA_TUN_PERSIST) else 0)
+             | (IFF_MULTI_QUEUE if u8(IFLA_TUN_MULTI_QUEUE) else 0))
+    return flags, u32(IFLA_TUN_OWNER), u32(IFLA_TUN_GROUP)
+
+
+def parse_links(data: bytes) -> tuple[list[Link], bool]:
+    """The RTM_NEWLINK messages of a dump reply; True once NLMSG_DONE was seen.
+
+    Raises OSError on an NLMSG_ERROR."""
+    links: list[Link] = []
+    off = 0
+    while off + _NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+        if length < _NLMSGHDR.size or off + length > len(data):
+            break
+        body = data[off + _NLMSGHDR.size:off + length]
+        off += (length + 3) & ~3
+        if kind == NLMSG_DONE:
+            return links, True
+        if kind == NLMSG_ERROR:
+            err = -struct.unpack_from("=i", body)[0] if len(body) >= 4 else 0
+            if err:
+                raise OSError(err, os.strerror(err))
+            continue
+        if kind != RTM_NEWLINK or len(body) < _IFINFOMSG.size:
+            continue
+        _fam, _type, ifindex, _ifflags, _change = _IFINFOMSG.unpack_from(body)
+        name, mac, master, oper, tun = None, None, None, None, None
+        for k, v in _rtattrs(body, _IFINFOMSG.size):
+            if k == IFLA_IFNAME:
+                name = _decode(v.split(b"\0", 1)[0])
+            elif k == IFLA_ADDRESS:
+                mac = ":".join(f"{b:02x}" for b in v) or None
+            elif k == IFLA_MASTER and len(v) >= 4:
+                master = struct.unpack_from("=I", v)[0]
+            elif k == IFLA_OPERSTATE and len(v) >= 1:
+                oper = OPERSTATES[v[0]] if v[0] < len(OPERSTATES) else str(v[0])
+            elif k == IFLA_LINKINFO:
+                info = dict(_rtattrs(v))
+                if info.get(IFLA_INFO_KIND, b"").rstrip(b"\0") == b"tun":
+                    tun = _tun_info(info.get(IFLA_INFO_DATA, b""))
+        if name is not None:
+            links.append(Link(name, ifindex, mac, master, oper, tun))
+    return links, False
+
+
+def _socket_in(ns_fd: int) -> socket.socket:
+    """A NETLINK_ROUTE socket of another namespace: setns there, make it, come back.
+
+    Only this thread moves, for the time of one socket() call; a socket answers about
+    the namespace it was made in wherever it is used."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _setns(ns_fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        try:
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                 socket.NETLINK_ROUTE)
+        finally:
+            if _setns(home, CLONE_NEWNET) != 0:
+                # never go on reading /sys and /proc from someone else's namespace
+                os.write(2, b"taptrace: cannot return to its own network namespace\n")
+                os._exit(70)
+    finally:
+        os.close(home)
+
+
+def links_in(ns_fd: int) -> list[Link]:
+    """Every network device of the namespace ns_fd refers to (RTM_GETLINK dump)."""
+    with _socket_in(ns_fd) as sock:
+        sock.settimeout(2.0)
+        req = _NLMSGHDR.pack(_NLMSGHDR.size + _IFINFOMSG.size, RTM_GETLINK,
+                             NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + _IFINFOMSG.pack(0, 0, 0, 0, 0)
+        sock.send(req)
+        links: list[Link] = []
+        while True:
+            got, done = parse_links(sock.recv(1 << 16))
+            links.extend(got)
+            if done:
+                return links
+
+
+def taps_of_links(links: list[Link], netns: int | None) -> dict[str, TapInfo]:
+    """The tun/tap devices among a namespace's links, as /sys would describe them."""
+    out: dict[str, TapInfo] = {}
+    for ln in links:
+        if ln.tun is None:
+            continue
+        flags, owner, group = ln.tun
+        out[ln.ifname] = TapInfo(ln.ifname, ln.ifindex, "tap" if flags & IFF_TAP else "tun",
+                                 flags, bool(flags & IFF_PERSIST),
+                                 bool(flags & IFF_MULTI_QUEUE), bool(flags & IFF_VNET_HDR),
+                                 owner, group, ln.mac, netns)
+    return out
+
+
+def open_netns(door) -> int | None:
+    """An fd of a namespace from a way into it: a path (/run/netns/NAME,
+    /proc/PID/ns/net) or a (pid, fd) holding one of its taps."""
+    if isinstance(door, str):
+        try:
+            return os.open(door, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+    return tap_netns_fd(*door)
+
+
+def links_of_netns(netns: int, doors: Iterable) -> list[Link] | None:
+    """The devices of namespace `netns`, through the first door that leads there."""
+    for door in doors:
+        fd = open_netns(door)
+        if fd is None:
+            continue
+        try:
+            if os.fstat(fd).st_ino != netns:
+                continue              # the path or fd now leads somewhere else
+            return links_in(fd)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return None
+
+
 # ---- parsing ---------------------------------------------------------------
 
 def _field(text: str, key: str) -> str | None:
@@ -273,8 +550,9 @@ def _is_tun_path(path: str) -> bool:
 
 
 def _fdinfo(pid: int, fd: int, path: str, taps: _Ifindex,
-            info_dir: int | None = None) -> FdInfo | None:
-    """The FdInfo of a fd whose link is a tun/tap path; info_dir: an open /proc/PID/fdinfo."""
+            info_dir: int | None = None, pidfd: int | None = None) -> FdInfo | None:
+    """The FdInfo of a fd whose link is a tun/tap path; info_dir: an open /proc/PID/fdinfo.
+    With a pidfd of PID, an attached tun fd also gets its tap's namespace."""
     try:
         if info_dir is None:
             raw = _read_at(f"/proc/{pid}/fdinfo/{fd}")
@@ -285,7 +563,10 @@ def _fdinfo(pid: int, fd: int, path: str, taps: _Ifindex,
         return None
     if ifname is None and path != TUN_PATH and path != VHOST_PATH:
         ifname = taps.name(path)           # macvtap prints no iff:; opening it attached it
-    return FdInfo(pid, fd, path, ifname, bool(flags & O_CLOEXEC), flags)
+    netns = None
+    if pidfd is not None and ifname is not None and path == TUN_PATH:
+        netns = tap_netns(pid, fd, pidfd)
+    return FdInfo(pid, fd, path, ifname, bool(flags & O_CLOEXEC), flags, netns)
 
 
 def read_fdinfo(pid: int, fd: int) -> FdInfo | None:
@@ -306,6 +587,7 @@ def _tun_fds(pid: int, taps: _Ifindex) -> list[FdInfo]:
     except OSError:
         return out
     info_dir = -1
+    pidfd: int | None = -1
     try:
         names = os.listdir(fd_dir)
         for name in names:
@@ -319,7 +601,9 @@ def _tun_fds(pid: int, taps: _Ifindex) -> list[FdInfo]:
                 continue
             if info_dir < 0:
                 info_dir = os.open(f"/proc/{pid}/fdinfo", _DIR_FLAGS)
-            info = _fdinfo(pid, int(name), path, taps, info_dir)
+            if pidfd == -1 and path == TUN_PATH:
+                pidfd = pidfd_open(pid)    # once per holder: each tap's namespace
+            info = _fdinfo(pid, int(name), path, taps, info_dir, pidfd)
             if info is not None:
                 out.append(info)
     except OSError:
@@ -328,6 +612,8 @@ def _tun_fds(pid: int, taps: _Ifindex) -> list[FdInfo]:
         os.close(fd_dir)
         if info_dir >= 0:
             os.close(info_dir)
+        if pidfd is not None and pidfd >= 0:
+            os.close(pidfd)
     return out
 
 
@@ -363,8 +649,9 @@ def _opt_id(text: str) -> int | None:
     return None if v < 0 else v
 
 
-def list_taps() -> dict[str, TapInfo]:
-    """Every tun/tap netdev (those with /sys/class/net/IF/tun_flags), held or not."""
+def list_taps(netns: int | None = None) -> dict[str, TapInfo]:
+    """Every tun/tap netdev of taptrace's own namespace (those with
+    /sys/class/net/IF/tun_flags), held or not; `netns`: that namespace's inode."""
     out: dict[str, TapInfo] = {}
     try:
         names = os.listdir(SYS_NET)
@@ -388,7 +675,7 @@ def list_taps() -> dict[str, TapInfo]:
             mac = None
         out[name] = TapInfo(name, ifindex, "tap" if tun_flags & IFF_TAP else "tun", tun_flags,
                             bool(tun_flags & IFF_PERSIST), bool(tun_flags & IFF_MULTI_QUEUE),
-                            bool(tun_flags & IFF_VNET_HDR), owner, group, mac)
+                            bool(tun_flags & IFF_VNET_HDR), owner, group, mac, netns)
     return out
 
 
@@ -432,7 +719,7 @@ def _scan_in_child(pids: list[int]) -> tuple[int, int]:
         try:
             os.close(r)
             data = memoryview(marshal.dumps(
-                [(f.pid, f.fd, f.path, f.ifname, f.cloexec, f.flags)
+                [(f.pid, f.fd, f.path, f.ifname, f.cloexec, f.flags, f.netns)
                  for f in _scan(pids, _Ifindex())]))
             while data:
                 data = data[os.write(w, data):]
@@ -516,4 +803,35 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     files: list[list[tuple[int, int]]] = []
     for keys in buckets.values():
         files.extend(group_files(keys))
-    return Snapshot(procs, fds, list_taps(), files, group_tables(procs))
+    own = own_netns()
+    names = netns_names()
+    return Snapshot(procs, fds, all_taps(own, names, fds, pids), files, group_tables(procs),
+                    own, names)
+
+
+def all_taps(own: int | None, names: dict[int, str], fds: Iterable[FdInfo],
+             pids: Iterable[int] = ()) -> dict[str, TapInfo]:
+    """The taps of taptrace's namespace (from /sys, keyed by name) and of every other
+    namespace it can find and enter (from rtnetlink there, keyed "INODE:name"): those
+    of held taps, `ip netns` ones and those of `pids`. Persistent taps that nobody holds
+    in a container's namespace are found that way too. Namespaces it may not enter
+    (not root) are left out."""
+    taps = list_taps(own)
+    doors: dict[int, list] = {}
+    for f in fds:
+        if f.netns is not None and f.netns != own:
+            doors.setdefault(f.netns, []).append((f.pid, f.fd))
+    for ino, name in names.items():
+        if ino != own:
+            doors.setdefault(ino, []).append(os.path.join(NETNS_RUN, name))
+    for pid in pids:
+        ino = pid_netns(pid)
+        if ino is not None and ino != own and len(doors.setdefault(ino, [])) < 4:
+            doors[ino].append(f"/proc/{pid}/ns/net")
+    for ino in sorted(doors):
+        links = links_of_netns(ino, doors[ino])
+        if links is None:
+            continue
+        for name, info in taps_of_links(links, ino).items():
+            taps[f"{ino}:{name}"] = info
+    return taps

@@ -12,7 +12,7 @@ import grp
 import json
 import pwd
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from tabulate import tabulate
 
@@ -155,16 +155,40 @@ def describe(r: dict) -> tuple[str, str, str]:
     return fd, ifn, ""
 
 
+def netns_label(netns, name, own) -> str | None:
+    """How people see a namespace that is not taptrace's own: its `ip netns` name, else
+    its inode; None for taptrace's own (or an unknown) one."""
+    if netns is None or netns == own:
+        return None
+    return safe(name) if name else str(netns)
+
+
+def _report_netns(r: dict, own, names: Mapping) -> str:
+    """` [netns ctr1]` after an event line about a tap of another namespace."""
+    ns = r.get("netns")
+    if isinstance(ns, dict):
+        ns = list(ns.values())
+    if isinstance(ns, list):
+        labels = [netns_label(n, names.get(n), own) for n in ns]
+    else:
+        labels = [netns_label(ns, r.get("netns_name") or names.get(ns), own)]
+    seen = list(dict.fromkeys(lb for lb in labels if lb))
+    return f" [netns {','.join(seen)}]" if seen else ""
+
+
 HEADER = f"{'TIME':<12} {'PID':>7} {'COMM':<16} {'EVENT':<13} {'FD':>4} {'IFNAME':<15} DETAIL"
 
 
-def event_line(r: dict, clock_offset_ns: int) -> str:
+def event_line(r: dict, clock_offset_ns: int, own_netns: int | None = None,
+               netns_names: Mapping | None = None) -> str:
+    """One human line; a tap in a namespace other than `own_netns` is named."""
     ts = r.get("ts_ns")
     when = "-"
     if ts is not None:
         wall = (ts + clock_offset_ns) / 1e9
         when = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1000) % 1000:03d}"
     fd, ifn, detail = describe(r)
+    detail += _report_netns(r, own_netns, netns_names or {})
     comm = safe(r.get("comm", ""))[:16]
     return (f"{when:<12} {r.get('pid', ''):>7} {comm:<16} {r['type']:<13} {fd:>4} "
             f"{ifn:<15} {detail}")
@@ -211,6 +235,8 @@ def _cell(row: dict, key: str) -> str:
         return safe(" ".join(p for p in parts if p) or None)
     if key == "owner":
         return owner_text(row) or "-"
+    if key == "netns":
+        return netns_label(row.get("netns"), row.get("netns_name"), row.get("_own")) or "-"
     if key == "shared_with":
         others = [f"{p}/{f}" for p, f in row["shared_with"][:4]]
         total = row.get("shared_count", len(row["shared_with"]))
@@ -242,12 +268,14 @@ VM_COLUMNS = [("vm", "VM"), ("nic", "NIC"), ("guest_mac", "GUEST MAC"),
               ("host_mac", "HOST MAC")]
 
 
-def tap_text(tap: dict) -> str:
-    """One tun/tap of the tap list: `tap0: tap tap,no_pi persist uid=65534(nobody)`."""
+def tap_text(tap: dict, own_netns: int | None = None) -> str:
+    """One tun/tap of the tap list:
+    `tap0: tap tap,no_pi persist uid=65534(nobody) in netns ns1`."""
     owner = owner_text(tap)
+    ns = netns_label(tap.get("netns"), tap.get("netns_name"), own_netns)
     return (f"{safe(tap['ifname'])}: {tap['kind']} {','.join(tap['flags']) or '-'}"
             f"{' persist' if tap.get('persist') and 'persist' not in tap['flags'] else ''}"
-            f"{' ' + owner if owner else ''}")
+            f"{' ' + owner if owner else ''}{' in netns ' + ns if ns else ''}")
 
 
 def kinds_word(kinds: Iterable[str]) -> str:
@@ -256,19 +284,24 @@ def kinds_word(kinds: Iterable[str]) -> str:
     return (word or "taps").capitalize()
 
 
-def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = True) -> str:
+def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = True,
+               own_netns: int | None = None) -> str:
     """The table for people; `complete` is False when other users' fds were unreadable.
     VM columns appear when some holder is a VM, OWNER when some tun/tap has an owner or
-    a group."""
-    owned = any(r.get("owner") is not None or r.get("group") is not None for r in rows)
-    cols = (ROW_COLUMNS + (OWNER_COLUMNS if owned else [])
-            + (VM_COLUMNS if any(r.get("vm") for r in rows) else []))
-    body = [[_cell(r, k) for k, _ in cols] for r in rows]
+    a group, NETNS when some tap is in another network namespace than `own_netns`
+    (taptrace's)."""
+    cols = list(ROW_COLUMNS)
+    if any(netns_label(r.get("netns"), None, own_netns) for r in rows):
+        cols.insert(cols.index(("ifname", "IFNAME")) + 1, ("netns", "NETNS"))
+    if any(r.get("owner") is not None or r.get("group") is not None for r in rows):
+        cols += OWNER_COLUMNS
+    cols += VM_COLUMNS if any(r.get("vm") for r in rows) else []
+    body = [[_cell({**r, "_own": own_netns}, k) for k, _ in cols] for r in rows]
     text = tabulate(body, headers=[h for _, h in cols], tablefmt="simple",
                     disable_numparse=True) if body else "(no process holds a tun/tap fd)"
     orphans = [t for t in taps if not t.get("files")]
     if orphans:
-        lines = [f"{tap_text(t)} — no process holds it" for t in orphans]
+        lines = [f"{tap_text(t, own_netns)} — no process holds it" for t in orphans]
         what = kinds_word(t["kind"] for t in orphans)
         title = (f"{what} with no holder:" if complete else
                  f"{what} with no holder visible to you (root sees every process):")
@@ -276,12 +309,14 @@ def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = Tru
     return text
 
 
-def mac_story(ifname: str, rows: list[dict]) -> list[str]:
-    """Why the guest's MAC is not the tap's: the two ends of one link."""
+def mac_story(ifname: str, rows: list[dict], netns: str | None = None) -> list[str]:
+    """Why the guest's MAC is not the tap's: the two ends of one link. `netns`: the
+    label of the tap's namespace where it is not taptrace's."""
     r = next((r for r in rows if r.get("guest_mac") or r.get("host_mac")), None)
     if r is None or not r.get("host_mac"):
         return []
-    lines = [(f"host side: {safe(ifname)} mac {safe(r['host_mac'])}"
+    where = f" (netns {netns})" if netns else ""
+    lines = [(f"host side: {safe(ifname)}{where} mac {safe(r['host_mac'])}"
              f"{' on ' + safe(r['master']) if r.get('master') else ''}"
              f"{', ' + safe(r['operstate']) if r.get('operstate') else ''}")]
     if r.get("guest_mac"):

@@ -30,6 +30,8 @@ def snapshot_from(d: dict) -> procfs.Snapshot:
         taps={k: procfs.TapInfo(**v) for k, v in d["taps"].items()},
         files=[[tuple(k) for k in g] for g in d["files"]],
         tables=[list(g) for g in d["tables"]],
+        own_netns=d.get("own_netns"),       # recordings made before namespaces: none
+        netns_names={int(k): v for k, v in (d.get("netns_names") or {}).items()},
     )
 
 
@@ -45,7 +47,9 @@ def records(lines: Iterable[str]) -> Iterator[dict]:
 
 def replay(lines: Iterable[str]) -> tuple[Model, list[dict]]:
     answers: dict[tuple[int, int], str | None] = {}
-    model = Model(probe_fd=lambda pid, fd: answers.get((pid, fd)))
+    netns: dict[tuple[int, int], tuple | None] = {}   # the namespaces read while tracing
+    model = Model(probe_fd=lambda pid, fd: answers.get((pid, fd)),
+                  netns_of=lambda pid, fd: netns.get((pid, fd)))
     reports: list[dict] = []
     loaded = False
     for n, rec in enumerate(records(lines), 1):
@@ -59,7 +63,11 @@ def replay(lines: Iterable[str]) -> tuple[Model, list[dict]]:
                     loaded = True
                 continue
             probe = rec.pop("probe", None)
+            asked = rec.pop("netns", None) or []
             e = ev.from_record(rec)
+            netns.clear()
+            for pid, fd, ino, name in asked:
+                netns[(pid, fd)] = None if ino is None else (ino, name)
             if isinstance(e, ev.PidfdOpen):
                 continue          # the recorded pidfd_getfd already names its source
             answers.clear()

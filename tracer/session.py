@@ -29,6 +29,11 @@ POLL_MS = 100
 PIDFDS_MAX = 4096
 HELD_OPENS_MAX = 4096
 SCM_ARM_NS = 2_000_000_000
+NETNS_NAMES_EVERY_NS = 1_000_000_000
+# How long a TUNSETIFF whose process has already gone (slirp4netns's child sends the
+# fd to its parent and exits) may wait for the record of the fd's receive, where the
+# tap's namespace can be asked of the receiver's copy.
+NETNS_HOLD_NS = 300_000_000
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,13 @@ class Session:
         self.emit = emit
         self._record = record
         self.filters = filters
-        self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name)
+        self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name,
+                           netns_of=self._netns_of)
+        self._ns_asked: list[list] = []          # the model's netns questions, recorded
+        self._ns_ready: dict[tuple[int, int], tuple[int, str | None]] = {}
+        self._self_pid = os.getpid()
+        self._ns_names: dict[int, str] = {}
+        self._ns_names_at = 0
         self._queue: list[ev.Event] = []
         # -i: `open` lines of fds whose interface is not known yet, by open file id
         self._held: dict[int, tuple[OpenFile, dict]] = {}
@@ -193,7 +204,7 @@ class Session:
                  "buffer_pages": info.buffer_pages, "kernel_source": info.kernel_source,
                  "rows": sum(len(p.table.fds) for p in self.model.procs.values()),
                  "taps": len(self.model.taps),
-                 "tracer_pid": os.getpid()}
+                 "tracer_pid": os.getpid(), "own_netns": self.model.own_netns}
         self.emit(ready)
         return ready
 
@@ -242,6 +253,73 @@ class Session:
         return ev.Open(ts=e.ts, pid=e.pid, tid=e.tid, comm=e.comm, fd=e.fd, path=path,
                        flags=flags)
 
+    def _netns_name(self, ino: int) -> str | None:
+        """`ip netns`'s name for a namespace (re-read /run/netns at most once a second
+        when a namespace it did not name turns up)."""
+        if ino not in self._ns_names and ino != self.model.own_netns:
+            now = time.monotonic_ns()
+            if now - self._ns_names_at > NETNS_NAMES_EVERY_NS:
+                self._ns_names, self._ns_names_at = procfs.netns_names(), now
+        return self._ns_names.get(ino)
+
+    def _netns_of(self, pid: int, fd: int) -> tuple[int | None, str | None] | None:
+        """The model's NetnsProbe: the namespace of the tap behind pid/fd.
+
+        Asked of the fd itself (TUNGETDEVNETNS on a pidfd_getfd copy): exact, because
+        the device lives where the file was opened, whatever the process did since
+        (slirp4netns's and pasta's children setns() first). The fd may be gone by the
+        time its record is read: then a sharer of the same fd table (a CLONE_FILES
+        child that made the tap and exited leaves it to its parent), and only then the
+        process's own namespace *now*, a guess (wrong if it setns()ed since)."""
+        ready = self._ns_ready.pop((pid, fd), None)
+        ino = ready[0] if ready is not None else self._netns_exact(pid, fd)
+        if ino is None:
+            ino = procfs.pid_netns(pid)
+        if ino is None:
+            self._ns_asked.append([pid, fd, None, None])
+            return None
+        name = self._netns_name(ino)
+        self._ns_asked.append([pid, fd, ino, name])
+        return ino, name
+
+    def _netns_exact(self, pid: int, fd: int) -> int | None:
+        """TUNGETDEVNETNS on pid's fd, or on the same fd of a sharer of its table."""
+        proc = self.model.procs.get(pid)
+        sharers = sorted(proc.table.users - {pid}) if proc is not None else []
+        for p in [pid, *sharers]:
+            ino = procfs.tap_netns(p, fd)
+            if ino is not None:
+                return ino
+        return None
+
+    def _netns_ahead(self, e: ev.TunIoctl, rest: list) -> int | None:
+        """The namespace of the tap just made at e.pid/e.fd, asked of where the fd went
+        next when its maker has gone: the receiver of its SCM_RIGHTS send among the
+        records that follow (the first receive of that position whose fd has that
+        name, as the model will match it)."""
+        send = next((r for r in rest if isinstance(r, ev.ScmSend) and r.pid == e.pid
+                     and e.fd in r.fds), None)
+        if send is None:
+            return None
+        pos = send.fds.index(e.fd)
+        for r in rest[rest.index(send) + 1:]:
+            if (isinstance(r, ev.ScmRecv) and pos < len(r.fds) <= len(send.fds)
+                    and fd_ifname(r.pid, r.fds[pos]) == e.ifname):
+                return procfs.tap_netns(r.pid, r.fds[pos])
+        return None
+
+    def _prepare_netns(self, e: ev.TunIoctl, rest: list) -> bool:
+        """Read the namespace of the tap a TUNSETIFF made before the model asks (see
+        _netns_of); False only when its fd has gone and no receiver's copy can tell
+        yet (an fd still open that cannot tell, a macvtap's, will not tell later)."""
+        ino = self._netns_exact(e.pid, e.fd)
+        if ino is None:
+            ino = self._netns_ahead(e, rest)
+        if ino is None:
+            return fd_ifname(e.pid, e.fd) is not None
+        self._ns_ready[(e.pid, e.fd)] = (ino, None)
+        return True
+
     def _remember_pidfd(self, e: ev.PidfdOpen) -> None:
         # The pidfd is often closed before its pidfd_getfd record is read: remember
         # what it named when it was made (bounded; a reused number is overwritten).
@@ -273,7 +351,9 @@ class Session:
 
     def table(self) -> dict:
         rows = [r for r in self.model.rows(self.filters.ifname) if self._row_ok(r)]
-        return {"type": "table", "rows": enrich_rows(rows), "taps": self.model.tap_list()}
+        return {"type": "table", "own_netns": self.model.own_netns,
+                "rows": enrich_rows(rows, own_netns=self.model.own_netns),
+                "taps": self.model.tap_list()}
 
     def close(self) -> None:
         """Detach the probes. Releasing a tracepoint's perf event waits for RCU grace
@@ -305,23 +385,37 @@ class Session:
                 on_tick()
         # what the kernel already recorded belongs in the final table
         self.probes.poll(0)
-        self.drain()
+        self.drain(final=True)
 
     def step(self, timeout_ms: int = POLL_MS) -> None:
         """Poll once, apply what arrived, recover from loss."""
         self.probes.poll(timeout_ms)
         self.drain()
 
-    def drain(self) -> None:
+    def drain(self, final: bool = False) -> None:
+        """Apply what arrived. A TUNSETIFF whose tap's namespace cannot be read yet
+        (its maker gone, its receive not recorded yet) holds back itself and what
+        follows until the next poll, for NETNS_HOLD_NS at most; `final`: hold nothing."""
         batch, self._queue[:] = list(self._queue), []
         if self.probes.info.buffer == "perf":
             batch.sort(key=lambda e: e.ts)          # per-CPU buffers: restore order
-        for e in batch:
+        self._ns_ready.clear()
+        for i, e in enumerate(batch):
             if isinstance(e, ev.PidfdOpen):
                 self._remember_pidfd(e)
                 continue
+            if e.pid == self._self_pid:
+                # its own copies of tun fds (taken to read namespaces) put the tracer
+                # into the in-kernel interest set: out again, and no events
+                self.probes.drop_interest(self._self_pid)
+                continue
             if e.ts < self._min_ts:
                 continue
+            if (isinstance(e, ev.TunIoctl) and e.cmd == ev.TUNSETIFF and e.ret == 0
+                    and not self._prepare_netns(e, batch[i + 1:]) and not final
+                    and time.monotonic_ns() - e.ts < NETNS_HOLD_NS):
+                self._queue[:0] = batch[i:]
+                break
             self.stats["events"] += 1
             if isinstance(e, ev.PidfdGetfd):
                 src = self._pidfds.get((e.pid, e.pidfd)) or pidfd_pid(e.pid, e.pidfd)
@@ -343,6 +437,7 @@ class Session:
             self.probes.arm_scm(now + SCM_ARM_NS)
 
     def _apply(self, e: ev.Event) -> None:
+        rec = None
         if self._record is not None:
             rec = ev.to_record(e)
             if isinstance(e, ev.ScmRecv):   # what the model asks /proc, for replay
@@ -353,8 +448,13 @@ class Session:
                            if entry.cloexec is None] if proc is not None else []
                 if unknown:
                     rec["probe"] = [[fd, fd_ifname(e.pid, fd)] for fd in unknown]
+        self._ns_asked.clear()
+        reports = self.model.apply(e)
+        if rec is not None:
+            if self._ns_asked:              # the namespaces read for it, for replay
+                rec["netns"] = [list(a) for a in self._ns_asked]
             self._record(rec)
-        for report in self.model.apply(e):
+        for report in reports:
             if report["type"] == "open" and self._hold_open(report):
                 continue
             self._out(report)
@@ -372,8 +472,10 @@ class Session:
             report.update(ts_ns=now, **me)
             self.emit(report)
         # what went away while records were lost still deserves its line
-        for name in sorted(taps_before - set(self.model.taps)):
-            self._out({"type": "tap_gone", "ts_ns": now, **me, "ifname": name})
+        for netns, name in sorted(taps_before - set(self.model.taps),
+                                  key=lambda k: (k[1], k[0] or 0)):
+            self._out({"type": "tap_gone", "ts_ns": now, **me, "ifname": name,
+                       **self.model.ns_fields(netns)})
 
     # ---- filtering ---------------------------------------------------------
 

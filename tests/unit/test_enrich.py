@@ -1,6 +1,6 @@
 """Reading QEMU's and libvirt's own words about a tap (the formats they emit)."""
 
-from tracer import enrich
+from tracer import enrich, procfs, render
 
 # What libvirt 9.x passes (JSON -netdev/-device), trimmed to the parts that matter.
 LIBVIRT_JSON_ARGV = (
@@ -140,3 +140,69 @@ def test_host_side_of_loopback():
     hs = enrich.host_side("lo")
     assert hs is not None and hs.ifindex == 1 and hs.master is None
     assert enrich.host_side("no-such-if0") is None
+
+
+# ---- a tap in another network namespace -------------------------------------
+
+OWN, CTR = 4026531840, 4026532300
+
+
+def test_a_tap_of_another_namespace_is_described_from_there_not_by_its_namesake_here():
+    # pasta names its tap after the host's NIC (eth0); slirp4netns's tap0 may have a
+    # host namesake. /sys here shows the host's device: its MAC and bridge are not
+    # the container tap's.
+    rows = [{"pid": 7, "fd": 5, "ifname": "eth0", "creator_pid": None, "netns": CTR},
+            {"pid": 8, "fd": 3, "ifname": "vnet1", "creator_pid": None, "netns": OWN}]
+    nics = {n.target: n for n in enrich.parse_libvirt_status(STATUS_XML)}
+    nics["eth0"] = nics["vnet1"]           # a libvirt NIC of that name, here
+
+    def host(name):
+        return enrich.HostSide(name, "52:54:00:00:00:99", "br-host", "up", 2)
+
+    asked = []
+
+    def host_in(pid, fd, netns, ifname):
+        asked.append((pid, fd, netns, ifname))
+        return enrich.HostSide(ifname, "9a:00:00:00:00:01", None, "unknown", 2)
+
+    enrich.enrich_rows(rows, {}.get, nics, host, libvirtd=lambda: 812, own_netns=OWN,
+                       host_in=host_in)
+    ctr, here = rows
+    assert asked == [(7, 5, CTR, "eth0")]
+    assert (ctr["host_mac"], ctr["master"], ctr["operstate"]) == (
+        "9a:00:00:00:00:01", None, "unknown")
+    assert ctr["vm"] is None and ctr["creator_from"] is None   # libvirt's eth0 is not it
+    assert (here["host_mac"], here["master"], here["vm"]) == ("52:54:00:00:00:99", "br-host",
+                                                              "vm1")
+
+
+def test_the_host_side_of_a_link_list():
+    links = [procfs.Link("br0", 3, "02:00:00:00:00:01", None, "up", None),
+             procfs.Link("tap0", 2, "66:a7:ee:a8:db:8b", 3, "down", (0x1002, None, None))]
+    assert enrich.host_side_of_links("tap0", links) == enrich.HostSide(
+        "tap0", "66:a7:ee:a8:db:8b", "br0", "down", 2)
+    assert enrich.host_side_of_links("eth0", links) is None
+
+
+def test_human_output_names_a_namespace_that_is_not_taptraces():
+    row = {"pid": 7, "comm": "slirp4netns", "fd": 6, "ifname": "tap0", "kind": "tap",
+           "flags": ["no_pi"], "cloexec": False, "creator_pid": None, "how": "snapshot",
+           "shared_with": [], "netns": CTR, "netns_name": "ctr"}
+    text = render.table_text([row], [
+        {"ifname": "tap0", "kind": "tap", "flags": ["tap", "persist"], "persist": True,
+         "files": 0, "netns": OWN, "netns_name": None},
+        {"ifname": "tap1", "kind": "tap", "flags": ["tap", "persist"], "persist": True,
+         "files": 0, "netns": CTR, "netns_name": None}], own_netns=OWN)
+    assert "NETNS" in text.splitlines()[0] and " ctr " in text.splitlines()[2]
+    assert "tap0: tap tap,persist — no process holds it" in text
+    assert f"tap1: tap tap,persist in netns {CTR} — no process holds it" in text
+    here = render.table_text([{**row, "netns": OWN}], own_netns=OWN)
+    assert "NETNS" not in here
+    line = render.event_line({"type": "tunsetiff", "ts_ns": 0, "pid": 7, "comm": "x",
+                              "fd": 6, "ifname": "tap0", "created": True, "kind": "tap",
+                              "flags": ["tap"], "netns": CTR, "netns_name": "c\x1b"}, 0, OWN)
+    assert line.endswith("created tap flags=tap [netns c\\x1b]")
+    line = render.event_line({"type": "exit", "ts_ns": 0, "pid": 7, "comm": "x",
+                              "closed": [3, 6], "ifnames": ["tap0", "tap0"],
+                              "netns": [OWN, CTR]}, 0, OWN, {CTR: "ctr"})
+    assert line.endswith("exited, closing fds 3 6 [netns ctr]")

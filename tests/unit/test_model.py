@@ -156,7 +156,7 @@ def test_open_then_tunsetiff_creates_a_tap():
     out = w.open(10, 3, cloexec=True)
     assert out == [{"type": "open", "ts_ns": out[0]["ts_ns"], "pid": 10, "tid": 10,
                     "comm": "tunctl", "fd": 3, "path": "/dev/net/tun", "ifname": None,
-                    "cloexec": True}]
+                    "cloexec": True, "netns": None, "netns_name": None}]
     assert w.table() == {(10, 3): (None, True, "opened")}     # a tun fd, no interface yet
 
     out = w.setiff(10, 3, "tap0", VNET)
@@ -170,7 +170,8 @@ def test_open_then_tunsetiff_creates_a_tap():
     assert w.m.tap_list() == [{"ifname": "tap0", "kind": "tap",
                                "flags": ["tap", "no_pi", "vnet_hdr"], "persist": False,
                                "files": 1, "created_by": 10, "created_comm": "tunctl",
-                               "owner": None, "group": None, "persist_by": None}]
+                               "owner": None, "group": None, "persist_by": None,
+                               "ifindex": None, "netns": None, "netns_name": None}]
 
 
 def test_a_tun_device_is_kind_tun():
@@ -1320,7 +1321,7 @@ def test_resync_of_an_fd_that_now_holds_another_file():
 
 ROW_KEYS = {"pid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
             "creator_pid", "creator_comm", "how", "from_pid", "from_fd", "shared_with",
-            "shared_count", "queue", "backends", "owner", "group"}
+            "shared_count", "queue", "backends", "owner", "group", "netns", "netns_name"}
 
 
 def test_a_row_has_exactly_these_fields():
@@ -1335,7 +1336,7 @@ def test_a_row_has_exactly_these_fields():
                    "file": w.row(1, 27)["file"], "creator_pid": 1, "creator_comm": "libvirtd",
                    "how": "received", "from_pid": 1, "from_fd": 27, "shared_with": [[1, 27]],
                    "shared_count": 1, "queue": "attached", "backends": [],
-                   "owner": None, "group": None}
+                   "owner": None, "group": None, "netns": None, "netns_name": None}
 
 
 def test_shared_with_is_capped_but_shared_count_is_exact():
@@ -1371,25 +1372,28 @@ def test_descendants_filter_follows_the_model_then_proc():
 # =============================================================================
 
 COMMON = {"type", "ts_ns", "pid", "tid", "comm"}
-TUN_IOCTL = {"fd", "ioctl", "ret", "error", "ifname"}
+NS = {"netns", "netns_name"}               # a report about one file: its tap's namespace
+TUN_IOCTL = {"fd", "ioctl", "ret", "error", "ifname"} | NS
 REPORT_KEYS = {
-    "open": {"fd", "path", "ifname", "cloexec"},
+    "open": {"fd", "path", "ifname", "cloexec"} | NS,
     "tunsetiff": TUN_IOCTL | {"flags", "created", "kind"},
     "tungetiff": TUN_IOCTL | {"message"},
     "tunsetqueue": TUN_IOCTL | {"op"},
     "tunsetpersist": TUN_IOCTL | {"persist"},
     "tunsetowner": TUN_IOCTL | {"uid"},
     "tunsetgroup": TUN_IOCTL | {"gid"},
-    "dup": {"fd", "newfd", "how", "cloexec", "ifname"},
-    "close": {"fd", "ifname", "how"},
-    "cloexec": {"fd", "cloexec", "how", "ifname"},
-    "fork": {"child_pid", "flags", "shared_table", "fds", "ifnames", "quiet"},
-    "exec": {"kept", "closed", "ifnames", "quiet"},
-    "exit": {"closed", "ifnames", "quiet"},
-    "scm_send": {"sock", "fds", "ifnames"},
-    "scm_recv": {"sock", "fds", "from_pid", "from_comm", "from_fds", "ifnames", "cloexec"},
-    "pidfd_getfd": {"fd", "from_pid", "from_fd", "ifname"},
-    "tap_gone": {"ifname"},
+    "dup": {"fd", "newfd", "how", "cloexec", "ifname"} | NS,
+    "close": {"fd", "ifname", "how"} | NS,
+    "cloexec": {"fd", "cloexec", "how", "ifname"} | NS,
+    # reports listing fds: `netns` lists each one's namespace, like `ifnames`
+    "fork": {"child_pid", "flags", "shared_table", "fds", "ifnames", "netns", "quiet"},
+    "exec": {"kept", "closed", "ifnames", "netns", "quiet"},
+    "exit": {"closed", "ifnames", "netns", "quiet"},
+    "scm_send": {"sock", "fds", "ifnames", "netns"},
+    "scm_recv": {"sock", "fds", "from_pid", "from_comm", "from_fds", "ifnames", "netns",
+                 "cloexec"},
+    "pidfd_getfd": {"fd", "from_pid", "from_fd", "ifname"} | NS,
+    "tap_gone": {"ifname"} | NS,
     "lost": {"count"},
 }
 
@@ -1432,14 +1436,15 @@ def test_tap_list_entries_have_a_fixed_set_of_fields():
     w.tap(1, 3, "a")
     assert [set(t) for t in w.m.tap_list()] == [
         {"ifname", "kind", "flags", "persist", "files", "created_by", "created_comm",
-         "owner", "group", "persist_by"}]
+         "owner", "group", "persist_by", "ifindex", "netns", "netns_name"}]
 
 
 def test_lineage_items_and_chain_hops_have_a_fixed_set_of_fields():
     w = World()
     w.tap(1, 3, "a")
     [item] = w.m.lineage("a")
-    assert set(item) == {"file", "creator_pid", "open", "steps", "chain"}
+    assert set(item) == {"file", "creator_pid", "open", "steps", "chain", "netns",
+                         "netns_name"}
     assert all(set(h) == {"op", "pid", "comm", "fd"} for h in item["chain"])
     assert all({"ts_ns", "op", "pid", "comm", "fd"} <= set(s) for s in item["steps"])
 
@@ -1462,3 +1467,129 @@ def test_an_open_of_unknown_close_on_exec_is_settled_by_what_the_exec_left():
     assert (ex["kept"], ex["closed"]) == ([3], [4])
     assert w.table() == {(2, 3): ("a", False, "inherited")}
     assert w.gone() == ["b"]
+
+
+# =============================================================================
+# network namespaces: a tap is (namespace, name)
+# =============================================================================
+
+HOST_NS, CTR_NS = 4026531840, 4026532300
+
+
+class NsWorld(World):
+    """A World whose NetnsProbe answers from `where`: (pid, fd) -> namespace inode,
+    as TUNGETDEVNETNS on the fd would (the namespace the file was opened in)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.where: dict[tuple[int, int], int] = {}
+        self.asked: list[tuple[int, int]] = []
+        self.m._netns_of = self._answer
+        self.m.own_netns = HOST_NS
+
+    def _answer(self, pid, fd):
+        self.asked.append((pid, fd))
+        ino = self.where.get((pid, fd))
+        return None if ino is None else (ino, "ctr" if ino == CTR_NS else None)
+
+    def taps(self) -> list[tuple]:
+        return [(t["ifname"], t["netns"], t["persist"], t["files"]) for t in self.m.tap_list()]
+
+
+def ns_snapshot(fds: list[tuple], taps: list[tuple]) -> Snapshot:
+    """fds: (pid, fd, ifname, netns); taps: (ifname, netns, tun_flags)."""
+    return Snapshot(
+        procs={pid: ProcInfo(pid, 1, "p", ("p",), 0) for pid, *_ in fds},
+        fds=[FdInfo(pid, fd, "/dev/net/tun", name, False, 0o2, ns)
+             for pid, fd, name, ns in fds],
+        taps={(name if ns == HOST_NS else f"{ns}:{name}"): TapInfo(
+            name, 10 + i, "tap", fl, bool(fl & ev.IFF_PERSIST), False, False, None, None,
+            None, ns) for i, (name, ns, fl) in enumerate(taps)},
+        files=[[(pid, fd)] for pid, fd, _n, _ns in fds],
+        tables=[[pid] for pid in {pid for pid, *_ in fds}],
+        own_netns=HOST_NS, netns_names={CTR_NS: "ctr"})
+
+
+def test_a_tap_made_in_another_namespace_beside_a_host_namesake_is_a_new_tap():
+    # slirp4netns: the host has a persistent tap0 nobody holds; a child opens
+    # /dev/net/tun inside the container's namespace and makes tap0 there.
+    w = NsWorld()
+    w.m.load(ns_snapshot([], [("tap0", HOST_NS, ev.IFF_TAP | ev.IFF_PERSIST)]))
+    w.where[(20, 6)] = CTR_NS
+    out = w.tap(20, 6, "tap0")
+    [made] = [r for r in out if r["type"] == "tunsetiff"]
+    assert (made["created"], made["netns"], made["netns_name"]) == (True, CTR_NS, "ctr")
+    assert w.asked == [(20, 6)]
+    assert sorted(w.taps()) == [("tap0", HOST_NS, True, 0), ("tap0", CTR_NS, False, 1)]
+    row = w.row(20, 6)
+    assert (row["netns"], row["netns_name"], row["flags"]) == (CTR_NS, "ctr", ["no_pi"])
+
+
+def test_attaching_in_the_same_namespace_is_still_an_attach():
+    w = NsWorld()
+    w.where.update({(1, 3): CTR_NS, (2, 4): CTR_NS, (3, 5): HOST_NS})
+    w.tap(1, 3, "mq0", MQ)
+    second = [r for r in w.tap(2, 4, "mq0", MQ) if r["type"] == "tunsetiff"]
+    third = [r for r in w.tap(3, 5, "mq0", MQ) if r["type"] == "tunsetiff"]
+    assert [r["created"] for r in second + third] == [False, True]
+    assert sorted(w.taps()) == [("mq0", HOST_NS, False, 1), ("mq0", CTR_NS, False, 2)]
+
+
+def test_each_namesake_goes_on_its_own():
+    # The container's tap0 closes: its tap_gone names it; the host's stays (the orphan).
+    w = NsWorld()
+    w.where.update({(1, 3): HOST_NS, (2, 3): CTR_NS})
+    w.tap(1, 3, "tap0")
+    w.ioctl(1, 3, ev.TUNSETPERSIST, value=1)
+    w.tap(2, 3, "tap0")
+    w.ioctl(2, 3, ev.TUNSETPERSIST, value=0)   # the container's: no effect on the host's
+    w.close(1, 3)
+    assert w.gone() == []
+    out = w.close(2, 3)
+    [gone] = [r for r in out if r["type"] == "tap_gone"]
+    assert (gone["ifname"], gone["netns"], gone["netns_name"]) == ("tap0", CTR_NS, "ctr")
+    assert w.taps() == [("tap0", HOST_NS, True, 0)]
+
+
+def test_reports_carry_the_namespace_of_each_fd():
+    w = NsWorld().named(helper=2, parent=1)
+    w.where.update({(2, 6): CTR_NS, (1, 3): HOST_NS})
+    w.tap(1, 3, "tap0")
+    w.tap(2, 6, "tap0")
+    sent = w.send(2, 5, [6])
+    w.exit(2)
+    recv = w.recv(1, 4, [7])
+    assert sent[0]["netns"] == [CTR_NS]
+    assert (recv[0]["ifnames"], recv[0]["netns"]) == (["tap0"], [CTR_NS])
+    fork = w.fork(1, 9)
+    assert dict(zip(fork[0]["fds"], fork[0]["netns"])) == {3: HOST_NS, 7: CTR_NS}
+    dup = w.dup(1, 7, 8)
+    assert (dup[0]["netns"], dup[0]["netns_name"]) == (CTR_NS, "ctr")
+    assert {(r["fd"], r["netns"]) for r in w.m.rows() if r["pid"] == 1} == {
+        (3, HOST_NS), (7, CTR_NS), (8, CTR_NS)}
+
+
+def test_a_snapshot_keeps_namesakes_apart_and_a_resync_keeps_them():
+    w = NsWorld()
+    snap = ns_snapshot([(1, 3, "tap0", HOST_NS), (2, 6, "tap0", CTR_NS)],
+                       [("tap0", HOST_NS, TAP), ("tap0", CTR_NS, TAP)])
+    w.m.load(snap)
+    assert sorted(w.taps()) == [("tap0", HOST_NS, False, 1), ("tap0", CTR_NS, False, 1)]
+    assert w.m.netns_names == {CTR_NS: "ctr"} and w.m.own_netns == HOST_NS
+    files = {(r["pid"], r["netns"]): r["file"] for r in w.m.rows()}
+    assert w.m.resync(snap)["added"] == 0
+    assert {(r["pid"], r["netns"]): r["file"] for r in w.m.rows()} == files
+    # a namesake's file is never taken for the other's after a resync
+    moved = ns_snapshot([(1, 3, "tap0", CTR_NS)], [("tap0", CTR_NS, TAP)])
+    w.m.resync(moved)
+    assert w.row(1, 3)["file"] != files[(1, HOST_NS)]
+
+
+def test_a_namespace_that_cannot_be_told_is_taken_as_the_own_one():
+    # The maker is gone and nothing else says where its tap lives: as before
+    # namespaces, the tap of that name in the tracer's namespace (or the only one).
+    w = NsWorld()
+    w.m.load(ns_snapshot([], [("tap0", HOST_NS, TAP | ev.IFF_PERSIST)]))
+    out = w.tap(1, 3, "tap0")
+    assert [r["created"] for r in out if r["type"] == "tunsetiff"] == [False]
+    assert w.taps() == [("tap0", HOST_NS, True, 1)]

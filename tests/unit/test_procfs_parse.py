@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import pytest
 
@@ -209,3 +210,75 @@ def test_snapshot_forks_only_for_enough_pids(monkeypatch):
     forked.clear()
     procfs.snapshot(list(range(1, procfs._PIDS_PER_WORKER * 9)), workers=1)
     assert forked == []
+
+
+# ---- rtnetlink: the devices of another network namespace ----------------------
+
+def _rta(kind: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _newlink(ifindex: int, name: bytes, mac: bytes, *attrs: bytes, seq: int = 1) -> bytes:
+    body = struct.pack("=BxHiII", 0, 1, ifindex, 0, 0) + _rta(procfs.IFLA_IFNAME, name + b"\0")
+    body += _rta(procfs.IFLA_ADDRESS, mac) + b"".join(attrs)
+    return struct.pack("=IHHII", 16 + len(body), procfs.RTM_NEWLINK, 2, seq, 0) + body
+
+
+def _tun(kind: int, pi: int, vnet: int, persist: int, mq: int, owner=None) -> bytes:
+    data = b"".join([
+        *([_rta(procfs.IFLA_TUN_OWNER, struct.pack("=I", owner))] if owner is not None
+          else []),
+        _rta(procfs.IFLA_TUN_TYPE, bytes([kind])), _rta(procfs.IFLA_TUN_PI, bytes([pi])),
+        _rta(procfs.IFLA_TUN_VNET_HDR, bytes([vnet])),
+        _rta(procfs.IFLA_TUN_PERSIST, bytes([persist])),
+        _rta(procfs.IFLA_TUN_MULTI_QUEUE, bytes([mq]))])
+    # NLA_F_NESTED (0x8000) on nested attributes, as the kernel sets it
+    info = _rta(procfs.IFLA_INFO_KIND, b"tun\0") + _rta(procfs.IFLA_INFO_DATA | 0x8000, data)
+    return _rta(procfs.IFLA_LINKINFO | 0x8000, info)
+
+
+DONE = struct.pack("=IHHIIi", 20, procfs.NLMSG_DONE, 2, 1, 0, 0)
+
+
+def test_a_link_dump_names_the_tun_devices_with_their_flags_as_sys_shows_them():
+    data = (_newlink(1, b"lo", bytes(6), _rta(procfs.IFLA_OPERSTATE, bytes([0])))
+            + _newlink(2, b"tap0", bytes.fromhex("66a7eea8db8b"), _tun(2, 0, 0, 0, 0),
+                       _rta(procfs.IFLA_MASTER, struct.pack("=I", 3)),
+                       _rta(procfs.IFLA_OPERSTATE, bytes([2])))
+            + _newlink(4, b"tun\xff9", b"", _tun(1, 1, 1, 1, 1, owner=107))
+            + _newlink(3, b"br0", bytes.fromhex("020000000001")))
+    links, done = procfs.parse_links(data)
+    assert not done
+    assert [(ln.ifname, ln.ifindex, ln.mac, ln.master, ln.operstate) for ln in links] == [
+        ("lo", 1, "00:00:00:00:00:00", None, "unknown"),
+        ("tap0", 2, "66:a7:ee:a8:db:8b", 3, "down"),
+        ("tun\udcff9", 4, None, None, None),
+        ("br0", 3, "02:00:00:00:00:01", None, None)]
+    # pi off is IFF_NO_PI; the rest as /sys/class/net/IF/tun_flags has them
+    assert links[1].tun == (0x1002, None, None)
+    assert links[2].tun == (0x4901, 107, None)
+    assert links[0].tun is None and links[3].tun is None
+    taps = procfs.taps_of_links(links, 4026532300)
+    assert taps == {
+        "tap0": procfs.TapInfo("tap0", 2, "tap", 0x1002, False, False, False, None, None,
+                               "66:a7:ee:a8:db:8b", 4026532300),
+        "tun\udcff9": procfs.TapInfo("tun\udcff9", 4, "tun", 0x4901, True, True, True, 107,
+                                     None, None, 4026532300)}
+    assert procfs.parse_links(DONE) == ([], True)
+
+
+def test_a_link_dump_error_and_truncated_messages():
+    err = struct.pack("=IHHIIi", 20, procfs.NLMSG_ERROR, 0, 1, 0, -1)
+    with pytest.raises(OSError):
+        procfs.parse_links(err)
+    whole = _newlink(2, b"tap0", bytes(6), _tun(2, 1, 0, 0, 0))
+    assert procfs.parse_links(whole[:-3]) == ([], False)      # cut: nothing made up
+    bad_attr = whole[:16 + 16] + struct.pack("=HH", 200, procfs.IFLA_IFNAME) + whole[36:]
+    assert procfs.parse_links(bad_attr)[0] == []              # no name: no link
+
+
+def test_netns_names_are_the_mounted_ones_only(tmp_path):
+    (tmp_path / "left").write_text("")            # `ip netns` left it without its mount
+    assert procfs.netns_names(str(tmp_path)) == {}
+    assert procfs.netns_names(str(tmp_path / "absent")) == {}

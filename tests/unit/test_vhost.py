@@ -68,7 +68,7 @@ def test_an_open_of_dev_vhost_net_is_a_vhost_file_with_no_backend_yet():
     (rep,) = w.vhost(1, 28)
     assert rep == {"type": "open", "ts_ns": rep["ts_ns"], "pid": 1, "tid": 1,
                    "comm": "libvirtd", "fd": 28, "path": VHOST, "ifname": None,
-                   "cloexec": True}
+                   "cloexec": True, "netns": None, "netns_name": None}
     row = w.row(1, 28)
     assert (row["kind"], row["ifname"], row["path"], row["backends"]) == (
         "vhost", None, VHOST, [])
