@@ -269,13 +269,14 @@ VM_COLUMNS = [("vm", "VM"), ("nic", "NIC"), ("guest_mac", "GUEST MAC"),
 
 
 def tap_text(tap: dict, own_netns: int | None = None) -> str:
-    """One tun/tap of the tap list:
-    `tap0: tap tap,no_pi persist uid=65534(nobody) in netns ns1`."""
+    """One tun/tap, as `who` and the tap list say it:
+    `tap0 (netns ns1): tap tap,no_pi persist uid=65534(nobody)` (no netns: ours)."""
     owner = owner_text(tap)
     ns = netns_label(tap.get("netns"), tap.get("netns_name"), own_netns)
-    return (f"{safe(tap['ifname'])}: {tap['kind']} {','.join(tap['flags']) or '-'}"
+    return (f"{safe(tap['ifname'])}{' (netns ' + ns + ')' if ns else ''}: "
+            f"{tap['kind']} {','.join(tap['flags']) or '-'}"
             f"{' persist' if tap.get('persist') and 'persist' not in tap['flags'] else ''}"
-            f"{' ' + owner if owner else ''}{' in netns ' + ns if ns else ''}")
+            f"{' ' + owner if owner else ''}")
 
 
 def kinds_word(kinds: Iterable[str]) -> str:

@@ -171,8 +171,8 @@ def test_slirp4netns_beside_a_host_tap_of_the_same_name(tracer, names, tmp_path)
                                                                  inside["mac"])
 
         who = taptrace("who", name)
-        assert f"{name}: tap flags=tap,persist, 0 open file(s)" in who.stdout
-        assert f"{name} (netns {ns}): tap flags=tap,no_pi, 1 open file(s)" in who.stdout
+        assert f"{name}: tap tap,persist, 0 open file(s)" in who.stdout
+        assert f"{name} (netns {ns}): tap tap,no_pi, 1 open file(s)" in who.stdout
         assert f"host side: {name} (netns {ns}) mac {inside['mac']}" in who.stdout
         assert host["mac"] not in who.stdout
         only_host = taptrace("who", name, "--netns", str(own))
@@ -316,7 +316,7 @@ def test_pasta_names_its_tap_after_the_host_nic_and_who_tells_them_apart(names):
 
         who = taptrace("who", name)
         assert who.returncode == 0 and "gone" not in who.stdout
-        assert f"{name} (netns {ns}): tap flags=tap,no_pi, 1 open file(s)" in who.stdout
+        assert f"{name} (netns {ns}): tap tap,no_pi, 1 open file(s)" in who.stdout
         assert f"host side: {name} (netns {ns}) mac {inside['mac']}" in who.stdout
         if host_mac is not None:          # the host's NIC of that name is not its host side
             assert host_mac not in who.stdout

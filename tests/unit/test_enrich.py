@@ -195,7 +195,7 @@ def test_human_output_names_a_namespace_that_is_not_taptraces():
          "files": 0, "netns": CTR, "netns_name": None}], own_netns=OWN)
     assert "NETNS" in text.splitlines()[0] and " ctr " in text.splitlines()[2]
     assert "tap0: tap tap,persist — no process holds it" in text
-    assert f"tap1: tap tap,persist in netns {CTR} — no process holds it" in text
+    assert f"tap1 (netns {CTR}): tap tap,persist — no process holds it" in text
     here = render.table_text([{**row, "netns": OWN}], own_netns=OWN)
     assert "NETNS" not in here
     line = render.event_line({"type": "tunsetiff", "ts_ns": 0, "pid": 7, "comm": "x",
