@@ -7,6 +7,7 @@ import fnmatch
 import io
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -69,14 +70,16 @@ class Seconds(click.ParamType):
 
     name = "seconds"
     SECONDS_MAX = 1e9            # 31 years; more is a typo, and overflows a poll timeout
+    NUMBER = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
     def convert(self, value, param, ctx):
-        try:
-            s = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{render.safe(value)!r} is not a number of seconds", param, ctx)
+        text = value if isinstance(value, str) else repr(value)
+        # plain decimals only: float() would also take "1_0", " 5", "infinity", "٣"
+        if not self.NUMBER.fullmatch(text):
+            self.fail(f"'{render.safe(value)}' is not a number of seconds", param, ctx)
+        s = float(text)
         if not math.isfinite(s) or not 0 < s <= self.SECONDS_MAX:
-            self.fail(f"{render.safe(value)!r}: give a finite number of seconds, more than "
+            self.fail(f"'{render.safe(value)}': give a finite number of seconds, more than "
                       f"0 and at most {self.SECONDS_MAX:g}", param, ctx)
         return s
 
@@ -102,7 +105,7 @@ class Pid(click.ParamType):
         else:
             text = str(value).strip()
             if not (text.isascii() and text.isdigit() and len(text) <= 10):
-                self.fail(f"{render.safe(value)!r} is not a process id", param, ctx)
+                self.fail(f"'{render.safe(value)}' is not a process id", param, ctx)
             pid = int(text)
         limit = pid_max()
         if not 1 <= pid < limit:
@@ -138,10 +141,10 @@ class IfName(click.ParamType):
         if not raw:
             self.fail("an empty interface name", param, ctx)
         if len(raw) > 15:
-            self.fail(f"{render.safe(value)!r} is {len(raw)} bytes; an interface name "
+            self.fail(f"'{render.safe(value)}' is {len(raw)} bytes; an interface name "
                       "is at most 15", param, ctx)
         if raw in (b".", b"..") or any(c in b"/: \t\n\v\f\r" for c in raw):
-            self.fail(f"{render.safe(value)!r} cannot be an interface name", param, ctx)
+            self.fail(f"'{render.safe(value)}' cannot be an interface name", param, ctx)
         return value
 
 
@@ -154,7 +157,7 @@ class BufferPages(click.ParamType):
     def convert(self, value, param, ctx):
         text = str(value).strip()
         if not (text.isascii() and text.isdigit() and len(text) <= 10):
-            self.fail(f"{render.safe(value)!r} is not a number of pages", param, ctx)
+            self.fail(f"'{render.safe(value)}' is not a number of pages", param, ctx)
         n = int(text)
         if not 1 <= n <= self.MAX or n & (n - 1):
             self.fail(f"{n}: give a power of two from 1 to {self.MAX}", param, ctx)
@@ -370,24 +373,31 @@ Examples:
   taptrace replay run.jsonl            # the same events and table, no root needed
   taptrace replay --json run.jsonl | tail -1
 """)
-@click.argument("recording", type=click.File("rb"))
+@click.argument("recording", type=click.Path(allow_dash=True))
 @click.option("--json", "json_out", is_flag=True)
-def replay(recording, json_out: bool) -> None:
+def replay(recording: str, json_out: bool) -> None:
     """Replay a `watch --record` file through the model (no BPF, no root).
 
     Every line is checked first (a recording is anyone's file): the first bad
     one ends the replay with its number, after the events before it."""
     from .replay import ReplayError, read_lines, replay_iter
 
+    # opened here, not by click.File: its message would print the name raw
+    try:
+        f = sys.stdin.buffer if recording == "-" else open(recording, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read '{render.safe(recording)}': {exc.strerror}",
+                                 param_hint="'RECORDING'") from None
     answers: dict = {}
     model = Model(probe_fd=lambda pid, fd: answers.get((pid, fd)))
     # a recording's strings are anyone's: every human line goes through inert()
     show = ((lambda r: render.json_line(render.public(r, 0))) if json_out else
             (lambda r: render.inert(render.event_line(r, 0))))
     try:
-        for r in replay_iter(read_lines(recording), model, answers):
-            if not r.get("quiet"):
-                _write(show(r))
+        with f:
+            for r in replay_iter(read_lines(f), model, answers):
+                if not r.get("quiet"):
+                    _write(show(r))
     except ReplayError as exc:
         raise click.ClickException(f"replay: {exc}") from None
     table = {"type": "table", "rows": model.rows(), "taps": model.tap_list()}

@@ -57,7 +57,7 @@ class _Bad(Exception):
 def _show(value, limit: int = 40) -> str:
     """An untrusted value quoted in an error message: escaped and short."""
     s = safe(value)
-    return repr(s) if len(s) <= limit else repr(s[:limit]) + "…"
+    return f"'{s}'" if len(s) <= limit else f"'{s[:limit]}'…"
 
 
 # ---- reading lines -----------------------------------------------------------
