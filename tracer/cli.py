@@ -199,6 +199,14 @@ def _write(line: str) -> None:
         raise OutputError(exc) from None
 
 
+def _warn(message: str) -> None:
+    """A warning on stderr; a full or closed stderr must not end the trace."""
+    try:
+        click.echo(f"taptrace: warning: {message}", err=True)
+    except OSError:
+        pass
+
+
 def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
                   emit=None, quiet_header=False, record=None):
     from .probes import ProbeError
@@ -209,8 +217,7 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
 
     def default_emit(report: dict) -> None:
         if report["type"] == "lost":
-            click.echo(f"taptrace: warning: {report['count']} records lost; "
-                       "resyncing from /proc", err=True)
+            _warn(f"{report['count']} records lost; resyncing from /proc")
         if json_out:
             _write(render.json_line(render.public(report, offset)))
             return
@@ -349,7 +356,7 @@ def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_
         except RecordError as exc:
             raise click.ClickException(f"--record: {exc}") from None
         recorder = Recorder(fd, record_path,
-                            lambda msg: click.echo(f"taptrace: warning: {msg}", err=True))
+                            _warn)
     try:
         session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages,
                                         perf_buffer, record=recorder)
@@ -613,8 +620,7 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
         def emit(report: dict) -> None:
             t = report["type"]
             if t == "lost":
-                click.echo(f"taptrace: warning: {report['count']} records lost; "
-                           "resyncing from /proc", err=True)
+                _warn(f"{report['count']} records lost; resyncing from /proc")
             elif t == "ready" and not quiet:
                 _write(render.json_line(render.public(report, offset)) if json_out else
                        f"# auditing for {watch_s:g} s with the {report['backend']} backend "

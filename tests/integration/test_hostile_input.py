@@ -217,6 +217,49 @@ def test_a_closed_or_full_stdout_is_one_line_never_an_internal_error(args, redir
     assert err == f"Error: cannot write to standard output: {why}\n"
 
 
+TRACING = [["watch", "--duration", "1"], ["watch", "--json", "--duration", "1"],
+           ["top", "--duration", "1"], ["demo"], ["audit", "--watch", "0.5"],
+           ["who", "--watch", "0.5", "lo"]]
+
+
+@pytest.mark.parametrize("args", TRACING, ids=[" ".join(a) for a in TRACING])
+@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
+def test_tracing_into_a_closed_or_full_stdout_is_one_line_and_leaves_nothing(args, redirect):
+    need_root()
+    p = subprocess.run(["bash", "-c", " ".join(["exec", *map(_quote, [*TAPTRACE, *args]),
+                                               redirect])],
+                       cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                       timeout=90, check=False)
+    err = p.stderr.decode()
+    assert "Traceback" not in err and "internal error" not in err, err
+    if args[0] == "who":              # lo is no tap: nothing to write, its own error
+        assert p.returncode == 1 and err.count("\n") == 1 and "no tun/tap" in err
+        return
+    why = "Bad file descriptor" if redirect == ">&-" else "No space left on device"
+    assert (p.returncode, err) == (1, f"Error: cannot write to standard output: {why}\n")
+    left = subprocess.run(["pgrep", "-f", "tracer.demo"], capture_output=True, check=False)
+    assert left.stdout == b""                    # demo's scenario process is gone too
+
+
+def test_a_full_stderr_does_not_end_a_trace_that_warns(tmp_path):
+    """A recording that fails warns on stderr; a full stderr must not end the trace."""
+    need_root()
+    held = [tapkit.create_tap(tapkit.unique_name("tth")) for _ in range(20)]
+    try:                          # 20 taps held: the first snapshot is more than 4 KiB
+        p = subprocess.run(["bash", "-c", " ".join(map(_quote, [
+            "unshare", "-m", "--propagation", "private", "sh", "-c",
+            f'mount -t tmpfs -o size=4k tth "{tmp_path}" && exec "$0" "$@"', *TAPTRACE,
+            "watch", "--json", "--duration", "1", "--record", str(tmp_path / "rec")]))
+            + " 2>/dev/full"], cwd=ROOT, stdout=subprocess.PIPE, timeout=90, check=False)
+    finally:
+        for fd, _name in held:
+            os.close(fd)
+    assert p.returncode == 1                     # the recording failed: said by the status
+    table = json.loads(p.stdout.splitlines()[-1])
+    assert table["type"] == "table"
+    assert {name for _fd, name in held} <= {r["ifname"] for r in table["rows"]}
+
+
 @pytest.mark.parametrize("args", [["ls"], ["replay", str(DEMO)], ["--help"], ["doctor"]])
 def test_a_reader_that_leaves_early_ends_it_quietly(args):
     cmd = " ".join(map(_quote, [*TAPTRACE, *args])) + " | head -c 1 >/dev/null"
