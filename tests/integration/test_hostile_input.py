@@ -309,17 +309,24 @@ def as_nobody(*cmd: str) -> None:
 
 
 def test_a_recording_is_a_new_file_0600_even_with_umask_0(tmp_path):
+    """...and its checks pass a real snapshot: taps held, one shared with a child."""
     need_root()
     rec = tmp_path / "rec.jsonl"
+    fd, name = tapkit.create_tap(tapkit.unique_name("tth"), cloexec=False)
     old = os.umask(0)
     try:
-        p = watch("--record", str(rec))
+        with tapkit.held_by_child() as child:
+            p = watch("--record", str(rec))
+            assert p.returncode == 0, p.stderr
     finally:
         os.umask(old)
-    assert p.returncode == 0, p.stderr
+        os.close(fd)
     st = rec.stat()
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
-    assert run("replay", str(rec)).returncode == 0
+    r = run("replay", "--json", str(rec))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout.splitlines()[-1])["rows"]
+    assert {(os.getpid(), name), (child, name)} <= {(x["pid"], x["ifname"]) for x in rows}
 
 
 def test_a_symlink_planted_by_another_user_is_never_followed(sticky_dir, tmp_path):
