@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import io
+import math
 import os
+import re
 import signal
 import sys
 import time
@@ -64,6 +68,105 @@ Examples:
 """
 
 
+class Seconds(click.ParamType):
+    """A finite duration in (0, SECONDS_MAX]: nan, inf and 1e309 (inf) are usage errors."""
+
+    name = "seconds"
+    SECONDS_MAX = 1e9            # 31 years; more is a typo, and overflows a poll timeout
+    NUMBER = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+    def convert(self, value, param, ctx):
+        text = value if isinstance(value, str) else repr(value)
+        # plain decimals only: float() would also take "1_0", " 5", "infinity", "٣"
+        if not self.NUMBER.fullmatch(text):
+            self.fail(f"'{render.safe(value)}' is not a number of seconds", param, ctx)
+        s = float(text)
+        if not math.isfinite(s) or not 0 < s <= self.SECONDS_MAX:
+            self.fail(f"'{render.safe(value)}': give a finite number of seconds, more than "
+                      f"0 and at most {self.SECONDS_MAX:g}", param, ctx)
+        return s
+
+
+def pid_max() -> int:
+    """/proc/sys/kernel/pid_max: every pid is below it (else the kernel's limit, 2**22)."""
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 22
+
+
+class Pid(click.ParamType):
+    """A pid that exists now: one that cannot exist (above pid_max) or is not running
+    would trace nothing, silently."""
+
+    name = "pid"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            pid = value
+        else:
+            text = str(value).strip()
+            if not (text.isascii() and text.isdigit() and len(text) <= 10):
+                self.fail(f"'{render.safe(value)}' is not a process id", param, ctx)
+            pid = int(text)
+        limit = pid_max()
+        if not 1 <= pid < limit:
+            self.fail(f"{pid} cannot be a process id here (1 to {limit - 1}, "
+                      "/proc/sys/kernel/pid_max)", param, ctx)
+        if not os.path.exists(f"/proc/{pid}"):
+            self.fail(f"no process {pid}", param, ctx)
+        return pid
+
+
+class Glob(click.ParamType):
+    """A name glob: an empty one matches nothing (a typo such as -i "$UNSET")."""
+
+    name = "glob"
+    MAX = 256
+
+    def convert(self, value, param, ctx):
+        if value == "":
+            self.fail("an empty GLOB matches nothing (quote '*' for everything)", param, ctx)
+        if len(value) > self.MAX:
+            self.fail(f"a GLOB of {len(value)} characters (at most {self.MAX})", param, ctx)
+        return value
+
+
+class IfName(click.ParamType):
+    """An interface name the kernel could have made (net/core/dev.c dev_valid_name):
+    1 to 15 bytes, not . or .., no '/', ':' or white space."""
+
+    name = "ifname"
+
+    def convert(self, value, param, ctx):
+        raw = os.fsencode(value)
+        if not raw:
+            self.fail("an empty interface name", param, ctx)
+        if len(raw) > 15:
+            self.fail(f"'{render.safe(value)}' is {len(raw)} bytes; an interface name "
+                      "is at most 15", param, ctx)
+        if raw in (b".", b"..") or any(c in b"/: \t\n\v\f\r" for c in raw):
+            self.fail(f"'{render.safe(value)}' cannot be an interface name", param, ctx)
+        return value
+
+
+class BufferPages(click.ParamType):
+    """Ring buffer pages: a power of two, at most 65536 (256 MiB)."""
+
+    name = "pages"
+    MAX = 1 << 16
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 10):
+            self.fail(f"'{render.safe(value)}' is not a number of pages", param, ctx)
+        n = int(text)
+        if not 1 <= n <= self.MAX or n & (n - 1):
+            self.fail(f"{n}: give a power of two from 1 to {self.MAX}", param, ctx)
+        return n
+
+
 class Stop:
     """SIGINT/SIGTERM set a flag; the loop ends cleanly and prints the table."""
 
@@ -79,6 +182,13 @@ class Stop:
         return self.flag
 
 
+class OutputError(click.ClickException):
+    """Standard output cannot be written (closed, /dev/full, EIO): one line, exit 1."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(f"cannot write to standard output: {exc.strerror or exc}")
+
+
 def _write(line: str) -> None:
     try:
         sys.stdout.write(line + "\n")
@@ -87,6 +197,17 @@ def _write(line: str) -> None:
         # `taptrace watch | head`: the reader left; leave without a word.
         _quiet_stdout()
         raise SystemExit(0) from None
+    except OSError as exc:
+        _quiet_stdout()        # the unwritable buffer goes nowhere, not to an exit traceback
+        raise OutputError(exc) from None
+
+
+def _warn(message: str) -> None:
+    """A warning on stderr; a full or closed stderr must not end the trace."""
+    try:
+        click.echo(f"taptrace: warning: {message}", err=True)
+    except OSError:
+        pass
 
 
 class BackendError(click.ClickException):
@@ -112,8 +233,7 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
 
     def default_emit(report: dict) -> None:
         if report["type"] == "lost":
-            click.echo(f"taptrace: warning: {report['count']} records lost; "
-                       "resyncing from /proc", err=True)
+            _warn(f"{report['count']} records lost; resyncing from /proc")
         if json_out:
             _write(render.json_line(render.public(report, offset)))
             return
@@ -169,15 +289,15 @@ def _chain_lines(session, report: dict) -> list[str]:
 
 
 def _common_watch_options(f):
-    f = click.option("-p", "--pid", type=click.IntRange(min=1),
+    f = click.option("-p", "--pid", type=Pid(),
                      help="Only this process and its descendants.")(f)
-    f = click.option("-c", "--comm", metavar="GLOB",
+    f = click.option("-c", "--comm", metavar="GLOB", type=Glob(),
                      help="Only processes whose name matches (e.g. 'qemu*').")(f)
-    f = click.option("-i", "--ifname", metavar="GLOB",
+    f = click.option("-i", "--ifname", metavar="GLOB", type=Glob(),
                      help="Only interfaces whose name matches (e.g. 'vnet*').")(f)
-    f = click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+    f = click.option("--duration", type=Seconds(),
                      metavar="S", help="Stop after S seconds.")(f)
-    f = click.option("--buffer-pages", type=click.IntRange(min=1), default=256,
+    f = click.option("--buffer-pages", type=BufferPages(), default=256,
                      show_default=True, help="Ring buffer size in pages (a power of two).")(f)
     f = click.option("--perf-buffer", is_flag=True,
                      help="Use the perf buffer even where the ring buffer exists.")(f)
@@ -228,7 +348,8 @@ def _scan_workers() -> int:
 
 @cli.command(epilog=EXAMPLES_LS)
 @click.option("--json", "json_out", is_flag=True, help="One {\"type\": \"table\"} JSON line.")
-@click.option("-i", "--ifname", metavar="GLOB", help="Only interfaces matching GLOB.")
+@click.option("-i", "--ifname", metavar="GLOB", type=Glob(),
+              help="Only interfaces matching GLOB.")
 @_netns_option
 def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
     """Snapshot from /proc (no BPF; any user sees what it may read).
@@ -261,36 +382,45 @@ def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
 @cli.command(epilog=EXAMPLES_WATCH)
 @click.option("--json", "json_out", is_flag=True,
               help="One JSON object per line (first: ready, last: table).")
-@click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True),
-              metavar="FILE",
-              help="Also write every kernel record and snapshot to FILE (see `replay`).")
+@click.option("--record", "record_path", type=click.Path(), metavar="FILE",
+              help="Also write every kernel record and snapshot to FILE (see `replay`): a "
+                   "new file, mode 0600.")
+@click.option("--overwrite", is_flag=True,
+              help="Let --record replace an existing regular file you own.")
 @_common_watch_options
-def watch(json_out, record_path, pid, comm, ifname, duration, buffer_pages,
+def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_pages,
           perf_buffer) -> None:
     """Trace tap opens, TUN ioctls and every move of a tap fd, live.
 
     Starts from a /proc snapshot, so taps opened earlier are known too.
-    Ends on --duration, SIGINT or SIGTERM with the final table."""
+    Ends on --duration, SIGINT or SIGTERM with the final table. If --record
+    cannot write (disk full, I/O error), recording stops with one line on
+    stderr, the trace goes on to its table, and the exit status is 1."""
+    from .replay import Recorder, RecordError, open_recording
+
     stop = Stop()
-    record, record_file = None, None
+    recorder = None
     if record_path is not None:
         try:
-            record_file = open(record_path, "w", buffering=1)  # noqa: SIM115 - lives for the session
-        except OSError as exc:
-            raise click.ClickException(f"cannot write {record_path}: {exc.strerror}") from None
-
-        def record(rec: dict) -> None:
-            record_file.write(render.json_line(rec) + "\n")
-    session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages, perf_buffer,
-                                    record=record)
+            fd = open_recording(record_path, overwrite)
+        except RecordError as exc:
+            raise click.ClickException(f"--record: {exc}") from None
+        recorder = Recorder(fd, record_path,
+                            _warn)
     try:
-        session.start()
-        session.run(duration, stop)
-        _finish(session, json_out, offset)
+        session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages,
+                                        perf_buffer, record=recorder)
+        try:
+            session.start()
+            session.run(duration, stop)
+            _finish(session, json_out, offset)
+        finally:
+            session.close()
     finally:
-        session.close()
-        if record_file is not None:
-            record_file.close()
+        if recorder is not None:
+            recorder.close()
+    if recorder is not None and recorder.failed is not None:
+        sys.exit(1)            # the table is out; the recording is not whole
 
 
 @cli.command(epilog="""
@@ -300,29 +430,43 @@ Examples:
   taptrace replay run.jsonl            # the same events and table, no root needed
   taptrace replay --json run.jsonl | tail -1
 """)
-@click.argument("recording", type=click.File("r"))
+@click.argument("recording", type=click.Path(allow_dash=True))
 @click.option("--json", "json_out", is_flag=True)
-def replay(recording, json_out: bool) -> None:
-    """Replay a `watch --record` file through the model (no BPF, no root)."""
-    from .replay import ReplayError
-    from .replay import replay as run_replay
+def replay(recording: str, json_out: bool) -> None:
+    """Replay a `watch --record` file through the model (no BPF, no root).
 
+    Every line is checked first (a recording is anyone's file): the first bad
+    one ends the replay with its number, after the events before it."""
+    from .replay import ReplayError, read_lines, recorded_model, replay_iter
+
+    # opened here, not by click.File: its message would print the name raw
     try:
-        model, reports = run_replay(recording)
+        f = sys.stdin.buffer if recording == "-" else open(recording, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read '{render.safe(recording)}': {exc.strerror}",
+                                 param_hint="'RECORDING'") from None
+    answers: dict = {}
+    netns: dict = {}
+    model = recorded_model(answers, netns)
+    # a recording's strings are anyone's: every human line goes through inert()
+    show = ((lambda r: render.json_line(render.public(r, 0))) if json_out else
+            (lambda r: render.inert(render.event_line(r, 0, model.own_netns,
+                                                      model.netns_names))))
+    try:
+        with f:
+            for r in replay_iter(read_lines(f), model, answers, netns):
+                if not r.get("quiet"):
+                    _write(show(r))
     except ReplayError as exc:
-        raise click.ClickException(f"{recording.name}: {exc}") from None
-    for r in reports:
-        if r.get("quiet"):
-            continue
-        _write(render.json_line(render.public(r, 0)) if json_out else
-               render.event_line(r, 0, model.own_netns, model.netns_names))
+        raise click.ClickException(f"replay: {exc}") from None
     table = {"type": "table", "own_netns": model.own_netns, "rows": model.rows(),
              "taps": model.tap_list()}
     if json_out:
         _write(render.json_line(render.public(table, 0)))
     else:
         _write("")
-        _write(render.table_text(table["rows"], table["taps"], own_netns=model.own_netns))
+        _write(render.inert(render.table_text(table["rows"], table["taps"],
+                                              own_netns=model.own_netns)))
 
 
 def _finish(session, json_out: bool, offset: int) -> None:
@@ -367,8 +511,8 @@ def top(pid, comm, ifname, duration, buffer_pages, perf_buffer) -> None:
 
 
 @cli.command(epilog=EXAMPLES_WHO)
-@click.argument("ifname_arg", metavar="IFNAME")
-@click.option("--watch", "watch_s", type=click.FloatRange(min=0, min_open=True), metavar="S",
+@click.argument("ifname_arg", metavar="IFNAME", type=IfName())
+@click.option("--watch", "watch_s", type=Seconds(), metavar="S",
               help="Also trace for S seconds and show the lineage of each open file.")
 @click.option("--json", "json_out", is_flag=True)
 @_netns_option
@@ -504,10 +648,10 @@ class AuditError(click.ClickException):
 @cli.command("audit", epilog=EXAMPLES_AUDIT)
 @click.option("--json", "json_out", is_flag=True,
               help='One {"type": "finding"} JSON line per finding, then {"type": "audit"}.')
-@click.option("--watch", "watch_s", type=click.FloatRange(min=0, min_open=True), metavar="S",
+@click.option("--watch", "watch_s", type=Seconds(), metavar="S",
               help="Trace for S seconds (root, BPF): failed TUNGETIFF probes as they "
                    "happen, then audit the final table with each fd's lineage.")
-@click.option("-i", "--ifname", metavar="GLOB",
+@click.option("-i", "--ifname", metavar="GLOB", type=Glob(),
               help="Only interfaces matching GLOB (failed probes name none: left out).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; only the exit status.")
 @click.option("--strict", is_flag=True,
@@ -559,8 +703,7 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
         def emit(report: dict) -> None:
             t = report["type"]
             if t == "lost":
-                click.echo(f"taptrace: warning: {report['count']} records lost; "
-                           "resyncing from /proc", err=True)
+                _warn(f"{report['count']} records lost; resyncing from /proc")
             elif t == "ready" and not quiet:
                 _write(render.json_line(render.public(report, offset)) if json_out else
                        f"# auditing for {watch_s:g} s with the {report['backend']} backend "
@@ -620,26 +763,86 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
         sys.exit(1)
 
 
+class _ClosedStdout(io.TextIOBase):
+    """sys.stdout when fd 1 was closed at start: a write fails as it would on fd 1."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+
+def _guard_std_fds() -> None:
+    """Started with fd 0, 1 or 2 closed (`taptrace ls >&-`): put /dev/null there, so no
+    file we open (a recording, a BPF map) becomes "standard output"; writing to a
+    closed stdout still fails (one line, exit 1), a closed stderr is silent."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+        except OSError:
+            return
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if fd == 1:
+            sys.stdout = _ClosedStdout()
+        elif fd == 2:
+            sys.stderr = open(fd, "w", closefd=False)  # noqa: SIM115 - for the process
+
+
+# write(2) errors that mean "this output cannot be written", not a bug of ours
+OUTPUT_ERRNOS = frozenset({errno.EBADF, errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG,
+                           errno.EPIPE, errno.EINVAL})
+
+
 def main() -> None:
+    _guard_std_fds()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        _show_error(exc)
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         sys.exit(130)
     except BrokenPipeError:
         _quiet_stdout()
         sys.exit(0)
-    except Exception as exc:  # a last line of defence: one line, never a traceback
-        if os.environ.get("TAPTRACE_DEBUG"):
-            raise
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS or exc.filename is not None:
+            _internal_error(exc)
+        # click's own output (--help, --version) to a full or closed stdout
+        _quiet_stdout()
+        _show_error(OutputError(exc))
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last defence: one line, no traceback
+        _internal_error(exc)
+    _quiet_stdout_on_exit()
+
+
+def _show_error(exc: click.ClickException) -> None:
+    try:
+        exc.show()
+    except OSError:          # stderr too is full or gone: the exit status says it
+        pass
+
+
+def _internal_error(exc: Exception) -> None:
+    if os.environ.get("TAPTRACE_DEBUG"):
+        raise exc
+    try:
         click.echo(f"taptrace: internal error: {type(exc).__name__}: {exc} "
                    "(rerun with TAPTRACE_DEBUG=1 for details)", err=True)
-        sys.exit(70)
-    _quiet_stdout_on_exit()
+    except OSError:
+        pass
+    sys.exit(70)
 
 
 def _quiet_stdout() -> None:
@@ -655,3 +858,7 @@ def _quiet_stdout_on_exit() -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         _quiet_stdout()
+    except OSError as exc:
+        _quiet_stdout()
+        _show_error(OutputError(exc))
+        sys.exit(1)

@@ -19,23 +19,43 @@ from tabulate import tabulate
 SCHEMA_VERSION = 1
 
 
+# Characters that change what a terminal shows besides themselves: C0/C1 controls and
+# DEL, the bidirectional overrides and isolates (a name could reverse the rest of its
+# line), and the line/paragraph separators.
+_BIDI = frozenset(range(0x202A, 0x202F)) | frozenset(range(0x2066, 0x206A)) | {
+    0x200E, 0x200F, 0x061C, 0x2028, 0x2029}
+
+
+def _escape(ch: str, backslash: bool) -> str:
+    o = ord(ch)
+    if 0xDC80 <= o <= 0xDCFF:               # a raw byte kept by surrogateescape
+        return f"\\x{o - 0xDC00:02x}"
+    if o < 0x20 or 0x7F <= o < 0xA0:
+        return f"\\x{o:02x}"
+    if 0xD800 <= o <= 0xDFFF or o in _BIDI:   # a lone surrogate cannot even be printed
+        return f"\\u{o:04x}"
+    if backslash and ch == "\\":
+        return "\\\\"
+    return ch
+
+
 def safe(value) -> str:
-    """A string that is inert on a terminal: control bytes as \\xNN."""
+    """A string that is inert on a terminal: control bytes as \\xNN, backslash doubled."""
     if value is None:
         return "-"
     s = str(value)
-    out = []
-    for ch in s:
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:               # a raw byte kept by surrogateescape
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif o < 0x20 or 0x7F <= o < 0xA0:
-            out.append(f"\\x{o:02x}")
-        elif ch == "\\":
-            out.append("\\\\")
-        else:
-            out.append(ch)
-    return "".join(out)
+    if s.isascii() and s.isprintable() and "\\" not in s:
+        return s
+    return "".join(_escape(ch, True) for ch in s)
+
+
+def inert(line: str) -> str:
+    """A whole output line made inert as a last defence: what `safe` would escape,
+    except the backslash, so fields already escaped read the same (replay prints
+    every line through it, a recording being anyone's file). Line breaks stay."""
+    return "\n".join(
+        part if part.isascii() and part.isprintable() else
+        "".join(_escape(ch, False) for ch in part) for part in line.split("\n"))
 
 
 def json_line(obj: dict) -> str:
@@ -113,13 +133,13 @@ def describe(r: dict) -> tuple[str, str, str]:
         key = "uid" if t == "tunsetowner" else "gid"
         return fd, ifn, f"{key}={r.get(key)}"
     if t == "dup":
-        return fd, ifn, (f"{r['how']}{vhost} → fd {r['newfd']}"
+        return fd, ifn, (f"{safe(r['how'])}{vhost} → fd {r['newfd']}"
                          f"{' cloexec' if r['cloexec'] else ''}")
     if t == "cloexec":
         return fd, ifn, (f"close-on-exec {'set' if r['cloexec'] else 'cleared'} "
-                         f"({r['how']}){vhost}")
+                         f"({safe(r['how'])}){vhost}")
     if t == "close":
-        how = "" if r["how"] == "close" else f" (by {r['how']})"
+        how = "" if r["how"] == "close" else f" (by {safe(r['how'])})"
         return fd, ifn, f"closed{vhost}{how}"
     if t == "fork":
         shared = " sharing the fd table" if r["shared_table"] else ""
@@ -227,7 +247,7 @@ def _cell(row: dict, key: str) -> str:
         how = row.get("how") or "-"
         if row.get("from_pid") is not None and how in ("inherited", "received"):
             how += f" from {row['from_pid']}"
-        return how
+        return safe(how)
     if key == "nic":
         parts = [row.get("netdev"), row.get("nic_model")]
         if row.get("fd_role") == "vhost":
@@ -274,7 +294,7 @@ def tap_text(tap: dict, own_netns: int | None = None) -> str:
     owner = owner_text(tap)
     ns = netns_label(tap.get("netns"), tap.get("netns_name"), own_netns)
     return (f"{safe(tap['ifname'])}{' (netns ' + ns + ')' if ns else ''}: "
-            f"{tap['kind']} {','.join(tap['flags']) or '-'}"
+            f"{safe(tap['kind'])} {','.join(tap['flags']) or '-'}"
             f"{' persist' if tap.get('persist') and 'persist' not in tap['flags'] else ''}"
             f"{' ' + owner if owner else ''}")
 

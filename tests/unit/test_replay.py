@@ -1,16 +1,19 @@
 """A real kernel recording (`taptrace watch --record` over `python -m tracer.demo`)
-replays through the model, with no kernel, to the same story and the same table."""
+replays through the model, with no kernel, to the same story and the same table; a
+recording is written only where it is safe to, and a failed write costs only the rest."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from tracer import events as ev
-from tracer.replay import ReplayError, replay
+from tracer.replay import Recorder, RecordError, ReplayError, open_recording, replay
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo.record.jsonl"
 
@@ -67,3 +70,74 @@ def test_every_recorded_event_round_trips():
 def test_a_bad_recording_is_one_clear_error(bad):
     with pytest.raises(ReplayError):
         replay(lines_until("snapshot") + [bad])
+
+
+# ---- writing: where a recording may go, and a write that fails ------------------
+
+def test_a_recording_is_created_0600_and_never_replaces_a_file_unasked(tmp_path):
+    path = tmp_path / "rec.jsonl"
+    old = os.umask(0)
+    try:
+        os.close(open_recording(str(path)))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text("kept\n")
+    with pytest.raises(RecordError, match="exists; --overwrite"):
+        open_recording(str(path))
+    assert path.read_text() == "kept\n"
+    path.chmod(0o644)
+    os.close(open_recording(str(path), overwrite=True))
+    assert path.read_text() == "" and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling", "fifo", "hardlink", "dir"])
+def test_a_recording_is_never_written_through_what_someone_put_there(tmp_path, kind):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = tmp_path / "rec.jsonl"
+    if kind == "symlink":
+        path.symlink_to(victim)
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "created")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "hardlink":
+        os.link(victim, path)
+    else:
+        path.mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(RecordError):      # and a FIFO does not block it
+            open_recording(str(path), overwrite=overwrite)
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "created").exists()
+
+
+@pytest.mark.parametrize("target", ["/dev/full", "closed-pipe"])
+def test_a_failed_write_stops_recording_once_and_keeps_what_was_written(target):
+    if target == "/dev/full":
+        fd = os.open("/dev/full", os.O_WRONLY)
+        why = "No space left on device"
+    else:
+        r, fd = os.pipe()
+        os.close(r)
+        why = "Broken pipe"
+    said: list[str] = []
+    rec = Recorder(fd, "rec\x1b.jsonl", said.append)
+    for i in range(3):
+        rec({"kind": "Close", "fd": i})
+    rec.close()
+    assert rec.failed == why and rec.records == 0 and rec.size == 0
+    assert len(said) == 1 and why in said[0] and "rec\\x1b.jsonl" in said[0]
+
+
+def test_every_record_is_one_whole_line_in_the_file_at_once(tmp_path):
+    path = tmp_path / "rec.jsonl"
+    rec = Recorder(open_recording(str(path)), str(path), pytest.fail)
+    lines = DEMO.read_text().splitlines()
+    for line in lines:
+        rec(json.loads(line))
+        assert path.read_text().count("\n") == rec.records   # unbuffered: no loss on kill
+    rec.close()
+    model, _ = replay(path.read_text().splitlines())
+    assert model.rows() == [] and rec.size == os.path.getsize(path)
