@@ -226,18 +226,20 @@ TRACING = [["watch", "--duration", "1"], ["watch", "--json", "--duration", "1"],
 @pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
 def test_tracing_into_a_closed_or_full_stdout_is_one_line_and_leaves_nothing(args, redirect):
     need_root()
-    p = subprocess.run(["bash", "-c", " ".join(["exec", *map(_quote, [*TAPTRACE, *args]),
-                                               redirect])],
-                       cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                       timeout=90, check=False)
-    err = p.stderr.decode()
+    # its own session: what it started is found by session id, not by a name that
+    # another tracer on the machine could share
+    p = subprocess.Popen(["bash", "-c", " ".join(["exec", *map(_quote, [*TAPTRACE, *args]),
+                                                 redirect])],
+                         cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    err = p.communicate(timeout=90)[1].decode()
     assert "Traceback" not in err and "internal error" not in err, err
     if args[0] == "who":              # lo is no tap: nothing to write, its own error
         assert p.returncode == 1 and err.count("\n") == 1 and "no tun/tap" in err
         return
     why = "Bad file descriptor" if redirect == ">&-" else "No space left on device"
     assert (p.returncode, err) == (1, f"Error: cannot write to standard output: {why}\n")
-    left = subprocess.run(["pgrep", "-f", "tracer.demo"], capture_output=True, check=False)
+    left = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, check=False)
     assert left.stdout == b""                    # demo's scenario process is gone too
 
 
