@@ -236,6 +236,7 @@ def initramfs(release: str) -> Path:
 
 # ---- running ------------------------------------------------------------------
 
+
 def run(release: str, command: list[str], *, out_dir: Path | None = None, timeout: float = 1800,
         memory: str = "2G", cpus: int = 2, stream=sys.stdout) -> int:
     """Boot RELEASE, run COMMAND in the guest from the current directory, stream its
@@ -264,7 +265,10 @@ def run(release: str, command: list[str], *, out_dir: Path | None = None, timeou
             "-chardev", f"file,id=con,path={out / 'console.log'}", "-serial", "chardev:con",
             "-chardev", "stdio,id=io,signal=off", "-serial", "chardev:io"]
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    # setpriv: QEMU gets SIGKILL if we die (killed, a test's timeout): no guest runs
+    # on unowned
+    proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", *argv],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     timed_out = False
     text = codecs.getincrementaldecoder("utf-8")("replace")   # chunks split characters
