@@ -116,8 +116,9 @@ def check_headers() -> list[Check]:
 # used when the kernel has them (probes.py compiles them in only then): what happens without
 OPTIONAL_TRACEPOINTS = {
     ("sched", "sched_prepare_exec"):
-        "kernel < 6.10; a CLONE_FILES child's exec unshares its fd table at "
-        "sched_process_exec instead (a vfork parent released just before may be misread)",
+        "kernel < 6.10; a CLONE_FILES sharer's fd table is copied as its exec begins "
+        "(sys_enter_execve/execveat) and is its own if the exec succeeds: exact for a "
+        "vfork child, a change by another sharer during the exec may be misread",
 }
 
 
