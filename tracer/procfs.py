@@ -622,6 +622,15 @@ def tun_fds(pid: int) -> list[FdInfo]:
     return _tun_fds(pid, _Ifindex())
 
 
+def alive(pid: int) -> bool:
+    """The process runs (or sleeps): not gone, not a zombie, not dead."""
+    try:
+        stat = _read_text(f"/proc/{pid}/stat")
+        return stat[stat.rindex(")") + 2] not in "ZXx"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def proc_info(pid: int) -> ProcInfo | None:
     try:
         stat = _read_text(f"/proc/{pid}/stat")

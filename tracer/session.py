@@ -368,7 +368,7 @@ class Session:
                 # into the in-kernel interest set: out again, and no events
                 self.probes.drop_interest(self._self_pid)
                 continue
-            if e.ts < self._min_ts:
+            if e.ts < self._min_ts and not self._died_before_snapshot(e):
                 continue
             if (isinstance(e, ev.TunIoctl) and e.cmd == ev.TUNSETIFF and e.ret == 0
                     and not self._prepare_netns(e, batch[i + 1:]) and not final
@@ -394,6 +394,13 @@ class Session:
             self._out(report)
         if self.model.pending:
             self.probes.arm_scm(now + SCM_ARM_NS)
+
+    def _died_before_snapshot(self, e: ev.Event) -> bool:
+        """An exit stamped before the last snapshot that the snapshot still shows: the
+        kernel releases a process's files after sched_process_exit, so a snapshot taken
+        in between lists the fds of the dead. Dead is dead: the exit applies."""
+        return isinstance(e, ev.Exit) and e.pid in self.model.procs \
+            and not procfs.alive(e.pid)
 
     def _apply(self, e: ev.Event) -> None:
         rec = None
@@ -423,7 +430,8 @@ class Session:
         self.stats["resyncs"] += 1
         me = {"pid": os.getpid(), "tid": os.getpid(), "comm": "taptrace"}
         self.emit({"type": "lost", "ts_ns": time.monotonic_ns(), **me, "count": count})
-        self._queue.clear()
+        # the snapshot says what is; only exits it may not know yet are kept
+        self._queue[:] = [e for e in self._queue if isinstance(e, ev.Exit)]
         taps_before = set(self.model.taps)
         report = self._snapshot(initial=False)
         now = time.monotonic_ns()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -387,3 +388,19 @@ def test_an_fd_closed_after_the_scan_still_gets_a_group(kit, monkeypatch):
     assert sorted([(me, fd), (me, dup)]) in groups(snap)
     assert [(me, gone)] in groups(snap)
     assert_consistent(snap)
+
+
+def test_alive_is_false_for_a_zombie_and_a_gone_pid():
+    """The session applies an exit stamped before a resync's snapshot when the process
+    is no longer alive (the snapshot may have listed its fds while it was exiting)."""
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while procfs.alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)                          # exiting, then a zombie: not alive
+    assert not procfs.alive(child)
+    assert os.path.exists(f"/proc/{child}")       # still there, as a zombie
+    os.waitpid(child, 0)
+    assert not procfs.alive(child)
+    assert procfs.alive(os.getpid())
