@@ -838,12 +838,16 @@ class Model:
         stale = self.procs.pop(e.child, None)          # pid reuse after a missed exit
         if stale is not None:
             self._drop_table_user(stale, e.ts, stale.comm, out)
+        shared = bool(e.flags & ev.CLONE_FILES)
         parent = self.procs.get(e.pid)
+        if parent is None and shared:
+            # a table shared before it holds any tap (the BPF reports these clones from
+            # anyone): the child may make a tap in it and leave, the parent keep it (pasta)
+            parent = self._proc(e.pid, e.comm)
         if parent is None:
             return
         comm = self._comm_for(e)                       # the parent process's name
         child_comm = e.comm                            # the child copies the forking thread's
-        shared = bool(e.flags & ev.CLONE_FILES)
         if shared:
             table = parent.table
         else:

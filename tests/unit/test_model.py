@@ -707,6 +707,20 @@ def test_clone_files_shares_the_table_both_ways():
     assert w.gone() == ["a"]
 
 
+def test_a_table_shared_before_any_tap_keeps_what_the_sharing_child_made():
+    # pasta: clone(CLONE_VM|CLONE_FILES|CLONE_VFORK) from a process holding no tap; the
+    # child opens the tap, TUNSETIFF, exits; the fd is the parent's (the one table)
+    w = World()
+    w.fork(1, 2, ev.CLONE_FILES | ev.CLONE_VM | ev.CLONE_VFORK | SIGCHLD)
+    w.tap(2, 5, "a")
+
+    w.exit(2)
+
+    assert w.table() == {(1, 5): ("a", False, "opened")}
+    assert w.gone() == []
+    assert w.row(1, 5)["creator_pid"] == 2
+
+
 def test_the_exit_of_one_sharer_closes_nothing_the_last_closes_all():
     w = World()
     w.tap(1, 3, "a")
