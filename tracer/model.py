@@ -8,6 +8,7 @@ goes through an injected `FdProbe`, so replays and unit tests run anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fnmatch
 import itertools
@@ -66,6 +67,7 @@ class OpenFile:
     refs: int = 0                     # fd entries, messages in flight, vhost vrings
     lineage: list = field(default_factory=list)
     backends: dict = field(default_factory=dict)   # vhost only: vring index -> OpenFile
+    ptr: int = 0                      # its struct file * where the kernel backend said it
 
     def step(self, ts: int, op: str, pid: int, comm: str, fd: int | None = None,
              **extra) -> None:
@@ -165,6 +167,9 @@ class Model:
         self.files: dict[int, OpenFile] = {}
         self.pending: list[PendingSend] = []
         self.released: deque[OpenFile] = deque(maxlen=RELEASED_MAX)
+        # open files by their struct file * (kernel backend records carry it): the
+        # file's identity, so an install, a dup or a receive of it is known exactly
+        self.by_ptr: dict[int, OpenFile] = {}
         self._probe_fd = probe_fd
         self._ifindex_name = ifindex_name
         self._comm_of = comm_of
@@ -198,6 +203,7 @@ class Model:
         self.taps.clear()
         self.files.clear()
         self.pending.clear()
+        self.by_ptr.clear()
         self._load(snap, {}, {})
 
     def _load(self, snap, keep_files: dict, keep_entries: dict) -> None:
@@ -288,6 +294,7 @@ class Model:
         self.files.clear()
         self.pending.clear()
         self._load(snap, keep_files, keep_entries)
+        self.by_ptr = {f.ptr: f for f in self.files.values() if f.ptr}
         for name, tap in self.taps.items():
             old = taps_before.get(name)
             if old is not None:
@@ -299,11 +306,19 @@ class Model:
 
     # ---- helpers -----------------------------------------------------------
 
+    def _learn(self, f: OpenFile, ptr: int) -> None:
+        """The kernel backend named this file's struct file *: remember it."""
+        if ptr and not f.ptr:
+            f.ptr = ptr
+            self.by_ptr[ptr] = f
+
     def _release(self, f: OpenFile, ts: int, pid: int, comm: str, out: list) -> None:
         f.refs -= 1
         if f.refs > 0:
             return
         self.files.pop(f.id, None)
+        if f.ptr and self.by_ptr.get(f.ptr) is f:
+            del self.by_ptr[f.ptr]      # the kernel may reuse the address now
         f.step(ts, "released", pid, comm)
         backends, f.backends = f.backends, {}
         for _idx, b in sorted(backends.items()):
@@ -448,6 +463,18 @@ class Model:
     def _on_Open(self, e: ev.Open, out: list) -> None:
         proc = self._proc(e.pid, self._comm_for(e))
         self._drop_entry(proc, e.fd, e.ts, e.tid, e.comm, "stale", out, report=False)
+        known = self.by_ptr.get(e.file) if e.file else None
+        if known is not None:
+            # installed again, not opened (io_uring, seccomp addfd): the kernel
+            # backend knows it by its struct file
+            known.refs += 1
+            cloexec = bool(e.flags & ev.O_CLOEXEC)
+            proc.table.fds[e.fd] = Entry(known, cloexec, "installed", by=e.pid)
+            known.step(e.ts, "install", e.pid, self._comm_for(e), e.fd)
+            out.append(self._report("open", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
+                                    path=known.path, ifname=known.label, cloexec=cloexec,
+                                    how="installed", **_kind(known)))
+            return
         ifname = None
         if e.path.startswith("/dev/tap"):
             try:
@@ -456,6 +483,7 @@ class Model:
                 ifname = None
         f = self._new_file(e.path, ifname)
         f.refs = 1
+        self._learn(f, e.file)
         if ifname or f.is_vhost:    # the open is the attach (macvtap) or the whole make
             f.creator_pid, f.creator_comm = e.pid, self._comm_for(e)
             if ifname in self.taps:
@@ -466,7 +494,7 @@ class Model:
         out.append(self._report("open", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
                                 path=e.path, ifname=ifname, cloexec=cloexec))
 
-    def _file_at(self, pid: int, fd: int, comm: str) -> OpenFile:
+    def _file_at(self, pid: int, fd: int, comm: str, ptr: int = 0) -> OpenFile:
         """The open file behind pid/fd, adopting one the model missed."""
         proc = self._proc(pid, comm)
         entry = proc.table.fds.get(fd)
@@ -474,6 +502,7 @@ class Model:
             f = self._new_file()
             f.refs = 1
             entry = proc.table.fds[fd] = Entry(f, False, "unknown", by=pid)
+        self._learn(entry.file, ptr)
         return entry.file
 
     @staticmethod
@@ -496,14 +525,15 @@ class Model:
         base = {"fd": e.fd, "ioctl": name, "ret": e.ret, "error": errname(e.ret) or None}
         proc = self.procs.get(e.pid)
         entry = proc.table.fds.get(e.fd) if proc else None
-        if entry is not None and self._stale_at(entry, e):
+        if entry is not None and (self._stale_at(entry, e) or (
+                e.file and entry.file.ptr and entry.file.ptr != e.file)):
             # The kernel's answer proves the file the model had at this fd was closed
             # unseen (io_uring, lost records): it goes quietly, like a reused slot.
             self._drop_entry(proc, e.fd, e.ts, e.tid, comm, "stale", out, report=False)
             entry = None
         if e.cmd == ev.TUNGETIFF:
             if e.ret == 0:
-                f = self._file_at(e.pid, e.fd, comm)
+                f = self._file_at(e.pid, e.fd, comm, e.file)
                 if f.ifname is None:
                     f.ifname = e.ifname
                     f.iff = f.iff or e.value
@@ -526,7 +556,7 @@ class Model:
                                         ifname=e.ifname or None, flags=ev.iff_names(e.value),
                                         created=False, kind=_requested_kind(e.value)))
                 return
-            f = self._file_at(e.pid, e.fd, comm)
+            f = self._file_at(e.pid, e.fd, comm, e.file)
             if f.path.startswith("/dev/tap"):
                 # macvtap/ipvtap: the open was the attach; TUNSETIFF only sets flags
                 # and ignores (and returns) the name it was given
@@ -680,6 +710,11 @@ class Model:
             return
         comm = self._comm_for(e)
         src = proc.table.fds.get(e.oldfd)
+        if src is not None:
+            self._learn(src.file, e.file)
+        elif e.file in self.by_ptr:      # kernel backend: the file, whatever the fd says
+            f = self.by_ptr[e.file]
+            src = Entry(f, None, "dup")
         if e.how in ("dup2", "dup3"):
             # dup2/dup3 silently close what newfd held.
             self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, e.how, out)
@@ -807,7 +842,20 @@ class Model:
         proc = self.procs.get(e.pid)
         if proc is None:
             return
-        files = [proc.table.fds[fd].file if fd in proc.table.fds else None for fd in e.fds]
+        if e.files and not e.fds:
+            # kernel backend: the message's files; the sender's fd holding each
+            files, fds = [], []
+            for ptr in e.files:
+                f = self.by_ptr.get(ptr)
+                fd = next((fd for fd, en in sorted(proc.table.fds.items()) if en.file is f),
+                          None) if f is not None else None
+                if fd is not None:
+                    files.append(f)
+                    fds.append(fd)
+            e = dataclasses.replace(e, fds=tuple(fds))
+        else:
+            files = [proc.table.fds[fd].file if fd in proc.table.fds else None
+                     for fd in e.fds]
         if not any(files):
             return
         comm = self._comm_for(e)
@@ -846,7 +894,55 @@ class Model:
                 return send
         return None
 
+    def _on_scm_recv_files(self, e: ev.ScmRecv, out: list) -> None:
+        """A receive the kernel backend saw: each fd with its struct file, so each is
+        matched to the send in flight holding that very file, not by order."""
+        comm = self._comm_for(e)
+        proc = self._proc(e.pid, comm)
+        got, names, from_fds, vhost = [], [], [], []
+        sender: PendingSend | None = None
+        for newfd, ptr in zip(e.fds, e.files):
+            self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
+            send, at = next(((s, i) for s in self.pending for i, f in enumerate(s.files)
+                             if f is not None and f.ptr == ptr), (None, -1))
+            if send is not None:          # the in-flight reference becomes the fd's
+                f, oldfd = send.files[at], send.fds[at]
+                send.files = send.files[:at] + send.files[at + 1:]
+                send.fds = send.fds[:at] + send.fds[at + 1:]
+                if not any(send.files):
+                    self.pending.remove(send)
+                sender = sender or send
+                from_pid: int | None = send.pid
+            else:                         # its send was not seen (before the trace)
+                f = self.by_ptr.get(ptr)
+                if f is None:
+                    name = self._probe_fd(e.pid, newfd)
+                    f = self._new_file(ifname=name if isinstance(name, str) and name
+                                       else None)
+                    tap = self.taps.get(f.ifname) if f.ifname else None
+                    if tap is not None:
+                        f.iff = tap.iff
+                        tap.files.add(f.id)
+                    self._learn(f, ptr)
+                f.refs += 1
+                oldfd, from_pid = None, None
+            proc.table.fds[newfd] = Entry(f, e.cloexec, "received", from_pid, oldfd, e.pid)
+            f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=from_pid, from_fd=oldfd)
+            got.append(newfd)
+            names.append(f.label)
+            from_fds.append(oldfd)
+            if f.is_vhost:
+                vhost.append(newfd)
+        out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
+                                from_pid=sender.pid if sender else None,
+                                from_comm=sender.comm if sender else None, from_fds=from_fds,
+                                ifnames=names, cloexec=e.cloexec,
+                                **({"vhost_fds": vhost} if vhost else {})))
+
     def _on_ScmRecv(self, e: ev.ScmRecv, out: list) -> None:
+        if e.files:
+            self._on_scm_recv_files(e, out)
+            return
         send = self._match_send(e)
         if send is None:
             return
@@ -880,6 +976,8 @@ class Model:
     def _on_PidfdGetfd(self, e: ev.PidfdGetfd, out: list) -> None:
         src = self.procs.get(e.source_pid)
         entry = src.table.fds.get(e.target_fd) if src else None
+        if entry is None and e.file in self.by_ptr:    # kernel backend: the file itself
+            entry = Entry(self.by_ptr[e.file], None, "received")
         mine = self.procs.get(e.pid)
         if mine is not None:      # newfd was a free slot: what the model had there is stale
             self._drop_entry(mine, e.newfd, e.ts, e.tid, mine.comm, "stale", out, report=False)

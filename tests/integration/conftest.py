@@ -48,6 +48,10 @@ class Tracer:
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
         self.ready = self._read_until(lambda o: o["type"] == "ready", timeout=60)
+        # TAPTRACE_BACKEND=kernel runs every test with that backend (the guest matrix)
+        wanted = os.environ.get("TAPTRACE_BACKEND", "auto")
+        if wanted != "auto":
+            assert self.ready["backend"] == wanted, self.ready
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
