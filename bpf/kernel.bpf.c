@@ -24,7 +24,7 @@
  *   fexit  TT_CLOSE_FN         close, close_range: pick_file (< 6.8) or
  *                              file_close_fd_locked (6.8+) return the file
  *   fexit  __scm_send          the files of an SCM_RIGHTS message being sent
- *   fentry scm_detach_fds      a received message begins (groups its fds)
+ *   fentry+fexit scm_detach_fds  a received message begins, ends (groups its fds)
  *   fentry set_close_on_exec   F_SETFD, FIOCLEX, FIONCLEX   (TT_HAVE_SET_CLOEXEC)
  *   fexit  ksys_unshare        unshare(CLONE_FILES)          (TT_HAVE_KSYS_UNSHARE)
  *   fentry begin_new_exec      an exec's point of no return: a CLONE_FILES
@@ -98,7 +98,11 @@ static __always_inline u64 fd_cloexec(u32 fd)
 }
 
 /* tid -> the receive (scm_detach_fds) its next installs belong to */
-BPF_TABLE("lru_hash", u32, u64, recv_msg, 10240);
+struct tt_recv_msg {
+	u64 id;       /* when it began: the stamp its records share */
+	u64 n;        /* tracked files installed so far */
+};
+BPF_TABLE("lru_hash", u32, struct tt_recv_msg, recv_msg, 10240);
 
 static __always_inline void set_file(struct tt_event *e, const void *file, u32 kind)
 {
@@ -132,8 +136,11 @@ KFUNC_PROBE(fd_install, unsigned int fd, void *file)
 		e->nfds = 1;
 		e->fds[0] = fd;
 		e->arg = cloexec ? MSG_CMSG_CLOEXEC_ : 0;
-		u64 *msg = recv_msg.lookup(&e->tid);
-		e->arg2 = msg ? *msg : 0;
+		struct tt_recv_msg *msg = recv_msg.lookup(&e->tid);
+		if (msg) {
+			e->arg2 = msg->id;
+			msg->n++;
+		}
 	} else if (nr == NR_PIDFD_GETFD) {
 		init_event(e, TT_EV_PIDFD_GETFD);
 		e->fd = (int)sysarg(PT_DI);
@@ -153,11 +160,37 @@ KFUNC_PROBE(fd_install, unsigned int fd, void *file)
 	return 0;
 }
 
+/*
+ * A message's files are one send or one receive, but one record each: the last
+ * record of a message is a marker (same type and stamp, no file) so user space
+ * knows the message is complete (it may read the first before the next is made).
+ */
+static __always_inline void end_of_message(void *ctx, u32 type, int sock, u64 id)
+{
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, type);
+	e->fd = sock;
+	e->arg2 = id;
+	submit(ctx, e);
+}
+
 KFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	u64 now = bpf_ktime_get_ns();
-	recv_msg.update(&tid, &now);
+	struct tt_recv_msg m = { .id = bpf_ktime_get_ns(), .n = 0 };
+	recv_msg.update(&tid, &m);
+	return 0;
+}
+
+KRETFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct tt_recv_msg *m = recv_msg.lookup(&tid);
+	if (!m || !m->n)
+		return 0;
+	u64 id = m->id;
+	m->n = 0;
+	end_of_message(ctx, TT_EV_SCM_RECV, (int)sysarg(PT_DI), id);
 	return 0;
 }
 
@@ -220,6 +253,7 @@ KRETFUNC_PROBE(__scm_send, void *sock, void *msg, void *scm, int ret)
 	bpf_probe_read_kernel(&count, sizeof(count), fpl + TT_FPL_COUNT_OFF);
 	u64 ts = bpf_ktime_get_ns();
 	int sockfd = (int)sysarg(PT_DI);
+	u32 sent = 0;
 	/* a bounded loop (not unrolled: sixteen records' stack), walked by the verifier */
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < TT_MAX_FDS; i++) {
@@ -236,7 +270,10 @@ KRETFUNC_PROBE(__scm_send, void *sock, void *msg, void *scm, int ret)
 		e->arg2 = ts;
 		set_file(e, file, kind);
 		submit(ctx, e);
+		sent++;
 	}
+	if (sent)
+		end_of_message(ctx, TT_EV_SCM_SEND, sockfd, ts);
 	return 0;
 }
 

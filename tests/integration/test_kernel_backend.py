@@ -21,11 +21,11 @@ pytestmark = pytest.mark.skipif(BACKEND != "kernel",
 # open, dup, F_DUPFD_CLOEXEC and a pass to itself over SCM_RIGHTS, all before the
 # TUNSETIFF (made on the received copy); then hold until stdin closes
 WALK = r"""
-import fcntl, json, os, socket, sys
+import ctypes, fcntl, json, os, socket, sys
 sys.path.insert(0, {tests!r})
 import tapkit
 a = tapkit.open_tun(cloexec=True)
-b = os.dup(a)
+b = ctypes.CDLL(None, use_errno=True).dup(a)   # dup(2) itself: os.dup is F_DUPFD_CLOEXEC
 c = fcntl.fcntl(a, fcntl.F_DUPFD_CLOEXEC, 20)
 s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 tapkit.send_fds(s1, [a])

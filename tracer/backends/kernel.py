@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 from .. import btf, kheaders
@@ -50,6 +51,7 @@ KPROBES = (
     ("tap_ioctl", "tap_ioctl_entry", "tun_ioctl_return", "tap"),
     ("vhost_net_ioctl", None, "vhost_ioctl_return", "vhost_net"),
 )
+HOLD_S = 0.5          # how long a message's records wait for their end marker
 PATHS = {ev.FK_TUN: "/dev/net/tun", ev.FK_VHOST: ev.VHOST_PATH, ev.FK_TAP: "/dev/tap"}
 
 
@@ -163,8 +165,7 @@ class KernelBackend(BccBackend):
             raise ProbeError("the kernel backend needs fentry/fexit (BPF trampolines and "
                              "kernel BTF); this kernel or bcc has none")
         self._plan = plan()
-        self._held: list[ev.Event] = []
-        self._held_key: tuple | None = None
+        self._held: dict[tuple, tuple[float, list[ev.Event]]] = {}
         return bpf_source(SOURCE), self._plan.cflags
 
     def _attach(self) -> None:
@@ -185,28 +186,32 @@ class KernelBackend(BccBackend):
         fields = ev.RECORD.unpack_from(raw)
         arg2, fkind = fields[7], fields[-2]
         if isinstance(rec, (ev.ScmSend, ev.ScmRecv)):
-            # one record per file: those of one message (same tid and message
-            # stamp) are one send or one receive
+            # one record per file, then a marker with none (the same syscall, so no
+            # record of this thread comes between): the records of one message are
+            # one send or one receive, delivered at the marker
             key = (type(rec), rec.tid, rec.sock, arg2)
-            if self._held and key == self._held_key:
-                self._held.append(rec)
-                return
-            self._flush()
-            self._held, self._held_key = [rec], key
+            if rec.files:
+                self._held.setdefault(key, (time.monotonic(), []))[1].append(rec)
+            else:
+                self._deliver(key)
             return
-        self._flush()
         if isinstance(rec, ev.Open):
             rec = dataclasses.replace(rec, path=self._path(rec.pid, rec.fd, fkind))
         self._on_event(rec)
 
+    def _deliver(self, key: tuple) -> None:
+        _since, held = self._held.pop(key, (0.0, []))
+        if held:
+            fds = tuple(fd for r in held for fd in r.fds)
+            files = tuple(f for r in held for f in r.files)
+            self._on_event(dataclasses.replace(held[0], fds=fds, files=files))
+
     def _flush(self) -> None:
-        held, self._held, self._held_key = self._held, [], None
-        if not held:
-            return
-        first = held[0]
-        fds = tuple(fd for r in held for fd in r.fds)
-        files = tuple(f for r in held for f in r.files)
-        self._on_event(dataclasses.replace(first, fds=fds, files=files))
+        """After each poll: a message whose marker did not come within HOLD_S (a
+        lost record) is delivered as it is."""
+        now = time.monotonic()
+        for key in [k for k, (since, _r) in self._held.items() if now - since > HOLD_S]:
+            self._deliver(key)
 
     @staticmethod
     def _path(pid: int, fd: int, fkind: int) -> str:
