@@ -234,7 +234,7 @@ def hooks(args) -> None:
     import ctypes
 
     from tracer import kheaders
-    from tracer.probes import Probes
+    from tracer.backends.tracepoint import TracepointBackend as Probes
     kheaders.ensure_tracefs()
     kheaders.prepare_bcc_env()
     import bcc
@@ -291,6 +291,88 @@ def hooks(args) -> None:
             ratio = [t / b for t, b in zip(res[c][w], res["none"][w])]
             say(f"    {c:<32} {spread(ratio)}")
     tt.close()
+
+
+# ---- backends: the tracepoint backend against the kernel backend ---------------
+
+def _switch(backend):
+    """(attach, detach) of every hook a loaded backend attached: its programs stay
+    loaded, so conditions alternate run by run without compiling again."""
+    b = backend._bpf
+    tps = [k.decode() for k in b.tracepoint_fds]
+    kin = [k.decode() for k in b.kfunc_entry_fds]
+    kout = [k.decode() for k in b.kfunc_exit_fds]
+    kps = list(backend._plan.kprobes) if hasattr(backend, "_plan") else []
+
+    def on() -> None:
+        for p in tps:
+            b.attach_tracepoint(tp=p, fn_name="tracepoint__" + p.replace(":", "__"))
+        for f in kin:
+            b.attach_kfunc(fn_name=f)
+        for f in kout:
+            b.attach_kretfunc(fn_name=f)
+        for func, entry, ret in kps:
+            if entry:
+                b.attach_kprobe(event=func, fn_name=entry)
+            b.attach_kretprobe(event=func, fn_name=ret)
+
+    def off() -> None:
+        for p in tps:
+            b.detach_tracepoint(p)
+        for f in kin:
+            b.detach_kfunc(f)
+        for f in kout:
+            b.detach_kretfunc(f)
+        for func, entry, _ret in kps:
+            if entry:
+                b.detach_kprobe(event=func)
+            b.detach_kretprobe(event=func)
+    return on, off
+
+
+def backends(args) -> None:
+    """Both backends loaded once, as `watch` loads them (their real programs, not
+    empty ones), then attached in turn around short runs of each workload, the
+    order rotating round by round: none, tracepoint, kernel. Ratios to the same
+    round's run with nothing attached. Made for the guest (Debian's 6.1/6.12: the
+    kernel backend does not load on a kernel without fentry)."""
+    from tracer.backends.kernel import KernelBackend
+    from tracer.backends.tracepoint import TracepointBackend
+
+    loaded = {"tracepoint": TracepointBackend(lambda _e: None),
+              "kernel": KernelBackend(lambda _e: None)}
+    conds = {"none": (lambda: None, lambda: None)}
+    for name, backend in loaded.items():
+        conds[name] = _switch(backend)
+        conds[name][1]()                               # loaded, attached only below
+    s = args.scale
+    work = {"getpid": _c_workload("getpidloop", int(200_000 * s)),
+            "ioctl FIONREAD": _c_workload("ioctlloop", int(200_000 * s)),
+            "open/close": _c_workload("openclose", int(50_000 * s)),
+            "fork+exec": _c_workload("forkexec", max(1, int(100 * s)))}
+    for run in work.values():                          # warm caches
+        run()
+    res = {c: {w: [] for w in work} for c in conds}
+    names = list(conds)
+    for r in range(args.rounds):
+        for c in names[r % len(names):] + names[:r % len(names)]:
+            on, off = conds[c]
+            on()
+            try:
+                for w, run in work.items():
+                    res[c][w].append(run())
+            finally:
+                off()
+    say(f"backends on {platform.release()}: {args.rounds} rounds, each backend attached "
+        "around one run of each workload (ratio to the round's run with nothing attached)")
+    say(f"  {'workload':<16} {'none ns/op':>11}  {'tracepoint/none':<28} {'kernel/none':<28}")
+    for w in work:
+        none = statistics.median(res["none"][w])
+        ratios = {c: [t / b for t, b in zip(res[c][w], res["none"][w])] for c in loaded}
+        say(f"  {w:<16} {none:>11.0f}  {spread(ratios['tracepoint']):<28} "
+            f"{spread(ratios['kernel']):<28}")
+    for backend in loaded.values():
+        backend.close()
 
 
 # ---- capacity ---------------------------------------------------------------
@@ -425,6 +507,8 @@ def snapshot(args) -> None:
 
 BENCHES = {"overhead": overhead, "hooks": hooks, "capacity": capacity, "startup": startup, "memory": memory,
            "snapshot": snapshot}
+# needs the kernel backend (a guest with Debian's kernels): not part of `all`
+EXTRA_BENCHES = {"backends": backends}
 
 
 def main() -> int:
@@ -435,6 +519,9 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=1.0, help="workload size factor")
     p = sub.add_parser("hooks")
     p.add_argument("--rounds", type=int, default=40)
+    p = sub.add_parser("backends")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--scale", type=float, default=1.0, help="workload size factor")
     p = sub.add_parser("capacity")
     p.add_argument("--seconds", type=float, default=5)
     p = sub.add_parser("startup")
@@ -451,14 +538,14 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (BPF, /dev/net/tun)")
-    if shutil.which("bpftrace") is None:
+    if shutil.which("bpftrace") is None and args.what != "backends":
         raise SystemExit("bench: bpftrace is not installed (make setup installs it)")
     subprocess.run(["make", "-s", "-C", str(BENCH)], check=True)
     say(f"# {platform.node()} kernel {platform.release()}, {os.cpu_count()} CPUs, "
         f"{time.strftime('%Y-%m-%d %H:%M')}")
     what = args.what or "all"
     for name in (BENCHES if what == "all" else [what]):
-        BENCHES[name](ap.parse_args([name]) if what == "all" else args)
+        {**BENCHES, **EXTRA_BENCHES}[name](ap.parse_args([name]) if what == "all" else args)
         say()
     return 0
 

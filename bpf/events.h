@@ -59,6 +59,14 @@ enum tt_setfd_how {
 	TT_FIONCLEX = 2
 };
 
+/* What a struct file is, by its f_op (kernel backend). */
+enum tt_file_kind {
+	TT_FK_NONE = 0,
+	TT_FK_TUN = 1,         /* tun_fops: /dev/net/tun */
+	TT_FK_TAP = 2,         /* tap_fops: /dev/tapN (macvtap, ipvtap) */
+	TT_FK_VHOST = 3        /* vhost_net_fops: /dev/vhost-net */
+};
+
 /* Indexes of the counters array. */
 enum tt_counter {
 	TT_C_LOST = 0,          /* records the ring/perf buffer refused */
@@ -82,6 +90,10 @@ struct tt_event {
 	char name[TT_NAME_LEN];
 	unsigned int nfds;
 	int fds[TT_MAX_FDS];
+	unsigned int fkind;      /* kernel backend: enum tt_file_kind of `file` */
+	unsigned long long file; /* kernel backend: the struct file * the record is
+	                            about (its identity; 0: not known, tracepoint
+	                            backend) */
 };
 
 #endif /* TAPTRACE_EVENTS_H */

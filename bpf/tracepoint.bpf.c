@@ -28,131 +28,7 @@
  *   TT_HAVE_PREPARE_EXEC          sched_prepare_exec exists (6.10+)
  *   TT_INTEREST_MAX               interest-set capacity
  */
-#include "events.h"
-
-#ifndef TT_INTEREST_MAX
-#define TT_INTEREST_MAX 65536
-#endif
-#ifndef TT_RING_PAGES
-#define TT_RING_PAGES 256
-#endif
-
-/* x86-64 struct pt_regs (uapi asm/ptrace.h) offsets of the syscall args. */
-#define PT_R10 56
-#define PT_R8 72
-#define PT_DX 96
-#define PT_SI 104
-#define PT_DI 112
-#define PT_ORIG_AX 120
-
-#define NR_CLONE 56
-#define NR_FORK 57
-#define NR_VFORK 58
-#define NR_CLONE3 435
-
-#define CLONE_VM 0x100ULL
-#define CLONE_FILES 0x400ULL
-#define CLONE_VFORK 0x4000ULL
-#define CLONE_THREAD 0x10000ULL
-#define SIGCHLD_ 17ULL
-
-#define O_CLOEXEC_ 02000000ULL
-#define EBADF_ 9
-#define ENOTTY_ 25
-#define F_DUPFD_ 0
-#define F_SETFD_ 2
-#define F_DUPFD_CLOEXEC_ 1030
-#define FD_CLOEXEC_ 1
-#define FIONCLEX_ 0x5450
-#define FIOCLEX_ 0x5451
-
-#define TUNSETIFF_ 0x400454caU
-#define TUNSETPERSIST_ 0x400454cbU
-#define TUNSETOWNER_ 0x400454ccU
-#define TUNSETGROUP_ 0x400454ceU
-#define TUNGETIFF_ 0x800454d2U
-#define TUNSETQUEUE_ 0x400454d9U
-/* _IOW(VHOST_VIRTIO 0xAF, 0x30, struct vhost_vring_file) */
-#define VHOST_NET_SET_BACKEND_ 0x4008af30U
-
-#define SOL_SOCKET_ 1
-#define SCM_RIGHTS_ 1
-#define MAX_CMSGS 4
-#define MAX_MMSGS 4
-#define TT_SCM_WINDOW_NS 2000000000ULL
-
-#ifdef TT_RINGBUF
-BPF_RINGBUF_OUTPUT(events, TT_RING_PAGES);
-#else
-BPF_PERF_OUTPUT(events);
-#endif
-
-BPF_HASH(interest, u32, u32, TT_INTEREST_MAX);  /* tgid -> 1 */
-BPF_ARRAY(counters, u64, TT_C_NR);
-
-static __always_inline void count(u32 idx)
-{
-	u64 *v = counters.lookup(&idx);
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
-static __always_inline int interesting(u32 tgid)
-{
-	return interest.lookup(&tgid) != 0;
-}
-
-static __always_inline void mark_interesting(u32 tgid)
-{
-	u32 one = 1;
-	if (interest.update(&tgid, &one))
-		count(TT_C_INTEREST_FULL);
-}
-
-#define STR_(x) #x
-#define STR(x) STR_(x)
-
-/*
- * The syscall's saved user register at pt_regs offset `off` (a PT_* constant):
- * one direct load through the BTF pointer bpf_task_pt_regs() returns - the
- * verifier checks it against the kernel's own struct pt_regs - instead of a
- * probe-read helper call. In asm, so bcc does not turn it into a probe read.
- * (Measured on the FIONREAD loop: exit ioctl probe 1.55 -> 1.42, the cost of an
- * empty probe.)
- */
-#define sysarg(off) ({							\
-	void *regs_ = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());	\
-	u64 v_;								\
-	asm volatile("%0 = *(u64 *)(%1 + " STR(off) ")" : "=r"(v_) : "r"(regs_)); \
-	v_; })
-
-/*
- * A zeroed record with the common header filled in. Records live on the BPF
- * stack, not in per-CPU scratch: syscall tracepoints are faultable on recent
- * kernels, so a program may be preempted and its CPU reused mid-record.
- */
-static __always_inline void init_event(struct tt_event *e, u32 type)
-{
-	__builtin_memset(e, 0, sizeof(*e));
-	u64 id = bpf_get_current_pid_tgid();
-	e->ts = bpf_ktime_get_ns();
-	e->type = type;
-	e->tgid = id >> 32;
-	e->tid = (u32)id;
-	e->fd = -1;
-	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-}
-
-static __always_inline void submit(void *ctx, struct tt_event *e)
-{
-#ifdef TT_RINGBUF
-	if (events.ringbuf_output(e, sizeof(*e), 0))
-		count(TT_C_LOST);
-#else
-	if (events.perf_submit(ctx, e, sizeof(*e)))
-		count(TT_C_LOST);
-#endif
-}
+#include "common.h"
 
 /* ---- ioctl ---------------------------------------------------------------- */
 
@@ -512,38 +388,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg)
 	return 0;
 }
 
-/* ---- process lifetime ----------------------------------------------------- */
+/* ---- process lifetime (fork, exec, exit: sched.h) ---------------------- */
 
-/* Runs in the parent, inside its fork/vfork/clone/clone3 syscall. */
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!interesting(tgid))
-		return 0;
-	u64 nr = sysarg(PT_ORIG_AX), flags;
-	if (nr == NR_CLONE) {
-		flags = sysarg(PT_DI);
-	} else if (nr == NR_CLONE3) {
-		flags = 0; /* struct clone_args: u64 flags at offset 0 */
-		bpf_probe_read_user(&flags, sizeof(flags), (void *)sysarg(PT_DI));
-	} else if (nr == NR_FORK) {
-		flags = SIGCHLD_;
-	} else if (nr == NR_VFORK) {
-		flags = CLONE_VM | CLONE_VFORK | SIGCHLD_;
-	} else {
-		return 0; /* io_uring workers and other kernel-made threads */
-	}
-	if (flags & CLONE_THREAD)
-		return 0; /* same tgid, same fd table: nothing changes */
-	u32 child = args->child_pid;
-	mark_interesting(child);
-	struct tt_event ev_, *e = &ev_;
-	init_event(e, TT_EV_FORK);
-	e->arg = flags;
-	e->arg2 = child;
-	submit(args, e);
-	return 0;
-}
+#include "sched.h"
 
 #ifdef TT_HAVE_PREPARE_EXEC
 /*
@@ -592,35 +439,3 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
 	return on_exec_enter(args);
 }
 #endif
-
-TRACEPOINT_PROBE(sched, sched_process_exec)
-{
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!interesting(tgid))
-		return 0;
-	struct tt_event ev_, *e = &ev_;
-	init_event(e, TT_EV_EXEC);
-	e->arg2 = args->old_pid;
-	submit(args, e);
-	return 0;
-}
-
-TRACEPOINT_PROBE(sched, sched_process_exit)
-{
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32;
-#ifdef TT_HAVE_GROUP_DEAD
-	if (!args->group_dead)
-		return 0;
-#else
-	if ((u32)id != tgid)
-		return 0;
-#endif
-	if (!interesting(tgid))
-		return 0;
-	interest.delete(&tgid);
-	struct tt_event ev_, *e = &ev_;
-	init_event(e, TT_EV_EXIT);
-	submit(args, e);
-	return 0;
-}

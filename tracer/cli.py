@@ -224,7 +224,7 @@ class BackendError(click.ClickException):
 
 
 def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
-                  emit=None, quiet_header=False, record=None):
+                  emit=None, quiet_header=False, record=None, backend="auto"):
     from .probes import ProbeError
     from .session import Filters, Session
 
@@ -238,6 +238,8 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
             _write(render.json_line(render.public(report, offset)))
             return
         if report["type"] == "ready":
+            if report.get("backend_note"):
+                click.echo(f"taptrace: {report['backend_note']}", err=True)
             if not quiet_header:
                 _write(f"# tracing with the {report['backend']} backend "
                        f"({report['buffer']}); {report['rows']} tap fds and "
@@ -253,7 +255,7 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
     session_ref: list = [None]
     try:
         session = Session(emit or default_emit, filters, buffer_pages=buffer_pages,
-                          force_perf=force_perf, record=record)
+                          force_perf=force_perf, record=record, backend=backend)
     except ProbeError as exc:
         raise BackendError(str(exc), exc.details) from None
     session_ref[0] = session
@@ -301,7 +303,16 @@ def _common_watch_options(f):
                      show_default=True, help="Ring buffer size in pages (a power of two).")(f)
     f = click.option("--perf-buffer", is_flag=True,
                      help="Use the perf buffer even where the ring buffer exists.")(f)
-    return f
+    return _backend_option(f)
+
+
+def _backend_option(f):
+    return click.option(
+        "--backend", type=click.Choice(["auto", "kernel", "tracepoint"]), default="auto",
+        show_default=True, envvar="TAPTRACE_BACKEND",
+        help="tracepoint: syscall tracepoints, runs everywhere; kernel (experimental): "
+             "fentry/kprobes where files are installed and closed, exact file identity; "
+             "auto: the tracepoint backend for now. Env: TAPTRACE_BACKEND.")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -389,7 +400,7 @@ def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
               help="Let --record replace an existing regular file you own.")
 @_common_watch_options
 def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_pages,
-          perf_buffer) -> None:
+          perf_buffer, backend) -> None:
     """Trace tap opens, TUN ioctls and every move of a tap fd, live.
 
     Starts from a /proc snapshot, so taps opened earlier are known too.
@@ -409,7 +420,7 @@ def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_
                             _warn)
     try:
         session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages,
-                                        perf_buffer, record=recorder)
+                                        perf_buffer, record=recorder, backend=backend)
         try:
             session.start()
             session.run(duration, stop)
@@ -482,12 +493,13 @@ def _finish(session, json_out: bool, offset: int) -> None:
 
 @cli.command(epilog=EXAMPLES_TOP)
 @_common_watch_options
-def top(pid, comm, ifname, duration, buffer_pages, perf_buffer) -> None:
+def top(pid, comm, ifname, duration, buffer_pages, perf_buffer, backend) -> None:
     """The live pid/fd → ifname table, redrawn as it changes."""
     stop = Stop()
     changed = [True]
     session, _offset = _open_session(False, pid, comm, ifname, buffer_pages, perf_buffer,
-                                    emit=lambda r: changed.__setitem__(0, True))
+                                    emit=lambda r: changed.__setitem__(0, True),
+                                    backend=backend)
     last = [0.0]
 
     def redraw() -> None:
@@ -516,7 +528,9 @@ def top(pid, comm, ifname, duration, buffer_pages, perf_buffer) -> None:
               help="Also trace for S seconds and show the lineage of each open file.")
 @click.option("--json", "json_out", is_flag=True)
 @_netns_option
-def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | None) -> None:
+@_backend_option
+def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | None,
+        backend: str) -> None:
     """Who holds IFNAME now (and, with --watch, how its open files moved).
 
     A name is unique only inside a network namespace: without --netns, every
@@ -527,7 +541,7 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | Non
     else:
         stop = Stop()
         session, _offset = _open_session(json_out, None, None, ifname_arg, 256, False,
-                                        quiet_header=True)
+                                        quiet_header=True, backend=backend)
         model = _trace_for(session, watch_s, stop)
     own = model.own_netns
     rows = enrich_rows([r for r in model.rows(ifname_arg) if _in_netns(r, netns, own)],
@@ -589,14 +603,15 @@ def doctor(json_out: bool) -> None:
 
 @cli.command(epilog=EXAMPLES_DEMO)
 @click.option("--json", "json_out", is_flag=True)
-def demo(json_out: bool) -> None:
+@_backend_option
+def demo(json_out: bool, backend: str) -> None:
     """Trace a built-in scenario: a libvirt-style tap created, handed to a
     "QEMU" by fork+exec, probed with TUNGETIFF, a second tap hot-plugged over
     SCM_RIGHTS, then everything closed."""
     import subprocess
 
     stop = Stop()
-    session, offset = _open_session(json_out, None, None, None, 256, False)
+    session, offset = _open_session(json_out, None, None, None, 256, False, backend=backend)
     try:
         session.start()
         child = subprocess.Popen([sys.executable, "-m", "tracer.demo"],
@@ -657,8 +672,9 @@ class AuditError(click.ClickException):
 @click.option("--strict", is_flag=True,
               help="Also report a persistent tun/tap that no process holds when it was kept "
                    "on purpose (owner or group set, or made persistent by its creator).")
+@_backend_option
 def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: bool,
-              strict: bool) -> None:
+              strict: bool, backend: str) -> None:
     """Report tap handoff problems; exit 1 when there are any.
 
     \b
@@ -717,7 +733,7 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
         stop = Stop()
         try:
             session, _offset = _open_session(json_out, None, None, None, 256, False,
-                                             emit=emit)
+                                             emit=emit, backend=backend)
         except click.ClickException as exc:
             raise AuditError(exc.message) from None
         model = _trace_for(session, watch_s, stop)

@@ -123,10 +123,11 @@ OPTIONAL_TRACEPOINTS = {
 
 
 def needed_tracepoints() -> list[tuple[str, str]]:
-    """Every (category, event) the BPF program attaches, read from its source."""
-    from . import probes
+    """Every (category, event) the tracepoint backend attaches, read from its source."""
+    from .backends import tracepoint
+    from .probes import bpf_source
 
-    text = (probes.BPF_DIR / probes.SOURCE).read_text()
+    text = bpf_source(tracepoint.SOURCE)
     found = re.findall(r"^\s*TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)", text, re.MULTILINE)
     return [tp for tp in found if tp not in OPTIONAL_TRACEPOINTS]
 
@@ -186,7 +187,7 @@ def check_tun() -> list[Check]:
 def check_kprobes() -> list[Check]:
     tracing = kheaders.tracing_dir()
     if tracing is not None and os.path.exists(os.path.join(tracing, "kprobe_events")):
-        return [Check("kprobes", True, "available (unused: the tracepoint backend suffices)")]
+        return [Check("kprobes", True, "available (the kernel backend's tun/tap ioctl hooks)")]
     if tracing is not None and not os.access(tracing, os.R_OK | os.X_OK):
         return [Check("kprobes", True, "unknown (tracefs not readable); backend: tracepoint")]
     return [Check("kprobes", True, "backend: tracepoint (kprobes unavailable)")]
@@ -210,19 +211,25 @@ def _backend(checks: list[Check]) -> Check:
     if blocking:
         return Check("backend", False, f"none: tracing cannot start ({', '.join(blocking)})",
                      "fix the failures above")
+    from .backends import AUTO_PREFERS_KERNEL
+
     buffer = next((c.detail for c in checks if c.name == "ring buffer"), "")
     kind = "perf buffer" if buffer.startswith("kernel") else "ring buffer"
-    return Check("backend", True, f"tracepoint, {kind}")
+    kernel = next((c.detail for c in checks if c.name == "kernel backend"), "")
+    if AUTO_PREFERS_KERNEL and kernel.startswith("loads"):
+        return Check("backend", True, f"auto: kernel, {kind}")
+    return Check("backend", True, f"auto: tracepoint, {kind}")
 
 
 def check_load() -> list[Check]:
     """Compile the backend and load it into the kernel for real: only the kernel's
     verifier can say whether this kernel takes our programs."""
     from . import probes
+    from .backends.tracepoint import TracepointBackend
 
     t0 = time.monotonic()
     try:
-        p = probes.Probes(lambda _e: None)
+        p = TracepointBackend(lambda _e: None)
     except probes.ProbeError as exc:
         fix = "report it as a taptrace bug, with the output of TAPTRACE_DEBUG=1 taptrace " \
             "doctor" if "verifier" in str(exc) else kheaders.headers_hint()
@@ -235,13 +242,37 @@ def check_load() -> list[Check]:
         p.close()
 
 
+def check_kernel_backend() -> list[Check]:
+    """Load the kernel backend for real and say which hooks it chose and why. Not
+    required: where it cannot load, the tracepoint backend does the work."""
+    from . import probes
+    from .backends import AUTO_PREFERS_KERNEL
+    from .backends.kernel import KernelBackend
+
+    t0 = time.monotonic()
+    try:
+        p = KernelBackend(lambda _e: None)
+    except probes.ProbeError as exc:
+        return [Check("kernel backend", True, f"unavailable: {exc}")]
+    try:
+        role = "auto picks it" if AUTO_PREFERS_KERNEL else "experimental: --backend kernel"
+        out = [Check("kernel backend", True, f"loads ({role}) in "
+                     f"{time.monotonic() - t0:.1f} s")]
+        for h in p.hooks():
+            out.append(Check(f"hook {h['hook']}", True, f"{h['how']} ({h['why']})"))
+        return out
+    finally:
+        p.close()
+
+
 def run_checks(load: bool = True) -> list[Check]:
     """Every check; with `load`, the program is compiled and loaded too, once the
     checks it depends on have passed."""
     checks: list[Check] = []
-    steps = [*CHECKS, ("bpf load", check_load)] if load else list(CHECKS)
+    steps = [*CHECKS, ("bpf load", check_load), ("kernel backend", check_kernel_backend)] \
+        if load else list(CHECKS)
     for name, fn in steps:
-        if name == "bpf load":
+        if name in ("bpf load", "kernel backend"):
             blocking = _blocking(checks)
             if blocking:
                 checks.append(Check(name, False, f"not tried ({', '.join(blocking)} failed)",

@@ -11,9 +11,10 @@ import struct
 from dataclasses import dataclass
 
 # struct tt_event in bpf/events.h, field by field (tests/unit/test_layout.py checks it).
-RECORD = struct.Struct("<QIIIiqQQ16s16sI16i")
+RECORD = struct.Struct("<QIIIiqQQ16s16sI16iIQ")
 RECORD_FIELDS = (
     "ts", "type", "tgid", "tid", "fd", "ret", "arg", "arg2", "comm", "name", "nfds", "fds",
+    "fkind", "file",
 )
 
 EV_OPEN, EV_TUN_IOCTL, EV_DUP, EV_CLOSE, EV_CLOSE_RANGE, EV_SETFD = 1, 2, 3, 4, 5, 6
@@ -26,6 +27,9 @@ EV_PIDFD_OPEN, EV_VHOST_BACKEND = 14, 15
 DUP_HOW = {0: "dup", 1: "dup2", 2: "dup3", 3: "F_DUPFD", 4: "F_DUPFD_CLOEXEC"}
 DUP_CLOEXEC = 0x100
 SETFD_HOW = {0: "F_SETFD", 1: "FIOCLEX", 2: "FIONCLEX"}
+# enum tt_file_kind: the path an open of that kind of file is on
+FK_NONE, FK_TUN, FK_TAP, FK_VHOST = 0, 1, 2, 3
+FILE_KIND = {FK_TUN: "tun", FK_TAP: "tap", FK_VHOST: "vhost"}
 C_LOST, C_INTEREST_FULL, C_SCM_ARMED_UNTIL = 0, 1, 2
 
 # ioctl numbers (x86-64) and IFF_* flags: include/uapi/linux/if_tun.h
@@ -94,6 +98,7 @@ class Open(Base):
     fd: int
     path: str
     flags: int       # open flags (O_CLOEXEC matters)
+    file: int = 0    # the struct file * (kernel backend; 0: not known)
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class TunIoctl(Base):
     ret: int         # 0 or -errno
     ifname: str      # ifr_name after the call ("" when not an ifreq ioctl)
     value: int       # ifr_flags, or the int argument of SETPERSIST/SETOWNER/SETGROUP
+    file: int = 0    # the struct file * (kernel backend; 0: not known)
 
 
 @dataclass(frozen=True)
@@ -111,11 +117,13 @@ class Dup(Base):
     newfd: int
     how: str         # dup, dup2, dup3, F_DUPFD, F_DUPFD_CLOEXEC
     cloexec: bool    # the new fd's close-on-exec bit
+    file: int = 0    # the struct file * (kernel backend; 0: not known)
 
 
 @dataclass(frozen=True)
 class Close(Base):
     fd: int
+    file: int = 0    # the struct file * (kernel backend; 0: not known)
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,9 @@ class Exit(Base):
 class ScmSend(Base):
     sock: int
     fds: tuple[int, ...]
+    # kernel backend: the struct file * of each tracked file in the message, in order
+    # (it sees files, not the sender's fd numbers: then fds is empty)
+    files: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,7 @@ class ScmRecv(Base):
     sock: int
     fds: tuple[int, ...]
     cloexec: bool    # MSG_CMSG_CLOEXEC
+    files: tuple[int, ...] = ()   # kernel backend: the struct file * of each fd
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,7 @@ class PidfdGetfd(Base):
     target_fd: int
     newfd: int
     source_pid: int = 0   # filled in by user space from /proc (pidfd's Pid:)
+    file: int = 0         # the struct file * (kernel backend; 0: not known)
 
 
 @dataclass(frozen=True)
@@ -208,17 +221,20 @@ def _cstr(raw: bytes) -> str:
 def decode(buf: bytes) -> Event | None:
     """One raw struct tt_event to its typed record (None for an unknown type)."""
     (ts, typ, tgid, tid, fd, ret, arg, arg2, comm, name, nfds, *fds) = RECORD.unpack_from(buf)
+    fds, file = fds[:-2], fds[-1]            # the tail: fkind (the kernel backend's), file
     base = {"ts": ts, "pid": tgid, "tid": tid, "comm": _cstr(comm)}
     if typ == EV_OPEN:
-        return Open(**base, fd=ret, path=_cstr(name), flags=arg)
+        return Open(**base, fd=ret, path=_cstr(name), flags=arg, file=file)
     if typ == EV_TUN_IOCTL:
-        return TunIoctl(**base, fd=fd, cmd=arg, ret=ret, ifname=_cstr(name), value=arg2)
+        return TunIoctl(**base, fd=fd, cmd=arg, ret=ret, ifname=_cstr(name), value=arg2,
+                        file=file)
     if typ == EV_DUP:
         how = arg & 0xFF
         cloexec = how == 4 or bool(arg & DUP_CLOEXEC)
-        return Dup(**base, oldfd=fd, newfd=ret, how=DUP_HOW.get(how, "dup"), cloexec=cloexec)
+        return Dup(**base, oldfd=fd, newfd=ret, how=DUP_HOW.get(how, "dup"), cloexec=cloexec,
+                   file=file)
     if typ == EV_CLOSE:
-        return Close(**base, fd=fd)
+        return Close(**base, fd=fd, file=file)
     if typ == EV_CLOSE_RANGE:
         return CloseRange(**base, first=fd & 0xFFFFFFFF, last=arg & 0xFFFFFFFF, flags=arg2)
     if typ == EV_SETFD:
@@ -230,14 +246,16 @@ def decode(buf: bytes) -> Event | None:
     if typ == EV_EXIT:
         return Exit(**base)
     n = min(nfds, len(fds))
+    files = (file,) if file else ()
     if typ == EV_SCM_SEND:
-        return ScmSend(**base, sock=fd, fds=tuple(fds[:n]))
+        return ScmSend(**base, sock=fd, fds=tuple(fds[:n]), files=files)
     if typ == EV_SCM_RECV:
-        return ScmRecv(**base, sock=fd, fds=tuple(fds[:n]), cloexec=bool(arg & MSG_CMSG_CLOEXEC))
+        return ScmRecv(**base, sock=fd, fds=tuple(fds[:n]),
+                       cloexec=bool(arg & MSG_CMSG_CLOEXEC), files=files)
     if typ == EV_UNSHARE:
         return Unshare(**base, flags=arg)
     if typ == EV_PIDFD_GETFD:
-        return PidfdGetfd(**base, pidfd=fd, target_fd=arg, newfd=ret)
+        return PidfdGetfd(**base, pidfd=fd, target_fd=arg, newfd=ret, file=file)
     if typ == EV_PIDFD_OPEN:
         return PidfdOpen(**base, fd=fd, target=arg)
     if typ == EV_VHOST_BACKEND:
@@ -257,6 +275,12 @@ def to_record(e: Event) -> dict:
     """A JSON-able form of a record, for `watch --record` and replays."""
     d = {"kind": type(e).__name__}
     d.update(dataclasses.asdict(e))
+    # the kernel backend's identities only where there are some: recordings made
+    # with the tracepoint backend stay as they were
+    if not d.get("file", 1):
+        del d["file"]
+    if d.get("files") == ():
+        del d["files"]
     return d
 
 
@@ -265,7 +289,7 @@ def from_record(d: dict) -> Event:
     cls = _KINDS.get(d.pop("kind", None))
     if cls is None:
         raise ValueError(f"unknown record kind in {d!r}")
-    for k in ("fds",):
+    for k in ("fds", "files"):
         if k in d:
             d[k] = tuple(d[k])
     return cls(**d)

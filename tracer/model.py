@@ -8,6 +8,7 @@ goes through an injected `FdProbe`, so replays and unit tests run anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fnmatch
 import itertools
@@ -76,6 +77,7 @@ class OpenFile:
     refs: int = 0                     # fd entries, messages in flight, vhost vrings
     lineage: list = field(default_factory=list)
     backends: dict = field(default_factory=dict)   # vhost only: vring index -> OpenFile
+    ptr: int = 0                      # its struct file * where the kernel backend said it
 
     def step(self, ts: int, op: str, pid: int, comm: str, fd: int | None = None,
              **extra) -> None:
@@ -185,6 +187,9 @@ class Model:
         self.files: dict[int, OpenFile] = {}
         self.pending: list[PendingSend] = []
         self.released: deque[OpenFile] = deque(maxlen=RELEASED_MAX)
+        # open files by their struct file * (kernel backend records carry it): the
+        # file's identity, so an install, a dup or a receive of it is known exactly
+        self.by_ptr: dict[int, OpenFile] = {}
         self._probe_fd = probe_fd
         self._ifindex_name = ifindex_name
         self._comm_of = comm_of
@@ -218,6 +223,7 @@ class Model:
         self.taps.clear()
         self.files.clear()
         self.pending.clear()
+        self.by_ptr.clear()
         self._load(snap, {}, {})
 
     def _load(self, snap, keep_files: dict, keep_entries: dict) -> None:
@@ -316,6 +322,7 @@ class Model:
         self.files.clear()
         self.pending.clear()
         self._load(snap, keep_files, keep_entries)
+        self.by_ptr = {f.ptr: f for f in self.files.values() if f.ptr}
         for key, tap in self.taps.items():
             old = taps_before.get(key)
             if old is not None:
@@ -382,11 +389,19 @@ class Model:
                 return self.ns_fields(None)
         return self.ns_fields(f.netns)
 
+    def _learn(self, f: OpenFile, ptr: int) -> None:
+        """The kernel backend named this file's struct file *: remember it."""
+        if ptr and not f.ptr:
+            f.ptr = ptr
+            self.by_ptr[ptr] = f
+
     def _release(self, f: OpenFile, ts: int, pid: int, comm: str, out: list) -> None:
         f.refs -= 1
         if f.refs > 0:
             return
         self.files.pop(f.id, None)
+        if f.ptr and self.by_ptr.get(f.ptr) is f:
+            del self.by_ptr[f.ptr]      # the kernel may reuse the address now
         f.step(ts, "released", pid, comm)
         backends, f.backends = f.backends, {}
         for _idx, b in sorted(backends.items()):
@@ -534,6 +549,18 @@ class Model:
     def _on_Open(self, e: ev.Open, out: list) -> None:
         proc = self._proc(e.pid, self._comm_for(e))
         self._drop_entry(proc, e.fd, e.ts, e.tid, e.comm, "stale", out, report=False)
+        known = self.by_ptr.get(e.file) if e.file else None
+        if known is not None:
+            # installed again, not opened (io_uring, seccomp addfd): the kernel
+            # backend knows it by its struct file
+            known.refs += 1
+            cloexec = bool(e.flags & ev.O_CLOEXEC)
+            proc.table.fds[e.fd] = Entry(known, cloexec, "installed", by=e.pid)
+            known.step(e.ts, "install", e.pid, self._comm_for(e), e.fd)
+            out.append(self._report("open", e.ts, e.pid, e.tid, self._comm_for(e), fd=e.fd,
+                                    path=known.path, ifname=known.label, cloexec=cloexec,
+                                    how="installed", **_kind(known)))
+            return
         ifname = None
         if e.path.startswith("/dev/tap"):
             try:
@@ -542,6 +569,7 @@ class Model:
                 ifname = None
         f = self._new_file(e.path, ifname)
         f.refs = 1
+        self._learn(f, e.file)
         if ifname or f.is_vhost:    # the open is the attach (macvtap) or the whole make
             f.creator_pid, f.creator_comm = e.pid, self._comm_for(e)
             if ifname:
@@ -556,7 +584,7 @@ class Model:
                                 path=e.path, ifname=ifname, cloexec=cloexec,
                                 **self._file_ns(f)))
 
-    def _file_at(self, pid: int, fd: int, comm: str) -> OpenFile:
+    def _file_at(self, pid: int, fd: int, comm: str, ptr: int = 0) -> OpenFile:
         """The open file behind pid/fd, adopting one the model missed."""
         proc = self._proc(pid, comm)
         entry = proc.table.fds.get(fd)
@@ -564,6 +592,7 @@ class Model:
             f = self._new_file()
             f.refs = 1
             entry = proc.table.fds[fd] = Entry(f, False, "unknown", by=pid)
+        self._learn(entry.file, ptr)
         return entry.file
 
     @staticmethod
@@ -586,7 +615,8 @@ class Model:
         base = {"fd": e.fd, "ioctl": name, "ret": e.ret, "error": errname(e.ret) or None}
         proc = self.procs.get(e.pid)
         entry = proc.table.fds.get(e.fd) if proc else None
-        if entry is not None and self._stale_at(entry, e):
+        if entry is not None and (self._stale_at(entry, e) or (
+                e.file and entry.file.ptr and entry.file.ptr != e.file)):
             # The kernel's answer proves the file the model had at this fd was closed
             # unseen (io_uring, lost records): it goes quietly, like a reused slot.
             self._drop_entry(proc, e.fd, e.ts, e.tid, comm, "stale", out, report=False)
@@ -594,7 +624,7 @@ class Model:
         if e.cmd == ev.TUNGETIFF:
             f = None
             if e.ret == 0:
-                f = self._file_at(e.pid, e.fd, comm)
+                f = self._file_at(e.pid, e.fd, comm, e.file)
                 if f.ifname is None:
                     f.ifname = e.ifname
                     f.iff = f.iff or e.value
@@ -621,7 +651,7 @@ class Model:
                                         created=False, kind=_requested_kind(e.value),
                                         **self.ns_fields(None)))
                 return
-            f = self._file_at(e.pid, e.fd, comm)
+            f = self._file_at(e.pid, e.fd, comm, e.file)
             if f.path.startswith("/dev/tap"):
                 # macvtap/ipvtap: the open was the attach; TUNSETIFF only sets flags
                 # and ignores (and returns) the name it was given
@@ -786,6 +816,11 @@ class Model:
             return
         comm = self._comm_for(e)
         src = proc.table.fds.get(e.oldfd)
+        if src is not None:
+            self._learn(src.file, e.file)
+        elif e.file in self.by_ptr:      # kernel backend: the file, whatever the fd says
+            f = self.by_ptr[e.file]
+            src = Entry(f, None, "dup")
         if e.how in ("dup2", "dup3"):
             # dup2/dup3 silently close what newfd held.
             self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, e.how, out)
@@ -921,7 +956,20 @@ class Model:
         proc = self.procs.get(e.pid)
         if proc is None:
             return
-        files = [proc.table.fds[fd].file if fd in proc.table.fds else None for fd in e.fds]
+        if e.files and not e.fds:
+            # kernel backend: the message's files; the sender's fd holding each
+            files, fds = [], []
+            for ptr in e.files:
+                f = self.by_ptr.get(ptr)
+                fd = next((fd for fd, en in sorted(proc.table.fds.items()) if en.file is f),
+                          None) if f is not None else None
+                if fd is not None:
+                    files.append(f)
+                    fds.append(fd)
+            e = dataclasses.replace(e, fds=tuple(fds))
+        else:
+            files = [proc.table.fds[fd].file if fd in proc.table.fds else None
+                     for fd in e.fds]
         if not any(files):
             return
         comm = self._comm_for(e)
@@ -960,7 +1008,57 @@ class Model:
                 return send
         return None
 
+    def _on_scm_recv_files(self, e: ev.ScmRecv, out: list) -> None:
+        """A receive the kernel backend saw: each fd with its struct file, so each is
+        matched to the send in flight holding that very file, not by order."""
+        comm = self._comm_for(e)
+        proc = self._proc(e.pid, comm)
+        got, names, from_fds, vhost = [], [], [], []
+        sender: PendingSend | None = None
+        for newfd, ptr in zip(e.fds, e.files):
+            self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
+            send, at = next(((s, i) for s in self.pending for i, f in enumerate(s.files)
+                             if f is not None and f.ptr == ptr), (None, -1))
+            if send is not None:          # the in-flight reference becomes the fd's
+                f, oldfd = send.files[at], send.fds[at]
+                send.files = send.files[:at] + send.files[at + 1:]
+                send.fds = send.fds[:at] + send.fds[at + 1:]
+                if not any(send.files):
+                    self.pending.remove(send)
+                sender = sender or send
+                from_pid: int | None = send.pid
+            else:                         # its send was not seen (before the trace)
+                f = self.by_ptr.get(ptr)
+                if f is None:
+                    name = self._probe_fd(e.pid, newfd)
+                    f = self._new_file(ifname=name if isinstance(name, str) and name
+                                       else None)
+                    if f.ifname:
+                        self._learn_netns(f, e.pid, newfd)
+                    tap = self._tap_of(f)
+                    if tap is not None:
+                        f.iff = tap.iff
+                        tap.files.add(f.id)
+                    self._learn(f, ptr)
+                f.refs += 1
+                oldfd, from_pid = None, None
+            proc.table.fds[newfd] = Entry(f, e.cloexec, "received", from_pid, oldfd, e.pid)
+            f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=from_pid, from_fd=oldfd)
+            got.append(newfd)
+            names.append(f.label)
+            from_fds.append(oldfd)
+            if f.is_vhost:
+                vhost.append(newfd)
+        out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
+                                from_pid=sender.pid if sender else None,
+                                from_comm=sender.comm if sender else None, from_fds=from_fds,
+                                ifnames=names, cloexec=e.cloexec,
+                                **({"vhost_fds": vhost} if vhost else {})))
+
     def _on_ScmRecv(self, e: ev.ScmRecv, out: list) -> None:
+        if e.files:
+            self._on_scm_recv_files(e, out)
+            return
         send = self._match_send(e)
         if send is None:
             return
@@ -995,6 +1093,8 @@ class Model:
     def _on_PidfdGetfd(self, e: ev.PidfdGetfd, out: list) -> None:
         src = self.procs.get(e.source_pid)
         entry = src.table.fds.get(e.target_fd) if src else None
+        if entry is None and e.file in self.by_ptr:    # kernel backend: the file itself
+            entry = Entry(self.by_ptr[e.file], None, "received")
         mine = self.procs.get(e.pid)
         if mine is not None:      # newfd was a free slot: what the model had there is stale
             self._drop_entry(mine, e.newfd, e.ts, e.tid, mine.comm, "stale", out, report=False)

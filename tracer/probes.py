@@ -1,7 +1,9 @@
-"""Loading the BPF backend with bcc, and reading its events and counters.
+"""What the BPF backends share: loading a program with bcc (and saying in one line
+why it failed), the output buffer, counters and interest set (BccBackend).
 
-This is the only module that imports bcc. Everything it hands out is a typed
-record from tracer.events.
+The backends themselves are tracer/backends/: one module per backend, one
+bpf/*.bpf.c each. This is the only module that imports bcc. Everything it hands
+out is a typed record from tracer.events.
 """
 
 from __future__ import annotations
@@ -22,7 +24,18 @@ from . import events as ev
 from . import kheaders
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
-SOURCE = "tracepoint.bpf.c"
+
+
+def bpf_source(name: str) -> str:
+    """A backend's BPF source with the headers of bpf/ it includes written in place:
+    bcc makes the argument structs of TRACEPOINT_PROBEs (sched.h's) only for
+    probes in the text it is given, not in included files."""
+    def expand(m: re.Match) -> str:
+        path = BPF_DIR / m.group(1)
+        return bpf_source(m.group(1)) if path.is_file() else m.group(0)
+
+    text = (BPF_DIR / name).read_text()
+    return re.sub(r'^#include "([\w.]+)"$', expand, text, flags=re.MULTILINE)
 
 
 @contextlib.contextmanager
@@ -61,6 +74,7 @@ class ProbeError(Exception):
 _LOAD_FAILED = re.compile(r"Failed to load BPF program b?'?(\w+)'?: (.+)")
 _ATTACH_FAILED = re.compile(r"Failed to attach BPF program b?'?(\w+)'? to \w+ b?'?([\w:]+)'?")
 _INSN_LINE = re.compile(r"^\d+: ")
+_REFUSED = re.compile(r"bpf: Failed to load program: (.+)")
 
 
 def _last_error_line(output: str) -> str:
@@ -90,6 +104,11 @@ def load_error(message: str, output: str, source: str | None) -> ProbeError:
         return ProbeError(f"the kernel refused to attach BPF program {m.group(1)} to "
                           f"{m.group(2)} on Linux {platform.release()}: "
                           f"{_last_error_line(output) or 'no reason given'}")
+    m = _REFUSED.search(output)
+    if m:        # compiled, then refused as a whole (no verifier log): fentry not allowed
+        return ProbeError(f"the kernel refused to load the BPF programs on Linux "
+                          f"{platform.release()}: {m.group(1).strip()} (lockdown, or a "
+                          f"kernel that does not allow this kind of program)")
     lines = output.splitlines()
     first = next((ln for ln in lines if "error:" in ln.lower()), "") or \
         next((ln for ln in lines if any(w in ln.lower() for w in (
@@ -105,7 +124,7 @@ def load_error(message: str, output: str, source: str | None) -> ProbeError:
 
 @dataclass(frozen=True)
 class BackendInfo:
-    name: str            # "tracepoint"
+    name: str            # "tracepoint" or "kernel"
     buffer: str          # "ringbuf" or "perf"
     buffer_pages: int
     kernel_source: str | None
@@ -167,13 +186,19 @@ def load_bpf(bcc, text: str, cflags: list[str], source: str | None):
     raise load_error(str(error), noise.getvalue(), source)
 
 
-class Probes:
-    """The attached tracepoint backend: poll() delivers decoded events."""
+class BccBackend:
+    """What every bcc backend shares: checks, compiling and loading its program (one
+    .bpf.c in bpf/), the output buffer, the counters and the interest set. A backend
+    says which program and flags (`_program`), attaches what bcc does not attach by
+    itself (`_attach`), and may turn its raw records into model events its own way
+    (`_record`, `_flush`). poll() delivers typed records from tracer.events."""
+
+    name = ""
 
     def __init__(self, on_event: Callable[[ev.Event], None], buffer_pages: int = 256,
                  force_perf: bool = False) -> None:
         if platform.machine() != "x86_64":
-            raise ProbeError(f"the tracepoint backend reads x86-64 pt_regs; "
+            raise ProbeError(f"the {self.name} backend reads x86-64 pt_regs; "
                              f"{platform.machine()} is not supported yet")
         if buffer_pages < 1 or buffer_pages & (buffer_pages - 1):
             raise ProbeError(f"--buffer-pages must be a power of two, got {buffer_pages}")
@@ -183,28 +208,28 @@ class Probes:
         if kheaders.ensure_tracefs() is None:
             raise ProbeError("tracefs is not mounted and could not be mounted: "
                              "mount -t tracefs nodev /sys/kernel/tracing")
-        source = kheaders.prepare_bcc_env()
+        text, extra = self._program()          # before bcc: a plan that cannot work
+        source = kheaders.prepare_bcc_env()    # fails fast, without compiling
         bcc = _import_bcc()
         ringbuf = kernel_at_least(5, 8) and not force_perf
-        cflags = [f"-I{BPF_DIR}", f"-DTT_RING_PAGES={buffer_pages}", "-Wno-unused-function"]
+        cflags = [f"-I{BPF_DIR}", f"-DTT_RING_PAGES={buffer_pages}", "-Wno-unused-function",
+                  *extra]
         if ringbuf:
             cflags.append("-DTT_RINGBUF")
-        if kheaders.has_tracepoint_field("sched", "sched_process_exit", "group_dead"):
-            cflags.append("-DTT_HAVE_GROUP_DEAD")
-        if kheaders.has_tracepoint_field("sched", "sched_prepare_exec", "pid"):
-            cflags.append("-DTT_HAVE_PREPARE_EXEC")
-        text = (BPF_DIR / SOURCE).read_text()
         self._bpf = load_bpf(bcc, text, cflags, source)
-        self.info = BackendInfo("tracepoint", "ringbuf" if ringbuf else "perf", buffer_pages,
+        try:
+            self._attach()
+        except BaseException:
+            self._bpf.cleanup()
+            raise
+        self.info = BackendInfo(self.name, "ringbuf" if ringbuf else "perf", buffer_pages,
                                 source)
         self._on_event = on_event
         self._counters = self._bpf["counters"]
         self._interest = self._bpf["interest"]
 
         def _raw(_ctx, data, size):
-            rec = ev.decode(ctypes.string_at(data, size))
-            if rec is not None:
-                self._on_event(rec)
+            self._record(ctypes.string_at(data, size))
 
         self._raw = _raw  # keep a reference: bcc holds only a C callback
         if ringbuf:
@@ -217,11 +242,31 @@ class Probes:
         self._ringbuf = ringbuf
         _shed_compiler_memory()
 
+    # ---- what a backend provides ---------------------------------------------
+
+    def _program(self) -> tuple[str, list[str]]:
+        """The BPF source text and the cflags it needs on this kernel."""
+        raise NotImplementedError
+
+    def _attach(self) -> None:
+        """Attach what bcc does not attach by itself (kprobes picked at start)."""
+
+    def _record(self, raw: bytes) -> None:
+        rec = ev.decode(raw)
+        if rec is not None:
+            self._on_event(rec)
+
+    def _flush(self) -> None:
+        """Deliver what _record held back (a record that several raw ones make)."""
+
+    # ---- the interface the session uses --------------------------------------
+
     def poll(self, timeout_ms: int) -> None:
         if self._ringbuf:
             self._bpf.ring_buffer_poll(timeout_ms)
         else:
             self._bpf.perf_buffer_poll(timeout_ms)
+        self._flush()
 
     def counter(self, idx: int) -> int:
         return int(self._counters[ctypes.c_int(idx)].value)
@@ -252,6 +297,10 @@ class Probes:
 
     def interest(self) -> set[int]:
         return {k.value for k in self._interest}
+
+    def hooks(self) -> list[dict]:
+        """What this backend attached, and why that way (for doctor)."""
+        return []
 
     def close(self) -> None:
         self._bpf.cleanup()

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from . import events as ev
 from . import procfs
+from .backends import open_backend
 from .enrich import enrich_rows
 from .model import Model, OpenFile, descendants_filter, iter_ifnames
-from .probes import Probes
 
 POLL_MS = 100
 PIDFDS_MAX = 4096
@@ -126,7 +126,7 @@ class Session:
 
     def __init__(self, emit: Callable[[dict], None], filters: Filters = Filters(),
                  buffer_pages: int = 256, force_perf: bool = False,
-                 record: Callable[[dict], None] | None = None) -> None:
+                 record: Callable[[dict], None] | None = None, backend: str = "auto") -> None:
         self.emit = emit
         self._record = record
         self.filters = filters
@@ -146,8 +146,8 @@ class Session:
         self.stats = {"events": 0, "lost": 0, "resyncs": 0}
         self._pid_ok = (descendants_filter(self.model, filters.pid, ppid_of)
                         if filters.pid is not None else None)
-        self.probes = Probes(self._queue.append, buffer_pages=buffer_pages,
-                             force_perf=force_perf)
+        self.probes, self.backend_note = open_backend(backend, self._queue.append,
+                                                      buffer_pages, force_perf)
         self.clock_offset_ns = time.time_ns() - time.monotonic_ns()
 
     # ---- start / stop ------------------------------------------------------
@@ -160,6 +160,8 @@ class Session:
                  "rows": sum(len(p.table.fds) for p in self.model.procs.values()),
                  "taps": len(self.model.taps),
                  "tracer_pid": os.getpid(), "own_netns": self.model.own_netns}
+        if self.backend_note:
+            ready["backend_note"] = self.backend_note
         self.emit(ready)
         return ready
 

@@ -23,6 +23,12 @@ import pytest
 import tapkit
 
 ROOT = Path(__file__).resolve().parents[2]
+# The backend every tracer of this run uses (the guest matrix runs the set with both).
+BACKEND = os.environ.get("TAPTRACE_BACKEND", "auto")
+# The kernel backend hooks the tun/tap/vhost-net drivers: an ioctl on an fd that is
+# none of theirs (a VMM handed the wrong fd: ENOTTY, EBADF) never reaches them, so
+# only the tracepoint backend (sys_exit_ioctl) sees such failed probes.
+SEES_FOREIGN_IOCTLS = BACKEND != "kernel"
 
 
 def need_root() -> None:
@@ -48,6 +54,10 @@ class Tracer:
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
         self.ready = self._read_until(lambda o: o["type"] == "ready", timeout=60)
+        # TAPTRACE_BACKEND=kernel runs every test with that backend (the guest matrix)
+        wanted = os.environ.get("TAPTRACE_BACKEND", "auto")
+        if wanted != "auto":
+            assert self.ready["backend"] == wanted, self.ready
 
     def _pump(self) -> None:
         for line in self.proc.stdout:

@@ -7,10 +7,13 @@ headers problem. Both used to read "could not compile ... against the headers".
 
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
-from conftest import need_root
+from conftest import ROOT, need_root
 
 from tracer import doctor, kheaders, probes
 
@@ -83,3 +86,31 @@ def test_a_refused_attach_is_the_kernels_word_not_a_headers_problem():
                "tracepoint__syscalls__sys_exit_ioctl to syscalls:sys_exit_ioctl")
     assert msg.startswith((refused, "the kernel's verifier rejected BPF program")), msg
     assert "headers" not in msg
+
+
+def _kernel_backend_loads() -> bool:
+    from tracer.backends.kernel import KernelBackend
+    try:
+        KernelBackend(lambda _e: None).close()
+    except probes.ProbeError:
+        return False
+    return True
+
+
+def test_the_kernel_backend_where_it_cannot_load_is_one_line_and_auto_falls_back():
+    """On a kernel that refuses it (this project's 6.18: no fentry, no tun_fops in
+    kallsyms), --backend kernel is one clear line; auto and tracepoint still trace."""
+    need_root()
+    if _kernel_backend_loads():
+        pytest.skip("the kernel backend loads here (the guest): nothing to report")
+    out = subprocess.run([sys.executable, "-m", "tracer", "watch", "--backend", "kernel",
+                          "--duration", "1"], cwd=ROOT, capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "kernel backend" in out.stderr
+    assert "Traceback" not in out.stderr
+    auto = subprocess.run([sys.executable, "-m", "tracer", "watch", "--json", "--duration",
+                           "0.5"], cwd=ROOT, capture_output=True, text=True, check=False,
+                          env={k: v for k, v in os.environ.items()
+                               if k != "TAPTRACE_BACKEND"})
+    assert auto.returncode == 0 and '"backend": "tracepoint"' in auto.stdout.splitlines()[0]

@@ -18,11 +18,11 @@ BASE = {"ts": 5_000, "pid": 100, "tid": 101, "comm": "qemu"}
 def raw(type_: int, *, fd: int = -1, ret: int = 0, arg: int = 0, arg2: int = 0,
         name: bytes = b"", comm: bytes = b"qemu", tgid: int = 100, tid: int = 101,
         fds: tuple[int, ...] = (), nfds: int | None = None, ts: int = 5_000,
-        pad: bytes = b"") -> bytes:
+        pad: bytes = b"", fkind: int = 0, file: int = 0) -> bytes:
     """A record as the BPF side submits it (init_event zeroes it, fd = -1)."""
     slots = (list(fds) + [0] * 16)[:16]
     return ev.RECORD.pack(ts, type_, tgid, tid, fd, ret, arg, arg2, comm, name,
-                          len(fds) if nfds is None else nfds, *slots) + pad
+                          len(fds) if nfds is None else nfds, *slots, fkind, file) + pad
 
 
 # ---- the common header ---------------------------------------------------------
@@ -217,3 +217,34 @@ def test_every_decoded_record_survives_the_replay_form():
     for buf in records:
         rec = ev.decode(buf)
         assert ev.from_record(ev.to_record(rec)) == rec
+
+
+# ---- the kernel backend's struct file identity ----------------------------------
+
+FILE = 0xFFFF8880_12345678
+
+
+def test_the_struct_file_comes_through_on_the_records_about_one_file():
+    assert ev.decode(raw(ev.EV_OPEN, ret=5, name=b"/dev/net/tun", file=FILE,
+                         fkind=ev.FK_TUN)).file == FILE
+    assert ev.decode(raw(ev.EV_CLOSE, fd=5, file=FILE)).file == FILE
+    assert ev.decode(raw(ev.EV_DUP, fd=5, ret=6, file=FILE)).file == FILE
+    assert ev.decode(raw(ev.EV_TUN_IOCTL, fd=5, arg=ev.TUNSETIFF, file=FILE)).file == FILE
+    assert ev.decode(raw(ev.EV_PIDFD_GETFD, fd=3, arg=5, ret=7, file=FILE)).file == FILE
+    recv = ev.decode(raw(ev.EV_SCM_RECV, fd=9, fds=(7,), file=FILE))
+    assert (recv.fds, recv.files) == ((7,), (FILE,))
+    send = ev.decode(raw(ev.EV_SCM_SEND, fd=9, fds=(), file=FILE))
+    assert (send.fds, send.files) == ((), (FILE,))
+
+
+def test_without_a_file_the_records_are_the_tracepoint_backends():
+    assert ev.decode(raw(ev.EV_CLOSE, fd=5)).file == 0
+    assert ev.decode(raw(ev.EV_SCM_RECV, fd=9, fds=(7, 8))).files == ()
+    # and a record made by hand (tests, replays of old recordings) needs none
+    assert ev.Close(ts=1, pid=2, tid=2, comm="x", fd=3).file == 0
+
+
+def test_the_file_survives_a_record_and_its_replay():
+    e = ev.ScmRecv(ts=1, pid=2, tid=2, comm="x", sock=4, fds=(5,), cloexec=True,
+                   files=(FILE,))
+    assert ev.from_record(ev.to_record(e)) == e

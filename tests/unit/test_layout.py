@@ -162,7 +162,12 @@ def test_counters_agree_both_ways(c_side):
 
 def test_every_enum_in_the_header_is_checked(c_side):
     assert set(c_side["enums"]) == {"tt_event_type", "tt_dup_how", "tt_setfd_how",
-                                    "tt_counter"}
+                                    "tt_counter", "tt_file_kind"}
+
+
+def test_file_kinds_agree_both_ways(c_side):
+    py = {n: getattr(ev, n) for n in dir(ev) if re.fullmatch(r"FK_[A-Z]+", n)}
+    assert {"TT_" + n: v for n, v in py.items()} == c_side["enums"]["tt_file_kind"]
 
 
 # ---- the vhost-net record ------------------------------------------------------
@@ -171,7 +176,7 @@ def test_every_enum_in_the_header_is_checked(c_side):
 # index, arg2 = the backend fd as a u32, both read from the caller's
 # struct vhost_vring_file. The uapi header (<linux/vhost.h>) is the reference.
 
-BPF = HEADER.parent / "tracepoint.bpf.c"
+BPF = HEADER.parent / "common.h"
 
 
 def bpf_defines() -> dict[str, int]:

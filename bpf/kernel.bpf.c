@@ -1,0 +1,424 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * taptrace kernel-function backend (bcc): hooks where the kernel installs,
+ * duplicates, passes and closes a file, and the tun/tap/vhost-net ioctls -
+ * never a syscall tracepoint, so a syscall that touches no tun/tap file pays
+ * nothing (getpid, ioctl(KVM_RUN)) or one short fentry program (an open, a close).
+ *
+ * Filter first: every vmlinux hook reads the file's f_op and leaves unless it is
+ * tun's, tap's or vhost-net's. The f_op offset and those three addresses, and
+ * every other kernel layout read here (the fd table's close-on-exec bits, the
+ * files of an SCM_RIGHTS message), come from the running kernel's BTF and
+ * /proc/kallsyms at start (tracer/backends/kernel.py), passed in as constants:
+ * never from headers, which may not match the kernel (6.12 headers on a 6.1
+ * kernel compile cleanly and read the wrong field). Function arguments are read
+ * as plain words (void *), so no kernel struct is ever declared here.
+ *
+ * Every record carries the struct file * it is about (tt_event.file): the
+ * identity of the open file, so dups, receives and closes are known exactly.
+ *
+ * Hooks (tracer/backends/kernel.py picks them by what the running kernel has):
+ *   fentry fd_install          open, dup, F_DUPFD, SCM_RIGHTS receive, pidfd_getfd,
+ *                              io_uring - which one, by the syscall being run
+ *   fexit  do_dup2             dup2, dup3 (they bypass fd_install)
+ *   fexit  TT_CLOSE_FN         close, close_range: pick_file (< 6.8) or
+ *                              file_close_fd_locked (6.8+) return the file
+ *   fexit  __scm_send          the files of an SCM_RIGHTS message being sent
+ *   fentry+fexit scm_detach_fds  a received message begins, ends (groups its fds)
+ *   fentry set_close_on_exec   F_SETFD, FIOCLEX, FIONCLEX   (TT_HAVE_SET_CLOEXEC)
+ *   fexit  ksys_unshare        unshare(CLONE_FILES)          (TT_HAVE_KSYS_UNSHARE)
+ *   fentry begin_new_exec      an exec's point of no return: a CLONE_FILES
+ *                              sharer's table becomes its own
+ *   kprobe+kretprobe __tun_chr_ioctl, tap_ioctl   TUN ioctls (module functions:
+ *                              bcc 0.26 cannot fentry a module)
+ *   kretprobe vhost_net_ioctl  VHOST_NET_SET_BACKEND
+ *   sched tracepoints          fork, exec, exit (sched.h, shared)
+ *
+ * Compile-time constants (all required unless marked):
+ *   TT_F_OP_OFF, TT_TUN_FOPS, TT_TAP_FOPS, TT_VHOST_FOPS
+ *   TT_TASK_FILES_OFF, TT_FILES_FDT_OFF, TT_FDT_CLOEXEC_OFF
+ *   TT_SCM_FP_OFF, TT_FPL_COUNT_OFF, TT_FPL_FP_OFF
+ *   TT_CLOSE_FN, TT_HAVE_SET_CLOEXEC, TT_HAVE_KSYS_UNSHARE, TT_HAVE_GROUP_DEAD
+ */
+#include "common.h"
+
+#define PT_AX 80
+#define NR_DUP 32
+#define NR_FCNTL 72
+#define NR_IOCTL 16
+#define NR_RECVMSG 47
+#define NR_RECVMMSG 299
+#define NR_DUP3 292
+#define NR_PIDFD_GETFD 438
+#define MSG_CMSG_CLOEXEC_ 0x40000000ULL
+
+/* a kprobe's own register (its struct pt_regs context, the uapi x86-64 layout) */
+#define ctxreg(ctx, off) ({						\
+	u64 v_;								\
+	asm volatile("%0 = *(u64 *)(%1 + " STR(off) ")" : "=r"(v_) : "r"(ctx)); \
+	v_; })
+
+static __always_inline u64 kword(const void *p)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+/* enum tt_file_kind of a struct file: the filter every vmlinux hook starts with */
+static __always_inline u32 file_kind(const void *file)
+{
+	if (!file)
+		return TT_FK_NONE;
+	u64 fop = kword((const char *)file + TT_F_OP_OFF);
+	if (fop == TT_TUN_FOPS)
+		return TT_FK_TUN;
+	if (fop == TT_VHOST_FOPS)
+		return TT_FK_VHOST;
+	if (fop == TT_TAP_FOPS)
+		return TT_FK_TAP;
+	return TT_FK_NONE;
+}
+
+/* fd's close-on-exec bit in the current task's table (set before fd_install) */
+static __always_inline u64 fd_cloexec(u32 fd)
+{
+	const char *task = (const char *)bpf_get_current_task();
+	const char *files = (const char *)kword(task + TT_TASK_FILES_OFF);
+	if (!files)
+		return 0;
+	const char *fdt = (const char *)kword(files + TT_FILES_FDT_OFF);
+	if (!fdt)
+		return 0;
+	const char *bits = (const char *)kword(fdt + TT_FDT_CLOEXEC_OFF);
+	if (!bits)
+		return 0;
+	u64 word = kword(bits + (fd / 64) * 8);
+	return (word >> (fd % 64)) & 1;
+}
+
+/* tid -> the receive (scm_detach_fds) its next installs belong to */
+struct tt_recv_msg {
+	u64 id;       /* when it began: the stamp its records share */
+	u64 n;        /* tracked files installed so far */
+};
+BPF_TABLE("lru_hash", u32, struct tt_recv_msg, recv_msg, 10240);
+
+static __always_inline void set_file(struct tt_event *e, const void *file, u32 kind)
+{
+	e->file = (u64)file;
+	e->fkind = kind;
+}
+
+/* ---- fds appearing ---------------------------------------------------------- */
+
+KFUNC_PROBE(fd_install, unsigned int fd, void *file)
+{
+	u32 kind = file_kind(file);
+	if (!kind)
+		return 0;
+	u64 nr = sysarg(PT_ORIG_AX);
+	u64 cloexec = fd_cloexec(fd);
+	struct tt_event ev_, *e = &ev_;
+	if (nr == NR_DUP || nr == NR_FCNTL) {
+		init_event(e, TT_EV_DUP);
+		e->fd = (int)sysarg(PT_DI);
+		e->ret = fd;
+		if (nr == NR_DUP) {
+			e->arg = TT_DUP;
+		} else {
+			e->arg = cloexec ? TT_F_DUPFD_CLOEXEC : TT_F_DUPFD;
+			e->arg2 = sysarg(PT_DX);
+		}
+	} else if (nr == NR_RECVMSG || nr == NR_RECVMMSG) {
+		init_event(e, TT_EV_SCM_RECV);
+		e->fd = (int)sysarg(PT_DI);
+		e->nfds = 1;
+		e->fds[0] = fd;
+		e->arg = cloexec ? MSG_CMSG_CLOEXEC_ : 0;
+		struct tt_recv_msg *msg = recv_msg.lookup(&e->tid);
+		if (msg) {
+			e->arg2 = msg->id;
+			msg->n++;
+		}
+	} else if (nr == NR_PIDFD_GETFD) {
+		init_event(e, TT_EV_PIDFD_GETFD);
+		e->fd = (int)sysarg(PT_DI);
+		e->arg = (u32)sysarg(PT_SI);
+		e->ret = fd;
+	} else {
+		/* open, openat, openat2, io_uring: a new file, or (io_uring, seccomp
+		 * addfd) one user space already knows by its struct file */
+		init_event(e, TT_EV_OPEN);
+		e->ret = fd;
+		e->arg = cloexec ? O_CLOEXEC_ : 0;
+		e->arg2 = nr;
+	}
+	set_file(e, file, kind);
+	mark_interesting(e->tgid);
+	submit(ctx, e);
+	return 0;
+}
+
+/*
+ * A message's files are one send or one receive, but one record each: the last
+ * record of a message is a marker (same type and stamp, no file) so user space
+ * knows the message is complete (it may read the first before the next is made).
+ */
+static __always_inline void end_of_message(void *ctx, u32 type, int sock, u64 id)
+{
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, type);
+	e->fd = sock;
+	e->arg2 = id;
+	submit(ctx, e);
+}
+
+KFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct tt_recv_msg m = { .id = bpf_ktime_get_ns(), .n = 0 };
+	recv_msg.update(&tid, &m);
+	return 0;
+}
+
+KRETFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct tt_recv_msg *m = recv_msg.lookup(&tid);
+	if (!m || !m->n)
+		return 0;
+	u64 id = m->id;
+	m->n = 0;
+	end_of_message(ctx, TT_EV_SCM_RECV, (int)sysarg(PT_DI), id);
+	return 0;
+}
+
+/* dup2/dup3: `file` is the source; what `fd` held is closed by the kernel */
+KRETFUNC_PROBE(do_dup2, void *files, void *file, unsigned int fd, unsigned int flags, int ret)
+{
+	if (ret < 0)
+		return 0;
+	u32 kind = file_kind(file);
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	/* an untracked source over a tracked fd: the holder is in the interest set */
+	if (!kind && !interesting(tgid))
+		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_DUP);
+	e->fd = (int)sysarg(PT_DI);
+	e->ret = fd;
+	if (sysarg(PT_ORIG_AX) == NR_DUP3)
+		e->arg = (flags & O_CLOEXEC_) ? TT_DUP3 | TT_DUP_CLOEXEC : TT_DUP3;
+	else
+		e->arg = TT_DUP2;
+	e->arg2 = fd;
+	if (kind)
+		set_file(e, file, kind);
+	submit(ctx, e);
+	return 0;
+}
+
+/* ---- fds going away ------------------------------------------------------- */
+
+#define KRET_(fn, ...) KRETFUNC_PROBE(fn, __VA_ARGS__)
+KRET_(TT_CLOSE_FN, void *files, unsigned int fd, void *ret)
+{
+	u32 kind = file_kind(ret);
+	if (!kind)
+		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_CLOSE);
+	e->fd = fd;
+	set_file(e, ret, kind);
+	submit(ctx, e);
+	return 0;
+}
+
+/* ---- SCM_RIGHTS sends ----------------------------------------------------- */
+
+/*
+ * One record per tracked file of the message, in order, all stamped with the
+ * same ts (user space makes them one send). The files, not the sender's fd
+ * numbers: user space knows which of the sender's fds holds each.
+ */
+KRETFUNC_PROBE(__scm_send, void *sock, void *msg, void *scm, int ret)
+{
+	if (ret)
+		return 0;
+	const char *fpl = (const char *)kword((const char *)scm + TT_SCM_FP_OFF);
+	if (!fpl)
+		return 0;
+	short count = 0;
+	bpf_probe_read_kernel(&count, sizeof(count), fpl + TT_FPL_COUNT_OFF);
+	u64 ts = bpf_ktime_get_ns();
+	int sockfd = (int)sysarg(PT_DI);
+	u32 sent = 0;
+	/* a bounded loop (not unrolled: sixteen records' stack), walked by the verifier */
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < TT_MAX_FDS; i++) {
+		if (i >= count)
+			break;
+		const void *file = (const void *)kword(fpl + TT_FPL_FP_OFF + i * 8);
+		u32 kind = file_kind(file);
+		if (!kind)
+			continue;
+		struct tt_event ev_, *e = &ev_;
+		init_event(e, TT_EV_SCM_SEND);
+		e->ts = ts;
+		e->fd = sockfd;
+		e->arg2 = ts;
+		set_file(e, file, kind);
+		submit(ctx, e);
+		sent++;
+	}
+	if (sent)
+		end_of_message(ctx, TT_EV_SCM_SEND, sockfd, ts);
+	return 0;
+}
+
+/* ---- close-on-exec and unshare of tracked processes ------------------------ */
+
+#ifdef TT_HAVE_SET_CLOEXEC
+KFUNC_PROBE(set_close_on_exec, unsigned int fd, int flag)
+{
+	if (!interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	u64 nr = sysarg(PT_ORIG_AX);
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_SETFD);
+	e->fd = fd;
+	if (nr == NR_IOCTL)
+		e->arg = flag ? TT_FIOCLEX : TT_FIONCLEX;
+	else
+		e->arg = TT_F_SETFD;
+	e->arg2 = flag != 0;
+	submit(ctx, e);
+	return 0;
+}
+#endif
+
+#ifdef TT_HAVE_KSYS_UNSHARE
+KRETFUNC_PROBE(ksys_unshare, unsigned long flags, int ret)
+{
+	if (ret || !(flags & CLONE_FILES) || !interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_UNSHARE);
+	e->arg = flags;
+	submit(ctx, e);
+	return 0;
+}
+#endif
+
+/*
+ * An exec's point of no return, before it unshares a CLONE_FILES table and
+ * releases a vfork parent: from here on the table is this process's own (what
+ * sched_prepare_exec says on 6.10+, here on every kernel).
+ */
+KFUNC_PROBE(begin_new_exec, void *bprm)
+{
+	if (!interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_UNSHARE);
+	e->arg = CLONE_FILES;
+	submit(ctx, e);
+	return 0;
+}
+
+/* ---- tun/tap ioctls (kprobes: module functions) --------------------------- */
+
+static __always_inline int is_tun_cmd(u32 cmd)
+{
+	return cmd == TUNSETIFF_ || cmd == TUNSETQUEUE_ || cmd == TUNGETIFF_ ||
+	       cmd == TUNSETPERSIST_ || cmd == TUNSETOWNER_ || cmd == TUNSETGROUP_;
+}
+
+struct tt_ioctl_call {
+	u64 file;
+	u64 arg;
+	u32 cmd;
+	u32 kind;
+};
+BPF_HASH(ioctl_calls, u32, struct tt_ioctl_call, 10240);   /* tid -> call in progress */
+
+/* __tun_chr_ioctl(file, cmd, arg, ifreq_len) and tap_ioctl(file, cmd, arg) */
+static __always_inline int ioctl_entry(void *ctx, u32 kind)
+{
+	u32 cmd = (u32)ctxreg(ctx, PT_SI);
+	if (!is_tun_cmd(cmd))
+		return 0;
+	struct tt_ioctl_call c = {};
+	c.file = ctxreg(ctx, PT_DI);
+	c.arg = ctxreg(ctx, PT_DX);
+	c.cmd = cmd;
+	c.kind = kind;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	ioctl_calls.update(&tid, &c);
+	return 0;
+}
+
+int tun_ioctl_entry(void *ctx)
+{
+	return ioctl_entry(ctx, TT_FK_TUN);
+}
+
+int tap_ioctl_entry(void *ctx)
+{
+	return ioctl_entry(ctx, TT_FK_TAP);
+}
+
+/* At return the kernel has copied the final ifreq back (a "tap%d" template named). */
+int tun_ioctl_return(void *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct tt_ioctl_call *cp = ioctl_calls.lookup(&tid);
+	if (!cp)
+		return 0;
+	struct tt_ioctl_call c = *cp;
+	ioctl_calls.delete(&tid);
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_TUN_IOCTL);
+	e->fd = (int)sysarg(PT_DI);
+	e->arg = c.cmd;
+	e->ret = (long)ctxreg(ctx, PT_AX);
+	if (c.cmd == TUNSETPERSIST_ || c.cmd == TUNSETOWNER_ || c.cmd == TUNSETGROUP_) {
+		e->arg2 = c.arg; /* passed by value */
+	} else {
+		/* struct ifreq: ifr_name[16] at 0, ifr_flags (u16) at 16 */
+		u16 fl = 0;
+		bpf_probe_read_user(e->name, sizeof(e->name), (void *)c.arg);
+		bpf_probe_read_user(&fl, sizeof(fl), (char *)c.arg + 16);
+		e->arg2 = fl;
+	}
+	set_file(e, (void *)c.file, c.kind);
+	mark_interesting(e->tgid);
+	submit(ctx, e);
+	return 0;
+}
+
+/* vhost_net_ioctl(file, cmd, arg): VHOST_NET_SET_BACKEND, read at return as the
+ * tracepoint backend does (struct vhost_vring_file is input only) */
+int vhost_ioctl_return(void *ctx)
+{
+	if ((u32)sysarg(PT_SI) != VHOST_NET_SET_BACKEND_)
+		return 0;
+	long ret = (long)ctxreg(ctx, PT_AX);
+	u32 vf[2] = {};
+	bpf_probe_read_user(vf, sizeof(vf), (void *)sysarg(PT_DX));
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_VHOST_BACKEND);
+	e->fd = (int)sysarg(PT_DI);
+	e->ret = ret;
+	e->arg = vf[0];
+	e->arg2 = vf[1];
+	if (ret == 0)
+		mark_interesting(e->tgid);
+	submit(ctx, e);
+	return 0;
+}
+
+/* ---- process lifetime: the shared sched tracepoints ------------------------ */
+
+#include "sched.h"

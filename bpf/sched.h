@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * taptrace: the process-lifetime probes both backends share (sched tracepoints:
+ * they cost fork, exec and exit only, never a plain syscall). Needs common.h.
+ */
+#ifndef TAPTRACE_SCHED_H
+#define TAPTRACE_SCHED_H
+
+/* Runs in the parent, inside its fork/vfork/clone/clone3 syscall. */
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!interesting(tgid))
+		return 0;
+	u64 nr = sysarg(PT_ORIG_AX), flags;
+	if (nr == NR_CLONE) {
+		flags = sysarg(PT_DI);
+	} else if (nr == NR_CLONE3) {
+		flags = 0; /* struct clone_args: u64 flags at offset 0 */
+		bpf_probe_read_user(&flags, sizeof(flags), (void *)sysarg(PT_DI));
+	} else if (nr == NR_FORK) {
+		flags = SIGCHLD_;
+	} else if (nr == NR_VFORK) {
+		flags = CLONE_VM | CLONE_VFORK | SIGCHLD_;
+	} else {
+		return 0; /* io_uring workers and other kernel-made threads */
+	}
+	if (flags & CLONE_THREAD)
+		return 0; /* same tgid, same fd table: nothing changes */
+	u32 child = args->child_pid;
+	mark_interesting(child);
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_FORK);
+	e->arg = flags;
+	e->arg2 = child;
+	submit(args, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!interesting(tgid))
+		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_EXEC);
+	e->arg2 = args->old_pid;
+	submit(args, e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+#ifdef TT_HAVE_GROUP_DEAD
+	if (!args->group_dead)
+		return 0;
+#else
+	if ((u32)id != tgid)
+		return 0;
+#endif
+	if (!interesting(tgid))
+		return 0;
+	interest.delete(&tgid);
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_EXIT);
+	submit(args, e);
+	return 0;
+}
+
+#endif /* TAPTRACE_SCHED_H */

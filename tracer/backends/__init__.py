@@ -1,0 +1,42 @@
+"""The BPF backends behind one interface (tracer.probes.BccBackend): each feeds the
+same events (tracer.events) to the same model, which never knows which one did.
+
+- tracepoint: syscall and sched tracepoints; runs wherever BPF tracepoints do.
+- kernel: fentry/fexit and kprobes where files are installed, passed and closed,
+  and on the tun/tap ioctls; exact struct-file identity; no syscall tracepoint.
+
+`auto` picks the kernel backend only where AUTO_PREFERS_KERNEL says it is proven
+(see the README), else the tracepoint backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import events as ev
+from ..probes import BccBackend, ProbeError
+
+CHOICES = ("auto", "kernel", "tracepoint")
+# The kernel backend is experimental: `auto` keeps to the tracepoint backend until
+# the guest smoke set passes with the kernel backend on Debian's 6.1 and 6.12.
+AUTO_PREFERS_KERNEL = False
+
+
+def open_backend(choice: str, on_event: Callable[[ev.Event], None], buffer_pages: int = 256,
+                 force_perf: bool = False) -> tuple[BccBackend, str | None]:
+    """The attached backend, and a line saying why `auto` did not get the kernel
+    backend it tried (None when nothing needs saying)."""
+    from .kernel import KernelBackend
+    from .tracepoint import TracepointBackend
+
+    if choice not in CHOICES:
+        raise ProbeError(f"unknown backend {choice!r}: one of {', '.join(CHOICES)}")
+    if choice == "tracepoint" or (choice == "auto" and not AUTO_PREFERS_KERNEL):
+        return TracepointBackend(on_event, buffer_pages, force_perf), None
+    if choice == "kernel":
+        return KernelBackend(on_event, buffer_pages, force_perf), None
+    try:
+        return KernelBackend(on_event, buffer_pages, force_perf), None
+    except ProbeError as exc:
+        why = f"kernel backend unavailable ({exc}); using the tracepoint backend"
+    return TracepointBackend(on_event, buffer_pages, force_perf), why

@@ -1,0 +1,226 @@
+"""The kernel-function backend (bpf/kernel.bpf.c): fentry/fexit on the vmlinux
+functions that install, duplicate, pass and close files, kprobes on the tun/tap/
+vhost-net ioctls, the shared sched tracepoints - and no syscall tracepoint, so
+syscalls that touch no tun/tap file do not pay.
+
+Everything the program needs to know about this kernel is found at start and
+passed in as constants: which functions exist (BTF FUNCs: the close path was
+renamed in 6.8), the layouts it reads (BTF, never headers), and the f_op
+addresses that say a file is tun's, tap's or vhost-net's (/proc/kallsyms, after
+loading the modules). `plan()` does that without bcc; `hooks()` says what it chose
+and why (doctor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from .. import btf, kheaders
+from .. import events as ev
+from ..probes import BccBackend, ProbeError, bpf_source
+
+SOURCE = "kernel.bpf.c"
+MODULES = ("tun", "tap", "vhost_net")
+FOPS = {"tun_fops": "TT_TUN_FOPS", "tap_fops": "TT_TAP_FOPS",
+        "vhost_net_fops": "TT_VHOST_FOPS"}
+# (struct, member path, constant): the layouts the program reads
+LAYOUTS = (
+    ("file", "f_op", "TT_F_OP_OFF"),
+    ("task_struct", "files", "TT_TASK_FILES_OFF"),
+    ("files_struct", "fdt", "TT_FILES_FDT_OFF"),
+    ("fdtable", "close_on_exec", "TT_FDT_CLOEXEC_OFF"),
+    ("scm_cookie", "fp", "TT_SCM_FP_OFF"),
+    ("scm_fp_list", "count", "TT_FPL_COUNT_OFF"),
+    ("scm_fp_list", "fp", "TT_FPL_FP_OFF"),
+)
+REQUIRED_FUNCS = ("fd_install", "do_dup2", "__scm_send", "scm_detach_fds", "begin_new_exec")
+# the close path: fexit gives the file of the fd being closed
+CLOSE_FUNCS = ("file_close_fd_locked", "pick_file")
+OPTIONAL_FUNCS = {
+    "set_close_on_exec": ("TT_HAVE_SET_CLOEXEC",
+                          "F_SETFD/FIOCLEX/FIONCLEX not seen: close-on-exec as at install"),
+    "ksys_unshare": ("TT_HAVE_KSYS_UNSHARE", "unshare(CLONE_FILES) not seen"),
+}
+# (module function, entry program, return program, module)
+KPROBES = (
+    ("__tun_chr_ioctl", "tun_ioctl_entry", "tun_ioctl_return", "tun"),
+    ("tap_ioctl", "tap_ioctl_entry", "tun_ioctl_return", "tap"),
+    ("vhost_net_ioctl", None, "vhost_ioctl_return", "vhost_net"),
+)
+HOLD_S = 0.5          # how long a message's records wait for their end marker
+PATHS = {ev.FK_TUN: "/dev/net/tun", ev.FK_VHOST: ev.VHOST_PATH, ev.FK_TAP: "/dev/tap"}
+
+
+@dataclass
+class Plan:
+    cflags: list[str] = field(default_factory=list)
+    kprobes: list[tuple[str, str | None, str]] = field(default_factory=list)
+    hooks: list[dict] = field(default_factory=list)
+
+
+def load_modules() -> None:
+    """tun, tap and vhost_net must be loaded for their f_op addresses and kprobes."""
+    missing = [m for m in MODULES if not os.path.isdir(f"/sys/module/{m}")]
+    if missing:
+        subprocess.run(["modprobe", "-q", "-a", *missing], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kallsyms(names) -> dict[str, int]:
+    """Addresses of the named symbols (data symbols of modules included)."""
+    want, out = set(names), {}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in want and parts[2] not in out:
+                    out[parts[2]] = int(parts[0], 16)
+    except OSError as exc:
+        raise ProbeError(f"the kernel backend cannot read /proc/kallsyms: {exc.strerror}") \
+            from None
+    return out
+
+
+def plan() -> Plan:
+    """What to hook on this kernel and the constants the program needs; a
+    ProbeError (one line) when the kernel backend cannot work here."""
+    p = Plan()
+    try:
+        kb = btf.vmlinux()
+        for struct, path, const in LAYOUTS:
+            p.cflags.append(f"-D{const}={kb.offset_of(struct, path)}")
+        if kb.member_size("scm_fp_list", "count") != 2:
+            raise btf.BtfError("scm_fp_list.count is not a short")
+    except btf.BtfError as exc:
+        raise ProbeError(f"the kernel backend needs the kernel's BTF: {exc}") from None
+    missing = [f for f in REQUIRED_FUNCS if not kb.has_func(f)]
+    if missing:
+        raise ProbeError(f"the kernel backend cannot hook {', '.join(missing)} on this kernel "
+                         "(not in its BTF: inlined or renamed)")
+    for f in REQUIRED_FUNCS:
+        p.hooks.append({"hook": f, "how": "fentry/fexit", "why": "in vmlinux BTF"})
+    close = next((f for f in CLOSE_FUNCS if kb.has_func(f)), None)
+    if close is None:
+        raise ProbeError("the kernel backend finds no close path to hook "
+                         f"({' or '.join(CLOSE_FUNCS)} in the kernel's BTF)")
+    p.cflags.append(f"-DTT_CLOSE_FN={close}")
+    p.hooks.append({"hook": close, "how": "fexit",
+                    "why": "the close path on this kernel (pick_file before 6.8)"})
+    for func, (define, without) in OPTIONAL_FUNCS.items():
+        if kb.has_func(func):
+            p.cflags.append(f"-D{define}")
+            p.hooks.append({"hook": func, "how": "fentry/fexit", "why": "in vmlinux BTF"})
+        else:
+            p.hooks.append({"hook": func, "how": "none", "why": f"absent: {without}"})
+    if kheaders.has_tracepoint_field("sched", "sched_process_exit", "group_dead"):
+        p.cflags.append("-DTT_HAVE_GROUP_DEAD")
+    p.hooks.append({"hook": "sched_process_fork/exec/exit", "how": "tracepoint",
+                    "why": "fork, exec, exit only"})
+
+    load_modules()
+    addrs = kallsyms(FOPS)
+    if "tun_fops" not in addrs:
+        raise ProbeError("the kernel backend cannot find tun_fops in /proc/kallsyms "
+                         "(tun not loaded, or built in without KALLSYMS_ALL)")
+    if not any(addrs.values()):
+        raise ProbeError("/proc/kallsyms shows zero addresses (kptr_restrict): "
+                         "run as root, or sysctl kernel.kptr_restrict=0")
+    for sym, const in FOPS.items():
+        # 1: no file's f_op (modules not loaded: that kind of file cannot exist)
+        p.cflags.append(f"-D{const}={addrs.get(sym, 1):#x}ULL")
+        p.hooks.append({"hook": sym, "how": "f_op filter",
+                        "why": "/proc/kallsyms" if sym in addrs else "module not loaded"})
+
+    tracing = kheaders.tracing_dir()
+    if tracing is None or not os.path.exists(os.path.join(tracing, "kprobe_events")):
+        raise ProbeError("the kernel backend needs kprobes (tun/tap ioctls): "
+                         "this kernel has no kprobe_events")
+    syms = kallsyms(k[0] for k in KPROBES)
+    for func, entry, ret, module in KPROBES:
+        if func not in syms:
+            if func == "__tun_chr_ioctl":
+                raise ProbeError("the kernel backend cannot find __tun_chr_ioctl "
+                                 "(tun module) in /proc/kallsyms")
+            p.hooks.append({"hook": func, "how": "none",
+                            "why": f"absent ({module} not loaded)"})
+            continue
+        p.kprobes.append((func, entry, ret))
+        p.hooks.append({"hook": func, "how": "kprobe+kretprobe" if entry else "kretprobe",
+                        "why": f"{module} module: bcc 0.26 cannot fentry a module"})
+    return p
+
+
+class KernelBackend(BccBackend):
+    name = "kernel"
+
+    def _program(self) -> tuple[str, list[str]]:
+        from ..probes import _import_bcc
+
+        bcc = _import_bcc()
+        if not bcc.BPF.support_kfunc():
+            raise ProbeError("the kernel backend needs fentry/fexit (BPF trampolines and "
+                             "kernel BTF); this kernel or bcc has none")
+        self._plan = plan()
+        self._held: dict[tuple, tuple[float, list[ev.Event]]] = {}
+        return bpf_source(SOURCE), self._plan.cflags
+
+    def _attach(self) -> None:
+        for func, entry, ret in self._plan.kprobes:
+            if entry is not None:
+                self._bpf.attach_kprobe(event=func, fn_name=entry)
+            self._bpf.attach_kretprobe(event=func, fn_name=ret)
+
+    def hooks(self) -> list[dict]:
+        return list(self._plan.hooks)
+
+    # ---- raw records to model events -------------------------------------------
+
+    def _record(self, raw: bytes) -> None:
+        rec = ev.decode(raw)
+        if rec is None:
+            return
+        fields = ev.RECORD.unpack_from(raw)
+        arg2, fkind = fields[7], fields[-2]
+        if isinstance(rec, (ev.ScmSend, ev.ScmRecv)):
+            # one record per file, then a marker with none (the same syscall, so no
+            # record of this thread comes between): the records of one message are
+            # one send or one receive, delivered at the marker
+            key = (type(rec), rec.tid, rec.sock, arg2)
+            if rec.files:
+                self._held.setdefault(key, (time.monotonic(), []))[1].append(rec)
+            else:
+                self._deliver(key)
+            return
+        if isinstance(rec, ev.Open):
+            rec = dataclasses.replace(rec, path=self._path(rec.pid, rec.fd, fkind))
+        self._on_event(rec)
+
+    def _deliver(self, key: tuple) -> None:
+        _since, held = self._held.pop(key, (0.0, []))
+        if held:
+            fds = tuple(fd for r in held for fd in r.fds)
+            files = tuple(f for r in held for f in r.files)
+            self._on_event(dataclasses.replace(held[0], fds=fds, files=files))
+
+    def _flush(self) -> None:
+        """After each poll: a message whose marker did not come within HOLD_S (a
+        lost record) is delivered as it is."""
+        now = time.monotonic()
+        for key in [k for k, (since, _r) in self._held.items() if now - since > HOLD_S]:
+            self._deliver(key)
+
+    @staticmethod
+    def _path(pid: int, fd: int, fkind: int) -> str:
+        path = PATHS.get(fkind, "/dev/net/tun")
+        if fkind == ev.FK_TAP:       # /dev/tapN: N is the ifindex, the node says which
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("/dev/tap"):
+                    path = link
+            except OSError:
+                pass
+        return path
