@@ -10,8 +10,7 @@
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!interesting(tgid))
-		return 0;
+	int known = interesting(tgid);
 	u64 nr = sysarg(PT_ORIG_AX), flags;
 	if (nr == NR_CLONE) {
 		flags = sysarg(PT_DI);
@@ -27,6 +26,17 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 	}
 	if (flags & CLONE_THREAD)
 		return 0; /* same tgid, same fd table: nothing changes */
+	/*
+	 * A table shared by clone(CLONE_FILES) is followed from the clone on, whoever
+	 * makes it: one sharer may make a tap there and exit, another keep it (pasta's
+	 * vfork-style helper does). Such clones of processes (not threads) are rare;
+	 * any other fork of a process that holds no tracked fd leaves here.
+	 */
+	if (!known) {
+		if (!(flags & CLONE_FILES))
+			return 0;
+		mark_interesting(tgid);
+	}
 	u32 child = args->child_pid;
 	mark_interesting(child);
 	struct tt_event ev_, *e = &ev_;

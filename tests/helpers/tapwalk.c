@@ -14,6 +14,8 @@
  *                                over the last fd of B (B goes)
  *   tapwalk files       A B      clone(CLONE_FILES): the child dups, closes and
  *                                opens a tap in the shared table, then exits
+ *   tapwalk pasta       A        a process with no tap clones a CLONE_VM|CLONE_FILES|
+ *                                CLONE_VFORK child that makes tap A and exits (pasta)
  *   tapwalk files_exec  A B      clone(CLONE_FILES|CLONE_VFORK): the child dup3s
  *                                O_CLOEXEC into the shared table and execs (which
  *                                gives it its own table); once it runs, the parent
@@ -319,6 +321,34 @@ static int walk_files(char **av)
 	static char stack[256 * 1024];
 	struct files_arg a = { tap(av[0], PLAIN, 1), av[1] };
 	pid_t c = clone(files_child, stack + sizeof(stack), CLONE_FILES | SIGCHLD, &a);
+	if (c < 0)
+		die("clone");
+	int st;
+	if (waitpid(c, &st, 0) < 0)
+		die("waitpid");
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		return 1;
+	say("child-exited", "\"child\": %d", c);
+	hold();
+	return 0;
+}
+
+/*
+ * pasta's way (passt's tap.c): a process that holds no tap yet clones a
+ * CLONE_VM|CLONE_FILES|CLONE_VFORK child, which opens and attaches the tap and
+ * exits; the fd stays in the parent's (the one shared) table.
+ */
+static int pasta_child(void *p)
+{
+	tap((const char *)p, PLAIN, 1);
+	return 0;
+}
+
+static int walk_pasta(char **av)
+{
+	static char stack[256 * 1024];
+	pid_t c = clone(pasta_child, stack + sizeof(stack),
+			CLONE_VM | CLONE_FILES | CLONE_VFORK | SIGCHLD, av[0]);
 	if (c < 0)
 		die("clone");
 	int st;
@@ -799,6 +829,7 @@ static const struct walk walks[] = {
 	{ "close_range", 1, walk_close_range },
 	{ "dup2", 3, walk_dup2 },
 	{ "files", 2, walk_files },
+	{ "pasta", 1, walk_pasta },
 	{ "files_exec", 2, walk_files_exec },
 	{ "files_exec_race", 2, walk_files_exec_race },
 	{ "exec", 2, walk_exec },
@@ -835,6 +866,6 @@ int main(int argc, char **argv)
 		return walks[i].fn(argv + 2);
 	}
 	fprintf(stderr, "usage: tapwalk hold|dup3|dupfd|ioctl|setfd|close_range|dup2|files|"
-			"files_exec|files_exec_race|exec|scm|mmsg|scm_trunc|scm_2cmsg|queue|probe|persist|getfd|blink NAME...\n");
+			"files|pasta|files_exec|files_exec_race|exec|scm|mmsg|scm_trunc|scm_2cmsg|queue|probe|persist|getfd|blink NAME...\n");
 	return 2;
 }

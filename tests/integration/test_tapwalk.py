@@ -235,6 +235,27 @@ def test_dup2_and_dup3_over_tracked_fds(tracer, walk):
 
 
 @pytest.mark.smoke
+@pytest.mark.smoke
+def test_a_tap_made_by_a_clone_files_child_of_a_process_with_no_tap_stays_its_parents(
+        tracer, walk):
+    """pasta (rootless podman's network): the table is shared before it holds any tap,
+    the child makes the tap and exits, the parent holds it. The clone must be seen
+    although the parent held nothing then, or the child's exit takes the tap away."""
+    t = tracer()
+    (a,) = names(1)
+    w = walk("pasta", a)
+    lines, table = finish(t, w)
+    parent, made = w.holder, w.step("tap")
+    child = made["pid"]
+    assert child != parent
+    # (the clone itself is a quiet line: nothing was in the table yet)
+    assert events_of(lines, "tunsetiff", pid=child, fd=made["fd"], ifname=a, created=True)
+    assert not [o for o in events_of(lines, "exit", pid=child) if o["closed"]]
+    assert not events_of(lines, "tap_gone", ifname=a)
+    r = row(table, parent, made["fd"])
+    assert (r["ifname"], r["creator_pid"], r["cloexec"]) == (a, child, True)
+
+
 def test_clone_files_child_changes_the_parents_table_then_exits(tracer, walk):
     t = tracer()
     a, b = names(2)
