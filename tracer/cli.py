@@ -234,7 +234,8 @@ def watch(json_out, record_path, pid, comm, ifname, duration, buffer_pages,
     """Trace tap opens, TUN ioctls and every move of a tap fd, live.
 
     Starts from a /proc snapshot, so taps opened earlier are known too.
-    Ends on --duration, SIGINT or SIGTERM with the final table."""
+    Ends on --duration, SIGINT or SIGTERM with the final table; SIGUSR1 prints
+    the table so far and goes on."""
     stop = Stop()
     record, record_file = None, None
     if record_path is not None:
@@ -247,9 +248,21 @@ def watch(json_out, record_path, pid, comm, ifname, duration, buffer_pages,
             record_file.write(render.json_line(rec) + "\n")
     session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages, perf_buffer,
                                     record=record)
+    # SIGUSR1: print the table now and go on (a test compares it with /proc at a quiet
+    # moment). The handler only sets a flag; the loop prints between polls.
+    asked = [False]
+    signal.signal(signal.SIGUSR1, lambda *_a: asked.__setitem__(0, True))
+
+    def table_on_request() -> None:
+        if asked[0]:
+            asked[0] = False
+            session.probes.poll(0)          # what the kernel recorded before the signal
+            session.drain()
+            _finish(session, json_out, offset)
+
     try:
         session.start()
-        session.run(duration, stop)
+        session.run(duration, stop, on_tick=table_on_request)
         _finish(session, json_out, offset)
     finally:
         session.close()
