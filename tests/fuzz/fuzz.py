@@ -47,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-import tapkit  # noqa: E402
+import tapkit
 
 ACTOR_BIN = ROOT / "tests" / "helpers" / "bin" / "fuzzactor"
 CTL_BASE = 900                     # fuzzactor.c: control sockets live at 900 + id
@@ -552,6 +552,16 @@ class Runner:
                 self.top.poll()
             time.sleep(0.005)
 
+    def _sweep(self) -> None:
+        """Mark dead every actor whose task is gone (however it went: killed by a
+        sibling, by itself, by an exec of another thread), and let its vfork parent go."""
+        for a in list(self.actors.values()):
+            if a.alive and gone(a.pid, a.tid if a.tid != a.pid else None):
+                a.alive = False
+        for a in list(self.actors.values()):
+            if not a.alive:
+                self._release_parents(a.name)
+
     def _release_parents(self, child: str) -> None:
         """A vfork child exited or exec'd: its parent's answer comes now."""
         for p in self.actors.values():
@@ -702,9 +712,11 @@ class Runner:
                     if name.startswith(self.prefix):
                         self.creators.setdefault(name, set()).add(a.pid)
         except (TimeoutError, EOFError, OSError) as exc:
-            if a.alive and not gone(a.pid, a.tid if a.tid != a.pid else None):
+            self._wait_gone(a.pid, a.tid if a.tid != a.pid else None)
+            if not gone(a.pid, a.tid if a.tid != a.pid else None):
                 raise RuntimeError(f"{s.text()}: actor gave no answer ({exc!r})") from None
             a.alive = False
+        self._sweep()
         return True
 
     # -- checkpoints --

@@ -1,0 +1,42 @@
+"""The fixed-seed fuzz batch (tests/fuzz/fuzz.py) as a test.
+
+Not part of `make test` yet: it runs only when TAPTRACE_FUZZ_COUNT is set (the number
+of programs; TAPTRACE_FUZZ_SEED picks another seed, TAPTRACE_FUZZ_PROFILES a
+comma-separated subset), e.g.
+
+    TAPTRACE_FUZZ_COUNT=70 .venv/bin/python -m pytest -q tests/fuzz
+
+Every program must leave the live table equal to /proc at every checkpoint; a
+failure names each mismatching program and its first differences (replay one with
+`python tests/fuzz/fuzz.py gen --seed S --profile P > f.fz; ... replay f.fz`).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fuzz
+
+COUNT = int(os.environ.get("TAPTRACE_FUZZ_COUNT", "0") or 0)
+SEED = int(os.environ.get("TAPTRACE_FUZZ_SEED", "20261130"))
+PROFILES = os.environ.get("TAPTRACE_FUZZ_PROFILES")
+
+
+def run_batch(count: int, seed: int = SEED, profiles=None) -> fuzz.Batch:
+    """`count` programs from `seed`, over the profiles in turn."""
+    return fuzz.batch(seed, count=count, profiles=profiles, log=lambda _m: None)
+
+
+@pytest.mark.skipif(COUNT <= 0, reason="set TAPTRACE_FUZZ_COUNT to run the fuzz batch")
+def test_fixed_seed_batch():
+    if os.geteuid() != 0:
+        pytest.skip("the fuzz batch needs root (BPF, /dev/net/tun)")
+    if not fuzz.ACTOR_BIN.exists():
+        pytest.skip("tests/helpers/bin/fuzzactor is missing (make -C tests/helpers)")
+    res = run_batch(COUNT, SEED, PROFILES.split(",") if PROFILES else None)
+    lines = [f"seed {p.seed} {p.profile}: {fuzz.describe(r)}; " + "; ".join(r.detail[:3])
+             for p, r in res.failures]
+    assert not res.failures, res.summary() + "\n" + "\n".join(lines)
