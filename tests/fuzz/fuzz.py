@@ -540,10 +540,6 @@ class Runner:
         line, a.buf = a.buf.split(b"\n", 1)
         return line.decode()
 
-    def _call(self, a: Actor, cmd: str) -> str:
-        a.conn.sendall(cmd.encode() + b"\n")
-        return self._line(a)
-
     def _kill_group(self, tgid: int) -> None:
         for a in self.actors.values():
             if a.pid == tgid:
@@ -667,9 +663,9 @@ class Runner:
             return False
         if self.verbose:
             print(f"  {s.text():40} -> {cmd}", file=sys.stderr)
-        a.conn.sendall(cmd.encode() + b"\n")
         op = s.op
         try:
+            a.conn.sendall(cmd.encode() + b"\n")
             if op == "vexec":
                 self._accept(s.args["new"])
                 self._line(a)
@@ -861,8 +857,8 @@ def run_program(prog: Program, verbose: bool = False) -> Result:
 
 def shrink(prog: Program, first: Result, budget_s: float = 240.0,
            log=lambda _m: None) -> tuple[Program, Result]:
-    """Delta debugging over steps: the smallest program still failing with one of the
-    first failure's categories (within the time budget)."""
+    """Delta debugging over steps: the smallest program still failing with the same
+    mismatch kinds as the first failure (within the time budget)."""
     want = set(first.categories) - {"harness"}
     deadline = time.monotonic() + budget_s
     best, best_res = prog, first
@@ -977,6 +973,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("file")
     r.add_argument("--times", type=int, default=1)
     r.add_argument("-v", "--verbose", action="store_true")
+    sh = sub.add_parser("shrink", help="shrink a failing program file")
+    sh.add_argument("file")
+    sh.add_argument("--seconds", type=float, default=240.0)
+    sh.add_argument("-o", "--output", help="where to write it (default: stdout)")
     g = sub.add_parser("gen", help="print a generated program")
     g.add_argument("--seed", type=int, required=True)
     g.add_argument("--profile", default="ordinary", choices=list(PROFILES))
@@ -999,6 +999,22 @@ def main(argv: list[str] | None = None) -> int:
                 print("   ", line)
             bad += not res.exact
         return 1 if bad else 0
+    if args.cmd == "shrink":
+        prog = Program.parse(Path(args.file).read_text())
+        first = run_program(prog)
+        if first.exact:
+            print("shrink: the program is exact here; nothing to shrink", file=sys.stderr)
+            return 1
+        print(f"shrink: {describe(first)}", file=sys.stderr)
+        prog, res = shrink(prog, first, args.seconds,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+        text = prog.text() + "".join(f"# {d}\n" for d in res.detail[:20])
+        if args.output:
+            Path(args.output).write_text(text)
+        else:
+            sys.stdout.write(text)
+        print(f"shrink: {len(prog.steps)} steps: {describe(res)}", file=sys.stderr)
+        return 0
     seed = args.seed if args.seed is not None else secrets.randbelow(10**6)
     profiles = args.profiles.split(",") if args.profiles else None
     if profiles and not set(profiles) <= set(PROFILES):
