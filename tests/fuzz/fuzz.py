@@ -16,7 +16,7 @@ is blocked reading its next command: a quiet moment. There the coordinator reads
 the truth (tests/tapkit.py's way: /proc/PID/task/TID/fd, fdinfo `iff:` and
 `flags:`, kcmp(KCMP_FILE) for shared open files, /sys/class/net for the taps),
 sends the tracer SIGUSR1 (it prints its table so far) and compares: each tun fd
-(pid, fd) of our processes, its ifname ("" for an unattached or detached queue),
+(pid, fd) of our processes, its ifname ("" unattached; a detached queue keeps its name),
 close-on-exec, which fds share one open file, the creator (the process whose
 TUNSETIFF attached the file), and the taps with their persist flag.
 
