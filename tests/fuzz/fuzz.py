@@ -488,6 +488,7 @@ class Result:
     resyncs: int = 0
     ran: int = 0
     skipped: int = 0
+    skipped_steps: list = field(default_factory=list)    # indices: nothing to act on
     error: str | None = None
 
 
@@ -822,6 +823,7 @@ class Runner:
                     res.ran += 1
                 else:
                     res.skipped += 1
+                    res.skipped_steps.append(idx)
             res.lost = self.tracer.count("lost", "count")
             res.resyncs = self.tracer.count("lost")
         except (RuntimeError, OSError, ValueError) as exc:
@@ -873,6 +875,11 @@ def shrink(prog: Program, first: Result, budget_s: float = 240.0,
         cut = steps[:first.failed_at]
         if len(cut) < len(steps) and (r := fails(cut)) is not None:
             steps, best_res = cut, r
+    skipped = set(best_res.skipped_steps)          # steps that did nothing
+    if skipped:
+        cand = [s for i, s in enumerate(steps) if i not in skipped]
+        if (r := fails(cand)) is not None:
+            steps, best_res = cand, r
     n = 2
     while len(steps) >= 2 and time.monotonic() < deadline:
         chunk = max(1, len(steps) // n)
