@@ -57,3 +57,23 @@ def test_repro(path):
     _need_root()
     res = fuzz.run_program(fuzz.Program.parse(path.read_text()))
     assert res.exact, fuzz.describe(res) + "\n" + "\n".join(res.detail[:10])
+
+
+def test_program_text_round_trip():
+    """A written program reads back as the same steps (what makes repro files replayable),
+    and a seed always gives the same program."""
+    for profile in fuzz.PROFILES:
+        for seed in range(20):
+            prog = fuzz.generate(seed, profile)
+            again = fuzz.Program.parse(prog.text())
+            assert again.steps == prog.steps
+            assert (again.profile, again.tracer_args, again.seed) == \
+                (prog.profile, prog.tracer_args, prog.seed)
+            assert fuzz.generate(seed, profile).text() == prog.text()
+
+
+def test_repro_files_parse():
+    for path in REPRO:
+        prog = fuzz.Program.parse(path.read_text())
+        assert prog.steps, path
+        assert path.read_text().startswith("# cause: "), path
