@@ -216,7 +216,9 @@ static int collect(struct msghdr *m, char *out, size_t cap, size_t len)
 }
 
 #define OK0() say(a->ctl, "ok")
-#define RET(r) do { if ((r) < 0) say(a->ctl, "err %d", errno); else say(a->ctl, "ok %ld", (long)(r)); } while (0)
+/* (r evaluated once: it is the syscall) */
+#define RET(r) do { long r_ = (long)(r); if (r_ < 0) say(a->ctl, "err %d", errno); \
+		    else say(a->ctl, "ok %ld", r_); } while (0)
 
 static void run(struct actor *a)
 {
