@@ -455,13 +455,25 @@ def read_taps(prefix: str) -> dict[str, bool]:
     return out
 
 
-def gone(pid: int, tid: int | None = None) -> bool:
-    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+def _dead(path: str) -> bool:
     try:
         data = Path(path).read_bytes()
     except OSError:
         return True
     return data[data.rindex(b")") + 2:][:1] in (b"Z", b"X")
+
+
+def gone(pid: int, tid: int | None = None) -> bool:
+    """That thread (or, tid None, every thread of the process) has finished exiting:
+    its files are released. (A zombie leader is not enough: another thread of an
+    exit_group may still be on its way out, holding the shared table.)"""
+    if tid:
+        return _dead(f"/proc/{pid}/task/{tid}/stat")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    return all(_dead(f"/proc/{pid}/task/{t}/stat") for t in tids)
 
 
 # ---- running a program ------------------------------------------------------------
@@ -722,6 +734,16 @@ class Runner:
 
     # -- checkpoints --
     def _compare(self) -> tuple[set, list[str]]:
+        """Compare at a checkpoint; a difference is looked at again after a second
+        (the kernel finishes some things after the syscall: a tap's unregistering),
+        with the truth and the table both read again."""
+        cats, detail = self._compare_once()
+        if cats:
+            time.sleep(1.0)
+            cats, detail = self._compare_once()
+        return cats, detail
+
+    def _compare_once(self) -> tuple[set, list[str]]:
         live = {a.pid for a in self.actors.values() if a.alive}
         truth, groups, notes = read_truth(live)
         taps = read_taps(self.prefix)
