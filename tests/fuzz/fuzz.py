@@ -978,6 +978,26 @@ def batch(seed: int, count: int | None = None, seconds: float | None = None,
     return out
 
 
+# Triage: which kind of step a mismatch needs. The first group whose removal makes
+# the program exact is named (steps of the removed group's actors stay).
+TRIAGE = (("clone-files", {"cfiles", "vfiles"}), ("scm", {"send", "smm"}),
+          ("threads/unshare", {"thread", "unshare"}), ("loss", {"burst"}),
+          ("pause", {"tstop"}), ("exit/kill", {"exit", "kill"}), ("exec", {"exec", "vexec"}))
+
+
+def triage(prog: Program) -> str:
+    first = run_program(prog)
+    if first.exact:
+        return "exact now (flaky)"
+    for name, ops in TRIAGE:
+        if not any(st.op in ops for st in prog.steps):
+            continue
+        r = run_program(prog.with_steps([st for st in prog.steps if st.op not in ops]))
+        if r.exact:
+            return f"needs {name} ({', '.join(sorted(first.categories))})"
+    return f"other ({', '.join(sorted(first.categories))})"
+
+
 def describe(res: Result) -> str:
     head = "exact" if res.exact else "MISMATCH " + ", ".join(sorted(res.categories))
     extra = f" ({res.error})" if res.error else ""
@@ -1007,6 +1027,8 @@ def main(argv: list[str] | None = None) -> int:
     sh.add_argument("file")
     sh.add_argument("--seconds", type=float, default=240.0)
     sh.add_argument("-o", "--output", help="where to write it (default: stdout)")
+    t = sub.add_parser("triage", help="say what kind of step each failing program needs")
+    t.add_argument("files", nargs="+")
     g = sub.add_parser("gen", help="print a generated program")
     g.add_argument("--seed", type=int, required=True)
     g.add_argument("--profile", default="ordinary", choices=list(PROFILES))
@@ -1029,6 +1051,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("   ", line)
             bad += not res.exact
         return 1 if bad else 0
+    if args.cmd == "triage":
+        counts: Counter = Counter()
+        for f in args.files:
+            verdict = triage(Program.parse(Path(f).read_text()))
+            counts[verdict.split(" (")[0]] += 1
+            print(f"{f}: {verdict}", flush=True)
+        print("triage: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+        return 0
     if args.cmd == "shrink":
         prog = Program.parse(Path(args.file).read_text())
         first = run_program(prog)
