@@ -246,12 +246,13 @@ def watch(json_out, record_path, pid, comm, ifname, duration, buffer_pages,
 
         def record(rec: dict) -> None:
             record_file.write(render.json_line(rec) + "\n")
-    session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages, perf_buffer,
-                                    record=record)
     # SIGUSR1: print the table now and go on (a test compares it with /proc at a quiet
-    # moment). The handler only sets a flag; the loop prints between polls.
+    # moment). The handler only sets a flag; the loop prints between polls. Set before
+    # the (slow) load, so that an early signal is kept, not fatal.
     asked = [False]
     signal.signal(signal.SIGUSR1, lambda *_a: asked.__setitem__(0, True))
+    session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages, perf_buffer,
+                                    record=record)
 
     def table_on_request() -> None:
         if asked[0]:
