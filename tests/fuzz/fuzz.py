@@ -618,7 +618,8 @@ class Runner:
             return f"crange {g('lo')} {g('hi')} {g('flags', 0)}"
         if op == "kill":
             t = self.actors.get(g("t"))
-            return f"kill {t.pid}" if t is not None and t.alive else None
+            # (checked again now: a pid is never signalled once it may be reused)
+            return f"kill {t.pid}" if t is not None and t.alive and not gone(t.pid) else None
         tun, socks = self._fds(a)
         if op == "getfd":
             t = self.actors.get(g("t"))
@@ -857,15 +858,15 @@ class Runner:
         return res
 
     def cleanup(self) -> None:
-        for a in self.actors.values():
-            with contextlib.suppress(OSError):
-                os.kill(a.pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                a.conn.close()
+        # Every actor is in A0's process group (its own session): kill the group, and
+        # never a bare pid, which may be someone else's by now.
         if self.top is not None:
             with contextlib.suppress(OSError):
                 os.killpg(self.top.pid, signal.SIGKILL)
             self.top.wait()
+        for a in self.actors.values():
+            with contextlib.suppress(OSError):
+                a.conn.close()
         if self.tracer is not None:
             self.tracer.close()
         for n in read_taps(self.prefix):
