@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 KERNELS ?= 6.1 6.12
 GUEST := /usr/bin/python3 tests/guest/guestvm.py $(foreach k,$(KERNELS),--kernel $(k))
 
-.PHONY: setup guest-setup demo test test-guest lint bench
+.PHONY: setup guest-setup demo test test-guest lint bench fuzz
 
 setup:
 	@bash scripts/setup.sh
@@ -37,3 +37,11 @@ lint:
 # Overhead of `taptrace watch` on unrelated work, side by side (root).
 bench: setup
 	$(PY) bench/bench.py $(WHAT)
+
+# Randomized differential testing (root): random multi-process fd programs run for
+# real, the live table compared with /proc; `make fuzz SECONDS=600 SEED=42`.
+# Mismatches are shrunk and written to fuzz-out/ as replayable programs.
+SECONDS ?= 120
+fuzz: setup
+	@$(MAKE) --no-print-directory -C tests/helpers
+	$(PY) tests/fuzz/fuzz.py batch --seconds $(SECONDS) $(if $(SEED),--seed $(SEED)) --shrink

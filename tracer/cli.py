@@ -404,9 +404,10 @@ def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_
     """Trace tap opens, TUN ioctls and every move of a tap fd, live.
 
     Starts from a /proc snapshot, so taps opened earlier are known too.
-    Ends on --duration, SIGINT or SIGTERM with the final table. If --record
-    cannot write (disk full, I/O error), recording stops with one line on
-    stderr, the trace goes on to its table, and the exit status is 1."""
+    Ends on --duration, SIGINT or SIGTERM with the final table; SIGUSR1 prints
+    the table so far and goes on. If --record cannot write (disk full, I/O error),
+    recording stops with one line on stderr, the trace goes on to its table, and
+    the exit status is 1."""
     from .replay import Recorder, RecordError, open_recording
 
     stop = Stop()
@@ -418,12 +419,25 @@ def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_
             raise click.ClickException(f"--record: {exc}") from None
         recorder = Recorder(fd, record_path,
                             _warn)
+    # SIGUSR1: print the table now and go on (a test compares it with /proc at a quiet
+    # moment). The handler only sets a flag; the loop prints between polls. Set before
+    # the (slow) load, so that an early signal is kept, not fatal.
+    asked = [False]
+    signal.signal(signal.SIGUSR1, lambda *_a: asked.__setitem__(0, True))
     try:
         session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages,
                                         perf_buffer, record=recorder, backend=backend)
+
+        def table_on_request() -> None:
+            if asked[0]:
+                asked[0] = False
+                session.probes.poll(0)          # what the kernel recorded before the signal
+                session.drain()
+                _finish(session, json_out, offset)
+
         try:
             session.start()
-            session.run(duration, stop)
+            session.run(duration, stop, on_tick=table_on_request)
             _finish(session, json_out, offset)
         finally:
             session.close()

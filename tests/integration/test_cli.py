@@ -125,6 +125,26 @@ def test_sigterm_ends_watch_with_the_table(tracer):
         os.close(fd)
 
 
+def test_sigusr1_prints_the_table_so_far_and_watch_goes_on(tracer):
+    """tests/fuzz asks for the table this way at its quiet checkpoints: every record
+    already in the buffer is applied first, and the trace goes on."""
+    t = tracer()
+    fd, name = tapkit.create_tap(tapkit.unique_name("tfu"))
+    try:
+        t.proc.send_signal(signal.SIGUSR1)      # no waiting for the tunsetiff line
+        now = t.wait_for(lambda o: o["type"] == "table")
+        assert (os.getpid(), fd, name) in table_triples(now, [os.getpid()])
+        os.close(fd)
+        fd = -1
+        t.wait_for(lambda o: o["type"] == "tap_gone" and o.get("ifname") == name)
+        _, last = t.stop(settle=0)
+        assert last is not now and not table_triples(last, [os.getpid()])
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        tapkit.delete_link(name)
+
+
 @pytest.mark.smoke
 def test_demo_runs_and_shows_the_handoff():
     need_root()
