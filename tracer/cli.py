@@ -834,6 +834,29 @@ OUTPUT_ERRNOS = frozenset({errno.EBADF, errno.ENOSPC, errno.EIO, errno.EDQUOT, e
 def main() -> None:
     _guard_std_fds()
     try:
+        _main()
+    finally:
+        _settle_stderr()
+
+
+def _settle_stderr() -> None:
+    """What is still buffered for stderr goes now; if stderr cannot take it (full,
+    closed), it goes to /dev/null, or the interpreter's last flush would fail and
+    turn the exit status into 120."""
+    try:
+        sys.stderr.flush()
+    except OSError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _main() -> None:
+    try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
