@@ -316,6 +316,7 @@ class Outcome:
     seconds: float
     counts: dict[str, int] = field(default_factory=dict)   # passed, failed, skipped...
     failures: list[str] = field(default_factory=list)      # "test id: first line"
+    skips: list[str] = field(default_factory=list)         # "test id: reason"
 
     @property
     def ok(self) -> bool:
@@ -327,13 +328,14 @@ class Outcome:
                f"exit {self.rc}; {self.seconds:.0f} s)"
 
 
-def _junit(path: Path) -> tuple[dict[str, int], list[str]]:
+def _junit(path: Path) -> tuple[dict[str, int], list[str], list[str]]:
     counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0, "xfailed": 0}
     failures: list[str] = []
+    skips: list[str] = []
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError):
-        return counts, ["pytest wrote no readable junit report"]
+        return counts, ["pytest wrote no readable junit report"], skips
     for case in root.iter("testcase"):
         tid = f"{case.get('classname', '')}::{case.get('name', '')}"
         kinds = {child.tag: child for child in case}
@@ -345,9 +347,11 @@ def _junit(path: Path) -> tuple[dict[str, int], list[str]]:
         elif "skipped" in kinds:
             xfail = kinds["skipped"].get("type") == "pytest.xfail"
             counts["xfailed" if xfail else "skipped"] += 1
+            if not xfail:
+                skips.append(f"{tid}: {kinds['skipped'].get('message') or '?'}")
         else:
             counts["passed"] += 1
-    return counts, failures
+    return counts, failures, skips
 
 
 def run_pytest(release: str, pytest_args: list[str], *, timeout: float = 3600,
@@ -367,8 +371,8 @@ def run_pytest(release: str, pytest_args: list[str], *, timeout: float = 3600,
                      out_dir=out, timeout=timeout, stream=stream)
         finally:
             os.chdir(cwd)
-        counts, failures = _junit(out / "junit.xml")
-        return Outcome(release, rc, time.monotonic() - t0, counts, failures)
+        counts, failures, skips = _junit(out / "junit.xml")
+        return Outcome(release, rc, time.monotonic() - t0, counts, failures, skips)
 
 
 def matrix(kernels: list[str], pytest_args: list[str], timeout: float) -> int:
