@@ -5,7 +5,8 @@ Each kernel boots once (tests/guest/guestvm.py: QEMU TCG, the host root read-onl
 9p) and runs the integration tests marked `smoke` there - the demo, a fork/exec
 handoff, SCM_RIGHTS (sendmsg and sendmmsg), CLONE_FILES (with and without exec), a
 multi-queue tap, the real vhost-net sequence, doctor - each comparing taptrace's
-table with /proc inside the guest. `make test-guest` runs the whole integration suite
+table with /proc inside the guest - once with each backend (the kernel backend's own
+test, copies made before the first TUN ioctl, with the kernel backend only). `make test-guest` runs the whole integration suite
 the same way.
 """
 
@@ -24,8 +25,9 @@ import guestvm
 SMOKE_MIN = 10
 
 
+@pytest.mark.parametrize("backend", ["tracepoint", "kernel"])
 @pytest.mark.parametrize("series", guestvm.DEFAULT_SERIES)
-def test_smoke_set_in_debians_kernel(series):
+def test_smoke_set_in_debians_kernel(series, backend, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("the guest tests need root (they run taptrace in the guest as root)")
     if os.environ.get("TAPTRACE_SKIP_GUEST") == "1":
@@ -35,7 +37,10 @@ def test_smoke_set_in_debians_kernel(series):
     except guestvm.GuestError as exc:
         pytest.fail(f"{exc} (make test installs them: tests/guest/guestvm.py --install)")
 
-    outcome = guestvm.run_pytest(release, ["-m", "smoke", "tests/integration"], timeout=1200)
+    # every tracer in the guest runs with this backend (TAPTRACE_* goes into the guest)
+    monkeypatch.setenv("TAPTRACE_BACKEND", backend)
+    marks = "smoke" if backend == "kernel" else "smoke and not kernel_backend"
+    outcome = guestvm.run_pytest(release, ["-m", marks, "tests/integration"], timeout=1200)
 
     print(outcome.summary())
     assert not outcome.failures, f"{release}: " + "; ".join(outcome.failures)
