@@ -341,7 +341,9 @@ def backends(args) -> None:
 
     loaded = {"tracepoint": TracepointBackend(lambda _e: None),
               "kernel": KernelBackend(lambda _e: None)}
-    conds = {"none": (lambda: None, lambda: None)}
+    # "none again": a second run with nothing attached, so the spread of its ratio
+    # is the noise every other ratio carries
+    conds = {"none": (lambda: None, lambda: None), "none again": (lambda: None, lambda: None)}
     for name, backend in loaded.items():
         conds[name] = _switch(backend)
         conds[name][1]()                               # loaded, attached only below
@@ -355,22 +357,25 @@ def backends(args) -> None:
     res = {c: {w: [] for w in work} for c in conds}
     names = list(conds)
     for r in range(args.rounds):
-        for c in names[r % len(names):] + names[:r % len(names)]:
-            on, off = conds[c]
-            on()
-            try:
-                for w, run in work.items():
+        for w, run in work.items():
+            # the three conditions back to back on one workload, order rotating
+            for c in names[r % len(names):] + names[:r % len(names)]:
+                on, off = conds[c]
+                on()
+                try:
                     res[c][w].append(run())
-            finally:
-                off()
-    say(f"backends on {platform.release()}: {args.rounds} rounds, each backend attached "
-        "around one run of each workload (ratio to the round's run with nothing attached)")
-    say(f"  {'workload':<16} {'none ns/op':>11}  {'tracepoint/none':<28} {'kernel/none':<28}")
+                finally:
+                    off()
+    say(f"backends on {platform.release()}: {args.rounds} rounds; in each, per workload, "
+        "one run with nothing attached, one with each backend, back to back (order "
+        "rotating); ratio to that round's run with nothing attached")
+    say(f"  {'workload':<16} {'none ns/op':>11}  {'none again/none':<28} "
+        f"{'tracepoint/none':<28} {'kernel/none':<28}")
     for w in work:
         none = statistics.median(res["none"][w])
-        ratios = {c: [t / b for t, b in zip(res[c][w], res["none"][w])] for c in loaded}
-        say(f"  {w:<16} {none:>11.0f}  {spread(ratios['tracepoint']):<28} "
-            f"{spread(ratios['kernel']):<28}")
+        ratios = {c: [t / b for t, b in zip(res[c][w], res["none"][w])] for c in names[1:]}
+        say(f"  {w:<16} {none:>11.0f}  {spread(ratios['none again']):<28} "
+            f"{spread(ratios['tracepoint']):<28} {spread(ratios['kernel']):<28}")
     for backend in loaded.values():
         backend.close()
 

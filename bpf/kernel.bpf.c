@@ -21,8 +21,9 @@
  *   fentry fd_install          open, dup, F_DUPFD, SCM_RIGHTS receive, pidfd_getfd,
  *                              io_uring - which one, by the syscall being run
  *   fexit  do_dup2             dup2, dup3 (they bypass fd_install)
- *   fexit  TT_CLOSE_FN         close, close_range: pick_file (< 6.8) or
- *                              file_close_fd_locked (6.8+) return the file
+ *   fentry TT_CLOSE_FN         close, close_range: pick_file (< 6.8) or
+ *                              file_close_fd_locked (6.8+), the file read from
+ *                              the fd table slot they are about to empty
  *   fexit  __scm_send          the files of an SCM_RIGHTS message being sent
  *   fentry+fexit scm_detach_fds  a received message begins, ends (groups its fds)
  *   fentry set_close_on_exec   F_SETFD, FIOCLEX, FIONCLEX   (TT_HAVE_SET_CLOEXEC)
@@ -36,7 +37,8 @@
  *
  * Compile-time constants (all required unless marked):
  *   TT_F_OP_OFF, TT_TUN_FOPS, TT_TAP_FOPS, TT_VHOST_FOPS
- *   TT_TASK_FILES_OFF, TT_FILES_FDT_OFF, TT_FDT_CLOEXEC_OFF
+ *   TT_TASK_FILES_OFF, TT_FILES_FDT_OFF, TT_FDT_CLOEXEC_OFF, TT_FDT_FD_OFF,
+ *   TT_FDT_MAX_FDS_OFF
  *   TT_SCM_FP_OFF, TT_FPL_COUNT_OFF, TT_FPL_FP_OFF
  *   TT_CLOSE_FN, TT_HAVE_SET_CLOEXEC, TT_HAVE_KSYS_UNSHARE, TT_HAVE_GROUP_DEAD
  */
@@ -221,16 +223,31 @@ KRETFUNC_PROBE(do_dup2, void *files, void *file, unsigned int fd, unsigned int f
 
 /* ---- fds going away ------------------------------------------------------- */
 
-#define KRET_(fn, ...) KRETFUNC_PROBE(fn, __VA_ARGS__)
-KRET_(TT_CLOSE_FN, void *files, unsigned int fd, void *ret)
+/*
+ * fentry, not fexit (an fexit trampoline also calls the function: about twice the
+ * cost on every close on the machine): the function runs with files->file_lock
+ * held and takes whatever the slot holds, so the slot read here is the file it
+ * will return (NULL, or fd past max_fds: nothing to close).
+ */
+#define KFUNC_(fn, ...) KFUNC_PROBE(fn, __VA_ARGS__)
+KFUNC_(TT_CLOSE_FN, void *files, unsigned int fd)
 {
-	u32 kind = file_kind(ret);
+	const char *fdt = (const char *)kword((const char *)files + TT_FILES_FDT_OFF);
+	if (!fdt)
+		return 0;
+	u32 max = 0;
+	bpf_probe_read_kernel(&max, sizeof(max), fdt + TT_FDT_MAX_FDS_OFF);
+	if (fd >= max)
+		return 0;
+	const char *slots = (const char *)kword(fdt + TT_FDT_FD_OFF);
+	const void *file = (const void *)kword(slots + (u64)fd * 8);
+	u32 kind = file_kind(file);
 	if (!kind)
 		return 0;
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_CLOSE);
 	e->fd = fd;
-	set_file(e, ret, kind);
+	set_file(e, file, kind);
 	submit(ctx, e);
 	return 0;
 }

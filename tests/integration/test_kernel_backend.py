@@ -15,8 +15,9 @@ import pytest
 import tapkit
 from conftest import BACKEND, events_of, need_root, table_triples
 
-pytestmark = pytest.mark.skipif(BACKEND != "kernel",
-                                reason="kernel backend only (TAPTRACE_BACKEND=kernel)")
+pytestmark = [pytest.mark.kernel_backend,
+              pytest.mark.skipif(BACKEND != "kernel",
+                                 reason="kernel backend only (TAPTRACE_BACKEND=kernel)")]
 
 # open, dup, F_DUPFD_CLOEXEC and a pass to itself over SCM_RIGHTS, all before the
 # TUNSETIFF (made on the received copy); then hold until stdin closes

@@ -33,12 +33,14 @@ LAYOUTS = (
     ("task_struct", "files", "TT_TASK_FILES_OFF"),
     ("files_struct", "fdt", "TT_FILES_FDT_OFF"),
     ("fdtable", "close_on_exec", "TT_FDT_CLOEXEC_OFF"),
+    ("fdtable", "fd", "TT_FDT_FD_OFF"),
+    ("fdtable", "max_fds", "TT_FDT_MAX_FDS_OFF"),
     ("scm_cookie", "fp", "TT_SCM_FP_OFF"),
     ("scm_fp_list", "count", "TT_FPL_COUNT_OFF"),
     ("scm_fp_list", "fp", "TT_FPL_FP_OFF"),
 )
 REQUIRED_FUNCS = ("fd_install", "do_dup2", "__scm_send", "scm_detach_fds", "begin_new_exec")
-# the close path: fexit gives the file of the fd being closed
+# the close path: it empties the fd's slot in the table (fentry reads the slot)
 CLOSE_FUNCS = ("file_close_fd_locked", "pick_file")
 OPTIONAL_FUNCS = {
     "set_close_on_exec": ("TT_HAVE_SET_CLOEXEC",
@@ -95,6 +97,8 @@ def plan() -> Plan:
             p.cflags.append(f"-D{const}={kb.offset_of(struct, path)}")
         if kb.member_size("scm_fp_list", "count") != 2:
             raise btf.BtfError("scm_fp_list.count is not a short")
+        if kb.member_size("fdtable", "max_fds") != 4:
+            raise btf.BtfError("fdtable.max_fds is not an unsigned int")
     except btf.BtfError as exc:
         raise ProbeError(f"the kernel backend needs the kernel's BTF: {exc}") from None
     missing = [f for f in REQUIRED_FUNCS if not kb.has_func(f)]
@@ -108,8 +112,9 @@ def plan() -> Plan:
         raise ProbeError("the kernel backend finds no close path to hook "
                          f"({' or '.join(CLOSE_FUNCS)} in the kernel's BTF)")
     p.cflags.append(f"-DTT_CLOSE_FN={close}")
-    p.hooks.append({"hook": close, "how": "fexit",
-                    "why": "the close path on this kernel (pick_file before 6.8)"})
+    p.hooks.append({"hook": close, "how": "fentry",
+                    "why": "the close path on this kernel (pick_file before 6.8); the "
+                           "file read from the fd table slot it empties"})
     for func, (define, without) in OPTIONAL_FUNCS.items():
         if kb.has_func(func):
             p.cflags.append(f"-D{define}")
