@@ -235,7 +235,6 @@ def test_dup2_and_dup3_over_tracked_fds(tracer, walk):
 
 
 @pytest.mark.smoke
-@pytest.mark.smoke
 def test_a_tap_made_by_a_clone_files_child_of_a_process_with_no_tap_stays_its_parents(
         tracer, walk):
     """pasta (rootless podman's network): the table is shared before it holds any tap,
@@ -256,6 +255,7 @@ def test_a_tap_made_by_a_clone_files_child_of_a_process_with_no_tap_stays_its_pa
     assert (r["ifname"], r["creator_pid"], r["cloexec"]) == (a, child, True)
 
 
+@pytest.mark.smoke
 def test_clone_files_child_changes_the_parents_table_then_exits(tracer, walk):
     t = tracer()
     a, b = names(2)
