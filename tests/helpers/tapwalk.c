@@ -316,11 +316,9 @@ static int files_child(void *p)
 	return 0;
 }
 
-static int walk_files(char **av)
+/* A table-sharing clone child c made its changes and exits: say so, then hold. */
+static int child_exited_then_hold(pid_t c)
 {
-	static char stack[256 * 1024];
-	struct files_arg a = { tap(av[0], PLAIN, 1), av[1] };
-	pid_t c = clone(files_child, stack + sizeof(stack), CLONE_FILES | SIGCHLD, &a);
 	if (c < 0)
 		die("clone");
 	int st;
@@ -331,6 +329,14 @@ static int walk_files(char **av)
 	say("child-exited", "\"child\": %d", c);
 	hold();
 	return 0;
+}
+
+static int walk_files(char **av)
+{
+	static char stack[256 * 1024];
+	struct files_arg a = { tap(av[0], PLAIN, 1), av[1] };
+	pid_t c = clone(files_child, stack + sizeof(stack), CLONE_FILES | SIGCHLD, &a);
+	return child_exited_then_hold(c);
 }
 
 /*
@@ -349,16 +355,7 @@ static int walk_pasta(char **av)
 	static char stack[256 * 1024];
 	pid_t c = clone(pasta_child, stack + sizeof(stack),
 			CLONE_VM | CLONE_FILES | CLONE_VFORK | SIGCHLD, av[0]);
-	if (c < 0)
-		die("clone");
-	int st;
-	if (waitpid(c, &st, 0) < 0)
-		die("waitpid");
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		return 1;
-	say("child-exited", "\"child\": %d", c);
-	hold();
-	return 0;
+	return child_exited_then_hold(c);
 }
 
 /* ---- clone(CLONE_FILES) + exec ------------------------------------------------ */
