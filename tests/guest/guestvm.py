@@ -251,6 +251,7 @@ def run(release: str, command: list[str], *, out_dir: Path | None = None, timeou
     (out / "rc").unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k.startswith(("TAPTRACE_", "PYTEST_"))}
     env_lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+    (out / "cwd").write_text(os.getcwd())
     (out / "cmd").write_text(f"{env_lines}cd {shlex.quote(os.getcwd())} || exit 125\n"
                              f"exec {shlex.join(command)}\n")
     append = (f"console=ttyS0 loglevel=4 panic=-1 mitigations=off "
