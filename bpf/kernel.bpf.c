@@ -421,19 +421,7 @@ int vhost_ioctl_return(void *ctx)
 {
 	if ((u32)sysarg(PT_SI) != VHOST_NET_SET_BACKEND_)
 		return 0;
-	long ret = (long)ctxreg(ctx, PT_AX);
-	u32 vf[2] = {};
-	bpf_probe_read_user(vf, sizeof(vf), (void *)sysarg(PT_DX));
-	struct tt_event ev_, *e = &ev_;
-	init_event(e, TT_EV_VHOST_BACKEND);
-	e->fd = (int)sysarg(PT_DI);
-	e->ret = ret;
-	e->arg = vf[0];
-	e->arg2 = vf[1];
-	if (ret == 0)
-		mark_interesting(e->tgid);
-	submit(ctx, e);
-	return 0;
+	return on_vhost_backend(ctx, (long)ctxreg(ctx, PT_AX));
 }
 
 /* ---- process lifetime: the shared sched tracepoints ------------------------ */

@@ -39,28 +39,6 @@ static __always_inline int is_tun_cmd(u32 cmd)
 }
 
 /*
- * VHOST_NET_SET_BACKEND: which file backs a vring of a vhost-net fd. Emitted for
- * any process and any outcome (QEMU handing a wrong fd shows up as the error);
- * struct vhost_vring_file { unsigned int index; int fd; } is input only, so the
- * caller's copy still holds what the kernel was asked.
- */
-static __always_inline int on_vhost_backend(void *ctx, long ret)
-{
-	u32 vf[2] = {};
-	bpf_probe_read_user(vf, sizeof(vf), (void *)sysarg(PT_DX));
-	struct tt_event ev_, *e = &ev_;
-	init_event(e, TT_EV_VHOST_BACKEND);
-	e->fd = (int)sysarg(PT_DI);
-	e->ret = ret;
-	e->arg = vf[0];
-	e->arg2 = vf[1];
-	if (ret == 0)
-		mark_interesting(e->tgid);
-	submit(ctx, e);
-	return 0;
-}
-
-/*
  * Every ioctl on the machine comes here, so the command is checked first (one
  * pt_regs read) and anything but the few tun/tap, close-on-exec and vhost-net
  * commands leaves at once. Exit only: one probe, with the result and the ifreq
