@@ -133,6 +133,82 @@ static __always_inline void submit(void *ctx, struct tt_event *e)
 #endif
 }
 
+/* ---- kernel layouts: offsets from the running kernel's BTF -------------------
+ *
+ * Passed in as constants by tracer/backends/layouts.py, never taken from headers
+ * (which may not match the kernel). A backend built without them does without.
+ */
+
+static __always_inline u64 kword(const void *p)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+#ifdef TT_FDT_FD_OFF
+/* the current task's struct fdtable (NULL: none, an exiting task) */
+static __always_inline const char *current_fdt(void)
+{
+	const char *task = (const char *)bpf_get_current_task();
+	const char *files = (const char *)kword(task + TT_TASK_FILES_OFF);
+	if (!files)
+		return 0;
+	return (const char *)kword(files + TT_FILES_FDT_OFF);
+}
+
+/* fd's close-on-exec bit in the current task's table */
+static __always_inline u64 fd_cloexec(u32 fd)
+{
+	const char *fdt = current_fdt();
+	if (!fdt)
+		return 0;
+	const char *bits = (const char *)kword(fdt + TT_FDT_CLOEXEC_OFF);
+	if (!bits)
+		return 0;
+	u64 word = kword(bits + (fd / 64) * 8);
+	return (word >> (fd % 64)) & 1;
+}
+
+/* the struct file * at fd in the current task's table (NULL: not open) */
+static __always_inline const void *fd_file(u32 fd)
+{
+	const char *fdt = current_fdt();
+	if (!fdt)
+		return 0;
+	u32 max = 0;
+	bpf_probe_read_kernel(&max, sizeof(max), fdt + TT_FDT_MAX_FDS_OFF);
+	if (fd >= max)
+		return 0;
+	const char *slots = (const char *)kword(fdt + TT_FDT_FD_OFF);
+	if (!slots)
+		return 0;
+	return (const void *)kword(slots + (u64)fd * 8);
+}
+#endif
+
+#ifdef TT_SK_NET_OFF
+/*
+ * The inode of the network namespace a tun or tap file was opened in: the one its
+ * device is made in (TUNSETIFF) or looked up in, whatever namespace the process
+ * has moved to since. private_data is tun's struct tun_file or tap's struct
+ * tap_queue, and each begins with its struct sock (the kernel casts sk_alloc's
+ * sock to them): sock.__sk_common.skc_net.net->ns.inum. 0: not known.
+ */
+static __always_inline u32 file_netns(const void *file)
+{
+	const char *sk = (const char *)kword((const char *)file + TT_F_PRIVATE_OFF);
+	if (!sk)
+		return 0;
+	const char *net = (const char *)kword(sk + TT_SK_NET_OFF);
+	if (!net)
+		return 0;
+	u32 inum = 0;
+	bpf_probe_read_kernel(&inum, sizeof(inum), net + TT_NET_INUM_OFF);
+	return inum;
+}
+#endif
+
 /*
  * VHOST_NET_SET_BACKEND: which file backs a vring of a vhost-net fd. Emitted for
  * any process and any outcome (QEMU handing a wrong fd shows up as the error);

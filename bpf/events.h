@@ -91,9 +91,18 @@ struct tt_event {
 	unsigned int nfds;
 	int fds[TT_MAX_FDS];
 	unsigned int fkind;      /* kernel backend: enum tt_file_kind of `file` */
-	unsigned long long file; /* kernel backend: the struct file * the record is
-	                            about (its identity; 0: not known, tracepoint
-	                            backend) */
+	unsigned long long file; /* the struct file * the record is about (its
+	                            identity; 0: not known). Kernel backend: every
+	                            record about a file; tracepoint backend: a TUN
+	                            ioctl's, where the kernel's BTF gave the fd
+	                            table's layout */
+	unsigned int netns;      /* TUN ioctl: the inode of the network namespace
+	                            the file was opened in, where its device is made
+	                            or looked up (0: not known) */
+	unsigned int fdflags;    /* TUN ioctl with `file`: TT_FD_CLOEXEC if the fd's
+	                            close-on-exec bit was set at the call */
 };
+
+#define TT_FD_CLOEXEC 1
 
 #endif /* TAPTRACE_EVENTS_H */

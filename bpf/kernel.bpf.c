@@ -40,6 +40,7 @@
  *   TT_TASK_FILES_OFF, TT_FILES_FDT_OFF, TT_FDT_CLOEXEC_OFF, TT_FDT_FD_OFF,
  *   TT_FDT_MAX_FDS_OFF
  *   TT_SCM_FP_OFF, TT_FPL_COUNT_OFF, TT_FPL_FP_OFF
+ *   TT_F_PRIVATE_OFF, TT_SK_NET_OFF, TT_NET_INUM_OFF   (a tun file's namespace)
  *   TT_CLOSE_FN, TT_HAVE_SET_CLOEXEC, TT_HAVE_KSYS_UNSHARE, TT_HAVE_GROUP_DEAD
  */
 #include "common.h"
@@ -60,13 +61,6 @@
 	asm volatile("%0 = *(u64 *)(%1 + " STR(off) ")" : "=r"(v_) : "r"(ctx)); \
 	v_; })
 
-static __always_inline u64 kword(const void *p)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
-
 /* enum tt_file_kind of a struct file: the filter every vmlinux hook starts with */
 static __always_inline u32 file_kind(const void *file)
 {
@@ -80,23 +74,6 @@ static __always_inline u32 file_kind(const void *file)
 	if (fop == TT_TAP_FOPS)
 		return TT_FK_TAP;
 	return TT_FK_NONE;
-}
-
-/* fd's close-on-exec bit in the current task's table (set before fd_install) */
-static __always_inline u64 fd_cloexec(u32 fd)
-{
-	const char *task = (const char *)bpf_get_current_task();
-	const char *files = (const char *)kword(task + TT_TASK_FILES_OFF);
-	if (!files)
-		return 0;
-	const char *fdt = (const char *)kword(files + TT_FILES_FDT_OFF);
-	if (!fdt)
-		return 0;
-	const char *bits = (const char *)kword(fdt + TT_FDT_CLOEXEC_OFF);
-	if (!bits)
-		return 0;
-	u64 word = kword(bits + (fd / 64) * 8);
-	return (word >> (fd % 64)) & 1;
 }
 
 /* tid -> the receive (scm_detach_fds) its next installs belong to */
@@ -410,6 +387,9 @@ int tun_ioctl_return(void *ctx)
 		e->arg2 = fl;
 	}
 	set_file(e, (void *)c.file, c.kind);
+	e->netns = file_netns((void *)c.file);
+	if (fd_cloexec(e->fd))
+		e->fdflags = TT_FD_CLOEXEC;
 	mark_interesting(e->tgid);
 	submit(ctx, e);
 	return 0;

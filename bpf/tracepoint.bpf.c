@@ -5,7 +5,10 @@
  * Header-agnostic by design: it reads tracepoint arguments, user memory in
  * uapi layouts (struct ifreq, msghdr, cmsghdr, clone_args) and the saved
  * user registers (struct pt_regs, the x86-64 ptrace ABI layout) - never a
- * kernel-internal struct - so it is safe against mismatched kernel headers.
+ * kernel-internal struct from headers - so it is safe against mismatched
+ * kernel headers. Where the kernel has BTF, a TUN ioctl's record also carries
+ * its struct file *, close-on-exec bit and namespace, read with offsets taken
+ * from that BTF at start (common.h; without BTF user space asks /proc).
  *
  * Reading the syscall arguments from pt_regs at sys_exit lets every probe
  * that needs both the arguments and the result be a single exit probe, with
@@ -27,6 +30,8 @@
  *   TT_HAVE_GROUP_DEAD            sched_process_exit has group_dead (6.16+)
  *   TT_HAVE_PREPARE_EXEC          sched_prepare_exec exists (6.10+)
  *   TT_INTEREST_MAX               interest-set capacity
+ *   TT_TASK_FILES_OFF ... TT_FDT_MAX_FDS_OFF   the fd table's layout (BTF)
+ *   TT_F_PRIVATE_OFF, TT_SK_NET_OFF, TT_NET_INUM_OFF   a tun file's namespace (BTF)
  */
 #include "common.h"
 
@@ -90,6 +95,21 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	}
 	if (ret != -ENOTTY_ && ret != -EBADF_)
 		mark_interesting(tgid);
+#ifdef TT_FDT_FD_OFF
+	/* the file itself, read from the fd table (layout from BTF): its identity,
+	 * its close-on-exec bit and namespace as they are now, not when user space
+	 * gets to look in /proc (the fd may be closed or reused by then) */
+	if (ret != -EBADF_) {
+		const void *file = fd_file((u32)e->fd);
+		e->file = (u64)file;
+		if (file && fd_cloexec((u32)e->fd))
+			e->fdflags = TT_FD_CLOEXEC;
+#ifdef TT_SK_NET_OFF
+		if (file && ret != -ENOTTY_)
+			e->netns = file_netns(file);
+#endif
+	}
+#endif
 	submit(args, e);
 	return 0;
 }

@@ -7,15 +7,17 @@ from a raw `struct tt_event` or directly by tests and replays.
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 from dataclasses import dataclass
 
 # struct tt_event in bpf/events.h, field by field (tests/unit/test_layout.py checks it).
-RECORD = struct.Struct("<QIIIiqQQ16s16sI16iIQ")
+RECORD = struct.Struct("<QIIIiqQQ16s16sI16iIQII")
 RECORD_FIELDS = (
     "ts", "type", "tgid", "tid", "fd", "ret", "arg", "arg2", "comm", "name", "nfds", "fds",
-    "fkind", "file",
+    "fkind", "file", "netns", "fdflags",
 )
+FD_CLOEXEC_BIT = 1          # tt_event.fdflags: TT_FD_CLOEXEC
 
 EV_OPEN, EV_TUN_IOCTL, EV_DUP, EV_CLOSE, EV_CLOSE_RANGE, EV_SETFD = 1, 2, 3, 4, 5, 6
 EV_FORK, EV_EXEC, EV_EXIT, EV_SCM_SEND, EV_SCM_RECV, EV_UNSHARE, EV_PIDFD_GETFD = (
@@ -108,7 +110,9 @@ class TunIoctl(Base):
     ret: int         # 0 or -errno
     ifname: str      # ifr_name after the call ("" when not an ifreq ioctl)
     value: int       # ifr_flags, or the int argument of SETPERSIST/SETOWNER/SETGROUP
-    file: int = 0    # the struct file * (kernel backend; 0: not known)
+    file: int = 0    # the struct file * (0: not known)
+    netns: int = 0   # the namespace inode the file was opened in (0: not known)
+    cloexec: bool | None = None   # the fd's close-on-exec bit at the call (None: not read)
 
 
 @dataclass(frozen=True)
@@ -218,16 +222,38 @@ def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
+def raw_field(buf: bytes, name: str) -> int:
+    """One scalar field of a raw struct tt_event, by its name in bpf/events.h."""
+    return struct.unpack_from(_FIELD_AT[name][1], buf, _FIELD_AT[name][0])[0]
+
+
+def _field_offsets() -> dict[str, tuple[int, str]]:
+    out, off = {}, 0
+    for name, code in zip(RECORD_FIELDS, re.findall(r"\d*[A-Za-z]", RECORD.format[1:])):
+        one = struct.Struct("<" + code)
+        if code[-1] != "s" and len(code) > 1:          # an array of ints (fds)
+            out[name] = (off, "<" + code[-1])
+        else:
+            out[name] = (off, "<" + code)
+        off += one.size
+    return out
+
+
+_FIELD_AT = _field_offsets()
+
+
 def decode(buf: bytes) -> Event | None:
     """One raw struct tt_event to its typed record (None for an unknown type)."""
     (ts, typ, tgid, tid, fd, ret, arg, arg2, comm, name, nfds, *fds) = RECORD.unpack_from(buf)
-    fds, file = fds[:-2], fds[-1]            # the tail: fkind (the kernel backend's), file
+    # the tail: fkind (the kernel backend's), file, netns, fdflags
+    fds, file, netns, fdflags = fds[:-4], fds[-3], fds[-2], fds[-1]
     base = {"ts": ts, "pid": tgid, "tid": tid, "comm": _cstr(comm)}
     if typ == EV_OPEN:
         return Open(**base, fd=ret, path=_cstr(name), flags=arg, file=file)
     if typ == EV_TUN_IOCTL:
         return TunIoctl(**base, fd=fd, cmd=arg, ret=ret, ifname=_cstr(name), value=arg2,
-                        file=file)
+                        file=file, netns=netns,
+                        cloexec=bool(fdflags & FD_CLOEXEC_BIT) if file else None)
     if typ == EV_DUP:
         how = arg & 0xFF
         cloexec = how == 4 or bool(arg & DUP_CLOEXEC)
@@ -279,6 +305,10 @@ def to_record(e: Event) -> dict:
     # with the tracepoint backend stay as they were
     if not d.get("file", 1):
         del d["file"]
+    if not d.get("netns", 1):
+        del d["netns"]
+    if "cloexec" in d and d["cloexec"] is None and isinstance(e, TunIoctl):
+        del d["cloexec"]
     if d.get("files") == ():
         del d["files"]
     return d

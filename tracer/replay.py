@@ -267,8 +267,8 @@ def _probe(rec: dict, e: ev.Event) -> list:
 
 def _netns(rec: dict) -> list:
     """The namespaces the tracer read for an event ([pid, fd, inode, name]), checked."""
-    asked = _convert(rec.get("netns", []), list[tuple[int, int, int | None, str | None]],
-                     "netns")
+    asked = _convert(rec.get("ns_asked", []),
+                     list[tuple[int, int, int | None, str | None]], "ns_asked")
     return [((pid, fd), None if ino is None else (ino, name)) for pid, fd, ino, name in asked]
 
 
@@ -291,7 +291,10 @@ def parse(obj: dict) -> procfs.Snapshot | tuple[ev.Event, list, list]:
     cls = EVENT_KINDS.get(kind)
     if cls is None:
         raise _Bad(f"unknown record kind {_show(kind)}")
-    e = _instance(obj, cls, "", skip=("kind", "probe", "netns"))
+    if isinstance(obj.get("netns"), list) and "ns_asked" not in obj:
+        # recorded before records had a netns of their own: the answers' old key
+        obj = {k: v for k, v in obj.items() if k != "netns"} | {"ns_asked": obj["netns"]}
+    e = _instance(obj, cls, "", skip=("kind", "probe", "ns_asked"))
     return e, _probe(obj, e), _netns(obj)
 
 

@@ -207,6 +207,11 @@ class Session:
         else:      # closed or gone by now: the kernel's answer still says what it was
             path = procfs.VHOST_PATH if isinstance(e, ev.VhostBackend) else procfs.TUN_PATH
             flags = ev.CLOEXEC_UNKNOWN
+        if getattr(e, "cloexec", None) is not None:
+            # the record read the bit at the call itself: /proc now may show a later
+            # F_SETFD, or another file at a reused fd number
+            flags = (flags & ~(ev.CLOEXEC_UNKNOWN | ev.O_CLOEXEC)) | (
+                ev.O_CLOEXEC if e.cloexec else 0)
         return ev.Open(ts=e.ts, pid=e.pid, tid=e.tid, comm=e.comm, fd=e.fd, path=path,
                        flags=flags)
 
@@ -372,7 +377,10 @@ class Session:
                 continue
             if e.ts < self._min_ts and not self._died_before_snapshot(e):
                 continue
-            if (isinstance(e, ev.TunIoctl) and e.cmd == ev.TUNSETIFF and e.ret == 0
+            if isinstance(e, ev.TunIoctl) and e.netns:
+                # the record read the file's namespace in the kernel: nothing to ask
+                self._ns_ready[(e.pid, e.fd)] = (e.netns, None)
+            elif (isinstance(e, ev.TunIoctl) and e.cmd == ev.TUNSETIFF and e.ret == 0
                     and not self._prepare_netns(e, batch[i + 1:]) and not final
                     and time.monotonic_ns() - e.ts < NETNS_HOLD_NS):
                 self._queue[:0] = batch[i:]
@@ -388,6 +396,8 @@ class Session:
                 if opened is not None:
                     self._apply(opened)
             self._apply(e)
+            if isinstance(e, ev.TunIoctl):
+                self._ns_ready.pop((e.pid, e.fd), None)    # its answer, if not asked
         lost = self.probes.lost()
         if lost > self._lost_seen:
             self._recover(lost - self._lost_seen)
@@ -420,7 +430,7 @@ class Session:
         reports = self.model.apply(e)
         if rec is not None:
             if self._ns_asked:              # the namespaces read for it, for replay
-                rec["netns"] = [list(a) for a in self._ns_asked]
+                rec["ns_asked"] = [list(a) for a in self._ns_asked]
             self._record(rec)
         for report in reports:
             if report["type"] == "open" and self._hold_open(report):

@@ -18,11 +18,13 @@ BASE = {"ts": 5_000, "pid": 100, "tid": 101, "comm": "qemu"}
 def raw(type_: int, *, fd: int = -1, ret: int = 0, arg: int = 0, arg2: int = 0,
         name: bytes = b"", comm: bytes = b"qemu", tgid: int = 100, tid: int = 101,
         fds: tuple[int, ...] = (), nfds: int | None = None, ts: int = 5_000,
-        pad: bytes = b"", fkind: int = 0, file: int = 0) -> bytes:
+        pad: bytes = b"", fkind: int = 0, file: int = 0, netns: int = 0,
+        fdflags: int = 0) -> bytes:
     """A record as the BPF side submits it (init_event zeroes it, fd = -1)."""
     slots = (list(fds) + [0] * 16)[:16]
     return ev.RECORD.pack(ts, type_, tgid, tid, fd, ret, arg, arg2, comm, name,
-                          len(fds) if nfds is None else nfds, *slots, fkind, file) + pad
+                          len(fds) if nfds is None else nfds, *slots, fkind, file, netns,
+                          fdflags) + pad
 
 
 # ---- the common header ---------------------------------------------------------
@@ -86,6 +88,22 @@ def test_tunsetiff_success_carries_the_name_the_kernel_copied_back():
                         arg2=ev.IFF_TAP | ev.IFF_NO_PI, name=b"tap0"))
     assert rec == ev.TunIoctl(**BASE, fd=3, cmd=ev.TUNSETIFF, ret=0, ifname="tap0",
                               value=ev.IFF_TAP | ev.IFF_NO_PI)
+
+
+def test_a_tun_ioctl_carries_its_file_close_on_exec_bit_and_namespace():
+    rec = ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, ret=0, arg=ev.TUNSETIFF, arg2=ev.IFF_TAP,
+                        name=b"tap0", file=0xFFFF888012345600, netns=4026532245,
+                        fdflags=1))
+    assert (rec.file, rec.netns, rec.cloexec) == (0xFFFF888012345600, 4026532245, True)
+    rec = ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, ret=0, arg=ev.TUNSETIFF, name=b"tap0",
+                        file=0xFFFF888012345600))
+    assert (rec.netns, rec.cloexec) == (0, False)
+    # no file read (no BTF): the bit is not known, whatever fdflags says
+    rec = ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, ret=0, arg=ev.TUNSETIFF, name=b"tap0",
+                        fdflags=1))
+    assert (rec.file, rec.cloexec) == (0, None)
+    # recordings: what was not read is not written
+    assert "cloexec" not in ev.to_record(rec) and "netns" not in ev.to_record(rec)
 
 
 def test_tunsetiff_failure_keeps_the_negative_errno():

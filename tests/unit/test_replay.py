@@ -66,6 +66,21 @@ def test_every_recorded_event_round_trips():
         assert json.loads(json.dumps(ev.to_record(ev.from_record(rec)))) == rec
 
 
+def test_namespace_answers_replay_under_both_keys():
+    """A record's own namespace (read in the kernel) and the answers the tracer read
+    for it travel apart ("netns", "ns_asked"); recordings made before records had a
+    namespace keep the answers under "netns" and still replay."""
+    from tracer.replay import parse
+
+    base = {"kind": "TunIoctl", "ts": 1, "pid": 7, "tid": 7, "comm": "slirp4netns",
+            "fd": 3, "cmd": ev.TUNSETIFF, "ret": 0, "ifname": "tap0", "value": 2}
+    e, _probe, asked = parse({**base, "netns": 4026532245,
+                              "ns_asked": [[7, 3, 4026532245, "ctr"]]})
+    assert e.netns == 4026532245 and asked == [((7, 3), (4026532245, "ctr"))]
+    e, _probe, asked = parse({**base, "netns": [[7, 3, 4026532245, "ctr"]]})
+    assert e.netns == 0 and asked == [((7, 3), (4026532245, "ctr"))]
+
+
 @pytest.mark.parametrize("bad", ["not json", '{"kind": "Nope"}', '{"kind": "Close"}'])
 def test_a_bad_recording_is_one_clear_error(bad):
     with pytest.raises(ReplayError):

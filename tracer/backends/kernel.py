@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import btf, kheaders
+from . import layouts
 from .. import events as ev
 from ..probes import BccBackend, ProbeError, bpf_source
 
@@ -27,14 +28,10 @@ SOURCE = "kernel.bpf.c"
 MODULES = ("tun", "tap", "vhost_net")
 FOPS = {"tun_fops": "TT_TUN_FOPS", "tap_fops": "TT_TAP_FOPS",
         "vhost_net_fops": "TT_VHOST_FOPS"}
-# (struct, member path, constant): the layouts the program reads
+# (struct, member path, constant): the layouts only this program reads (with
+# layouts.FD_TABLE and layouts.NETNS)
 LAYOUTS = (
     ("file", "f_op", "TT_F_OP_OFF"),
-    ("task_struct", "files", "TT_TASK_FILES_OFF"),
-    ("files_struct", "fdt", "TT_FILES_FDT_OFF"),
-    ("fdtable", "close_on_exec", "TT_FDT_CLOEXEC_OFF"),
-    ("fdtable", "fd", "TT_FDT_FD_OFF"),
-    ("fdtable", "max_fds", "TT_FDT_MAX_FDS_OFF"),
     ("scm_cookie", "fp", "TT_SCM_FP_OFF"),
     ("scm_fp_list", "count", "TT_FPL_COUNT_OFF"),
     ("scm_fp_list", "fp", "TT_FPL_FP_OFF"),
@@ -93,12 +90,9 @@ def plan() -> Plan:
     p = Plan()
     try:
         kb = btf.vmlinux()
-        for struct, path, const in LAYOUTS:
-            p.cflags.append(f"-D{const}={kb.offset_of(struct, path)}")
+        p.cflags += layouts.cflags(LAYOUTS + layouts.FD_TABLE + layouts.NETNS, kb)
         if kb.member_size("scm_fp_list", "count") != 2:
             raise btf.BtfError("scm_fp_list.count is not a short")
-        if kb.member_size("fdtable", "max_fds") != 4:
-            raise btf.BtfError("fdtable.max_fds is not an unsigned int")
     except btf.BtfError as exc:
         raise ProbeError(f"the kernel backend needs the kernel's BTF: {exc}") from None
     missing = [f for f in REQUIRED_FUNCS if not kb.has_func(f)]
@@ -188,8 +182,7 @@ class KernelBackend(BccBackend):
         rec = ev.decode(raw)
         if rec is None:
             return
-        fields = ev.RECORD.unpack_from(raw)
-        arg2, fkind = fields[7], fields[-2]
+        arg2, fkind = ev.raw_field(raw, "arg2"), ev.raw_field(raw, "fkind")
         if isinstance(rec, (ev.ScmSend, ev.ScmRecv)):
             # one record per file, then a marker with none (the same syscall, so no
             # record of this thread comes between): the records of one message are

@@ -3,12 +3,16 @@ tracepoints do, with no kernel layout at all (uapi structs and pt_regs only).
 
 Every call of a hooked syscall on the machine pays for its tracepoint, and it sees
 fds only from the syscall boundary: an open at the fd's first TUN ioctl, SCM_RIGHTS
-receives matched to sends by order (see the README's limits)."""
+receives matched to sends by order (see the README's limits). Where the kernel has
+BTF, a TUN ioctl's record carries the file itself (its struct file *, close-on-exec
+bit and network namespace, read from the fd table with offsets from that BTF);
+without it user space asks /proc, later."""
 
 from __future__ import annotations
 
-from .. import kheaders
+from .. import btf, kheaders
 from ..probes import BccBackend, bpf_source
+from . import layouts
 
 SOURCE = "tracepoint.bpf.c"
 
@@ -22,8 +26,20 @@ class TracepointBackend(BccBackend):
             cflags.append("-DTT_HAVE_GROUP_DEAD")
         if kheaders.has_tracepoint_field("sched", "sched_prepare_exec", "pid"):
             cflags.append("-DTT_HAVE_PREPARE_EXEC")
+        self._layout_note = None
+        try:   # each set all or none: part of one would not compile
+            cflags += layouts.cflags(layouts.FD_TABLE)
+            cflags += layouts.cflags(layouts.NETNS)
+        except btf.BtfError as exc:
+            self._layout_note = str(exc)
         return bpf_source(SOURCE), cflags
 
     def hooks(self) -> list[dict]:
-        return [{"hook": "syscall and sched tracepoints", "how": "tracepoint",
-                 "why": "no kernel layout needed; runs wherever BPF tracepoints do"}]
+        out = [{"hook": "syscall and sched tracepoints", "how": "tracepoint",
+                "why": "no kernel layout needed; runs wherever BPF tracepoints do"}]
+        note = getattr(self, "_layout_note", None)
+        out.append({"hook": "a TUN ioctl's file, close-on-exec bit and namespace",
+                    "how": "none" if note else "fd table read (BTF offsets)",
+                    "why": f"asked of /proc instead: {note}" if note else
+                           "at the ioctl itself, not from /proc later"})
+        return out
