@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 
 from .. import btf, kheaders
-from . import layouts
 from .. import events as ev
 from ..probes import BccBackend, ProbeError, bpf_source
+from . import layouts
 
 SOURCE = "kernel.bpf.c"
 MODULES = ("tun", "tap", "vhost_net")
