@@ -27,7 +27,9 @@ enum tt_event_type {
 	TT_EV_SETFD = 6,       /* fd, arg=enum tt_setfd_how, arg2=1 if cloexec now */
 	TT_EV_FORK = 7,        /* arg=clone flags, arg2=child pid (a new tgid) */
 	TT_EV_EXEC = 8,        /* exec succeeded; arg2=old pid */
-	TT_EV_EXIT = 9,        /* the whole thread group is dead */
+	TT_EV_EXIT = 9,        /* the whole thread group is dead; or, arg =
+	                          TT_EXIT_THREAD, one thread with an fd table of
+	                          its own (it unshared) is */
 	TT_EV_SCM_SEND = 10,   /* fd=socket, fds[nfds] being sent with SCM_RIGHTS */
 	TT_EV_SCM_RECV = 11,   /* fd=socket, fds[nfds] received, arg=recv flags */
 	TT_EV_UNSHARE = 12,    /* unshare(CLONE_FILES): arg=flags; or'ed with
@@ -40,6 +42,9 @@ enum tt_event_type {
 	                            backend fd as a u32 (0xffffffff = -1: detach),
 	                            from the caller's struct vhost_vring_file */
 };
+
+/* TT_EV_EXIT's arg: a thread, not the process */
+#define TT_EXIT_THREAD 1
 
 /* not a clone flag: "the table as it is now is the one this exec will own" */
 #define TT_UNSHARE_AT_EXEC (1ULL << 40)

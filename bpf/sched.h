@@ -59,16 +59,29 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	return 0;
 }
 
+/* A thread that unshared its fd table (note_own_table) exits: its table goes. */
+static __always_inline int thread_exit(void *ctx, u32 tid)
+{
+	if (!own_tables.lookup(&tid))
+		return 0;
+	own_tables.delete(&tid);
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_EXIT);
+	e->arg = TT_EXIT_THREAD;
+	submit(ctx, e);
+	return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32;
 #ifdef TT_HAVE_GROUP_DEAD
 	if (!args->group_dead)
-		return 0;
+		return thread_exit(args, (u32)id);
 #else
 	if ((u32)id != tgid)
-		return 0;
+		return thread_exit(args, (u32)id);
 #endif
 	if (!interesting(tgid))
 		return 0;

@@ -71,6 +71,7 @@ MSG_CMSG_CLOEXEC = 0x40000000
 CLONE_VM, CLONE_FILES, CLONE_VFORK, CLONE_THREAD = 0x100, 0x400, 0x4000, 0x10000
 CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4
 UNSHARE_AT_EXEC = 1 << 40          # TT_UNSHARE_AT_EXEC: an exec began (see bpf/events.h)
+EXIT_THREAD = 1                    # TT_EXIT_THREAD: Exit.thread
 
 
 def iff_names(flags: int) -> list[str]:
@@ -157,7 +158,7 @@ class Exec(Base):
 
 @dataclass(frozen=True)
 class Exit(Base):
-    pass
+    thread: bool = False   # one thread with a table of its own (tid), not the process
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ def decode(buf: bytes) -> Event | None:
     if typ == EV_EXEC:
         return Exec(**base, old_pid=arg2)
     if typ == EV_EXIT:
-        return Exit(**base)
+        return Exit(**base, thread=bool(arg & EXIT_THREAD))
     n = min(nfds, len(fds))
     files = (file,) if file else ()
     if typ == EV_SCM_SEND:
@@ -309,6 +310,8 @@ def to_record(e: Event) -> dict:
         del d["netns"]
     if "cloexec" in d and d["cloexec"] is None and isinstance(e, TunIoctl):
         del d["cloexec"]
+    if d.get("thread") is False and isinstance(e, Exit):
+        del d["thread"]
     if d.get("files") == ():
         del d["files"]
     return d

@@ -138,6 +138,9 @@ class Process:
     # a sharer's table as its exec began (kernels without sched_prepare_exec): its
     # own if the exec succeeds, dropped if anything else comes first
     exec_table: FdTable | None = None
+    # tid -> the table of a thread (not the leader) that unshared its own: what it
+    # does applies there; `table` stays the leader's, the one /proc/PID/fd shows
+    thread_tables: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -532,9 +535,45 @@ class Model:
             # the exec that began did not happen (it failed, or the process died)
             own, proc.exec_table = proc.exec_table, None
             self._discard_table(own, e.ts, proc, out)
-        handler = getattr(self, "_on_" + type(e).__name__)
-        handler(e, out)
+        tid = getattr(e, "tid", None)
+        if proc is not None and tid is not None and tid != proc.pid:
+            e = self._thread_event(proc, e, out)
+            if e is None:
+                return out
+            if tid in proc.thread_tables:
+                # a thread with a table of its own: the event is about that table
+                leader, proc.table = proc.table, proc.thread_tables[tid]
+                try:
+                    getattr(self, "_on_" + type(e).__name__)(e, out)
+                finally:
+                    if self.procs.get(proc.pid) is proc and tid in proc.thread_tables:
+                        proc.thread_tables[tid], proc.table = proc.table, leader
+                return out
+        getattr(self, "_on_" + type(e).__name__)(e, out)
         return out
+
+    def _thread_event(self, proc: Process, e: ev.Event, out: list) -> ev.Event | None:
+        """An event of a thread that is not the leader, as it acts on the tables: its
+        unshare (unshare(CLONE_FILES), close_range's CLOSE_RANGE_UNSHARE) gives it a
+        table of its own, its exit drops that table. None: nothing more to apply."""
+        tid = e.tid
+        if isinstance(e, ev.Exit) and e.thread:
+            old = proc.thread_tables.pop(tid, None)
+            if old is not None:
+                self._discard_table(old, e.ts, proc, out)
+            return None
+        unshare = isinstance(e, ev.Unshare) and not e.flags & ev.UNSHARE_AT_EXEC
+        if unshare or (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
+            old = proc.thread_tables.pop(tid, None)
+            t = self._copy_table(old if old is not None else proc.table)
+            t.users.add(proc.pid)
+            proc.thread_tables[tid] = t
+            if old is not None:
+                self._discard_table(old, e.ts, proc, out)
+            if unshare:
+                return None
+            return dataclasses.replace(e, flags=e.flags & ~ev.CLOSE_RANGE_UNSHARE)
+        return e
 
     def _comm_for(self, e) -> str:
         p = self.procs.get(e.pid)
@@ -905,6 +944,14 @@ class Model:
         if proc is None:
             return
         own, proc.exec_table = proc.exec_table, None
+        threads, proc.thread_tables = proc.thread_tables, {}
+        mine = threads.pop(e.old_pid, None)
+        for t in threads.values():      # the other threads die in the exec
+            self._discard_table(t, e.ts, proc, out)
+        if mine is not None:
+            # the thread that exec'd (it becomes the leader) had a table of its own
+            self._drop_table_user(proc, e.ts, proc.comm, out)
+            proc.table = mine
         self._unshare(proc, own, e.ts)  # exec gives a CLONE_FILES sharer its own table
         proc.comm = e.comm
         kept, closed, gone = [], [], []   # the exec line first, then what it made go
@@ -930,10 +977,15 @@ class Model:
         out.extend(gone)
 
     def _on_Exit(self, e: ev.Exit, out: list) -> None:
+        if e.thread:                    # a thread's own table (see apply): not the process
+            return
         proc = self.procs.pop(e.pid, None)
         if proc is None:
             return
         gone: list[dict] = []
+        for t in proc.thread_tables.values():
+            self._discard_table(t, e.ts, proc, gone)
+        proc.thread_tables.clear()
         closed = self._drop_table_user(proc, e.ts, proc.comm, gone)
         vhost = [fd for fd, _n, is_vhost, _ns in closed if is_vhost]
         out.append(self._report("exit", e.ts, e.pid, e.tid, proc.comm,

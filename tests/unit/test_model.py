@@ -848,6 +848,53 @@ def test_threads_act_on_the_process_table_and_do_not_rename_it():
     assert {r["tid"] for r in w.reports} == {1, 7, 8}
 
 
+def test_a_thread_that_unshares_acts_on_its_own_table_and_leaves_the_leaders():
+    # /proc/PID/fd shows the leader's table: a thread's unshare(CLONE_FILES) and
+    # close there change nothing it shows; the tap lives while either table holds it
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, tid=7, flags=ev.CLONE_FILES)
+    w.close(1, 3, tid=7)
+    w.dup(1, 3, 5, tid=7)                  # EBADF in the thread's table: not seen there
+    assert w.table() == {(1, 3): ("a", False, "opened")}
+    w.tap(1, 4, "b", tid=7)                # made in the thread's own table
+    assert (1, 4) not in w.table() and w.tap_info("b") is not None
+    w.close(1, 3)                          # the leader closes: the tap's last file
+    assert w.gone() == ["a"]
+    w.apply(ev.Exit, 1, tid=7, thread=True)   # the thread's table goes with it
+    assert w.gone() == ["a", "b"]
+    assert w.table() == {}
+
+
+def test_close_range_unshare_by_a_thread_closes_in_its_copy_only():
+    w = World()
+    w.tap(1, 3, "a")
+    w.close_range(1, 0, ALL, ev.CLOSE_RANGE_UNSHARE, tid=9)
+    assert w.table() == {(1, 3): ("a", False, "opened")}
+    w.close(1, 3)
+    assert w.gone() == ["a"]               # the thread's copy is empty
+
+
+def test_an_exec_by_a_thread_with_its_own_table_keeps_that_table():
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, tid=7, flags=ev.CLONE_FILES)
+    w.tap(1, 4, "b", tid=7)
+    w.close(1, 3, tid=7)
+    w.comm[1] = "new"
+    w.apply(ev.Exec, 1, old_pid=7)         # thread 7 execs and becomes the leader
+    assert w.table() == {(1, 4): ("b", False, "opened")}
+    assert w.gone() == ["a"]               # the old leader's table went
+
+
+def test_a_process_exit_drops_its_threads_tables_too():
+    w = World()
+    w.apply(ev.Unshare, 1, tid=7, flags=ev.CLONE_FILES)
+    w.tap(1, 4, "b", tid=7)
+    w.exit(1)
+    assert w.gone() == ["b"]
+
+
 def test_a_process_first_seen_through_a_thread_is_named_by_comm_of():
     # records carry the calling thread's name; a process the model meets through a
     # worker thread asks comm_of (/proc/PID/comm) for its own
