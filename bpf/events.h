@@ -105,9 +105,13 @@ struct tt_event {
 	                            the file was opened in, where its device is made
 	                            or looked up (0: not known) */
 	unsigned int fdflags;    /* TUN ioctl with `file`: TT_FD_CLOEXEC if the fd's
-	                            close-on-exec bit was set at the call */
+	                            close-on-exec bit was set at the call; SCM
+	                            records: TT_FD_TRUNCATED */
 };
 
 #define TT_FD_CLOEXEC 1
+/* SCM_SEND/SCM_RECV (tracepoint backend): the message had more fds than the
+ * record holds (or a sendmmsg/recvmmsg more messages than were read) */
+#define TT_FD_TRUNCATED 4
 
 #endif /* TAPTRACE_EVENTS_H */

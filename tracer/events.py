@@ -18,6 +18,7 @@ RECORD_FIELDS = (
     "fkind", "file", "netns", "fdflags",
 )
 FD_CLOEXEC_BIT = 1          # tt_event.fdflags: TT_FD_CLOEXEC
+FD_TRUNCATED = 4            # tt_event.fdflags: TT_FD_TRUNCATED
 
 EV_OPEN, EV_TUN_IOCTL, EV_DUP, EV_CLOSE, EV_CLOSE_RANGE, EV_SETFD = 1, 2, 3, 4, 5, 6
 EV_FORK, EV_EXEC, EV_EXIT, EV_SCM_SEND, EV_SCM_RECV, EV_UNSHARE, EV_PIDFD_GETFD = (
@@ -168,6 +169,7 @@ class ScmSend(Base):
     # kernel backend: the struct file * of each tracked file in the message, in order
     # (it sees files, not the sender's fd numbers: then fds is empty)
     files: tuple[int, ...] = ()
+    truncated: bool = False   # the message had fds the record does not hold
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ class ScmRecv(Base):
     fds: tuple[int, ...]
     cloexec: bool    # MSG_CMSG_CLOEXEC
     files: tuple[int, ...] = ()   # kernel backend: the struct file * of each fd
+    truncated: bool = False       # the message(s) had fds the record does not hold
 
 
 @dataclass(frozen=True)
@@ -274,11 +277,12 @@ def decode(buf: bytes) -> Event | None:
         return Exit(**base, thread=bool(arg & EXIT_THREAD))
     n = min(nfds, len(fds))
     files = (file,) if file else ()
+    cut = bool(fdflags & FD_TRUNCATED)
     if typ == EV_SCM_SEND:
-        return ScmSend(**base, sock=fd, fds=tuple(fds[:n]), files=files)
+        return ScmSend(**base, sock=fd, fds=tuple(fds[:n]), files=files, truncated=cut)
     if typ == EV_SCM_RECV:
         return ScmRecv(**base, sock=fd, fds=tuple(fds[:n]),
-                       cloexec=bool(arg & MSG_CMSG_CLOEXEC), files=files)
+                       cloexec=bool(arg & MSG_CMSG_CLOEXEC), files=files, truncated=cut)
     if typ == EV_UNSHARE:
         return Unshare(**base, flags=arg)
     if typ == EV_PIDFD_GETFD:
@@ -312,6 +316,8 @@ def to_record(e: Event) -> dict:
         del d["cloexec"]
     if d.get("thread") is False and isinstance(e, Exit):
         del d["thread"]
+    if d.get("truncated") is False:
+        del d["truncated"]
     if d.get("files") == ():
         del d["files"]
     return d

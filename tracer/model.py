@@ -32,6 +32,8 @@ NetnsProbe = Callable[[int, int], tuple[int | None, str | None] | None]
 LINEAGE_HEAD = 16
 LINEAGE_MAX = 64
 SCM_PENDING_NS = 60_000_000_000
+# a send whose taps only the message holds is checked against the kernel after this
+SCM_FREED_CHECK_NS = 500_000_000
 RELEASED_MAX = 256
 SHARED_MAX = 32
 CHAIN_OPS = ("open", "tunsetiff", "snapshot", "fork", "exec", "recv")  # hops of a chain
@@ -1167,14 +1169,38 @@ class Model:
     def _on_Lost(self, e: ev.Lost, out: list) -> None:
         out.append(self._report("lost", e.ts, e.pid, e.tid, e.comm, count=e.count))
 
-    def expire_pending(self, now_ns: int) -> list[dict]:
-        """Drop sends nobody received within SCM_PENDING_NS (receiver gone)."""
+    def expire_pending(self, now_ns: int,
+                       tap_exists: Callable[[Tap], bool | None] | None = None) -> list[dict]:
+        """Drop sends nobody received within SCM_PENDING_NS (receiver gone), and sends
+        whose message the kernel has freed already: every tap only messages in
+        flight held is gone from the kernel (`tap_exists` says False: the socket
+        was closed unread, or the send failed)."""
         out: list[dict] = []
         for send in [s for s in self.pending if now_ns - s.ts > SCM_PENDING_NS]:
             self.pending.remove(send)
             for f in send.files:
                 if f is not None:
                     self._release(f, now_ns, send.pid, send.comm, out)
+        if tap_exists is None or not self.pending:
+            return out
+        in_flight: dict[int, int] = {}
+        for send in self.pending:
+            for f in send.files:
+                if f is not None:
+                    in_flight[f.id] = in_flight.get(f.id, 0) + 1
+        for send in list(self.pending):
+            if now_ns - send.ts < SCM_FREED_CHECK_NS:
+                continue
+            only_there = [f for f in send.files if f is not None and f.refs == in_flight[f.id]]
+            taps = [self._tap_of(f) for f in only_there]
+            if not taps or any(t is None or t.persist for t in taps):
+                continue
+            if all(tap_exists(t) is False for t in taps):
+                self.pending.remove(send)
+                for f in send.files:
+                    if f is not None:
+                        in_flight[f.id] -= 1
+                        self._release(f, now_ns, send.pid, send.comm, out)
         return out
 
     # ---- views -------------------------------------------------------------

@@ -143,7 +143,7 @@ class Session:
         self._pidfds: dict[tuple[int, int], int] = {}
         self._min_ts = 0
         self._lost_seen = 0
-        self.stats = {"events": 0, "lost": 0, "resyncs": 0}
+        self.stats = {"events": 0, "lost": 0, "resyncs": 0, "truncated": 0}
         self._pid_ok = (descendants_filter(self.model, filters.pid, ppid_of)
                         if filters.pid is not None else None)
         self.probes, self.backend_note = open_backend(backend, self._queue.append,
@@ -363,6 +363,7 @@ class Session:
         (its maker gone, its receive not recorded yet) holds back itself and what
         follows until the next poll, for NETNS_HOLD_NS at most; `final`: hold nothing."""
         batch, self._queue[:] = list(self._queue), []
+        cut = False
         if self.probes.info.buffer == "perf":
             batch.sort(key=lambda e: e.ts)          # per-CPU buffers: restore order
         self._ns_ready.clear()
@@ -398,14 +399,28 @@ class Session:
             self._apply(e)
             if isinstance(e, ev.TunIoctl):
                 self._ns_ready.pop((e.pid, e.fd), None)    # its answer, if not asked
+            elif isinstance(e, (ev.ScmSend, ev.ScmRecv)) and e.truncated:
+                cut = True
         lost = self.probes.lost()
         if lost > self._lost_seen:
             self._recover(lost - self._lost_seen)
+        elif cut:
+            # a message with more fds than its record holds (bpf/tracepoint.bpf.c):
+            # the fds it did not name are read from /proc, like after a loss
+            self.stats["truncated"] += 1
+            self._recover(0, why="truncated")
         now = time.monotonic_ns()
-        for report in self.model.expire_pending(now):
+        for report in self.model.expire_pending(now, self._tap_exists):
             self._out(report)
         if self.model.pending:
             self.probes.arm_scm(now + SCM_ARM_NS)
+
+    def _tap_exists(self, tap) -> bool | None:
+        """Is the tap still a device of the kernel? Asked of /sys for taps of
+        taptrace's own namespace (None: another one, not asked)."""
+        if tap.netns not in (None, self.model.own_netns) or "/" in tap.ifname:
+            return None
+        return os.path.exists(f"/sys/class/net/{tap.ifname}/tun_flags")
 
     def _died_before_snapshot(self, e: ev.Event) -> bool:
         """An exit stamped before the last snapshot that the snapshot still shows: the
@@ -437,18 +452,21 @@ class Session:
                 continue
             self._out(report)
 
-    def _recover(self, count: int) -> None:
+    def _recover(self, count: int, why: str = "lost") -> None:
+        """Rebuild from /proc: after `count` lost records, or (why="truncated") a
+        message whose record could not hold all its fds."""
         self.stats["lost"] += count
         self.stats["resyncs"] += 1
         me = {"pid": os.getpid(), "tid": os.getpid(), "comm": "taptrace"}
-        self.emit({"type": "lost", "ts_ns": time.monotonic_ns(), **me, "count": count})
+        if count:
+            self.emit({"type": "lost", "ts_ns": time.monotonic_ns(), **me, "count": count})
         # the snapshot says what is; only exits it may not know yet are kept
         self._queue[:] = [e for e in self._queue if isinstance(e, ev.Exit)]
         taps_before = set(self.model.taps)
         report = self._snapshot(initial=False)
         now = time.monotonic_ns()
         if report is not None:
-            report.update(ts_ns=now, **me)
+            report.update(ts_ns=now, **me, why=why)
             self.emit(report)
         # what went away while records were lost still deserves its line
         for netns, name in sorted(taps_before - set(self.model.taps),

@@ -1113,6 +1113,25 @@ def test_an_unreceived_send_expires_and_releases_its_files():
     assert w.m.pending == []
 
 
+def test_a_send_the_kernel_freed_unread_goes_when_its_tap_is_gone():
+    # the sender closes its fd and exits: the socket goes, the message with it, and
+    # the tap is gone from the kernel; the model learns it from the tap's absence
+    w = World()
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "b")
+    w.send(1, 9, [3])
+    w.send(1, 9, [4])
+    w.close(1, 3)
+    t0 = w.m.pending[0].ts
+    exists = {"a": False, "b": True}
+    assert w.m.expire_pending(t0 + 1, lambda tap: exists[tap.ifname]) == []   # too soon
+    out = w.m.expire_pending(t0 + 600_000_000, lambda tap: exists[tap.ifname])
+    assert [(r["type"], r["ifname"]) for r in out] == [("tap_gone", "a")]
+    # b is still held by fd 4, so its message is not asked about; nor a tap not known
+    assert [s.fds for s in w.m.pending] == [(4,)]
+    assert w.m.expire_pending(t0 + 600_000_000, lambda tap: None) == []
+
+
 def test_pidfd_getfd_copies_an_fd_with_close_on_exec_set():
     w = World().named(libvirtd=1, qemu=2)
     w.tap(1, 27, "a")
