@@ -231,7 +231,8 @@ class Model:
         self.by_ptr.clear()
         self._load(snap, {}, {})
 
-    def _load(self, snap, keep_files: dict, keep_entries: dict) -> None:
+    def _load(self, snap, keep_files: dict, keep_entries: dict,
+              in_flight: list | None = None) -> None:
         self.own_netns = getattr(snap, "own_netns", None)
         self.netns_names.update(getattr(snap, "netns_names", None) or {})
         for info in snap.taps.values():
@@ -253,6 +254,11 @@ class Model:
             self.procs[pid] = Process(pid, info.comm, t, info.ppid)
         byfd = {(fi.pid, fi.fd): fi for fi in snap.fds}
         reused: set[int] = set()
+        names_seen: dict = {}          # ifname -> how many snapshot files have it
+        for group in snap.files:
+            first = next((byfd[k] for k in group if k in byfd), None)
+            if first is not None and first.ifname:
+                names_seen[first.ifname] = names_seen.get(first.ifname, 0) + 1
         for group in snap.files:
             first = next((byfd[k] for k in group if k in byfd), None)
             if first is None:
@@ -264,6 +270,14 @@ class Model:
                         and keep_files[k].ifname == first.ifname
                         and self._same_ns(keep_files[k].netns, first_ns)
                         and keep_files[k].id not in reused), None)
+            if old is None and in_flight:
+                # a file that was in flight, now in a table unseen: taken when it is
+                # the only one of its name in flight and no other file in the
+                # snapshot has that name (else which is which cannot be told)
+                named = [f for f in in_flight if f.ifname and f.ifname == first.ifname
+                         and self._same_ns(f.netns, first_ns) and f.id not in reused]
+                if len(named) == 1 and names_seen.get(first.ifname) == 1:
+                    old = named[0]
             f = old or OpenFile(self._new_id(), path=first.path, ifname=first.ifname)
             reused.add(f.id)
             f.refs = 0
@@ -322,11 +336,14 @@ class Model:
                 keep_files[(p.pid, fd)] = e.file
                 keep_entries[(p.pid, fd)] = e
         taps_before = dict(self.taps)
+        # files only a message in flight held may have landed in a table unseen (a
+        # receive whose record was lost or could not hold its fds)
+        in_flight = {f.id: f for s in self.pending for f in s.files if f is not None}
         self.procs.clear()
         self.taps.clear()
         self.files.clear()
         self.pending.clear()
-        self._load(snap, keep_files, keep_entries)
+        self._load(snap, keep_files, keep_entries, list(in_flight.values()))
         self.by_ptr = {f.ptr: f for f in self.files.values() if f.ptr}
         for key, tap in self.taps.items():
             old = taps_before.get(key)
