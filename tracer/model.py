@@ -254,6 +254,8 @@ class Model:
             self.procs[pid] = Process(pid, info.comm, t, info.ppid)
         byfd = {(fi.pid, fi.fd): fi for fi in snap.fds}
         reused: set[int] = set()
+        candidates = list({f.id: f for f in [*keep_files.values(), *(in_flight or [])]
+                           if f.ifname}.values())
         names_seen: dict = {}          # ifname -> how many snapshot files have it
         for group in snap.files:
             first = next((byfd[k] for k in group if k in byfd), None)
@@ -270,13 +272,14 @@ class Model:
                         and keep_files[k].ifname == first.ifname
                         and self._same_ns(keep_files[k].netns, first_ns)
                         and keep_files[k].id not in reused), None)
-            if old is None and in_flight:
-                # a file that was in flight, now in a table unseen: taken when it is
-                # the only one of its name in flight and no other file in the
-                # snapshot has that name (else which is which cannot be told)
-                named = [f for f in in_flight if f.ifname and f.ifname == first.ifname
+            if old is None and names_seen.get(first.ifname) == 1:
+                # not where the model had it: moved while /proc was read (the scan
+                # is not one instant), received unseen while it was in flight (a
+                # lost or truncated receive). Taken when it is the only file of its
+                # name before and after (else which is which cannot be told).
+                named = [f for f in candidates if f.ifname == first.ifname
                          and self._same_ns(f.netns, first_ns) and f.id not in reused]
-                if len(named) == 1 and names_seen.get(first.ifname) == 1:
+                if len(named) == 1:
                     old = named[0]
             f = old or OpenFile(self._new_id(), path=first.path, ifname=first.ifname)
             reused.add(f.id)

@@ -335,7 +335,8 @@ class Tracer:
             self.proc.send_signal(signal.SIGCONT)
             self.stopped = False
 
-    def count(self, kind: str, key: str | None = None) -> int:
+    def count(self, kind: str, key: str | None = None, since: int = 0) -> int:
+        """How many lines of that type (or the sum of their `key`), from line `since`."""
         while True:
             try:
                 obj = self.q.get_nowait()
@@ -345,7 +346,8 @@ class Tracer:
                 self.q.put(None)
                 break
             self.lines.append(obj)
-        return sum((o.get(key, 0) if key else 1) for o in self.lines if o["type"] == kind)
+        return sum((o.get(key, 0) if key else 1) for o in self.lines[since:]
+                   if o["type"] == kind)
 
     def close(self) -> None:
         self.cont()
@@ -505,8 +507,13 @@ class Result:
 
 
 class Runner:
-    def __init__(self, prog: Program, verbose: bool = False) -> None:
+    def __init__(self, prog: Program, verbose: bool = False,
+                 tracer: Tracer | None = None) -> None:
+        """`tracer`: one already running with the program's arguments, shared by a
+        batch (left running); else the program starts and stops its own."""
         self.prog = prog
+        self.shared = tracer
+        self.mark = len(tracer.lines) if tracer is not None else 0
         self.verbose = verbose
         self.prefix = "fz" + secrets.token_hex(2)
         self.sockname = f"taptrace-fuzz-{os.getpid()}-{secrets.token_hex(4)}"
@@ -749,7 +756,7 @@ class Runner:
         truth, groups, notes = read_truth(live)
         taps = read_taps(self.prefix)
         table = self.tracer.table()
-        lost = self.tracer.count("lost")
+        lost = self.tracer.count("lost", since=self.mark)
         rows = {}
         for r in table["rows"]:
             name = r.get("ifname") or ""
@@ -833,7 +840,7 @@ class Runner:
         self.lsock.bind("\0" + self.sockname)
         self.lsock.listen(64)
         try:
-            self.tracer = Tracer(self.prog.tracer_args)
+            self.tracer = self.shared or Tracer(self.prog.tracer_args)
             self.top = subprocess.Popen([str(ACTOR_BIN), "--sock", self.sockname, "--id", "0"],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=self.errlog, start_new_session=True)
@@ -853,8 +860,8 @@ class Runner:
                 else:
                     res.skipped += 1
                     res.skipped_steps.append(idx)
-            res.lost = self.tracer.count("lost", "count")
-            res.resyncs = self.tracer.count("resync")
+            res.lost = self.tracer.count("lost", "count", since=self.mark)
+            res.resyncs = self.tracer.count("resync", since=self.mark)
         except (RuntimeError, OSError, ValueError) as exc:
             res.exact = False
             res.error = f"{type(exc).__name__}: {exc}"
@@ -873,16 +880,18 @@ class Runner:
         for a in self.actors.values():
             with contextlib.suppress(OSError):
                 a.conn.close()
-        if self.tracer is not None:
+        if self.tracer is not None and self.tracer is not self.shared:
             self.tracer.close()
+        elif self.tracer is not None:
+            self.tracer.cont()
         for n in read_taps(self.prefix):
             tapkit.delete_link(n)
         self.lsock.close()
         self.errlog.close()
 
 
-def run_program(prog: Program, verbose: bool = False) -> Result:
-    return Runner(prog, verbose).run()
+def run_program(prog: Program, verbose: bool = False, tracer: Tracer | None = None) -> Result:
+    return Runner(prog, verbose, tracer).run()
 
 
 # ---- shrinking ------------------------------------------------------------------
@@ -967,22 +976,38 @@ def batch(seed: int, count: int | None = None, seconds: float | None = None,
     out = Batch()
     end = None if seconds is None else time.monotonic() + seconds
     i = 0
-    while (count is None or i < count) and (end is None or time.monotonic() < end):
-        profile = profiles[i % len(profiles)]
-        prog = generate(seed + i, profile, exclude)
-        res = run_program(prog)
-        out.ran[profile] += 1
-        out.lost += res.lost
-        out.resyncs += res.resyncs
-        if res.exact:
-            out.exact[profile] += 1
-        else:
-            out.cats.update(res.categories)
-            out.failures.append((prog, res))
-            log(f"  seed {seed + i} {profile}: {', '.join(sorted(res.categories))}"
-                f"{' ' + res.error if res.error else ''}")
-        i += 1
+    # one tracer per set of tracer arguments, shared by the programs that use it (a
+    # long-running trace, as users run it); started again if it dies
+    tracers: dict[tuple, Tracer] = {}
+    try:
+        while (count is None or i < count) and (end is None or time.monotonic() < end):
+            profile = profiles[i % len(profiles)]
+            prog = generate(seed + i, profile, exclude)
+            key = tuple(prog.tracer_args)
+            if key in tracers and tracers[key].proc.poll() is not None:
+                del tracers[key]
+            if key not in tracers:
+                tracers[key] = Tracer(prog.tracer_args)
+            res = run_program(prog, tracer=tracers[key])
+            _tally(out, prog, res, seed + i, profile, log)
+            i += 1
+    finally:
+        for t in tracers.values():
+            t.close()
     return out
+
+
+def _tally(out: Batch, prog: Program, res: Result, seed: int, profile: str, log) -> None:
+    out.ran[profile] += 1
+    out.lost += res.lost
+    out.resyncs += res.resyncs
+    if res.exact:
+        out.exact[profile] += 1
+    else:
+        out.cats.update(res.categories)
+        out.failures.append((prog, res))
+        log(f"  seed {seed} {profile}: {', '.join(sorted(res.categories))}"
+            f"{' ' + res.error if res.error else ''}")
 
 
 # Triage: which kind of step a mismatch needs. The first group whose removal makes

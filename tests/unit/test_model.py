@@ -1408,6 +1408,16 @@ def test_resync_finds_a_file_that_was_in_flight_where_it_landed():
     assert w.m.pending == []
 
 
+def test_resync_keeps_a_file_that_moved_while_proc_was_read():
+    # /proc is read fd by fd while the process goes on: dup2(7, 33) and close(7)
+    # happened after the model's last record and before the scan reached them
+    w = World().named(maker=1)
+    w.tap(1, 7, "a")
+    w.m.resync(snapshot({1: "maker"}, [(1, 33, "a", False)], {"a": TAP}))
+    assert (w.row(1, 33)["creator_pid"], w.row(1, 33)["creator_comm"]) == (1, "maker")
+    assert w.tap_info("a")["files"] == 1
+
+
 def test_resync_of_an_fd_that_now_holds_another_file():
     w = World()
     w.tap(1, 3, "a")
