@@ -34,7 +34,6 @@
 #define CLONE_VFORK 0x4000ULL
 #define CLONE_THREAD 0x10000ULL
 #define SIGCHLD_ 17ULL
-#define CLOSE_RANGE_UNSHARE_ 2ULL
 
 #define O_CLOEXEC_ 02000000ULL
 #define EBADF_ 9
@@ -68,9 +67,7 @@ BPF_PERF_OUTPUT(events);
 #endif
 
 BPF_HASH(interest, u32, u32, TT_INTEREST_MAX);  /* tgid -> 1 */
-/* tid -> 1: a thread (not a leader) of a tracked process that unshared its fd table:
- * its exit is reported, for the files only its table held */
-BPF_HASH(own_tables, u32, u32, 4096);
+
 BPF_ARRAY(counters, u64, TT_C_NR);
 
 static __always_inline void count(u32 idx)
@@ -90,15 +87,6 @@ static __always_inline void mark_interesting(u32 tgid)
 	u32 one = 1;
 	if (interest.update(&tgid, &one))
 		count(TT_C_INTEREST_FULL);
-}
-
-/* the current thread unshared its fd table: remember it if it is not the leader */
-static __always_inline void note_own_table(void)
-{
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = (u32)id, one = 1;
-	if (tid != (u32)(id >> 32))
-		own_tables.update(&tid, &one);
 }
 
 #define STR_(x) #x

@@ -25,11 +25,11 @@ enum tt_event_type {
 	TT_EV_CLOSE = 4,       /* close(fd) returned, not EBADF */
 	TT_EV_CLOSE_RANGE = 5, /* fd=first, arg=last, arg2=flags, ret */
 	TT_EV_SETFD = 6,       /* fd, arg=enum tt_setfd_how, arg2=1 if cloexec now */
-	TT_EV_FORK = 7,        /* arg=clone flags, arg2=child pid (a new tgid) */
+	TT_EV_FORK = 7,        /* arg=clone flags, arg2=child pid (a new tgid; with
+	                          CLONE_THREAD, the new thread's id) */
 	TT_EV_EXEC = 8,        /* exec succeeded; arg2=old pid */
 	TT_EV_EXIT = 9,        /* the whole thread group is dead; or, arg =
-	                          TT_EXIT_THREAD, one thread with an fd table of
-	                          its own (it unshared) is */
+	                          TT_EXIT_THREAD, one thread (tid) of it is */
 	TT_EV_SCM_SEND = 10,   /* fd=socket, fds[nfds] being sent with SCM_RIGHTS */
 	TT_EV_SCM_RECV = 11,   /* fd=socket, fds[nfds] received, arg=recv flags */
 	TT_EV_UNSHARE = 12,    /* unshare(CLONE_FILES): arg=flags; or'ed with

@@ -300,7 +300,6 @@ KRETFUNC_PROBE(ksys_unshare, unsigned long flags, int ret)
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_UNSHARE);
 	e->arg = flags;
-	note_own_table();
 	submit(ctx, e);
 	return 0;
 }

@@ -24,8 +24,19 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 	} else {
 		return 0; /* io_uring workers and other kernel-made threads */
 	}
-	if (flags & CLONE_THREAD)
-		return 0; /* same tgid, same fd table: nothing changes */
+	if (flags & CLONE_THREAD) {
+		/* a thread of a tracked process: it shares the creating thread's fd
+		 * table until it unshares its own (unshare, close_range), and a table
+		 * is released when its last thread goes */
+		if (!known)
+			return 0;
+		struct tt_event ev_, *e = &ev_;
+		init_event(e, TT_EV_FORK);
+		e->arg = flags;
+		e->arg2 = args->child_pid; /* the new thread's id */
+		submit(args, e);
+		return 0;
+	}
 	/*
 	 * A table shared by clone(CLONE_FILES) is followed from the clone on, whoever
 	 * makes it: one sharer may make a tap there and exit, another keep it (pasta's
@@ -59,12 +70,12 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	return 0;
 }
 
-/* A thread that unshared its fd table (note_own_table) exits: its table goes. */
-static __always_inline int thread_exit(void *ctx, u32 tid)
+/* A thread (not the whole process) of a tracked process exits: it no longer uses
+ * its fd table (a table of its own goes with it). */
+static __always_inline int thread_exit(void *ctx, u32 tgid)
 {
-	if (!own_tables.lookup(&tid))
+	if (!interesting(tgid))
 		return 0;
-	own_tables.delete(&tid);
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_EXIT);
 	e->arg = TT_EXIT_THREAD;
@@ -78,10 +89,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	u32 tgid = id >> 32;
 #ifdef TT_HAVE_GROUP_DEAD
 	if (!args->group_dead)
-		return thread_exit(args, (u32)id);
+		return thread_exit(args, tgid);
 #else
 	if ((u32)id != tgid)
-		return thread_exit(args, (u32)id);
+		return thread_exit(args, tgid);
 #endif
 	if (!interesting(tgid))
 		return 0;

@@ -142,8 +142,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_close_range)
 	e->arg = (u32)sysarg(PT_SI);
 	e->arg2 = (u32)sysarg(PT_DX);
 	e->ret = args->ret;
-	if (e->arg2 & CLOSE_RANGE_UNSHARE_)
-		note_own_table();
 	submit(args, e);
 	return 0;
 }
@@ -211,7 +209,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_unshare)
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_UNSHARE);
 	e->arg = flags;
-	note_own_table();
 	submit(args, e);
 	return 0;
 }

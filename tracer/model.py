@@ -140,8 +140,12 @@ class Process:
     # a sharer's table as its exec began (kernels without sched_prepare_exec): its
     # own if the exec succeeds, dropped if anything else comes first
     exec_table: FdTable | None = None
-    # tid -> the table of a thread (not the leader) that unshared its own: what it
-    # does applies there; `table` stays the leader's, the one /proc/PID/fd shows
+    # its other threads (ids), each a user of the table it uses (a table goes when
+    # its last user, process or thread, does)
+    threads: set = field(default_factory=set)
+    # tid -> the table of a thread (not the leader) whose table is not the leader's
+    # (it unshared one, or the leader did): what it does applies there; `table`
+    # stays the leader's, the one /proc/PID/fd shows
     thread_tables: dict = field(default_factory=dict)
 
 
@@ -181,9 +185,13 @@ class Model:
     def __init__(self, probe_fd: FdProbe = _no_probe,
                  ifindex_name: Callable[[int], str | None] = lambda _i: None,
                  comm_of: Callable[[int], str | None] = lambda _p: None,
-                 netns_of: NetnsProbe = _no_netns) -> None:
+                 netns_of: NetnsProbe = _no_netns,
+                 threads_of: Callable[[int], list[int]] = lambda _p: []) -> None:
         """comm_of(pid): the process's own name (/proc/PID/comm), asked only when a
-        process is first seen through a thread, whose records carry the thread's."""
+        process is first seen through a thread, whose records carry the thread's.
+        threads_of(pid): its threads (ids, not the leader's), asked when the leader
+        unshares its table: the ones not seen yet keep the table it leaves."""
+        self._threads_of = threads_of
         self.procs: dict[int, Process] = {}
         self.taps: dict[tuple, Tap] = {}             # (netns, ifname) -> Tap
         self.own_netns: int | None = None            # the tracer's, from the snapshot
@@ -490,14 +498,25 @@ class Model:
             if own is not None:
                 self._discard_table(own, ts, proc, [])
             return
-        proc.table.users.discard(proc.pid)
-        proc.table = own if own is not None else self._copy_table(proc.table)
+        old = proc.table
+        old.users.discard(proc.pid)
+        proc.table = own if own is not None else self._copy_table(old)
         proc.table.users.add(proc.pid)
+        for tid in proc.threads:            # its threads keep the table it left
+            if tid not in proc.thread_tables and tid in old.users:
+                proc.thread_tables[tid] = old
         # Its own table now: what another sharer put there, it inherited from that one.
         for fd, entry in proc.table.fds.items():
             if entry.by is not None and entry.by != proc.pid:
                 entry.how, entry.from_pid, entry.from_fd = "inherited", entry.by, fd
                 entry.by = proc.pid
+
+    def _leader_unshare(self, proc: Process) -> None:
+        """unshare(CLONE_FILES) by the process's leader (a thread's: see apply): its
+        threads, seen yet or not, keep the table it leaves."""
+        for tid in self._threads_of(proc.pid):
+            self._know_thread(proc, tid)
+        self._unshare(proc)
 
     def _fds_fields(self, table: FdTable, fds: list) -> dict:
         """`ifnames` (and their `netns`) of fds of a table, and `vhost_fds` when some
@@ -558,12 +577,15 @@ class Model:
             own, proc.exec_table = proc.exec_table, None
             self._discard_table(own, e.ts, proc, out)
         tid = getattr(e, "tid", None)
+        if proc is not None and isinstance(e, ev.Fork) and e.flags & ev.CLONE_THREAD:
+            self._new_thread(proc, tid, e.child)
+            return out
         if proc is not None and tid is not None and tid != proc.pid:
             e = self._thread_event(proc, e, out)
             if e is None:
                 return out
             if tid in proc.thread_tables:
-                # a thread with a table of its own: the event is about that table
+                # a thread with a table other than the leader's: the event is about it
                 leader, proc.table = proc.table, proc.thread_tables[tid]
                 try:
                     getattr(self, "_on_" + type(e).__name__)(e, out)
@@ -574,24 +596,59 @@ class Model:
         getattr(self, "_on_" + type(e).__name__)(e, out)
         return out
 
+    # ---- threads: each a user of the fd table it uses ----------------------------
+
+    def _table_of(self, proc: Process, tid: int) -> FdTable:
+        return proc.thread_tables.get(tid, proc.table)
+
+    def table_of(self, pid: int, tid: int) -> FdTable | None:
+        """The fd table thread `tid` of process `pid` uses (None: not known)."""
+        proc = self.procs.get(pid)
+        return self._table_of(proc, tid) if proc is not None else None
+
+    def _new_thread(self, proc: Process, tid: int, child: int) -> None:
+        """clone(CLONE_THREAD): the new thread uses its creator's table."""
+        self._know_thread(proc, tid)
+        t = self._table_of(proc, tid)
+        t.users.add(child)
+        proc.threads.add(child)
+        if t is not proc.table:
+            proc.thread_tables[child] = t
+
+    def _know_thread(self, proc: Process, tid: int) -> None:
+        """A thread first seen acting (made before the trace or a resync): it uses
+        the leader's table, as far as anyone can tell."""
+        if tid != proc.pid and tid not in proc.threads:
+            proc.threads.add(tid)
+            proc.table.users.add(tid)
+
+    def _leave_table(self, t: FdTable, user: int, ts: int, proc: Process, out: list) -> None:
+        """A process or thread stops using a table: its files go with its last user."""
+        t.users.discard(user)
+        if not t.users:
+            self._discard_table(t, ts, proc, out)
+
     def _thread_event(self, proc: Process, e: ev.Event, out: list) -> ev.Event | None:
         """An event of a thread that is not the leader, as it acts on the tables: its
         unshare (unshare(CLONE_FILES), close_range's CLOSE_RANGE_UNSHARE) gives it a
-        table of its own, its exit drops that table. None: nothing more to apply."""
+        table of its own when it shares one, its exit leaves its table. None:
+        nothing more to apply."""
         tid = e.tid
         if isinstance(e, ev.Exit) and e.thread:
-            old = proc.thread_tables.pop(tid, None)
-            if old is not None:
-                self._discard_table(old, e.ts, proc, out)
+            if tid in proc.threads:
+                proc.threads.discard(tid)
+                self._leave_table(proc.thread_tables.pop(tid, proc.table), tid, e.ts, proc,
+                                  out)
             return None
+        self._know_thread(proc, tid)
         unshare = isinstance(e, ev.Unshare) and not e.flags & ev.UNSHARE_AT_EXEC
         if unshare or (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
-            old = proc.thread_tables.pop(tid, None)
-            t = self._copy_table(old if old is not None else proc.table)
-            t.users.add(proc.pid)
-            proc.thread_tables[tid] = t
-            if old is not None:
-                self._discard_table(old, e.ts, proc, out)
+            t = self._table_of(proc, tid)
+            if len(t.users) > 1:            # the kernel copies a table only if shared
+                own = self._copy_table(t)
+                t.users.discard(tid)
+                own.users.add(tid)
+                proc.thread_tables[tid] = own
             if unshare:
                 return None
             return dataclasses.replace(e, flags=e.flags & ~ev.CLOSE_RANGE_UNSHARE)
@@ -908,7 +965,7 @@ class Model:
             return
         comm = self._comm_for(e)
         if e.flags & ev.CLOSE_RANGE_UNSHARE:
-            self._unshare(proc)
+            self._leader_unshare(proc)
         for fd in sorted(fd for fd in proc.table.fds if e.first <= fd <= e.last):
             if e.flags & ev.CLOSE_RANGE_CLOEXEC:
                 entry = proc.table.fds[fd]
@@ -931,6 +988,8 @@ class Model:
                                 **_kind(entry.file), **self._file_ns(entry.file)))
 
     def _on_Fork(self, e: ev.Fork, out: list) -> None:
+        if e.flags & ev.CLONE_THREAD:                  # a thread of an unknown process
+            return
         stale = self.procs.pop(e.child, None)          # pid reuse after a missed exit
         if stale is not None:
             self._drop_table_user(stale, e.ts, stale.comm, out)
@@ -966,14 +1025,18 @@ class Model:
         if proc is None:
             return
         own, proc.exec_table = proc.exec_table, None
-        threads, proc.thread_tables = proc.thread_tables, {}
-        mine = threads.pop(e.old_pid, None)
-        for t in threads.values():      # the other threads die in the exec
-            self._discard_table(t, e.ts, proc, out)
-        if mine is not None:
-            # the thread that exec'd (it becomes the leader) had a table of its own
-            self._drop_table_user(proc, e.ts, proc.comm, out)
-            proc.table = mine
+        # the other threads die in the exec; the one that exec'd becomes the leader,
+        # with the table it used
+        mine = self._table_of(proc, e.old_pid)
+        for tid in sorted(proc.threads - {e.old_pid}):
+            self._leave_table(self._table_of(proc, tid), tid, e.ts, proc, out)
+        if e.old_pid != proc.pid:
+            mine.users.discard(e.old_pid)
+            if mine is not proc.table:
+                self._leave_table(proc.table, proc.pid, e.ts, proc, out)
+                proc.table = mine
+                mine.users.add(proc.pid)
+        proc.threads, proc.thread_tables = set(), {}
         self._unshare(proc, own, e.ts)  # exec gives a CLONE_FILES sharer its own table
         proc.comm = e.comm
         kept, closed, gone = [], [], []   # the exec line first, then what it made go
@@ -1005,9 +1068,9 @@ class Model:
         if proc is None:
             return
         gone: list[dict] = []
-        for t in proc.thread_tables.values():
-            self._discard_table(t, e.ts, proc, gone)
-        proc.thread_tables.clear()
+        for tid in sorted(proc.threads):   # threads the exit did not report one by one
+            self._leave_table(self._table_of(proc, tid), tid, e.ts, proc, gone)
+        proc.threads, proc.thread_tables = set(), {}
         closed = self._drop_table_user(proc, e.ts, proc.comm, gone)
         vhost = [fd for fd, _n, is_vhost, _ns in closed if is_vhost]
         out.append(self._report("exit", e.ts, e.pid, e.tid, proc.comm,
@@ -1022,7 +1085,7 @@ class Model:
         if proc is None:
             return
         if not e.flags & ev.UNSHARE_AT_EXEC:
-            self._unshare(proc)
+            self._leader_unshare(proc)
         elif len(proc.table.users) > 1:
             proc.exec_table = self._copy_table(proc.table)
 
@@ -1192,9 +1255,9 @@ class Model:
     def expire_pending(self, now_ns: int,
                        tap_exists: Callable[[Tap], bool | None] | None = None) -> list[dict]:
         """Drop sends nobody received within SCM_PENDING_NS (receiver gone), and sends
-        whose message the kernel has freed already: every tap only messages in
-        flight held is gone from the kernel (`tap_exists` says False: the socket
-        was closed unread, or the send failed)."""
+        whose message the kernel has freed already: a tap only messages in flight
+        held is gone from the kernel (`tap_exists` says False: the socket was
+        closed unread, or the send failed)."""
         out: list[dict] = []
         for send in [s for s in self.pending if now_ns - s.ts > SCM_PENDING_NS]:
             self.pending.remove(send)
@@ -1211,11 +1274,11 @@ class Model:
         for send in list(self.pending):
             if now_ns - send.ts < SCM_FREED_CHECK_NS:
                 continue
-            only_there = [f for f in send.files if f is not None and f.refs == in_flight[f.id]]
-            taps = [self._tap_of(f) for f in only_there]
-            if not taps or any(t is None or t.persist for t in taps):
-                continue
-            if all(tap_exists(t) is False for t in taps):
+            # a tap only messages hold lives while they do: if one is gone from the
+            # kernel, its message was freed, and the message is one unit
+            taps = [self._tap_of(f) for f in send.files
+                    if f is not None and f.ifname and f.refs == in_flight[f.id]]
+            if any(t is not None and not t.persist and tap_exists(t) is False for t in taps):
                 self.pending.remove(send)
                 for f in send.files:
                     if f is not None:

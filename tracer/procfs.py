@@ -622,6 +622,14 @@ def tun_fds(pid: int) -> list[FdInfo]:
     return _tun_fds(pid, _Ifindex())
 
 
+def threads(pid: int) -> list[int]:
+    """The ids of a process's threads other than its leader ([] if gone)."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    except (OSError, ValueError):
+        return []
+
+
 def alive(pid: int) -> bool:
     """The process runs (or sleeps): not gone, not a zombie, not dead."""
     try:

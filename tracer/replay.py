@@ -262,6 +262,8 @@ def _probe(rec: dict, e: ev.Event) -> list:
     if isinstance(e, ev.Exec):
         got = _convert(probe, list[tuple[int, answer]], "probe")
         return [((e.pid, fd), name) for fd, name in got]
+    if isinstance(e, (ev.Unshare, ev.CloseRange)):     # the leader's threads
+        return [(("threads", e.pid), _convert(probe, list[int], "probe"))]
     raise _Bad(f"probe: beside a {type(e).__name__} record")
 
 
@@ -303,7 +305,8 @@ def parse(obj: dict) -> procfs.Snapshot | tuple[ev.Event, list, list]:
 def recorded_model(answers: dict, netns: dict) -> Model:
     """A model that asks the recorded answers instead of /proc and the kernel."""
     return Model(probe_fd=lambda pid, fd: answers.get((pid, fd)),
-                 netns_of=lambda pid, fd: netns.get((pid, fd)))
+                 netns_of=lambda pid, fd: netns.get((pid, fd)),
+                 threads_of=lambda pid: answers.get(("threads", pid), []))
 
 
 def replay_iter(lines: Iterable[bytes | str], model: Model | None = None,

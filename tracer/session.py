@@ -131,7 +131,8 @@ class Session:
         self._record = record
         self.filters = filters
         self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name,
-                           netns_of=self._netns_of)
+                           netns_of=self._netns_of, threads_of=self._threads_of)
+        self._threads_asked: list[int] | None = None   # the answer, recorded
         self._ns_asked: list[list] = []          # the model's netns questions, recorded
         self._ns_ready: dict[tuple[int, int], tuple[int, str | None]] = {}
         self._self_pid = os.getpid()
@@ -192,13 +193,14 @@ class Session:
         not EBADF), /proc says which node and whether it is close-on-exec."""
         if -e.ret in (errno.ENOTTY, errno.EBADF):
             return None
-        proc = self.model.procs.get(e.pid)
-        if proc is not None and e.fd in proc.table.fds:
+        table = self.model.table_of(e.pid, e.tid)
+        if table is not None and e.fd in table.fds:
             return None
-        # a CLONE_FILES child may be gone already: its table lives on in the others
-        sharers = sorted(proc.table.users - {e.pid}) if proc is not None else []
+        # the thread's table (/proc/TID shows a thread's own); a CLONE_FILES child
+        # may be gone already: its table lives on in the others
+        sharers = sorted(table.users - {e.tid}) if table is not None else []
         info = None
-        for pid in [e.pid, *sharers]:
+        for pid in [e.tid, *sharers]:
             info = procfs.read_fdinfo(pid, e.fd)
             if info is not None:
                 break
@@ -214,6 +216,10 @@ class Session:
                 ev.O_CLOEXEC if e.cloexec else 0)
         return ev.Open(ts=e.ts, pid=e.pid, tid=e.tid, comm=e.comm, fd=e.fd, path=path,
                        flags=flags)
+
+    def _threads_of(self, pid: int) -> list[int]:
+        self._threads_asked = procfs.threads(pid)
+        return self._threads_asked
 
     def _netns_name(self, ino: int) -> str | None:
         """`ip netns`'s name for a namespace (re-read /run/netns at most once a second
@@ -442,10 +448,13 @@ class Session:
                 if unknown:
                     rec["probe"] = [[fd, fd_ifname(e.pid, fd)] for fd in unknown]
         self._ns_asked.clear()
+        self._threads_asked = None
         reports = self.model.apply(e)
         if rec is not None:
             if self._ns_asked:              # the namespaces read for it, for replay
                 rec["ns_asked"] = [list(a) for a in self._ns_asked]
+            if self._threads_asked is not None:
+                rec["probe"] = self._threads_asked
             self._record(rec)
         for report in reports:
             if report["type"] == "open" and self._hold_open(report):

@@ -895,6 +895,45 @@ def test_a_process_exit_drops_its_threads_tables_too():
     assert w.gone() == ["b"]
 
 
+def test_a_leader_that_unshares_leaves_its_threads_the_old_table():
+    # the leader's unshare copies the table its threads use (the kernel copies a
+    # table that has other users); they go on in the old one, with a CLONE_FILES
+    # child sharing it
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Fork, 1, flags=ev.CLONE_VM | ev.CLONE_FILES | ev.CLONE_THREAD, child=7)
+    w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
+    w.tap(1, 4, "b", tid=7)                # in the old table: not the leader's
+    w.close(1, 3)                          # the leader's copy: the old table keeps a
+    assert w.table() == {}
+    assert w.gone() == []
+    w.apply(ev.Exit, 1, tid=7, thread=True)   # the old table's last user
+    assert sorted(w.gone()) == ["a", "b"]
+
+
+def test_threads_made_by_a_thread_with_its_own_table_use_it():
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, tid=7, flags=ev.CLONE_FILES)
+    w.apply(ev.Fork, 1, tid=7, flags=ev.CLONE_VM | ev.CLONE_FILES | ev.CLONE_THREAD,
+            child=8)
+    w.close(1, 3, tid=8)                   # closes 7's copy
+    w.apply(ev.Exit, 1, tid=7, thread=True)
+    w.close(1, 3)
+    assert w.gone() == ["a"]               # 7's copy no longer held it
+    w.apply(ev.Unshare, 1, tid=8, flags=ev.CLONE_FILES)   # alone in it: no copy
+    assert w.m.procs[1].thread_tables[8].users == {8}
+
+
+def test_a_thread_that_unshares_when_nothing_is_shared_keeps_its_table():
+    # a single-threaded process's unshare copies nothing (files->count == 1)
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
+    w.close(1, 3)
+    assert w.gone() == ["a"]
+
+
 def test_a_process_first_seen_through_a_thread_is_named_by_comm_of():
     # records carry the calling thread's name; a process the model meets through a
     # worker thread asks comm_of (/proc/PID/comm) for its own
