@@ -54,6 +54,7 @@
 #define NR_DUP3 292
 #define NR_PIDFD_GETFD 438
 #define MSG_CMSG_CLOEXEC_ 0x40000000ULL
+#define MSG_PEEK_ 0x2ULL
 
 /* a kprobe's own register (its struct pt_regs context, the uapi x86-64 layout) */
 #define ctxreg(ctx, off) ({						\
@@ -114,7 +115,9 @@ KFUNC_PROBE(fd_install, unsigned int fd, void *file)
 		e->fd = (int)sysarg(PT_DI);
 		e->nfds = 1;
 		e->fds[0] = fd;
-		e->arg = cloexec ? MSG_CMSG_CLOEXEC_ : 0;
+		/* recvmsg(fd, msg, flags), recvmmsg(fd, vec, vlen, flags, timeout) */
+		u64 rflags = nr == NR_RECVMSG ? sysarg(PT_DX) : sysarg(PT_R10);
+		e->arg = (cloexec ? MSG_CMSG_CLOEXEC_ : 0) | (rflags & MSG_PEEK_);
 		struct tt_recv_msg *msg = recv_msg.lookup(&e->tid);
 		if (msg) {
 			e->arg2 = msg->id;

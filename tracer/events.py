@@ -69,6 +69,7 @@ O_CLOEXEC = 0o2000000
 # longer say whether it was close-on-exec (it was closed or its process gone)
 CLOEXEC_UNKNOWN = 1 << 40
 MSG_CMSG_CLOEXEC = 0x40000000
+MSG_PEEK = 0x2
 CLONE_VM, CLONE_FILES, CLONE_VFORK, CLONE_THREAD = 0x100, 0x400, 0x4000, 0x10000
 CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4
 UNSHARE_AT_EXEC = 1 << 40          # TT_UNSHARE_AT_EXEC: an exec began (see bpf/events.h)
@@ -179,6 +180,7 @@ class ScmRecv(Base):
     cloexec: bool    # MSG_CMSG_CLOEXEC
     files: tuple[int, ...] = ()   # kernel backend: the struct file * of each fd
     truncated: bool = False       # the message(s) had fds the record does not hold
+    peek: bool = False            # MSG_PEEK: installed, the message stays queued
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,8 @@ def decode(buf: bytes) -> Event | None:
         return ScmSend(**base, sock=fd, fds=tuple(fds[:n]), files=files, truncated=cut)
     if typ == EV_SCM_RECV:
         return ScmRecv(**base, sock=fd, fds=tuple(fds[:n]),
-                       cloexec=bool(arg & MSG_CMSG_CLOEXEC), files=files, truncated=cut)
+                       cloexec=bool(arg & MSG_CMSG_CLOEXEC), files=files, truncated=cut,
+                       peek=bool(arg & MSG_PEEK))
     if typ == EV_UNSHARE:
         return Unshare(**base, flags=arg)
     if typ == EV_PIDFD_GETFD:
@@ -316,8 +319,9 @@ def to_record(e: Event) -> dict:
         del d["cloexec"]
     if d.get("thread") is False and isinstance(e, Exit):
         del d["thread"]
-    if d.get("truncated") is False:
-        del d["truncated"]
+    for k in ("truncated", "peek"):
+        if d.get(k) is False:
+            del d[k]
     if d.get("files") == ():
         del d["files"]
     return d

@@ -1156,7 +1156,12 @@ class Model:
             self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
             send, at = next(((s, i) for s in self.pending for i, f in enumerate(s.files)
                              if f is not None and f.ptr == ptr), (None, -1))
-            if send is not None:          # the in-flight reference becomes the fd's
+            if send is not None and e.peek:   # MSG_PEEK: the message keeps its own
+                f, oldfd = send.files[at], send.fds[at]
+                f.refs += 1
+                sender = sender or send
+                from_pid = send.pid
+            elif send is not None:        # the in-flight reference becomes the fd's
                 f, oldfd = send.files[at], send.fds[at]
                 send.files = send.files[:at] + send.files[at + 1:]
                 send.fds = send.fds[:at] + send.fds[at + 1:]
@@ -1199,12 +1204,13 @@ class Model:
         send = self._match_send(e)
         if send is None:
             return
-        self.pending.remove(send)
+        if not e.peek:                # MSG_PEEK installs the fds and leaves the message
+            self.pending.remove(send)
         comm = self._comm_for(e)
         proc = self._proc(e.pid, comm)
         got, names, from_fds, gone, vhost, nses = [], [], [], [], [], []
         for oldfd, f in zip(send.fds[len(e.fds):], send.files[len(e.fds):]):
-            if f is not None:         # did not fit (MSG_CTRUNC): the kernel dropped it
+            if f is not None and not e.peek:   # did not fit (MSG_CTRUNC): dropped
                 f.step(e.ts, "close", e.pid, comm, None, how="ctrunc", from_fd=oldfd)
                 self._release(f, e.ts, e.pid, comm, gone)
         for newfd, oldfd, f in zip(e.fds, send.fds, send.files):
@@ -1213,8 +1219,11 @@ class Model:
             if f is None:
                 continue
             proc.table.fds[newfd] = Entry(f, e.cloexec, "received", send.pid, oldfd, e.pid)
-            # the in-flight reference becomes this fd's reference
-            f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=send.pid, from_fd=oldfd)
+            # the in-flight reference becomes this fd's reference (a peek: a new one)
+            if e.peek:
+                f.refs += 1
+            f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=send.pid, from_fd=oldfd,
+                   **({"peek": True} if e.peek else {}))
             got.append(newfd)
             names.append(f.label)
             nses.append(self._file_ns(f)["netns"])

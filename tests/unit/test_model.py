@@ -1152,6 +1152,21 @@ def test_an_unreceived_send_expires_and_releases_its_files():
     assert w.m.pending == []
 
 
+def test_a_peek_installs_the_fds_and_the_message_stays_for_the_real_receive():
+    w = World().named(libvirtd=1, qemu=2)
+    w.tap(1, 3, "a")
+    w.send(1, 9, [3])
+    w.close(1, 3)
+    w.apply(ev.ScmRecv, 2, sock=4, fds=(5,), cloexec=False, peek=True)
+    w.apply(ev.ScmRecv, 2, sock=4, fds=(6,), cloexec=True)
+    assert w.table() == {(2, 5): ("a", False, "received"), (2, 6): ("a", True, "received")}
+    assert w.row(2, 5)["file"] == w.row(2, 6)["file"] and w.m.pending == []
+    w.close(2, 5)
+    assert w.gone() == []
+    w.close(2, 6)
+    assert w.gone() == ["a"]
+
+
 def test_a_send_the_kernel_freed_unread_goes_when_its_tap_is_gone():
     # the sender closes its fd and exits: the socket goes, the message with it, and
     # the tap is gone from the kernel; the model learns it from the tap's absence
