@@ -350,11 +350,29 @@ class Model:
         # files only a message in flight held may have landed in a table unseen (a
         # receive whose record was lost or could not hold its fds)
         in_flight = {f.id: f for s in self.pending for f in s.files if f is not None}
+        sends = list(self.pending)
         self.procs.clear()
         self.taps.clear()
         self.files.clear()
         self.pending.clear()
         self._load(snap, keep_files, keep_entries, list(in_flight.values()))
+        # Messages in flight survive: /proc cannot show them, and their receives may
+        # come after the snapshot. Each keeps its reference to its files (a receive
+        # the snapshot already shows is taken off by forget_receive).
+        for f in in_flight.values():
+            if f.id not in self.files:      # in no table: the messages' references only
+                f.refs = 0
+        for send in sends:
+            for f in send.files:
+                if f is None:
+                    continue
+                f.refs += 1
+                if f.id not in self.files:
+                    self.files[f.id] = f
+                    tap = self._tap_of(f)
+                    if tap is not None:
+                        tap.files.add(f.id)
+            self.pending.append(send)
         self.by_ptr = {f.ptr: f for f in self.files.values() if f.ptr}
         for key, tap in self.taps.items():
             old = taps_before.get(key)
@@ -1144,6 +1162,25 @@ class Model:
             if ok:
                 return send
         return None
+
+    def forget_receive(self, e: ev.ScmRecv) -> list[dict]:
+        """A receive from before the last snapshot, which shows what it installed:
+        its message is no longer in flight (its references go, nothing else)."""
+        out: list[dict] = []
+        if e.peek:
+            return out
+        if e.files:
+            sends = [s for s in self.pending
+                     if any(f is not None and f.ptr in e.files for f in s.files)]
+        else:
+            send = self._match_send(e)
+            sends = [send] if send is not None else []
+        for send in sends[:1]:
+            self.pending.remove(send)
+            for f in send.files:
+                if f is not None:
+                    self._release(f, e.ts, e.pid, e.comm, out)
+        return out
 
     def _on_scm_recv_files(self, e: ev.ScmRecv, out: list) -> None:
         """A receive the kernel backend saw: each fd with its struct file, so each is

@@ -383,6 +383,10 @@ class Session:
                 self.probes.drop_interest(self._self_pid)
                 continue
             if e.ts < self._min_ts and not self._died_before_snapshot(e):
+                if isinstance(e, ev.ScmRecv):
+                    # the snapshot shows what it installed; its message has landed
+                    for report in self.model.forget_receive(e):
+                        self._out(report)
                 continue
             if isinstance(e, ev.TunIoctl) and e.netns:
                 # the record read the file's namespace in the kernel: nothing to ask

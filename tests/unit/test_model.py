@@ -1459,7 +1459,14 @@ def test_resync_finds_a_file_that_was_in_flight_where_it_landed():
     assert [h["op"] for h in w.m.lineage("a")[0]["steps"]][:3] == ["open", "tunsetiff", "send"]
     # two files of one name in flight and in the snapshot: which is which is unknown
     assert w.row(2, 8)["creator_pid"] is None and w.row(2, 9)["creator_pid"] is None
+    # the message stays in flight until its receive is seen: here, a receive from
+    # before the snapshot (which already shows what it installed)
+    assert len(w.m.pending) == 1
+    w.m.forget_receive(ev.ScmRecv(ts=1, pid=2, tid=2, comm="qemu", sock=4, fds=(7, 8, 9),
+                                  cloexec=False))
     assert w.m.pending == []
+    w.close(2, 7)
+    assert w.gone() == ["a"]
 
 
 def test_resync_keeps_a_file_that_moved_while_proc_was_read():
@@ -1470,6 +1477,20 @@ def test_resync_keeps_a_file_that_moved_while_proc_was_read():
     w.m.resync(snapshot({1: "maker"}, [(1, 33, "a", False)], {"a": TAP}))
     assert (w.row(1, 33)["creator_pid"], w.row(1, 33)["creator_comm"]) == (1, "maker")
     assert w.tap_info("a")["files"] == 1
+
+
+def test_a_send_in_flight_survives_a_resync_and_its_receive_lands():
+    w = World().named(maker=1, qemu=2)
+    w.tap(1, 3, "a")
+    w.send(1, 9, [3])
+    w.close(1, 3)
+    w.m.resync(snapshot({1: "maker", 2: "qemu"}, [], {"a": TAP}))
+    assert w.tap_info("a")["files"] == 1 and w.gone() == []
+    w.apply(ev.ScmRecv, 2, sock=4, fds=(7,), cloexec=False)
+    assert w.table() == {(2, 7): ("a", False, "received")}
+    assert w.row(2, 7)["creator_pid"] == 1
+    w.close(2, 7)
+    assert w.gone() == ["a"]
 
 
 def test_resync_of_an_fd_that_now_holds_another_file():
