@@ -1163,6 +1163,37 @@ class Model:
                 return send
         return None
 
+    def _recv_unmatched(self, e: ev.ScmRecv, out: list) -> None:
+        """A receive no send in flight explains (its send was not seen: lost, cut
+        short, before the trace): the fds /proc names as tun/tap fds are taken as
+        they are, from an unknown sender."""
+        names = [self._probe_fd(e.pid, fd) for fd in e.fds]
+        if not any(isinstance(n, str) for n in names):
+            return
+        comm = self._comm_for(e)
+        proc = self._proc(e.pid, comm)
+        got, ifnames, nses = [], [], []
+        for fd, name in zip(e.fds, names):
+            if not isinstance(name, str):
+                continue
+            self._drop_entry(proc, fd, e.ts, e.tid, comm, "stale", out, report=False)
+            f = self._new_file(ifname=name or None)
+            f.refs = 1
+            if f.ifname:
+                self._learn_netns(f, e.pid, fd)
+                tap = self._tap_of(f)
+                if tap is not None:
+                    f.iff = tap.iff
+                    tap.files.add(f.id)
+            proc.table.fds[fd] = Entry(f, e.cloexec, "received", None, None, e.pid)
+            f.step(e.ts, "recv", e.pid, comm, fd, from_pid=None, from_fd=None)
+            got.append(fd)
+            ifnames.append(f.label)
+            nses.append(self._file_ns(f)["netns"])
+        out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
+                                from_pid=None, from_comm=None, from_fds=[None] * len(got),
+                                ifnames=ifnames, netns=nses, cloexec=e.cloexec))
+
     def forget_receive(self, e: ev.ScmRecv) -> list[dict]:
         """A receive from before the last snapshot, which shows what it installed:
         its message is no longer in flight (its references go, nothing else)."""
@@ -1240,6 +1271,7 @@ class Model:
             return
         send = self._match_send(e)
         if send is None:
+            self._recv_unmatched(e, out)
             return
         if not e.peek:                # MSG_PEEK installs the fds and leaves the message
             self.pending.remove(send)

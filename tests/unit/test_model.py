@@ -1152,6 +1152,17 @@ def test_an_unreceived_send_expires_and_releases_its_files():
     assert w.m.pending == []
 
 
+def test_a_receive_no_send_explains_takes_the_fds_proc_names():
+    # its send was not seen (records lost, a message cut short, before the trace):
+    # what /proc says the fds are is what the table shows, from an unknown sender
+    names = {(2, 7): "a", (2, 8): "", (2, 9): False}
+    w = World(probe=lambda pid, fd: names.get((pid, fd))).named(qemu=2)
+    out = w.apply(ev.ScmRecv, 2, sock=4, fds=(7, 8, 9), cloexec=True)
+    assert w.table() == {(2, 7): ("a", True, "received"), (2, 8): (None, True, "received")}
+    assert out[-1]["type"] == "scm_recv" and out[-1]["from_pid"] is None
+    assert out[-1]["fds"] == [7, 8]
+
+
 def test_a_peek_installs_the_fds_and_the_message_stays_for_the_real_receive():
     w = World().named(libvirtd=1, qemu=2)
     w.tap(1, 3, "a")
