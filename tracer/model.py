@@ -177,6 +177,7 @@ class PendingSend:
     sock: int
     fds: tuple                                   # every fd sent, in order
     files: list                                  # OpenFile or None, per fd
+    truncated: bool = False                      # more fds than the record held
 
 
 class Model:
@@ -186,12 +187,16 @@ class Model:
                  ifindex_name: Callable[[int], str | None] = lambda _i: None,
                  comm_of: Callable[[int], str | None] = lambda _p: None,
                  netns_of: NetnsProbe = _no_netns,
-                 threads_of: Callable[[int], list[int]] = lambda _p: []) -> None:
+                 threads_of: Callable[[int], list[int]] = lambda _p: [],
+                 same_file: Callable[[int, int, int, int], bool | None] = (
+                     lambda _p1, _f1, _p2, _f2: None)) -> None:
         """comm_of(pid): the process's own name (/proc/PID/comm), asked only when a
         process is first seen through a thread, whose records carry the thread's.
         threads_of(pid): its threads (ids, not the leader's), asked when the leader
         unshares its table: the ones not seen yet keep the table it leaves."""
         self._threads_of = threads_of
+        # same_file(pid1, fd1, pid2, fd2): kcmp's answer (None: cannot tell)
+        self._same_file = same_file
         self.procs: dict[int, Process] = {}
         self.taps: dict[tuple, Tap] = {}             # (netns, ifname) -> Tap
         self.own_netns: int | None = None            # the tracer's, from the snapshot
@@ -1132,7 +1137,8 @@ class Model:
             if f is not None:
                 f.refs += 1                     # the message in flight holds it
                 f.step(e.ts, "send", e.pid, comm, fd, sock=e.sock)
-        self.pending.append(PendingSend(e.ts, e.pid, comm, e.sock, e.fds, files))
+        self.pending.append(PendingSend(e.ts, e.pid, comm, e.sock, e.fds, files,
+                                        e.truncated))
         tracked = [fd for fd, f in zip(e.fds, files) if f]
         out.append(self._report("scm_send", e.ts, e.pid, e.tid, comm, sock=e.sock,
                                 fds=tracked, **self._fds_fields(proc.table, tracked)))
@@ -1142,8 +1148,17 @@ class Model:
         # A control buffer too small for every fd (MSG_CTRUNC) gets the first ones
         # only; the kernel drops the rest. Such a shorter receive takes a longer send
         # only when no send matches exactly and /proc confirms what arrived.
-        exact = [s for s in self.pending if len(s.fds) == len(e.fds)]
-        cut = [s for s in self.pending if len(s.fds) > len(e.fds)]
+        # A message too large for its records is so at both ends: a cut-short
+        # receive is matched only to a cut-short send, by the fds both list.
+        # (The kernel hands all of a message's fds over in one list, so a message
+        # sent in too many lists is cut short at its send only.)
+        short = [s for s in self.pending if s.truncated and len(s.fds) <= len(e.fds)]
+        if e.truncated:
+            exact, cut = short, []
+        else:
+            exact = [s for s in self.pending if not s.truncated and len(s.fds) == len(e.fds)]
+            exact += short
+            cut = [s for s in self.pending if not s.truncated and len(s.fds) > len(e.fds)]
         if not any(isinstance(n, str) and n for n in names):
             cut = []
         for send in exact + cut:
@@ -1163,20 +1178,31 @@ class Model:
                 return send
         return None
 
-    def _recv_unmatched(self, e: ev.ScmRecv, out: list) -> None:
-        """A receive no send in flight explains (its send was not seen: lost, cut
-        short, before the trace): the fds /proc names as tun/tap fds are taken as
-        they are, from an unknown sender."""
-        names = [self._probe_fd(e.pid, fd) for fd in e.fds]
+    def _recv_unmatched(self, e: ev.ScmRecv, fds, out: list, report: bool = True,
+                        sender: int | None = None) -> list:
+        """Received fds no send in flight explains (its send was not seen: lost, cut
+        short, before the trace): the ones /proc names as tun/tap fds are taken as
+        they are, from an unknown sender - or, where kcmp says one is the same open
+        file as one of `sender`'s fds, as that file. Returns the fds taken."""
+        names = [self._probe_fd(e.pid, fd) for fd in fds]
         if not any(isinstance(n, str) for n in names):
-            return
+            return []
         comm = self._comm_for(e)
         proc = self._proc(e.pid, comm)
         got, ifnames, nses = [], [], []
-        for fd, name in zip(e.fds, names):
+        for fd, name in zip(fds, names):
             if not isinstance(name, str):
                 continue
             self._drop_entry(proc, fd, e.ts, e.tid, comm, "stale", out, report=False)
+            f = self._sender_file(e.pid, fd, name, sender)
+            if f is not None:
+                f.refs += 1
+                proc.table.fds[fd] = Entry(f, e.cloexec, "received", sender, None, e.pid)
+                f.step(e.ts, "recv", e.pid, comm, fd, from_pid=sender, from_fd=None)
+                got.append(fd)
+                ifnames.append(f.label)
+                nses.append(self._file_ns(f)["netns"])
+                continue
             f = self._new_file(ifname=name or None)
             f.refs = 1
             if f.ifname:
@@ -1190,9 +1216,27 @@ class Model:
             got.append(fd)
             ifnames.append(f.label)
             nses.append(self._file_ns(f)["netns"])
-        out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
-                                from_pid=None, from_comm=None, from_fds=[None] * len(got),
-                                ifnames=ifnames, netns=nses, cloexec=e.cloexec))
+        if report:
+            out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock,
+                                    fds=got, from_pid=None, from_comm=None,
+                                    from_fds=[None] * len(got), ifnames=ifnames, netns=nses,
+                                    cloexec=e.cloexec))
+        return got
+
+    def _sender_file(self, pid: int, fd: int, name: str, sender: int | None):
+        """The open file of `sender` that pid's fd is (kcmp), of that name, or None."""
+        proc = self.procs.get(sender) if sender is not None else None
+        if proc is None:
+            return None
+        seen: set[int] = set()
+        for sfd, entry in sorted(proc.table.fds.items()):
+            f = entry.file
+            if f.id in seen or (f.ifname or "") != name:
+                continue
+            seen.add(f.id)
+            if self._same_file(pid, fd, proc.pid, sfd):
+                return f
+        return None
 
     def forget_receive(self, e: ev.ScmRecv) -> list[dict]:
         """A receive from before the last snapshot, which shows what it installed:
@@ -1271,7 +1315,7 @@ class Model:
             return
         send = self._match_send(e)
         if send is None:
-            self._recv_unmatched(e, out)
+            self._recv_unmatched(e, e.fds, out)
             return
         if not e.peek:                # MSG_PEEK installs the fds and leaves the message
             self.pending.remove(send)
@@ -1279,7 +1323,9 @@ class Model:
         proc = self._proc(e.pid, comm)
         got, names, from_fds, gone, vhost, nses = [], [], [], [], [], []
         for oldfd, f in zip(send.fds[len(e.fds):], send.files[len(e.fds):]):
-            if f is not None and not e.peek:   # did not fit (MSG_CTRUNC): dropped
+            # did not fit (MSG_CTRUNC): dropped. (Not listed in a cut-short record:
+            # installed where the resync that follows will find them.)
+            if f is not None and not e.peek and not e.truncated:
                 f.step(e.ts, "close", e.pid, comm, None, how="ctrunc", from_fd=oldfd)
                 self._release(f, e.ts, e.pid, comm, gone)
         for newfd, oldfd, f in zip(e.fds, send.fds, send.files):
@@ -1299,6 +1345,14 @@ class Model:
             from_fds.append(oldfd)
             if f.is_vhost:
                 vhost.append(newfd)
+        # a message cut short at its send: the fds its record did not list
+        for fd in self._recv_unmatched(e, e.fds[len(send.fds):], out, report=False,
+                                       sender=send.pid):
+            entry = proc.table.fds[fd]
+            got.append(fd)
+            names.append(entry.file.label)
+            nses.append(self._file_ns(entry.file)["netns"])
+            from_fds.append(None)
         out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
                                 from_pid=send.pid, from_comm=send.comm, from_fds=from_fds,
                                 ifnames=names, netns=nses, cloexec=e.cloexec,

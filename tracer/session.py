@@ -131,7 +131,8 @@ class Session:
         self._record = record
         self.filters = filters
         self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name,
-                           netns_of=self._netns_of, threads_of=self._threads_of)
+                           netns_of=self._netns_of, threads_of=self._threads_of,
+                           same_file=procfs.same_file)
         self._threads_asked: list[int] | None = None   # the answer, recorded
         self._ns_asked: list[list] = []          # the model's netns questions, recorded
         self._ns_ready: dict[tuple[int, int], tuple[int, str | None]] = {}

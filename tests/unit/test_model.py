@@ -1163,6 +1163,23 @@ def test_a_receive_no_send_explains_takes_the_fds_proc_names():
     assert out[-1]["fds"] == [7, 8]
 
 
+def test_a_message_cut_short_at_its_send_is_received_whole():
+    # sent in five SCM_RIGHTS lists (the record holds four); the kernel hands all
+    # its fds over in one list: the receive lists more than the send did, and the
+    # rest are the sender's files, as kcmp says
+    names = {(2, 7): "a", (2, 8): "b", (2, 9): "b"}
+    w = World(probe=lambda pid, fd: names.get((pid, fd))).named(libvirtd=1, qemu=2)
+    w.m._same_file = lambda p1, f1, p2, f2: (p1, f1, p2, f2) == (2, 9, 1, 4)
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "b")
+    w.apply(ev.ScmSend, 1, sock=9, fds=(3, 4), truncated=True)
+    w.apply(ev.ScmSend, 1, sock=10, fds=(4, 3))           # another message, in flight
+    out = w.apply(ev.ScmRecv, 2, sock=11, fds=(7, 8, 9), cloexec=False)
+    assert out[-1]["from_fds"] == [3, 4, None]
+    assert w.row(2, 9)["file"] == w.row(1, 4)["file"] == w.row(2, 8)["file"]
+    assert [s.fds for s in w.m.pending] == [(4, 3)]
+
+
 def test_a_peek_installs_the_fds_and_the_message_stays_for_the_real_receive():
     w = World().named(libvirtd=1, qemu=2)
     w.tap(1, 3, "a")
