@@ -289,7 +289,8 @@ class Tracer:
     def __init__(self, args: list[str]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "tracer", "watch", "--json", *args],
                                      cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     errors="surrogateescape")
         self.q: queue.Queue = queue.Queue()
         self.lines: list[dict] = []
         self.stopped = False
@@ -553,7 +554,7 @@ class Runner:
                 raise EOFError(a.name)
             a.buf += chunk
         line, a.buf = a.buf.split(b"\n", 1)
-        return line.decode()
+        return line.decode("utf-8", "surrogateescape")   # an ifr_name may be any bytes
 
     def _kill_group(self, tgid: int) -> None:
         for a in self.actors.values():
