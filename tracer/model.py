@@ -195,6 +195,9 @@ class Model:
         threads_of(pid): its threads (ids, not the leader's), asked when the leader
         unshares its table: the ones not seen yet keep the table it leaves."""
         self._threads_of = threads_of
+        # pid -> the pids it shared an fd table with, for processes the last resync's
+        # snapshot did not list (see _proc)
+        self._missed: dict[int, list[int]] = {}
         # same_file(pid1, fd1, pid2, fd2): kcmp's answer (None: cannot tell)
         self._same_file = same_file
         self.procs: dict[int, Process] = {}
@@ -230,7 +233,14 @@ class Model:
     def _proc(self, pid: int, comm: str) -> Process:
         p = self.procs.get(pid)
         if p is None:
-            table = self._new_table()
+            # a process the last snapshot missed (it exited while /proc was read, or
+            # so /proc said) whose records still come: it shared a table with these
+            others = self._missed.pop(pid, ())
+            sharer = next((self.procs[q] for q in others if q in self.procs), None)
+            table = sharer.table if sharer is not None else self._new_table()
+            for q in others:                # the ones not seen again yet join it later
+                if q in self._missed:
+                    self._missed[q] = [pid]
             table.users.add(pid)
             p = self.procs[pid] = Process(pid, comm, table)
         return p
@@ -342,8 +352,10 @@ class Model:
                         tap.files.add(b.id)
                 b.refs += 1
 
-    def resync(self, snap) -> dict:
-        """Replace the state with a fresh snapshot, keeping what is still true."""
+    def resync(self, snap, alive: Callable[[int], bool] | None = None) -> dict:
+        """Replace the state with a fresh snapshot, keeping what is still true.
+        alive(pid): is a process the snapshot does not list (it holds no tun fd)
+        still there? Such a process that shared an fd table keeps sharing it."""
         before = {(r["pid"], r["fd"], r["ifname"]) for r in self.rows()}
         keep_files: dict = {}
         keep_entries: dict = {}
@@ -352,6 +364,9 @@ class Model:
                 keep_files[(p.pid, fd)] = e.file
                 keep_entries[(p.pid, fd)] = e
         taps_before = dict(self.taps)
+        sharers = {p.pid: sorted(p.table.users - {p.pid} - p.threads)
+                   for p in self.procs.values() if len(p.table.users - p.threads) > 1}
+        procs_before = list(self.procs.values())
         # files only a message in flight held may have landed in a table unseen (a
         # receive whose record was lost or could not hold its fds)
         in_flight = {f.id: f for s in self.pending for f in s.files if f is not None}
@@ -361,6 +376,14 @@ class Model:
         self.files.clear()
         self.pending.clear()
         self._load(snap, keep_files, keep_entries, list(in_flight.values()))
+        self._missed = {pid: others for pid, others in sharers.items()
+                        if pid not in self.procs}
+        # sharers of a table that holds no tun fd (yet), alive: a CLONE_FILES pair
+        # about to make a tap in it (the snapshot lists holders only)
+        for pid in sorted(self._missed):
+            if alive is not None and pid not in self.procs and alive(pid):
+                old = next(p for p in procs_before if p.pid == pid)
+                self._proc(pid, old.comm).ppid = old.ppid
         # Messages in flight survive: /proc cannot show them, and their receives may
         # come after the snapshot. Each keeps its reference to its files (a receive
         # the snapshot already shows is taken off by forget_receive).
@@ -595,6 +618,9 @@ class Model:
         """Apply one event; return the reports it produces (maybe none)."""
         out: list[dict] = []
         proc = self.procs.get(getattr(e, "pid", None))
+        if proc is None and e.pid in self._missed and any(
+                q in self.procs for q in self._missed[e.pid]):
+            proc = self._proc(e.pid, e.comm)    # it shares a table with a known one
         if proc is not None and proc.exec_table is not None and not isinstance(e, ev.Exec):
             # the exec that began did not happen (it failed, or the process died)
             own, proc.exec_table = proc.exec_table, None

@@ -177,7 +177,7 @@ class Session:
             self.model.load(snap)
             report = None
         else:
-            report = self.model.resync(snap)
+            report = self.model.resync(snap, alive=procfs.alive)
         # Every process the model knows (holders and sharers) must be in the set.
         self.probes.set_interest(self.model.procs.keys())
         self._track_root()

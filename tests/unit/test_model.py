@@ -1521,6 +1521,19 @@ def test_a_send_in_flight_survives_a_resync_and_its_receive_lands():
     assert w.gone() == ["a"]
 
 
+def test_resync_keeps_a_clone_files_pair_that_holds_no_tap_yet():
+    # the snapshot lists holders only: a CLONE_FILES pair still alive keeps sharing
+    # its table, so a tap one makes there is the other's too (pasta's shape)
+    w = World()
+    w.tap(9, 3, "z")
+    w.apply(ev.Fork, 1, flags=ev.CLONE_FILES | SIGCHLD, child=2)
+    w.m.resync(snapshot({9: "p"}, [(9, 3, "z", False)], {"z": TAP}),
+               alive=lambda pid: pid in (1, 2))
+    w.tap(1, 5, "a")
+    w.exit(1)
+    assert w.table()[(2, 5)][0] == "a" and w.gone() == []
+
+
 def test_resync_of_an_fd_that_now_holds_another_file():
     w = World()
     w.tap(1, 3, "a")
