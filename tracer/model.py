@@ -751,14 +751,18 @@ class Model:
                                 path=e.path, ifname=ifname, cloexec=cloexec,
                                 **self._file_ns(f)))
 
-    def _file_at(self, pid: int, fd: int, comm: str, ptr: int = 0) -> OpenFile:
-        """The open file behind pid/fd, adopting one the model missed."""
+    def _file_at(self, pid: int, fd: int, comm: str, ptr: int = 0,
+                 cloexec: bool | None = None) -> OpenFile:
+        """The open file behind pid/fd, adopting one the model missed (with the
+        close-on-exec bit the record read, where it did)."""
         proc = self._proc(pid, comm)
         entry = proc.table.fds.get(fd)
         if entry is None:
             f = self._new_file()
             f.refs = 1
-            entry = proc.table.fds[fd] = Entry(f, False, "unknown", by=pid)
+            entry = proc.table.fds[fd] = Entry(f, bool(cloexec), "unknown", by=pid)
+        elif entry.cloexec is None and cloexec is not None:
+            entry.cloexec = cloexec
         self._learn(entry.file, ptr)
         return entry.file
 
@@ -791,7 +795,7 @@ class Model:
         if e.cmd == ev.TUNGETIFF:
             f = None
             if e.ret == 0:
-                f = self._file_at(e.pid, e.fd, comm, e.file)
+                f = self._file_at(e.pid, e.fd, comm, e.file, e.cloexec)
                 if f.ifname is None:
                     f.ifname = e.ifname
                     f.iff = f.iff or e.value
@@ -818,7 +822,7 @@ class Model:
                                         created=False, kind=_requested_kind(e.value),
                                         **self.ns_fields(None)))
                 return
-            f = self._file_at(e.pid, e.fd, comm, e.file)
+            f = self._file_at(e.pid, e.fd, comm, e.file, e.cloexec)
             if f.path.startswith("/dev/tap"):
                 # macvtap/ipvtap: the open was the attach; TUNSETIFF only sets flags
                 # and ignores (and returns) the name it was given
@@ -1263,6 +1267,24 @@ class Model:
             if self._same_file(pid, fd, proc.pid, sfd):
                 return f
         return None
+
+    def learn_from_before(self, e: ev.TunIoctl) -> None:
+        """A TUNSETIFF from before the last snapshot, which already shows its result:
+        who did it, which /proc cannot tell, is still worth knowing."""
+        if e.cmd != ev.TUNSETIFF or e.ret != 0:
+            return
+        table = self.table_of(e.pid, e.tid)
+        entry = table.fds.get(e.fd) if table is not None else None
+        f = entry.file if entry is not None else None
+        if f is None or f.ifname != e.ifname or f.creator_pid is not None:
+            return
+        if e.file and f.ptr and f.ptr != e.file:
+            return                          # another file at that fd by now
+        comm = self._comm_for(e)
+        f.creator_pid, f.creator_comm = e.pid, comm
+        tap = self._tap_of(f)
+        if tap is not None and tap.created_by is None:
+            tap.created_by, tap.created_comm = e.pid, comm
 
     def forget_receive(self, e: ev.ScmRecv) -> list[dict]:
         """A receive from before the last snapshot, which shows what it installed:

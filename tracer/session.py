@@ -388,6 +388,8 @@ class Session:
                     # the snapshot shows what it installed; its message has landed
                     for report in self.model.forget_receive(e):
                         self._out(report)
+                elif isinstance(e, ev.TunIoctl):
+                    self.model.learn_from_before(e)     # who made it: not in /proc
                 continue
             if isinstance(e, ev.TunIoctl) and e.netns:
                 # the record read the file's namespace in the kernel: nothing to ask

@@ -1534,6 +1534,26 @@ def test_resync_keeps_a_clone_files_pair_that_holds_no_tap_yet():
     assert w.table()[(2, 5)][0] == "a" and w.gone() == []
 
 
+def test_an_fd_first_met_at_its_ioctl_takes_the_close_on_exec_bit_the_record_read():
+    w = World()
+    w.apply(ev.TunIoctl, 1, fd=7, cmd=ev.TUNSETIFF, ret=0, ifname="a", value=TAP,
+            cloexec=True)
+    assert w.table() == {(1, 7): ("a", True, "unknown")}
+
+
+def test_a_tunsetiff_from_before_the_snapshot_still_names_the_creator():
+    w = World().named(maker=1)
+    w.m.resync(snapshot({1: "maker"}, [(1, 7, "a", True)], {"a": TAP}))
+    assert w.row(1, 7)["creator_pid"] is None
+    w.m.learn_from_before(ev.TunIoctl(ts=1, pid=1, tid=1, comm="maker", fd=7,
+                                      cmd=ev.TUNSETIFF, ret=0, ifname="a", value=TAP))
+    assert w.row(1, 7)["creator_pid"] == 1 and w.tap_info("a")["created_by"] == 1
+    # never over a creator known, nor onto another name
+    w.m.learn_from_before(ev.TunIoctl(ts=1, pid=1, tid=1, comm="maker", fd=7,
+                                      cmd=ev.TUNSETIFF, ret=0, ifname="b", value=TAP))
+    assert w.row(1, 7)["creator_pid"] == 1
+
+
 def test_resync_of_an_fd_that_now_holds_another_file():
     w = World()
     w.tap(1, 3, "a")
