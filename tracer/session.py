@@ -169,6 +169,9 @@ class Session:
 
     def _snapshot(self, initial: bool) -> dict | None:
         start = time.monotonic_ns()
+        # read before /proc is: records lost while it is read (their changes may be
+        # newer than what the scan saw) make the next poll resync again
+        lost_before = self.probes.lost()
         snap = procfs.snapshot()
         if self._record is not None:
             self._record({"kind": "snapshot", "ts": start,
@@ -182,7 +185,7 @@ class Session:
         self.probes.set_interest(self.model.procs.keys())
         self._track_root()
         self._min_ts = start
-        self._lost_seen = self.probes.lost()
+        self._lost_seen = lost_before
         return report
 
     def _first_sight(self, e: ev.TunIoctl | ev.VhostBackend) -> ev.Open | None:
