@@ -28,6 +28,7 @@ TUNSETIFF attached the file), and the taps with their persist flag.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import ctypes
 import json
@@ -294,8 +295,15 @@ class Tracer:
         self.q: queue.Queue = queue.Queue()
         self.lines: list[dict] = []
         self.stopped = False
+        # stderr is drained too (a warning a resync): a full pipe would block the tracer
+        self.err: collections.deque[str] = collections.deque(maxlen=50)
         threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
         self.ready = self._until(lambda o: o["type"] == "ready", 90)
+
+    def _pump_err(self) -> None:
+        for line in self.proc.stderr:
+            self.err.append(line)
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
@@ -318,7 +326,7 @@ class Tracer:
             self.lines.append(obj)
             if pred(obj):
                 return obj
-        err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+        err = "".join(self.err) if self.proc.poll() is not None else ""
         raise RuntimeError(f"tracer did not answer: {self.lines[-3:]} {err[-500:]}")
 
     def table(self) -> dict:
