@@ -82,8 +82,23 @@ static __always_inline int interesting(u32 tgid)
 	return interest.lookup(&tgid) != 0;
 }
 
+/*
+ * taptrace itself (its pid, set at start): its own copies of tun fds, taken to ask
+ * their namespace while /proc is read, are not traced - with a small buffer their
+ * records alone could overflow it during every resync's scan, and so forever.
+ */
+#ifndef TT_SELF_TGID
+#define TT_SELF_TGID 0
+#endif
+static __always_inline int is_self(u32 tgid)
+{
+	return tgid == TT_SELF_TGID;
+}
+
 static __always_inline void mark_interesting(u32 tgid)
 {
+	if (is_self(tgid))
+		return;
 	u32 one = 1;
 	if (interest.update(&tgid, &one))
 		count(TT_C_INTEREST_FULL);

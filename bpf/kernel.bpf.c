@@ -95,7 +95,7 @@ static __always_inline void set_file(struct tt_event *e, const void *file, u32 k
 KFUNC_PROBE(fd_install, unsigned int fd, void *file)
 {
 	u32 kind = file_kind(file);
-	if (!kind)
+	if (!kind || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	u64 nr = sysarg(PT_ORIG_AX);
 	u64 cloexec = fd_cloexec(fd);
@@ -222,7 +222,7 @@ KFUNC_(TT_CLOSE_FN, void *files, unsigned int fd)
 	const char *slots = (const char *)kword(fdt + TT_FDT_FD_OFF);
 	const void *file = (const void *)kword(slots + (u64)fd * 8);
 	u32 kind = file_kind(file);
-	if (!kind)
+	if (!kind || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_CLOSE);
@@ -344,7 +344,7 @@ BPF_HASH(ioctl_calls, u32, struct tt_ioctl_call, 10240);   /* tid -> call in pro
 static __always_inline int ioctl_entry(void *ctx, u32 kind)
 {
 	u32 cmd = (u32)ctxreg(ctx, PT_SI);
-	if (!is_tun_cmd(cmd))
+	if (!is_tun_cmd(cmd) || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	struct tt_ioctl_call c = {};
 	c.file = ctxreg(ctx, PT_DI);

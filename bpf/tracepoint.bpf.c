@@ -76,7 +76,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		submit(args, e);
 		return 0;
 	}
-	if (!is_tun_cmd(cmd))
+	if (!is_tun_cmd(cmd) || is_self(tgid))
 		return 0;
 	u64 uarg = sysarg(PT_DX);
 	struct tt_event ev_, *e = &ev_;
@@ -215,7 +215,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_unshare)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_getfd)
 {
-	if (args->ret < 0)
+	if (args->ret < 0 || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	/* Rare; user space decides whether the source fd is a tracked one. */
 	struct tt_event ev_, *e = &ev_;
@@ -232,7 +232,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_getfd)
  * (the pidfd is often closed before user space could look it up in /proc). */
 TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_open)
 {
-	if (args->ret < 0)
+	if (args->ret < 0 || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_PIDFD_OPEN);

@@ -202,6 +202,23 @@ def _write(line: str) -> None:
         raise OutputError(exc) from None
 
 
+class _LostNote:
+    """The "records lost" warning, at most once a second (a 1-page buffer under a
+    burst resyncs hundreds of times a second): the count since the last one said."""
+
+    EVERY_S = 1.0
+
+    def __init__(self) -> None:
+        self.count, self.at = 0, float("-inf")
+
+    def add(self, count: int) -> None:
+        self.count += count
+        now = time.monotonic()
+        if now - self.at >= self.EVERY_S:
+            _warn(f"{self.count} records lost; resyncing from /proc")
+            self.count, self.at = 0, now
+
+
 def _warn(message: str) -> None:
     """A warning on stderr; a full or closed stderr must not end the trace."""
     try:
@@ -231,9 +248,11 @@ def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
     filters = Filters(pid=pid, comm=comm, ifname=ifname)
     offset = time.time_ns() - time.monotonic_ns()
 
+    lost_note = _LostNote()
+
     def default_emit(report: dict) -> None:
         if report["type"] == "lost":
-            _warn(f"{report['count']} records lost; resyncing from /proc")
+            lost_note.add(report["count"])
         if json_out:
             _write(render.json_line(render.public(report, offset)))
             return
@@ -730,10 +749,12 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
     else:
         offset = time.time_ns() - time.monotonic_ns()
 
+        lost_note = _LostNote()
+
         def emit(report: dict) -> None:
             t = report["type"]
             if t == "lost":
-                _warn(f"{report['count']} records lost; resyncing from /proc")
+                lost_note.add(report["count"])
             elif t == "ready" and not quiet:
                 _write(render.json_line(render.public(report, offset)) if json_out else
                        f"# auditing for {watch_s:g} s with the {report['backend']} backend "

@@ -992,6 +992,13 @@ class Model:
         elif e.file in self.by_ptr:      # kernel backend: the file, whatever the fd says
             f = self.by_ptr[e.file]
             src = Entry(f, None, "dup")
+        held = proc.table.fds.get(e.newfd)
+        if (src is None and held is not None and held.file.ifname
+                and self._probe_fd(e.pid, e.newfd) == held.file.ifname):
+            # from an fd the model does not know onto one it does, and /proc shows the
+            # same tap there now: a snapshot read after this dup already holds its
+            # result (the file it shows at newfd is the one that was at oldfd)
+            return
         if e.how in ("dup2", "dup3"):
             # dup2/dup3 silently close what newfd held.
             self._drop_entry(proc, e.newfd, e.ts, e.tid, comm, e.how, out)

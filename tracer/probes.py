@@ -213,7 +213,7 @@ class BccBackend:
         bcc = _import_bcc()
         ringbuf = kernel_at_least(5, 8) and not force_perf
         cflags = [f"-I{BPF_DIR}", f"-DTT_RING_PAGES={buffer_pages}", "-Wno-unused-function",
-                  *extra]
+                  f"-DTT_SELF_TGID={os.getpid()}", *extra]
         if ringbuf:
             cflags.append("-DTT_RINGBUF")
         self._bpf = load_bpf(bcc, text, cflags, source)

@@ -83,6 +83,16 @@ class Tracer:
         err = self.proc.stderr.read() if self.proc.poll() is not None else ""
         raise AssertionError(f"tracer did not say what was expected: {self.lines[-5:]} {err}")
 
+    def wait_quiet(self, pred, quiet: float, timeout: float = 30) -> None:
+        """Until `quiet` seconds pass with no new line matching pred."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._read_until(pred, quiet)
+            except AssertionError:
+                return
+        raise AssertionError(f"tracer never went quiet: {self.lines[-5:]}")
+
     def wait_for(self, pred, timeout: float = 10) -> dict:
         for obj in self.lines:
             if pred(obj):

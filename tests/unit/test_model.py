@@ -1541,6 +1541,18 @@ def test_an_fd_first_met_at_its_ioctl_takes_the_close_on_exec_bit_the_record_rea
     assert w.table() == {(1, 7): ("a", True, "unknown")}
 
 
+def test_a_dup2_a_snapshot_already_shows_does_not_close_its_result():
+    # the snapshot read 33 after dup2(7, 33) and close(7): 7 is unknown, 33 holds the
+    # tap; the dup2 record applied after it must not close 33
+    names = {(1, 33): "a"}
+    w = World(probe=lambda pid, fd: names.get((pid, fd))).named(maker=1)
+    w.tap(1, 7, "a")
+    w.m.resync(snapshot({1: "maker"}, [(1, 33, "a", False)], {"a": TAP}))
+    w.dup(1, 7, 33, how="dup2")
+    assert w.table() == {(1, 33): ("a", False, "snapshot")}
+    assert w.row(1, 33)["creator_pid"] == 1 and w.gone() == []
+
+
 def test_a_tunsetiff_from_before_the_snapshot_still_names_the_creator():
     w = World().named(maker=1)
     w.m.resync(snapshot({1: "maker"}, [(1, 7, "a", True)], {"a": TAP}))
