@@ -186,10 +186,9 @@ static __always_inline u64 fd_cloexec(u32 fd)
 	return (word >> (fd % 64)) & 1;
 }
 
-/* the struct file * at fd in the current task's table (NULL: not open) */
-static __always_inline const void *fd_file(u32 fd)
+/* the struct file * in slot fd of a struct fdtable (NULL: none, or past max_fds) */
+static __always_inline const void *fdt_file(const char *fdt, u32 fd)
 {
-	const char *fdt = current_fdt();
 	if (!fdt)
 		return 0;
 	u32 max = 0;
@@ -200,6 +199,12 @@ static __always_inline const void *fd_file(u32 fd)
 	if (!slots)
 		return 0;
 	return (const void *)kword(slots + (u64)fd * 8);
+}
+
+/* the struct file * at fd in the current task's table (NULL: not open) */
+static __always_inline const void *fd_file(u32 fd)
+{
+	return fdt_file(current_fdt(), fd);
 }
 #endif
 

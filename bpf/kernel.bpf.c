@@ -212,15 +212,8 @@ KRETFUNC_PROBE(do_dup2, void *files, void *file, unsigned int fd, unsigned int f
 #define KFUNC_(fn, ...) KFUNC_PROBE(fn, __VA_ARGS__)
 KFUNC_(TT_CLOSE_FN, void *files, unsigned int fd)
 {
-	const char *fdt = (const char *)kword((const char *)files + TT_FILES_FDT_OFF);
-	if (!fdt)
-		return 0;
-	u32 max = 0;
-	bpf_probe_read_kernel(&max, sizeof(max), fdt + TT_FDT_MAX_FDS_OFF);
-	if (fd >= max)
-		return 0;
-	const char *slots = (const char *)kword(fdt + TT_FDT_FD_OFF);
-	const void *file = (const void *)kword(slots + (u64)fd * 8);
+	const void *file = fdt_file((const char *)kword((const char *)files + TT_FILES_FDT_OFF),
+				    fd);
 	u32 kind = file_kind(file);
 	if (!kind || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;

@@ -1232,24 +1232,12 @@ class Model:
                 continue
             self._drop_entry(proc, fd, e.ts, e.tid, comm, "stale", out, report=False)
             f = self._sender_file(e.pid, fd, name, sender)
-            if f is not None:
-                f.refs += 1
-                proc.table.fds[fd] = Entry(f, e.cloexec, "received", sender, None, e.pid)
-                f.step(e.ts, "recv", e.pid, comm, fd, from_pid=sender, from_fd=None)
-                got.append(fd)
-                ifnames.append(f.label)
-                nses.append(self._file_ns(f)["netns"])
-                continue
-            f = self._new_file(ifname=name or None)
-            f.refs = 1
-            if f.ifname:
-                self._learn_netns(f, e.pid, fd)
-                tap = self._tap_of(f)
-                if tap is not None:
-                    f.iff = tap.iff
-                    tap.files.add(f.id)
-            proc.table.fds[fd] = Entry(f, e.cloexec, "received", None, None, e.pid)
-            f.step(e.ts, "recv", e.pid, comm, fd, from_pid=None, from_fd=None)
+            from_pid = sender if f is not None else None
+            if f is None:
+                f = self._file_from_proc(e.pid, fd, name)
+            f.refs += 1
+            proc.table.fds[fd] = Entry(f, e.cloexec, "received", from_pid, None, e.pid)
+            f.step(e.ts, "recv", e.pid, comm, fd, from_pid=from_pid, from_fd=None)
             got.append(fd)
             ifnames.append(f.label)
             nses.append(self._file_ns(f)["netns"])
@@ -1259,6 +1247,18 @@ class Model:
                                     from_fds=[None] * len(got), ifnames=ifnames, netns=nses,
                                     cloexec=e.cloexec))
         return got
+
+    def _file_from_proc(self, pid: int, fd: int, name: str) -> OpenFile:
+        """A received file the model did not know, as /proc names it ("": no tap
+        attached): its namespace asked, its tap's flags taken (no reference yet)."""
+        f = self._new_file(ifname=name or None)
+        if f.ifname:
+            self._learn_netns(f, pid, fd)
+        tap = self._tap_of(f)
+        if tap is not None:
+            f.iff = tap.iff
+            tap.files.add(f.id)
+        return f
 
     def _sender_file(self, pid: int, fd: int, name: str, sender: int | None):
         """The open file of `sender` that pid's fd is (kcmp), of that name, or None."""
@@ -1340,14 +1340,8 @@ class Model:
                 f = self.by_ptr.get(ptr)
                 if f is None:
                     name = self._probe_fd(e.pid, newfd)
-                    f = self._new_file(ifname=name if isinstance(name, str) and name
-                                       else None)
-                    if f.ifname:
-                        self._learn_netns(f, e.pid, newfd)
-                    tap = self._tap_of(f)
-                    if tap is not None:
-                        f.iff = tap.iff
-                        tap.files.add(f.id)
+                    f = self._file_from_proc(e.pid, newfd, name if isinstance(name, str)
+                                             else "")
                     self._learn(f, ptr)
                 f.refs += 1
                 oldfd, from_pid = None, None
