@@ -627,7 +627,7 @@ class Model:
             self._discard_table(own, e.ts, proc, out)
         tid = getattr(e, "tid", None)
         if proc is not None and isinstance(e, ev.Fork) and e.flags & ev.CLONE_THREAD:
-            self._new_thread(proc, tid, e.child)
+            self._new_thread(proc, tid, e, out)
             return out
         if proc is not None and tid is not None and tid != proc.pid:
             e = self._thread_event(proc, e, out)
@@ -655,10 +655,20 @@ class Model:
         proc = self.procs.get(pid)
         return self._table_of(proc, tid) if proc is not None else None
 
-    def _new_thread(self, proc: Process, tid: int, child: int) -> None:
-        """clone(CLONE_THREAD): the new thread uses its creator's table."""
+    def _new_thread(self, proc: Process, tid: int, e: ev.Fork, out: list) -> None:
+        """clone(CLONE_THREAD): the new thread uses its creator's table (a copy of it
+        without CLONE_FILES)."""
         self._know_thread(proc, tid)
+        child = e.child
+        if child in proc.threads:
+            # named already by a look at /proc/PID/task made after this clone (an
+            # unshare's): its clone, not that look, says which table it uses
+            proc.threads.discard(child)
+            self._leave_table(proc.thread_tables.pop(child, proc.table), child, e.ts,
+                              proc, out)
         t = self._table_of(proc, tid)
+        if not e.flags & ev.CLONE_FILES:
+            t = self._copy_table(t)
         t.users.add(child)
         proc.threads.add(child)
         if t is not proc.table:

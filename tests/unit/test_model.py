@@ -911,6 +911,32 @@ def test_a_leader_that_unshares_leaves_its_threads_the_old_table():
     assert sorted(w.gone()) == ["a", "b"]
 
 
+def test_a_thread_made_after_a_leader_unshare_uses_the_leaders_new_table():
+    # the unshare's look at /proc/PID/task comes when its record is read, and may
+    # list a thread the leader made after it: that thread's clone record says it
+    # uses the leader's new table, so the process's exit leaves no table behind
+    w = World()
+    w.m = Model(threads_of=lambda pid: [7] if pid == 1 else [])
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
+    w.apply(ev.Fork, 1, flags=ev.CLONE_VM | ev.CLONE_FILES | ev.CLONE_THREAD, child=7)
+    w.apply(ev.Exit, 1, thread=True)          # the leader thread leaves first
+    assert w.gone() == []
+    w.apply(ev.Exit, 1, tid=7)                # the last thread: the process is gone
+    assert w.gone() == ["a"]
+    assert w.table() == {}
+
+
+def test_a_thread_made_without_clone_files_uses_a_copy_of_the_table():
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Fork, 1, flags=ev.CLONE_VM | ev.CLONE_THREAD, child=7)
+    w.close(1, 3)                             # the leader's table; the thread's copy holds
+    assert w.gone() == []
+    w.apply(ev.Exit, 1, tid=7, thread=True)
+    assert w.gone() == ["a"]
+
+
 def test_threads_made_by_a_thread_with_its_own_table_use_it():
     w = World()
     w.tap(1, 3, "a")
