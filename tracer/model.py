@@ -1244,7 +1244,7 @@ class Model:
             f = self._sender_file(e.pid, fd, name, sender)
             from_pid = sender if f is not None else None
             if f is None:
-                f = self._file_from_proc(e.pid, fd, name)
+                f = self._held_file(e.pid, fd, name) or self._file_from_proc(e.pid, fd, name)
             f.refs += 1
             proc.table.fds[fd] = Entry(f, e.cloexec, "received", from_pid, None, e.pid)
             f.step(e.ts, "recv", e.pid, comm, fd, from_pid=from_pid, from_fd=None)
@@ -1273,16 +1273,29 @@ class Model:
     def _sender_file(self, pid: int, fd: int, name: str, sender: int | None):
         """The open file of `sender` that pid's fd is (kcmp), of that name, or None."""
         proc = self.procs.get(sender) if sender is not None else None
-        if proc is None:
-            return None
-        seen: set[int] = set()
-        for sfd, entry in sorted(proc.table.fds.items()):
-            f = entry.file
-            if f.id in seen or (f.ifname or "") != name:
-                continue
-            seen.add(f.id)
-            if self._same_file(pid, fd, proc.pid, sfd):
-                return f
+        return self._kcmp_file(pid, fd, name, [proc] if proc is not None else [])
+
+    def _held_file(self, pid: int, fd: int, name: str):
+        """The open file, of that name, some tracked process holds that pid's fd is
+        (kcmp; the receiver's own first): a file whose sender has gone, or whose
+        send was cut short, is still the one its other holders have."""
+        first = self.procs.get(pid)
+        procs = ([first] if first is not None else []) + [
+            p for p in self.procs.values() if p is not first]
+        return self._kcmp_file(pid, fd, name, procs)
+
+    def _kcmp_file(self, pid: int, fd: int, name: str, procs: list) -> OpenFile | None:
+        known: set[int] = set()             # files kcmp said pid's fd is not
+        for proc in procs:
+            for sfd, entry in sorted(proc.table.fds.items()):
+                f = entry.file
+                if f.id in known or (f.ifname or "") != name or (proc.pid, sfd) == (pid, fd):
+                    continue
+                same = self._same_file(pid, fd, proc.pid, sfd)
+                if same:
+                    return f
+                if same is not None:
+                    known.add(f.id)
         return None
 
     def learn_from_before(self, e: ev.TunIoctl) -> None:

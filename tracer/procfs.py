@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import struct
+import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -88,6 +89,9 @@ class Snapshot:
     tables: list[list[int]]              # pid groups sharing one fd table
     own_netns: int | None = None         # taptrace's network namespace
     netns_names: dict[int, str] = field(default_factory=dict)   # `ip netns` names
+    # when each holder's fd table was read (CLOCK_MONOTONIC ns, the clock of the
+    # records): a record of that table stamped earlier is already in the snapshot
+    read_ns: dict[int, int] = field(default_factory=dict)
 
 
 # ---- kcmp ------------------------------------------------------------------
@@ -704,10 +708,15 @@ def _pids() -> list[int]:
         return []
 
 
-def _scan(pids: Iterable[int], taps: _Ifindex) -> list[FdInfo]:
+def _scan(pids: Iterable[int], taps: _Ifindex,
+          read_ns: dict[int, int] | None = None) -> list[FdInfo]:
     fds: list[FdInfo] = []
     for pid in pids:
-        fds.extend(_tun_fds(pid, taps))
+        start = time.monotonic_ns()
+        got = _tun_fds(pid, taps)
+        if got and read_ns is not None:
+            read_ns[pid] = start
+        fds.extend(got)
     return fds
 
 
@@ -805,7 +814,8 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     taps = _Ifindex()
     pids = _pids() if pids is None else list(pids)
     workers = min(workers, len(pids) // _PIDS_PER_WORKER)
-    fds = _scan_parallel(pids, taps, workers) if workers > 1 else _scan(pids, taps)
+    read_ns: dict[int, int] = {}
+    fds = _scan_parallel(pids, taps, workers) if workers > 1 else _scan(pids, taps, read_ns)
     procs: dict[int, ProcInfo] = {}
     for pid in sorted({f.pid for f in fds}):
         info = proc_info(pid)
@@ -823,7 +833,7 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     own = own_netns()
     names = netns_names()
     return Snapshot(procs, fds, all_taps(own, names, fds, pids), files, group_tables(procs),
-                    own, names)
+                    own, names, {pid: t for pid, t in read_ns.items() if pid in procs})
 
 
 def all_taps(own: int | None, names: dict[int, str], fds: Iterable[FdInfo],

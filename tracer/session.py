@@ -81,6 +81,9 @@ def ppid_of(pid: int) -> int | None:
         return None
 
 
+# records that change an fd table (see Session._in_snapshot)
+TABLE_RECORDS = (ev.Open, ev.TunIoctl, ev.Dup, ev.Close, ev.CloseRange, ev.SetFd, ev.ScmRecv,
+                 ev.PidfdGetfd)
 PERF_EVENT_LINK = "anon_inode:[perf_event]"
 
 
@@ -144,6 +147,7 @@ class Session:
         self._held: dict[int, tuple[OpenFile, dict]] = {}
         self._pidfds: dict[tuple[int, int], int] = {}
         self._min_ts = 0
+        self._read_ns: dict[int, int] = {}
         self._lost_seen = 0
         self.stats = {"events": 0, "lost": 0, "resyncs": 0, "truncated": 0}
         self._pid_ok = (descendants_filter(self.model, filters.pid, ppid_of)
@@ -185,6 +189,7 @@ class Session:
         self.probes.set_interest(self.model.procs.keys())
         self._track_root()
         self._min_ts = start
+        self._read_ns = snap.read_ns
         self._lost_seen = lost_before
         return report
 
@@ -386,7 +391,8 @@ class Session:
                 # into the in-kernel interest set: out again, and no events
                 self.probes.drop_interest(self._self_pid)
                 continue
-            if e.ts < self._min_ts and not self._died_before_snapshot(e):
+            if (e.ts < self._min_ts or self._in_snapshot(e)) \
+                    and not self._died_before_snapshot(e):
                 if isinstance(e, ev.ScmRecv):
                     # the snapshot shows what it installed; its message has landed
                     for report in self.model.forget_receive(e):
@@ -437,6 +443,19 @@ class Session:
         if tap.netns not in (None, self.model.own_netns) or "/" in tap.ifname:
             return None
         return os.path.exists(f"/sys/class/net/{tap.ifname}/tun_flags")
+
+    def _in_snapshot(self, e: ev.Event) -> bool:
+        """A change to an fd table that the last snapshot read after it was made. The
+        scan reads one table after another, and may take longer than the records
+        made meanwhile: a record stamped after the scan began may be older than the
+        read of its table, which then shows its result already."""
+        if not self._read_ns or not isinstance(e, TABLE_RECORDS):
+            return False
+        proc = self.model.procs.get(e.pid)
+        if proc is None or e.tid in proc.thread_tables:
+            return False                     # /proc/PID/fd shows the leader's table
+        reads = [self._read_ns[u] for u in proc.table.users if u in self._read_ns]
+        return bool(reads) and e.ts < min(reads)
 
     def _died_before_snapshot(self, e: ev.Event) -> bool:
         """An exit stamped before the last snapshot that the snapshot still shows: the

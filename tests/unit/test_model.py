@@ -1206,6 +1206,25 @@ def test_a_message_cut_short_at_its_send_is_received_whole():
     assert [s.fds for s in w.m.pending] == [(4, 3)]
 
 
+def test_the_rest_of_a_cut_short_message_whose_sender_left_is_known_from_its_holders():
+    # the sender listed one fd of two and exited: kcmp against it cannot answer; the
+    # receiver's first fd (matched to the send) is the same open file, as kcmp says
+    names = {(2, 7): "a", (2, 8): "a"}
+    w = World(probe=lambda pid, fd: names.get((pid, fd))).named(libvirtd=1, qemu=2)
+    w.m._same_file = lambda p1, f1, p2, f2: (
+        None if 1 in (p1, p2) else (p1, f1, p2, f2) == (2, 8, 2, 7))
+    w.tap(1, 3, "a")
+    w.apply(ev.ScmSend, 1, sock=9, fds=(3,), truncated=True)
+    w.exit(1)
+    w.apply(ev.ScmRecv, 2, sock=11, fds=(7, 8), cloexec=False)
+    assert w.row(2, 8)["file"] == w.row(2, 7)["file"]
+    assert w.row(2, 8)["creator_pid"] == 1
+    w.close(2, 7)
+    assert w.gone() == []
+    w.close(2, 8)
+    assert w.gone() == ["a"]
+
+
 def test_a_peek_installs_the_fds_and_the_message_stays_for_the_real_receive():
     w = World().named(libvirtd=1, qemu=2)
     w.tap(1, 3, "a")
