@@ -189,12 +189,19 @@ class Model:
                  netns_of: NetnsProbe = _no_netns,
                  threads_of: Callable[[int], list[int]] = lambda _p: [],
                  same_file: Callable[[int, int, int, int], bool | None] = (
-                     lambda _p1, _f1, _p2, _f2: None)) -> None:
+                     lambda _p1, _f1, _p2, _f2: None),
+                 thread_table: Callable[[int, int], list | None] = lambda _p, _t: None
+                 ) -> None:
         """comm_of(pid): the process's own name (/proc/PID/comm), asked only when a
         process is first seen through a thread, whose records carry the thread's.
         threads_of(pid): its threads (ids, not the leader's), asked when the leader
-        unshares its table: the ones not seen yet keep the table it leaves."""
+        unshares its table: the ones not seen yet keep the table it leaves.
+        thread_table(pid, tid): asked when a thread is first seen acting: None if it
+        uses its leader's fd table (or nobody can tell), else the tun fds of its own
+        table (it unshared before it was tracked), as (fd, ifname, cloexec) with
+        ifname as probe_fd answers."""
         self._threads_of = threads_of
+        self._thread_table = thread_table
         # pid -> the pids it shared an fd table with, for processes the last resync's
         # snapshot did not list (see _proc)
         self._missed: dict[int, list[int]] = {}
@@ -561,7 +568,7 @@ class Model:
         """unshare(CLONE_FILES) by the process's leader (a thread's: see apply): its
         threads, seen yet or not, keep the table it leaves."""
         for tid in self._threads_of(proc.pid):
-            self._know_thread(proc, tid)
+            self._know_thread(proc, tid, ask=False)   # /proc shows them after it
         self._unshare(proc)
 
     def _fds_fields(self, table: FdTable, fds: list) -> dict:
@@ -674,12 +681,27 @@ class Model:
         if t is not proc.table:
             proc.thread_tables[child] = t
 
-    def _know_thread(self, proc: Process, tid: int) -> None:
+    def _know_thread(self, proc: Process, tid: int, ask: bool = True) -> None:
         """A thread first seen acting (made before the trace or a resync): it uses
-        the leader's table, as far as anyone can tell."""
-        if tid != proc.pid and tid not in proc.threads:
-            proc.threads.add(tid)
+        the leader's table unless /proc says it has one of its own (`ask`), which
+        it then gets, with what /proc shows in it."""
+        if tid == proc.pid or tid in proc.threads:
+            return
+        proc.threads.add(tid)
+        own = self._thread_table(proc.pid, tid) if ask else None
+        if own is None:
             proc.table.users.add(tid)
+            return
+        t = self._new_table()
+        t.users.add(tid)
+        proc.thread_tables[tid] = t
+        others = [proc] + [p for p in self.procs.values() if p is not proc]
+        for fd, name, cloexec in own:
+            if not isinstance(name, str):
+                continue
+            f = self._kcmp_file(tid, fd, name, others) or self._file_from_proc(tid, fd, name)
+            f.refs += 1
+            t.fds[fd] = Entry(f, cloexec, "snapshot", None, None, None)
 
     def _leave_table(self, t: FdTable, user: int, ts: int, proc: Process, out: list) -> None:
         """A process or thread stops using a table: its files go with its last user."""

@@ -573,6 +573,12 @@ def _fdinfo(pid: int, fd: int, path: str, taps: _Ifindex,
     return FdInfo(pid, fd, path, ifname, bool(flags & O_CLOEXEC), flags, netns)
 
 
+def thread_tun_fds(tid: int) -> list[FdInfo]:
+    """The tun/tap fds of a thread's own fd table (/proc/TID/fd: a thread's id names
+    its own view, not listed in /proc), without vhost-net ones."""
+    return [f for f in _tun_fds(tid, _Ifindex()) if f.path != VHOST_PATH]
+
+
 def read_fdinfo(pid: int, fd: int) -> FdInfo | None:
     """The fd if it is a tun/tap or vhost-net fd (None if not, or gone)."""
     try:

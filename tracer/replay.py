@@ -267,6 +267,15 @@ def _probe(rec: dict, e: ev.Event) -> list:
     raise _Bad(f"probe: beside a {type(e).__name__} record")
 
 
+def _tables(rec: dict, e: ev.Event) -> list:
+    """The recorded answers about threads first seen: [tid, null or its own table's
+    tun fds as [fd, ifname, cloexec]], checked."""
+    got = _convert(rec.get("tables_asked", []),
+                   list[tuple[int, list[tuple[int, str | bool | None, bool | None]] | None]],
+                   "tables_asked")
+    return [(("table", e.pid, tid), own) for tid, own in got]
+
+
 def _netns(rec: dict) -> list:
     """The namespaces the tracer read for an event ([pid, fd, inode, name]), checked."""
     asked = _convert(rec.get("ns_asked", []),
@@ -296,8 +305,8 @@ def parse(obj: dict) -> procfs.Snapshot | tuple[ev.Event, list, list]:
     if isinstance(obj.get("netns"), list) and "ns_asked" not in obj:
         # recorded before records had a netns of their own: the answers' old key
         obj = {k: v for k, v in obj.items() if k != "netns"} | {"ns_asked": obj["netns"]}
-    e = _instance(obj, cls, "", skip=("kind", "probe", "ns_asked"))
-    return e, _probe(obj, e), _netns(obj)
+    e = _instance(obj, cls, "", skip=("kind", "probe", "ns_asked", "tables_asked"))
+    return e, _probe(obj, e) + _tables(obj, e), _netns(obj)
 
 
 # ---- replaying ---------------------------------------------------------------
@@ -306,7 +315,8 @@ def recorded_model(answers: dict, netns: dict) -> Model:
     """A model that asks the recorded answers instead of /proc and the kernel."""
     return Model(probe_fd=lambda pid, fd: answers.get((pid, fd)),
                  netns_of=lambda pid, fd: netns.get((pid, fd)),
-                 threads_of=lambda pid: answers.get(("threads", pid), []))
+                 threads_of=lambda pid: answers.get(("threads", pid), []),
+                 thread_table=lambda pid, tid: answers.get(("table", pid, tid)))
 
 
 def replay_iter(lines: Iterable[bytes | str], model: Model | None = None,

@@ -135,8 +135,9 @@ class Session:
         self.filters = filters
         self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name,
                            netns_of=self._netns_of, threads_of=self._threads_of,
-                           same_file=procfs.same_file)
+                           same_file=procfs.same_file, thread_table=self._thread_table)
         self._threads_asked: list[int] | None = None   # the answer, recorded
+        self._tables_asked: list[list] = []      # thread_table's answers, recorded
         self._ns_asked: list[list] = []          # the model's netns questions, recorded
         self._ns_ready: dict[tuple[int, int], tuple[int, str | None]] = {}
         self._self_pid = os.getpid()
@@ -229,6 +230,15 @@ class Session:
     def _threads_of(self, pid: int) -> list[int]:
         self._threads_asked = procfs.threads(pid)
         return self._threads_asked
+
+    def _thread_table(self, pid: int, tid: int) -> list | None:
+        """A thread first seen: None if it uses its leader's fd table (kcmp), else
+        the tun fds of its own (/proc/TID/fd) as (fd, ifname or "", cloexec)."""
+        own = None
+        if procfs.same_fd_table(pid, tid) is False:
+            own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.thread_tun_fds(tid)]
+        self._tables_asked.append([tid, own])
+        return own
 
     def _netns_name(self, ino: int) -> str | None:
         """`ip netns`'s name for a namespace (re-read /run/netns at most once a second
@@ -478,12 +488,15 @@ class Session:
                     rec["probe"] = [[fd, fd_ifname(e.pid, fd)] for fd in unknown]
         self._ns_asked.clear()
         self._threads_asked = None
+        self._tables_asked = []
         reports = self.model.apply(e)
         if rec is not None:
             if self._ns_asked:              # the namespaces read for it, for replay
                 rec["ns_asked"] = [list(a) for a in self._ns_asked]
             if self._threads_asked is not None:
                 rec["probe"] = self._threads_asked
+            if self._tables_asked:
+                rec["tables_asked"] = self._tables_asked
             self._record(rec)
         for report in reports:
             if report["type"] == "open" and self._hold_open(report):

@@ -927,6 +927,27 @@ def test_a_thread_made_after_a_leader_unshare_uses_the_leaders_new_table():
     assert w.table() == {}
 
 
+def test_a_thread_first_seen_with_a_table_of_its_own_gets_what_proc_shows_there():
+    # it unshared before its process was tracked: kcmp (KCMP_FILES) says its table
+    # is not the leader's, /proc/TID/fd what is in it; one file there is the
+    # leader's (kcmp), one is its own
+    w = World()
+    w.m = Model(thread_table=lambda pid, tid: [(3, "a", False), (4, "", True)]
+                if (pid, tid) == (1, 7) else None,
+                same_file=lambda p1, f1, p2, f2: (p1, f1, p2, f2) == (7, 3, 1, 3))
+    w.tap(1, 3, "a")
+    w.setiff(1, 4, "b", tid=7, ret=-errno.EINVAL)  # its fd 4: not the leader's
+    assert w.m.procs[1].thread_tables[7].users == {7}
+    assert w.table() == {(1, 3): ("a", False, "opened")}
+    w.close(1, 3)                              # the leader's: the thread's copy holds
+    assert w.gone() == []
+    w.apply(ev.Exec, 1, old_pid=7)             # the thread becomes the leader
+    assert set(w.table()) == {(1, 3)}          # fd 4 was close-on-exec
+    assert w.row(1, 3)["creator_pid"] == 1
+    w.apply(ev.Exit, 1)
+    assert w.gone() == ["a"]
+
+
 def test_a_thread_made_without_clone_files_uses_a_copy_of_the_table():
     w = World()
     w.tap(1, 3, "a")
