@@ -18,6 +18,17 @@ import click
 from . import __version__, procfs, render
 from .enrich import enrich_rows, proc_cmdline
 from .model import Model
+from .tracing import (
+    LostNote,
+    OutputError,
+    Stop,
+    finish,
+    open_session,
+    quiet_stdout,
+    trace_for,
+    warn,
+    write,
+)
 
 EXAMPLES_LS = """
 \b
@@ -167,148 +178,6 @@ class BufferPages(click.ParamType):
         return n
 
 
-class Stop:
-    """SIGINT/SIGTERM set a flag; the loop ends cleanly and prints the table."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._set)
-
-    def _set(self, *_a) -> None:
-        self.flag = True
-
-    def __call__(self) -> bool:
-        return self.flag
-
-
-class OutputError(click.ClickException):
-    """Standard output cannot be written (closed, /dev/full, EIO): one line, exit 1."""
-
-    def __init__(self, exc: OSError) -> None:
-        super().__init__(f"cannot write to standard output: {exc.strerror or exc}")
-
-
-def _write(line: str) -> None:
-    try:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `taptrace watch | head`: the reader left; leave without a word.
-        _quiet_stdout()
-        raise SystemExit(0) from None
-    except OSError as exc:
-        _quiet_stdout()        # the unwritable buffer goes nowhere, not to an exit traceback
-        raise OutputError(exc) from None
-
-
-class _LostNote:
-    """The "records lost" warning, at most once a second (a 1-page buffer under a
-    burst resyncs hundreds of times a second): the count since the last one said."""
-
-    EVERY_S = 1.0
-
-    def __init__(self) -> None:
-        self.count, self.at = 0, float("-inf")
-
-    def add(self, count: int) -> None:
-        self.count += count
-        now = time.monotonic()
-        if now - self.at >= self.EVERY_S:
-            _warn(f"{self.count} records lost; resyncing from /proc")
-            self.count, self.at = 0, now
-
-
-def _warn(message: str) -> None:
-    """A warning on stderr; a full or closed stderr must not end the trace."""
-    try:
-        click.echo(f"taptrace: warning: {message}", err=True)
-    except OSError:
-        pass
-
-
-class BackendError(click.ClickException):
-    """The backend could not start: one line, then its evidence (verifier lines)."""
-
-    def __init__(self, message: str, details: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.details = details
-
-    def show(self, file=None) -> None:
-        super().show(file)
-        for line in self.details:
-            click.echo(f"  {render.safe(line)}", err=True)
-
-
-def _open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
-                  emit=None, quiet_header=False, record=None, backend="auto"):
-    from .probes import ProbeError
-    from .session import Filters, Session
-
-    filters = Filters(pid=pid, comm=comm, ifname=ifname)
-    offset = time.time_ns() - time.monotonic_ns()
-
-    lost_note = _LostNote()
-
-    def default_emit(report: dict) -> None:
-        if report["type"] == "lost":
-            lost_note.add(report["count"])
-        if json_out:
-            _write(render.json_line(render.public(report, offset)))
-            return
-        if report["type"] == "ready":
-            if report.get("backend_note"):
-                click.echo(f"taptrace: {report['backend_note']}", err=True)
-            if not quiet_header:
-                _write(f"# tracing with the {report['backend']} backend "
-                       f"({report['buffer']}); {report['rows']} tap fds and "
-                       f"{report['taps']} taps known at start. Ctrl-C to stop.")
-                _write(render.HEADER)
-            return
-        model = session_ref[0].model if session_ref[0] is not None else None
-        _write(render.event_line(report, offset, model and model.own_netns,
-                                 model and model.netns_names))
-        for line in _chain_lines(session_ref[0], report):
-            _write("    " + line)
-
-    session_ref: list = [None]
-    try:
-        session = Session(emit or default_emit, filters, buffer_pages=buffer_pages,
-                          force_perf=force_perf, record=record, backend=backend)
-    except ProbeError as exc:
-        raise BackendError(str(exc), exc.details) from None
-    session_ref[0] = session
-    return session, offset
-
-
-def _trace_for(session, seconds: float, stop: Stop) -> Model:
-    """Run an opened session for `seconds` (or until `stop`: SIGINT/SIGTERM); its model."""
-    try:
-        session.start()
-        session.run(seconds, stop)
-    finally:
-        session.close()
-    return session.model
-
-
-def _chain_lines(session, report: dict) -> list[str]:
-    """The handoff chain of each open file that just changed hands."""
-    if session is None or report["type"] not in ("fork", "exec", "scm_recv"):
-        return []
-    t = report["type"]
-    pid = report["child_pid"] if t == "fork" else report["pid"]
-    fds = report["fds"] if t != "exec" else report["kept"]
-    proc = session.model.procs.get(pid)
-    if proc is None:
-        return []
-    lines = []
-    for fd in fds:
-        entry = proc.table.fds.get(fd)
-        if entry is not None and entry.file.ifname:
-            lines.append(render.chain_text(entry.file.ifname, Model.chain(entry.file, pid)))
-    return lines
-
-
 def _common_watch_options(f):
     f = click.option("-p", "--pid", type=Pid(),
                      help="Only this process and its descendants.")(f)
@@ -403,10 +272,10 @@ def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
             if (ifname is None or fnmatch.fnmatchcase(t["ifname"], ifname))
             and _in_netns(t, netns, own)]
     if json_out:
-        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "table",
+        write(render.json_line({"v": render.SCHEMA_VERSION, "type": "table",
                                  "own_netns": own, "rows": rows, "taps": taps}))
     else:
-        _write(render.table_text(rows, taps, complete=os.geteuid() == 0, own_netns=own))
+        write(render.table_text(rows, taps, complete=os.geteuid() == 0, own_netns=own))
 
 
 @cli.command(epilog=EXAMPLES_WATCH)
@@ -437,14 +306,14 @@ def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_
         except RecordError as exc:
             raise click.ClickException(f"--record: {exc}") from None
         recorder = Recorder(fd, record_path,
-                            _warn)
+                            warn)
     # SIGUSR1: print the table now and go on (a test compares it with /proc at a quiet
     # moment). The handler only sets a flag; the loop prints between polls. Set before
     # the (slow) load, so that an early signal is kept, not fatal.
     asked = [False]
     signal.signal(signal.SIGUSR1, lambda *_a: asked.__setitem__(0, True))
     try:
-        session, offset = _open_session(json_out, pid, comm, ifname, buffer_pages,
+        session, offset = open_session(json_out, pid, comm, ifname, buffer_pages,
                                         perf_buffer, record=recorder, backend=backend)
 
         def table_on_request() -> None:
@@ -452,12 +321,12 @@ def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_
                 asked[0] = False
                 session.probes.poll(0)          # what the kernel recorded before the signal
                 session.drain()
-                _finish(session, json_out, offset)
+                finish(session, json_out, offset)
 
         try:
             session.start()
             session.run(duration, stop, on_tick=table_on_request)
-            _finish(session, json_out, offset)
+            finish(session, json_out, offset)
         finally:
             session.close()
     finally:
@@ -500,28 +369,17 @@ def replay(recording: str, json_out: bool) -> None:
         with f:
             for r in replay_iter(read_lines(f), model, answers, netns):
                 if not r.get("quiet"):
-                    _write(show(r))
+                    write(show(r))
     except ReplayError as exc:
         raise click.ClickException(f"replay: {exc}") from None
     table = {"type": "table", "own_netns": model.own_netns, "rows": model.rows(),
              "taps": model.tap_list()}
     if json_out:
-        _write(render.json_line(render.public(table, 0)))
+        write(render.json_line(render.public(table, 0)))
     else:
-        _write("")
-        _write(render.inert(render.table_text(table["rows"], table["taps"],
+        write("")
+        write(render.inert(render.table_text(table["rows"], table["taps"],
                                               own_netns=model.own_netns)))
-
-
-def _finish(session, json_out: bool, offset: int) -> None:
-    table = session.table()
-    if json_out:
-        _write(render.json_line(render.public(table, offset)))
-    else:
-        _write("")
-        _write(render.table_text(table["rows"], table["taps"], own_netns=table["own_netns"]))
-        s = session.stats
-        _write(f"# {s['events']} records, {s['lost']} lost, {s['resyncs']} resyncs")
 
 
 @cli.command(epilog=EXAMPLES_TOP)
@@ -530,7 +388,7 @@ def top(pid, comm, ifname, duration, buffer_pages, perf_buffer, backend) -> None
     """The live pid/fd → ifname table, redrawn as it changes."""
     stop = Stop()
     changed = [True]
-    session, _offset = _open_session(False, pid, comm, ifname, buffer_pages, perf_buffer,
+    session, _offset = open_session(False, pid, comm, ifname, buffer_pages, perf_buffer,
                                     emit=lambda r: changed.__setitem__(0, True),
                                     backend=backend)
     last = [0.0]
@@ -545,7 +403,7 @@ def top(pid, comm, ifname, duration, buffer_pages, perf_buffer, backend) -> None
         out = ("\x1b[H\x1b[2J" if tty else "") + time.strftime("%H:%M:%S  taptrace top") + \
             f"  ({len(table['rows'])} fds)\n" + render.table_text(
                 table["rows"], table["taps"], own_netns=table["own_netns"])
-        _write(out + ("" if tty else "\n"))
+        write(out + ("" if tty else "\n"))
 
     try:
         session.start()
@@ -573,9 +431,9 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | Non
         model.load(procfs.snapshot())
     else:
         stop = Stop()
-        session, _offset = _open_session(json_out, None, None, ifname_arg, 256, False,
+        session, _offset = open_session(json_out, None, None, ifname_arg, 256, False,
                                         quiet_header=True, backend=backend)
-        model = _trace_for(session, watch_s, stop)
+        model = trace_for(session, watch_s, stop)
     own = model.own_netns
     rows = enrich_rows([r for r in model.rows(ifname_arg) if _in_netns(r, netns, own)],
                        own_netns=own)
@@ -585,7 +443,7 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | Non
                if _in_netns(item, netns, own)]
     tap = next((t for t in taps if _in_netns(t, own, own)), taps[0] if taps else None)
     if json_out:
-        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "who",
+        write(render.json_line({"v": render.SCHEMA_VERSION, "type": "who",
                                  "ifname": ifname_arg, "own_netns": own, "tap": tap,
                                  "taps": taps, "rows": rows, "lineage": lineage}))
         return
@@ -596,10 +454,10 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | Non
         raise click.ClickException(f"no tun/tap interface named {render.safe(ifname_arg)!s}"
                                    f"{where} is known (see `taptrace ls`)")
     if not taps:
-        _write(f"{render.safe(ifname_arg)}{where}: gone")
+        write(f"{render.safe(ifname_arg)}{where}: gone")
     for t in taps:
-        _write(f"{render.tap_text(t, own)}, {t['files']} open file(s)")
-    _write(render.table_text(rows, own_netns=own))
+        write(f"{render.tap_text(t, own)}, {t['files']} open file(s)")
+    write(render.table_text(rows, own_netns=own))
     # each tap's host side, read in its own namespace (not a namesake of this one)
     by_ns: dict = {}
     for r in rows:
@@ -607,14 +465,14 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | Non
     for ns, ns_rows in sorted(by_ns.items(), key=lambda kv: kv[0] or 0):
         label = render.netns_label(ns, ns_rows[0].get("netns_name"), own)
         for line in render.mac_story(ifname_arg, ns_rows, label):
-            _write(line)
+            write(line)
     if any(item["chain"] for item in lineage):
-        _write("\nOpen files seen while watching (creator → holders):")
+        write("\nOpen files seen while watching (creator → holders):")
     for item in lineage:
         if item["chain"]:
             state = "" if item["open"] else "  (closed)"
             label = render.netns_label(item["netns"], item["netns_name"], own)
-            _write("  " + render.chain_text(ifname_arg, item["chain"]) + state
+            write("  " + render.chain_text(ifname_arg, item["chain"]) + state
                    + (f"  [netns {label}]" if label else ""))
 
 
@@ -626,10 +484,10 @@ def doctor(json_out: bool) -> None:
 
     checks = doc.run_checks()
     if json_out:
-        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "doctor",
+        write(render.json_line({"v": render.SCHEMA_VERSION, "type": "doctor",
                                  "checks": [c.__dict__ for c in checks]}))
     else:
-        _write(doc.format_checks(checks))
+        write(doc.format_checks(checks))
     if not all(c.ok for c in checks):
         sys.exit(1)
 
@@ -644,7 +502,7 @@ def demo(json_out: bool, backend: str) -> None:
     import subprocess
 
     stop = Stop()
-    session, offset = _open_session(json_out, None, None, None, 256, False, backend=backend)
+    session, offset = open_session(json_out, None, None, None, 256, False, backend=backend)
     try:
         session.start()
         child = subprocess.Popen([sys.executable, "-m", "tracer.demo"],
@@ -662,14 +520,14 @@ def demo(json_out: bool, backend: str) -> None:
         session.run(0.3, stop)
         if not json_out:
             table = session.table()
-            _write("\n# the table while qemu-system-x86 holds both taps:")
-            _write(render.table_text(table["rows"], own_netns=table["own_netns"]))
-            _write("\n# now qemu-system-x86 exits:")
+            write("\n# the table while qemu-system-x86 holds both taps:")
+            write(render.table_text(table["rows"], own_netns=table["own_netns"]))
+            write("\n# now qemu-system-x86 exits:")
         child.stdin.close()
         while child.poll() is None and not stop():
             session.step(50)
         session.run(0.5, stop)
-        _finish(session, json_out, offset)
+        finish(session, json_out, offset)
         if child.returncode:
             raise click.ClickException(f"the demo scenario failed (exit {child.returncode})")
     finally:
@@ -735,12 +593,12 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
         if quiet:
             return
         if json_out:
-            _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "finding",
+            write(render.json_line({"v": render.SCHEMA_VERSION, "type": "finding",
                                      **f.fields()}))
             return
-        _write(f"{f.kind} {render.safe(f.message)}")
+        write(f"{f.kind} {render.safe(f.message)}")
         if f.detail.get("chain"):
-            _write("    " + render.chain_text(f.ifname, f.detail["chain"]))
+            write("    " + render.chain_text(f.ifname, f.detail["chain"]))
 
     chain_of = None
     if watch_s is None:
@@ -749,14 +607,14 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
     else:
         offset = time.time_ns() - time.monotonic_ns()
 
-        lost_note = _LostNote()
+        lost_note = LostNote()
 
         def emit(report: dict) -> None:
             t = report["type"]
             if t == "lost":
                 lost_note.add(report["count"])
             elif t == "ready" and not quiet:
-                _write(render.json_line(render.public(report, offset)) if json_out else
+                write(render.json_line(render.public(report, offset)) if json_out else
                        f"# auditing for {watch_s:g} s with the {report['backend']} backend "
                        f"({report['buffer']}): failed TUNGETIFF as they happen, the table "
                        "at the end")
@@ -767,11 +625,11 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
 
         stop = Stop()
         try:
-            session, _offset = _open_session(json_out, None, None, None, 256, False,
+            session, _offset = open_session(json_out, None, None, None, 256, False,
                                              emit=emit, backend=backend)
         except click.ClickException as exc:
             raise AuditError(exc.message) from None
-        model = _trace_for(session, watch_s, stop)
+        model = trace_for(session, watch_s, stop)
         files = model.files
 
         def chain_of(file: int, pid: int) -> list:
@@ -793,7 +651,7 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
             kind_of.setdefault((r["netns"], r["ifname"]), r["kind"])
     checked = len(kind_of)
     if json_out and not quiet:
-        _write(render.json_line({"v": render.SCHEMA_VERSION, "type": "audit",
+        write(render.json_line({"v": render.SCHEMA_VERSION, "type": "audit",
                                  "findings": len(found), "kinds": kinds, "taps": checked,
                                  "rows": len(rows), "complete": complete,
                                  "kept_on_purpose": kept}))
@@ -805,7 +663,7 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
                            for k, n in sorted(Counter(kind_of.values()).items()))
         names = ", ".join(render.safe(n) for n in kept[:5]) + (
             f" +{len(kept) - 5} more" if len(kept) > 5 else "")
-        _write(f"# audit: {what}; {counts or '0 taps'}, "
+        write(f"# audit: {what}; {counts or '0 taps'}, "
                f"{len(rows)} fd{'s' if len(rows) != 1 else ''} checked"
                + (f"; kept on purpose, not counted (--strict): {names}" if kept else "")
                + ("" if complete else " (not root: other users' fds unseen, so "
@@ -887,13 +745,13 @@ def _main() -> None:
     except (click.Abort, KeyboardInterrupt):
         sys.exit(130)
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet_stdout()
         sys.exit(0)
     except OSError as exc:
         if exc.errno not in OUTPUT_ERRNOS or exc.filename is not None:
             _internal_error(exc)
         # click's own output (--help, --version) to a full or closed stdout
-        _quiet_stdout()
+        quiet_stdout()
         _show_error(OutputError(exc))
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the last defence: one line, no traceback
@@ -919,20 +777,12 @@ def _internal_error(exc: Exception) -> None:
     sys.exit(70)
 
 
-def _quiet_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
-
-
 def _quiet_stdout_on_exit() -> None:
     try:
         sys.stdout.flush()
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet_stdout()
     except OSError as exc:
-        _quiet_stdout()
+        quiet_stdout()
         _show_error(OutputError(exc))
         sys.exit(1)
