@@ -195,14 +195,17 @@ def _owners(ifname: str, holders: list[dict], nics: Mapping[str, LibvirtNic],
 def audit(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic],
           facts: HostFacts, probes: Iterable[dict] = (),
           chain_of: ChainOf = no_chain, strict: bool = False,
-          kept: list[str] | None = None) -> list[Finding]:
+          kept: list[str] | None = None, command: bool = False) -> list[Finding]:
     """Every finding about these rows and taps (and failed TUNGETIFF reports).
 
     chain_of(file, pid): how an open file came to a process, known when traced live.
     A vhost-net fd (kind "vhost") holds no tap fd: it is no holder that can leak,
     but a QEMU whose vhost vrings use a tap is using that tap.
     strict: a holderless persistent tun/tap kept on purpose is a finding too; if not,
-    its name goes to `kept` (when given) instead."""
+    its name goes to `kept` (when given) instead.
+    command: auditing what a traced command left (`audit -- CMD`): a tun/tap made
+    while it ran (its creating TUNSETIFF was traced) is judged as if strict: a
+    command that leaves a persistent tap behind is what the audit is for."""
     taps = list(taps)
     own = facts.own_netns
     # A tap is (namespace, name): the `tap0` of a container is not the host's `tap0`.
@@ -224,21 +227,23 @@ def audit(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic]
         if not holders and ns is None and ifname not in facts.masters:
             continue                  # gone from /sys since the model last saw it
         tap = tap_info.get(key)
-        if not holders and not vhost_users.get(key) and not strict \
+        made_here = command and tap is not None and tap.get("created_by") is not None
+        if not holders and not vhost_users.get(key) and not strict and not made_here \
                 and kept_on_purpose(tap):
             if kept is not None:
                 kept.append(ifname)
             continue
         if ns is None:
             out.extend(_tap_findings(ifname, holders, vhost_users.get(key, set()),
-                                     tap, nics, facts, chain_of))
+                                     tap, nics, facts, chain_of, made_here))
             continue
         # another namespace: its master comes with its rows; libvirt's names are not its
         t = tap_info.get(key) or {}
         label = t.get("netns_name") or next((r.get("netns_name") for r in holders
                                              if r.get("netns_name")), None) or str(ns)
         found = _tap_findings(ifname, holders, vhost_users.get(key, set()), t or None, {},
-                              HostFacts(facts.qemu, facts.domain_pids, {}, own), chain_of)
+                              HostFacts(facts.qemu, facts.domain_pids, {}, own), chain_of,
+                              made_here)
         for f in found:
             out.append(Finding(f.kind, f.ifname, f.pid, f.fd, f.comm,
                                f.message.replace(f"{ifname}: ", f"{ifname} (netns {label}): ",
@@ -252,7 +257,7 @@ def audit(rows: list[dict], taps: Iterable[dict], nics: Mapping[str, LibvirtNic]
 
 def _tap_findings(ifname: str, holders: list[dict], vhost: set[int], tap: dict | None,
                   nics: Mapping[str, LibvirtNic], facts: HostFacts,
-                  chain_of: ChainOf) -> list[Finding]:
+                  chain_of: ChainOf, made_here: bool = False) -> list[Finding]:
     out: list[Finding] = []
     owners, vm, source = _owners(ifname, holders, nics, facts)
     vm_rows = [r for r in holders if r["pid"] in owners]
@@ -274,6 +279,11 @@ def _tap_findings(ifname: str, holders: list[dict], vhost: set[int], tap: dict |
     # only with strict does a tap kept on purpose get here: say why it could have been left out
     on_purpose = f" (kept on purpose: {kept_text(tap)})" if tap and intent["kept_on_purpose"] \
         else ""
+    if made_here:            # the traced command made it and left it so
+        maker = _label(tap.get("created_comm"), tap["created_by"])
+        on_purpose = f" (made by {maker} while the command ran" + (
+            f"; {kept_text(tap)}" if intent["kept_on_purpose"] else "") + ")"
+        intent["left_by_command"] = True
     if master and not in_use:
         held = ", ".join(f"{_label(r['comm'], r['pid'])} fd {r['fd']}" for r in holders)
         why = f"held only by {held}" if holders else "no process holds it"
@@ -302,6 +312,11 @@ def _holder_finding(ifname: str, r: dict, vm_files: dict, owners: set[int], vm, 
     chain = chain_of(r["file"], vm_row["pid"] if vm_row is not None else r["pid"])
     if chain:
         detail["chain"] = chain
+        if vm_row is not None and not any(h["pid"] == r["pid"] for h in chain):
+            # a side copy: how it came to this holder, too
+            mine = chain_of(r["file"], r["pid"])
+            if mine:
+                detail["holder_chain"] = mine
     if vm_row is not None:
         if r.get("creator_pid") is None:
             role = None               # a snapshot: who made it is unknown

@@ -11,11 +11,11 @@ import re
 import signal
 import sys
 import time
-from collections import Counter
 
 import click
 
 from . import __version__, procfs, render
+from .audit_report import AuditError, Reporter
 from .enrich import enrich_rows, proc_cmdline
 from .model import Model
 from .tracing import (
@@ -42,6 +42,9 @@ Examples:
 EXAMPLES_WATCH = """
 \b
 Examples:
+  taptrace watch -- ./start-vm.sh      # run it, trace it and the taps it touches,
+                                       # exit with its status; the trace on stderr
+  taptrace watch -u alice -o trace.jsonl --json -- virsh start web1
   taptrace watch                       # everything, live, human columns
   taptrace watch -p $(pidof libvirtd)  # libvirtd and everything it starts
   taptrace watch -c 'qemu*' -i 'vnet*' # QEMU processes, libvirt taps
@@ -178,6 +181,68 @@ class BufferPages(click.ParamType):
         return n
 
 
+COMMAND_KEY = "taptrace.command"
+
+
+class WithCommand(click.Command):
+    """A command that may end with `-- CMD [ARGS...]`: what follows the first `--` is
+    the command to run, never taptrace's options (ctx.meta[COMMAND_KEY]; absent: no
+    `--`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta[COMMAND_KEY] = list(args[i + 1:])
+            args = args[:i]
+        return super().parse_args(ctx, args)
+
+
+class User(click.ParamType):
+    """-u USER: a user name (or uid) that /etc/passwd knows."""
+
+    name = "user"
+
+    def convert(self, value, param, ctx):
+        from .command import RunAs, lookup_user
+        if isinstance(value, RunAs):
+            return value
+        try:
+            return lookup_user(value)
+        except (KeyError, OverflowError):
+            self.fail(f"no user '{render.safe(value)}'", param, ctx)
+
+
+def _command_options(f):
+    f = click.option("--all", "show_all", is_flag=True,
+                     help="With -- CMD: everything on the host while CMD runs, not only its "
+                          "processes and taps.")(f)
+    f = click.option("-o", "--output", metavar="FILE",
+                     help="With -- CMD: write taptrace's output to FILE (created mode 0600, or "
+                          "truncated; '-': stdout) instead of stderr.")(f)
+    return click.option("-u", "--user", type=User(), metavar="USER",
+                        help="With -- CMD: run CMD as USER (its uid, gid and groups; HOME, "
+                             "SHELL, USER, LOGNAME); taptrace stays root.")(f)
+
+
+def _command_of(ctx: click.Context, user, output, show_all, **alone) -> list[str] | None:
+    """The command after `--` (None: none), checked against the options given:
+    -u/-o/--all need one; the options in `alone` (name -> value) do not go with one."""
+    argv = ctx.meta.get(COMMAND_KEY)
+    if argv is None:
+        for name, value in (("-u", user), ("-o", output), ("--all", show_all)):
+            if value:
+                raise click.UsageError(f"{name} goes with a command: taptrace {ctx.info_name} "
+                                       f"{name} ... -- CMD [ARGS...]")
+        return None
+    if not argv:
+        raise click.UsageError("no command after --", ctx)
+    for name, value in alone.items():
+        if value is not None and value is not False:
+            raise click.UsageError(f"{name} does not go with a command (taptrace follows it "
+                                   "until it exits)", ctx)
+    return argv
+
+
 def _common_watch_options(f):
     f = click.option("-p", "--pid", type=Pid(),
                      help="Only this process and its descendants.")(f)
@@ -273,12 +338,13 @@ def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
             and _in_netns(t, netns, own)]
     if json_out:
         write(render.json_line({"v": render.SCHEMA_VERSION, "type": "table",
-                                 "own_netns": own, "rows": rows, "taps": taps}))
+                                "own_netns": own, "rows": rows, "taps": taps}))
     else:
         write(render.table_text(rows, taps, complete=os.geteuid() == 0, own_netns=own))
 
 
-@cli.command(epilog=EXAMPLES_WATCH)
+@cli.command(cls=WithCommand, epilog=EXAMPLES_WATCH,
+             options_metavar="[OPTIONS] [-- CMD [ARGS]...]")
 @click.option("--json", "json_out", is_flag=True,
               help="One JSON object per line (first: ready, last: table).")
 @click.option("--record", "record_path", type=click.Path(), metavar="FILE",
@@ -287,18 +353,33 @@ def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
 @click.option("--overwrite", is_flag=True,
               help="Let --record replace an existing regular file you own.")
 @_common_watch_options
-def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_pages,
-          perf_buffer, backend) -> None:
+@_command_options
+@click.pass_context
+def watch(ctx, json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_pages,
+          perf_buffer, backend, user, output, show_all) -> None:
     """Trace tap opens, TUN ioctls and every move of a tap fd, live.
 
     Starts from a /proc snapshot, so taps opened earlier are known too.
     Ends on --duration, SIGINT or SIGTERM with the final table; SIGUSR1 prints
     the table so far and goes on. If --record cannot write (disk full, I/O error),
     recording stops with one line on stderr, the trace goes on to its table, and
-    the exit status is 1."""
+    the exit status is 1.
+
+    With -- CMD [ARGS...]: attach, then run CMD; trace its processes from its first
+    instruction and every tap they touch (and taps made for them elsewhere, as
+    libvirtd does for virsh), whoever holds them; at CMD's exit write the table and
+    exit with CMD's status. The trace goes to stderr (or -o FILE); CMD keeps stdin,
+    stdout and stderr. Ctrl-C reaches CMD; SIGTERM is passed on to it. CMD not
+    found: 127; not executable: 126."""
     from .replay import Recorder, RecordError, open_recording
 
-    stop = Stop()
+    env = dict(os.environ)                # CMD's, before taptrace sets anything
+    argv = _command_of(ctx, user, output, show_all, **{"-p": pid, "--duration": duration})
+    if argv is not None:
+        from . import command
+        run = command.Run(argv, env, user, show_all)
+        run.prepare()                     # not found (127) before a record file is made
+    stop = Stop() if argv is None else None
     recorder = None
     if record_path is not None:
         try:
@@ -310,11 +391,20 @@ def watch(json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_
     # SIGUSR1: print the table now and go on (a test compares it with /proc at a quiet
     # moment). The handler only sets a flag; the loop prints between polls. Set before
     # the (slow) load, so that an early signal is kept, not fatal.
+    if argv is not None:
+        try:
+            status = command.watch(run, json_out=json_out, comm=comm, ifname=ifname,
+                                   buffer_pages=buffer_pages, perf_buffer=perf_buffer,
+                                   backend=backend, recorder=recorder, output=output)
+        finally:
+            if recorder is not None:
+                recorder.close()
+        sys.exit(status)
     asked = [False]
     signal.signal(signal.SIGUSR1, lambda *_a: asked.__setitem__(0, True))
     try:
         session, offset = open_session(json_out, pid, comm, ifname, buffer_pages,
-                                        perf_buffer, record=recorder, backend=backend)
+                                       perf_buffer, record=recorder, backend=backend)
 
         def table_on_request() -> None:
             if asked[0]:
@@ -379,7 +469,7 @@ def replay(recording: str, json_out: bool) -> None:
     else:
         write("")
         write(render.inert(render.table_text(table["rows"], table["taps"],
-                                              own_netns=model.own_netns)))
+                                             own_netns=model.own_netns)))
 
 
 @cli.command(epilog=EXAMPLES_TOP)
@@ -444,8 +534,8 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | Non
     tap = next((t for t in taps if _in_netns(t, own, own)), taps[0] if taps else None)
     if json_out:
         write(render.json_line({"v": render.SCHEMA_VERSION, "type": "who",
-                                 "ifname": ifname_arg, "own_netns": own, "tap": tap,
-                                 "taps": taps, "rows": rows, "lineage": lineage}))
+                                "ifname": ifname_arg, "own_netns": own, "tap": tap,
+                                "taps": taps, "rows": rows, "lineage": lineage}))
         return
     where = ""
     if netns is not None and netns != own:
@@ -473,7 +563,7 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | Non
             state = "" if item["open"] else "  (closed)"
             label = render.netns_label(item["netns"], item["netns_name"], own)
             write("  " + render.chain_text(ifname_arg, item["chain"]) + state
-                   + (f"  [netns {label}]" if label else ""))
+                  + (f"  [netns {label}]" if label else ""))
 
 
 @cli.command(epilog=EXAMPLES_DOCTOR)
@@ -485,7 +575,7 @@ def doctor(json_out: bool) -> None:
     checks = doc.run_checks()
     if json_out:
         write(render.json_line({"v": render.SCHEMA_VERSION, "type": "doctor",
-                                 "checks": [c.__dict__ for c in checks]}))
+                                "checks": [c.__dict__ for c in checks]}))
     else:
         write(doc.format_checks(checks))
     if not all(c.ok for c in checks):
@@ -537,6 +627,9 @@ def demo(json_out: bool, backend: str) -> None:
 EXAMPLES_AUDIT = """
 \b
 Examples:
+  taptrace audit -- pytest tests/test_hotplug.py   # the CI gate: run it traced;
+                                     # 0 clean, 1 findings, else its own status
+  taptrace audit --json -o audit.jsonl -- ./start-vm.sh
   taptrace audit                     # findings now, from /proc; exit 1 if any
   taptrace audit -i 'vnet*' --json   # libvirt's taps, one JSON object per finding
   sudo taptrace audit --watch 60     # trace a minute: failed TUNGETIFF as they
@@ -546,12 +639,8 @@ Examples:
 """
 
 
-class AuditError(click.ClickException):
-    """The audit could not be done: exit 3, so a script tells it from findings (1)."""
-    exit_code = 3
-
-
-@cli.command("audit", epilog=EXAMPLES_AUDIT)
+@cli.command("audit", cls=WithCommand, epilog=EXAMPLES_AUDIT,
+             options_metavar="[OPTIONS] [-- CMD [ARGS]...]")
 @click.option("--json", "json_out", is_flag=True,
               help='One {"type": "finding"} JSON line per finding, then {"type": "audit"}.')
 @click.option("--watch", "watch_s", type=Seconds(), metavar="S",
@@ -563,9 +652,14 @@ class AuditError(click.ClickException):
 @click.option("--strict", is_flag=True,
               help="Also report a persistent tun/tap that no process holds when it was kept "
                    "on purpose (owner or group set, or made persistent by its creator).")
+@click.option("--error-exitcode", type=click.IntRange(0, 255), default=1, show_default=True,
+              metavar="N", help="The exit status when there are findings.")
 @_backend_option
-def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: bool,
-              strict: bool, backend: str) -> None:
+@_command_options
+@click.pass_context
+def audit_cmd(ctx, json_out: bool, watch_s: float | None, ifname: str | None, quiet: bool,
+              strict: bool, error_exitcode: int, backend: str, user, output,
+              show_all: bool) -> None:
     """Report tap handoff problems; exit 1 when there are any.
 
     \b
@@ -575,31 +669,31 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
     vm_gone         a tap on a bridge/OVS master that no VM holds
     orphan          a tun/tap no process holds (persistent, left behind)
     bad_probe       a failed TUNGETIFF: a process was given a non-tun/tap fd
-                    (--watch)
+                    (--watch, -- CMD)
 
     A persistent tun/tap with an owner or group (tunctl -u), or made persistent
     by its creator while traced (openvpn --mktun), is kept on purpose: not an
     orphan or vm_gone unless --strict.
 
     The VM of a tap is the QEMU of the libvirt domain that has it as a target,
-    else a QEMU whose -netdev names that fd or tap, else any QEMU holding it."""
+    else a QEMU whose -netdev names that fd or tap, else any QEMU holding it.
+
+    With -- CMD [ARGS...]: run CMD traced (as `watch -- CMD`) and, when it exits,
+    audit what it left: its processes' taps and everyone holding them; a tap it made
+    and left persistent is an orphan even if kept on purpose. Exit: N
+    (--error-exitcode, 1) on findings, else CMD's status; 3: could not audit;
+    127/126: CMD not found / not executable. Output on stderr (or -o FILE)."""
     from . import audit as au
     from .enrich import libvirt_nics
 
-    found: list = []
-
-    def show(f) -> None:
-        found.append(f)
-        if quiet:
-            return
-        if json_out:
-            write(render.json_line({"v": render.SCHEMA_VERSION, "type": "finding",
-                                     **f.fields()}))
-            return
-        write(f"{f.kind} {render.safe(f.message)}")
-        if f.detail.get("chain"):
-            write("    " + render.chain_text(f.ifname, f.detail["chain"]))
-
+    env = dict(os.environ)                # CMD's, before taptrace sets anything
+    argv = _command_of(ctx, user, output, show_all, **{"--watch": watch_s})
+    if argv is not None:
+        from . import command
+        sys.exit(command.audit(command.Run(argv, env, user, show_all), json_out=json_out,
+                               ifname=ifname, quiet=quiet, strict=strict, backend=backend,
+                               error_exitcode=error_exitcode, output=output))
+    reporter = Reporter(write, json_out, quiet)
     chain_of = None
     if watch_s is None:
         model = Model()
@@ -615,18 +709,18 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
                 lost_note.add(report["count"])
             elif t == "ready" and not quiet:
                 write(render.json_line(render.public(report, offset)) if json_out else
-                       f"# auditing for {watch_s:g} s with the {report['backend']} backend "
-                       f"({report['buffer']}): failed TUNGETIFF as they happen, the table "
-                       "at the end")
+                      f"# auditing for {watch_s:g} s with the {report['backend']} backend "
+                      f"({report['buffer']}): failed TUNGETIFF as they happen, the table "
+                      "at the end")
             elif t == "tungetiff" and ifname is None:
                 f = au.probe_finding(render.public(report, offset))
                 if f is not None:
-                    show(f)
+                    reporter.show(f)
 
         stop = Stop()
         try:
             session, _offset = open_session(json_out, None, None, None, 256, False,
-                                             emit=emit, backend=backend)
+                                            emit=emit, backend=backend)
         except click.ClickException as exc:
             raise AuditError(exc.message) from None
         model = trace_for(session, watch_s, stop)
@@ -642,34 +736,10 @@ def audit_cmd(json_out: bool, watch_s: float | None, ifname: str | None, quiet: 
     kept: list[str] = []
     for f in au.audit(rows, taps, nics, facts, chain_of=chain_of or au.no_chain,
                       strict=strict, kept=kept):
-        show(f)
-    complete = os.geteuid() == 0
-    kinds = au.summary(found)
-    kind_of = {(t["netns"], t["ifname"]): t["kind"] for t in taps}
-    for r in rows:
-        if r["ifname"] and r["kind"] != "vhost":
-            kind_of.setdefault((r["netns"], r["ifname"]), r["kind"])
-    checked = len(kind_of)
-    if json_out and not quiet:
-        write(render.json_line({"v": render.SCHEMA_VERSION, "type": "audit",
-                                 "findings": len(found), "kinds": kinds, "taps": checked,
-                                 "rows": len(rows), "complete": complete,
-                                 "kept_on_purpose": kept}))
-    elif not quiet:
-        what = (f"{len(found)} finding{'s' if len(found) != 1 else ''} ("
-                + ", ".join(f"{k} {n}" for k, n in kinds.items()) + ")"
-                if found else "no findings")
-        counts = ", ".join(f"{n} {k}{'s' if n != 1 else ''}"
-                           for k, n in sorted(Counter(kind_of.values()).items()))
-        names = ", ".join(render.safe(n) for n in kept[:5]) + (
-            f" +{len(kept) - 5} more" if len(kept) > 5 else "")
-        write(f"# audit: {what}; {counts or '0 taps'}, "
-               f"{len(rows)} fd{'s' if len(rows) != 1 else ''} checked"
-               + (f"; kept on purpose, not counted (--strict): {names}" if kept else "")
-               + ("" if complete else " (not root: other users' fds unseen, so "
-                  "orphan/vm_gone may be wrong)"))
-    if found:
-        sys.exit(1)
+        reporter.show(f)
+    reporter.summarize(rows, taps, kept, complete=os.geteuid() == 0)
+    if reporter.found:
+        sys.exit(error_exitcode)
 
 
 class _ClosedStdout(io.TextIOBase):

@@ -129,7 +129,10 @@ class Session:
 
     def __init__(self, emit: Callable[[dict], None], filters: Filters = Filters(),
                  buffer_pages: int = 256, force_perf: bool = False,
-                 record: Callable[[dict], None] | None = None, backend: str = "auto") -> None:
+                 record: Callable[[dict], None] | None = None, backend: str = "auto",
+                 scope=None) -> None:
+        """scope: a tracer.scope.CommandScope (`watch -- CMD`): only its processes and
+        taps are shown; None: everything (as the filters allow)."""
         self.emit = emit
         self._record = record
         self.filters = filters
@@ -150,16 +153,21 @@ class Session:
         self._min_ts = 0
         self._read_ns: dict[int, int] = {}
         self._lost_seen = 0
+        self._roots: list[int] = []          # processes traced from the start (track)
         self.stats = {"events": 0, "lost": 0, "resyncs": 0, "truncated": 0}
         self._pid_ok = (descendants_filter(self.model, filters.pid, ppid_of)
                         if filters.pid is not None else None)
+        self.scope = scope
+        if scope is not None:
+            scope.bind(self.model)
         self.probes, self.backend_note = open_backend(backend, self._queue.append,
                                                       buffer_pages, force_perf)
         self.clock_offset_ns = time.time_ns() - time.monotonic_ns()
 
     # ---- start / stop ------------------------------------------------------
 
-    def start(self) -> dict:
+    def start(self, extra: dict | None = None) -> dict:
+        """Snapshot, then the `ready` report (with `extra`'s fields)."""
         self._snapshot(initial=True)
         info = self.probes.info
         ready = {"type": "ready", "backend": info.name, "buffer": info.buffer,
@@ -169,6 +177,7 @@ class Session:
                  "tracer_pid": os.getpid(), "own_netns": self.model.own_netns}
         if self.backend_note:
             ready["backend_note"] = self.backend_note
+        ready.update(extra or {})
         self.emit(ready)
         return ready
 
@@ -326,21 +335,37 @@ class Session:
     def _track_root(self) -> None:
         """With -p, trace the root itself, so its forks (and so its descendants) are
         known even when a child has exited before user space reads its records."""
-        root = self.filters.pid
-        if root is None:
-            return
-        info = procfs.proc_info(root)
+        for root in (self.filters.pid, *self._roots):
+            if root is not None:
+                self.track(root)
+
+    def track(self, pid: int) -> None:
+        """Trace process `pid` from now on, tap fds or not: in the in-kernel interest
+        set (its children inherit it there) and in the model, so its forks are."""
+        info = procfs.proc_info(pid)
         if info is None:
             return
-        proc = self.model._proc(root, info.comm)   # known to the model, even if empty
+        proc = self.model._proc(pid, info.comm)   # known to the model, even if empty
         proc.ppid = info.ppid
-        self.probes.set_interest([root])
+        self.probes.set_interest([pid])
+        if pid not in self._roots and pid != self.filters.pid:
+            self._roots.append(pid)
+
+    def untrack(self, pid: int) -> None:
+        """A process traced with track() has gone: its pid may be reused."""
+        if pid in self._roots:
+            self._roots.remove(pid)
 
     def table(self) -> dict:
+        if self.scope is not None:
+            self.scope.absorb()
         rows = [r for r in self.model.rows(self.filters.ifname) if self._row_ok(r)]
+        taps = self.model.tap_list()
+        if self.scope is not None:
+            taps = [t for t in taps if self.scope.tap_ok(t)]
         return {"type": "table", "own_netns": self.model.own_netns,
                 "rows": enrich_rows(rows, own_netns=self.model.own_netns),
-                "taps": self.model.tap_list()}
+                "taps": taps}
 
     def close(self) -> None:
         """Detach the probes. Releasing a tracepoint's perf event waits for RCU grace
@@ -489,6 +514,8 @@ class Session:
         self._ns_asked.clear()
         self._threads_asked = None
         self._tables_asked = []
+        if self.scope is not None:
+            self.scope.before(e)
         reports = self.model.apply(e)
         if rec is not None:
             if self._ns_asked:              # the namespaces read for it, for replay
@@ -502,6 +529,8 @@ class Session:
             if report["type"] == "open" and self._hold_open(report):
                 continue
             self._out(report)
+        if self.scope is not None:
+            self.scope.after(e)
 
     def _recover(self, count: int, why: str = "lost") -> None:
         """Rebuild from /proc: after `count` lost records, or (why="truncated") a
@@ -515,6 +544,9 @@ class Session:
         self._queue[:] = [e for e in self._queue if isinstance(e, ev.Exit)]
         taps_before = set(self.model.taps)
         report = self._snapshot(initial=False)
+        if self.scope is not None:
+            self.scope.forget_outside()
+            self.scope.absorb()
         now = time.monotonic_ns()
         if report is not None:
             report.update(ts_ns=now, **me, why=why)
@@ -537,13 +569,17 @@ class Session:
         f = self.filters
         if f.comm is not None and not fnmatch.fnmatchcase(row["comm"], f.comm):
             return False
+        if self.scope is not None and not self.scope.row_ok(row):
+            return False
         return not (self._pid_ok is not None and not self._pid_ok(row["pid"]))
 
     def _hold_open(self, report: dict) -> bool:
         """With -i, an `open` has no interface yet (it is seen at the fd's first ioctl,
         usually the TUNSETIFF that names it): keep it until its file has one. True:
-        held (or dropped by the pid/comm filters)."""
-        if self.filters.ifname is None or report.get("ifname"):
+        held (or dropped by the pid/comm filters). With a scope, the same for an open
+        outside the command's tree: shown once its file is one of the command's taps."""
+        if report.get("ifname") or (self.filters.ifname is None and (
+                self.scope is None or self.scope.member(report["pid"]))):
             return False
         if not self._proc_ok(report):
             return True
@@ -565,7 +601,10 @@ class Session:
             name = file.label
             if name:
                 del self._held[fid]
-                if fnmatch.fnmatchcase(name, self.filters.ifname or ""):
+                glob = self.filters.ifname
+                if (glob is None or fnmatch.fnmatchcase(name, glob)) and (
+                        self.scope is None or self.scope.member(report["pid"])
+                        or self.scope.file_ok(file)):
                     self.emit({**report, "ifname": name})
             elif self.model.files.get(fid) is not file:
                 del self._held[fid]
@@ -577,6 +616,8 @@ class Session:
         return not (self._pid_ok is not None and not self._pid_ok(report.get("pid", -1)))
 
     def _out(self, report: dict) -> None:
+        if self.scope is not None:
+            self.scope.note(report)      # a tap made at the command's request
         if self._held:
             self._release_held()
         if report.get("quiet"):
@@ -588,4 +629,6 @@ class Session:
             if f.ifname is not None and not any(
                     fnmatch.fnmatchcase(n, f.ifname) for n in iter_ifnames(report)):
                 return
+        if self.scope is not None and not self.scope.report_ok(report):
+            return
         self.emit(report)

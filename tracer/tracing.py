@@ -4,6 +4,7 @@ taptrace writes its output (stdout, or where a traced command's run sends it).""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -50,6 +51,43 @@ def write(line: str) -> None:
         raise OutputError(exc) from None
 
 
+class Sink(io.TextIOBase):
+    """taptrace's output while it runs a command (stderr, or -o FILE): a write that
+    fails (the reader left, the disk is full) is remembered, not raised, so the
+    command runs on and taptrace still ends with its status."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if self.error is None:
+            try:
+                self.stream.write(s)
+            except OSError as exc:
+                self.error = exc
+        return len(s)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self.error = exc
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
 class LostNote:
     """The "records lost" warning, at most once a second (a 1-page buffer under a
     burst resyncs hundreds of times a second): the count since the last one said."""
@@ -89,7 +127,10 @@ class BackendError(click.ClickException):
 
 
 def open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
-                  emit=None, quiet_header=False, record=None, backend="auto"):
+                 emit=None, quiet_header=False, record=None, backend="auto", scope=None,
+                 header=None):
+    """A Session whose reports go to `emit` (default: a line each, through write());
+    `header(ready)`: the first line instead of "# tracing with ..."."""
     from .probes import ProbeError
     from .session import Filters, Session
 
@@ -107,22 +148,25 @@ def open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
         if report["type"] == "ready":
             if report.get("backend_note"):
                 click.echo(f"taptrace: {report['backend_note']}", err=True)
-            if not quiet_header:
+            if header is not None:
+                write(header(report))
+                write(render.HEADER)
+            elif not quiet_header:
                 write(f"# tracing with the {report['backend']} backend "
-                       f"({report['buffer']}); {report['rows']} tap fds and "
-                       f"{report['taps']} taps known at start. Ctrl-C to stop.")
+                      f"({report['buffer']}); {report['rows']} tap fds and "
+                      f"{report['taps']} taps known at start. Ctrl-C to stop.")
                 write(render.HEADER)
             return
         model = session_ref[0].model if session_ref[0] is not None else None
         write(render.event_line(report, offset, model and model.own_netns,
-                                 model and model.netns_names))
+                                model and model.netns_names))
         for line in chain_lines(session_ref[0], report):
             write("    " + line)
 
     session_ref: list = [None]
     try:
         session = Session(emit or default_emit, filters, buffer_pages=buffer_pages,
-                          force_perf=force_perf, record=record, backend=backend)
+                          force_perf=force_perf, record=record, backend=backend, scope=scope)
     except ProbeError as exc:
         raise BackendError(str(exc), exc.details) from None
     session_ref[0] = session
