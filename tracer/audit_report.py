@@ -38,8 +38,8 @@ class Reporter:
         self.write(f"{f.kind} {render.safe(f.message)}")
         if f.detail.get("chain"):
             self.write("    " + render.chain_text(f.ifname, f.detail["chain"]))
-        if f.detail.get("holder_chain"):
-            self.write("    " + render.chain_text(f.ifname, f.detail["holder_chain"]))
+        if f.detail.get("holder_chain"):      # a side copy: how it came to the holder
+            self.write("    " + render.chain_text("its copy", f.detail["holder_chain"]))
 
     def summarize(self, rows: list[dict], taps: list[dict], kept: list[str], complete: bool,
                   extra: dict | None = None, tail: str = "") -> None:
