@@ -193,7 +193,14 @@ class Child:
         self._err, err_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:                          # EAGAIN: out of processes
+            for fd in (go_r, self._go, self._err, err_w):
+                os.close(fd)
+            raise CommandError(f"cannot start {render.safe(argv[0])}: "
+                               f"{(exc.strerror or str(exc)).lower()}", EXIT_CANNOT_RUN) \
+                from None
         if pid == 0:                                    # pragma: no cover - the child
             _child(go_r, err_w, argv, path, dict(env), run_as, dispositions)
         os.close(go_r)
@@ -288,7 +295,7 @@ def _child(go_r: int, err_w: int, argv: list[str], path: str, env: dict,
         os._exit(EXIT_CANNOT_RUN)
 
 
-def open_output(path: str | None, json_out: bool):
+def open_output(path: str | None) -> Sink:
     """Where a traced command's run writes: stderr, or FILE (created mode 0600 or
     truncated; a symbolic link is refused), or `-` for stdout."""
     if path == "-":
@@ -378,7 +385,7 @@ def watch(run: Run, *, json_out: bool, comm, ifname, buffer_pages: int, perf_buf
           backend: str, recorder, output: str | None) -> int:
     """`taptrace watch -- CMD`: the trace of CMD's tree and taps; CMD's status."""
     path = run.prepare()
-    sink = open_output(output, json_out)
+    sink = open_output(output)
     signals = Signals()
     sys.stdout = sink
 
@@ -424,7 +431,7 @@ def audit(run: Run, *, json_out: bool, ifname, quiet: bool, strict: bool, backen
     findings, else CMD's status (0: clean); AuditError (3) when it cannot audit."""
     path = run.prepare()
     try:
-        sink = open_output(output, json_out)
+        sink = open_output(output)
     except click.ClickException as exc:
         raise AuditError(exc.message) from None
     signals = Signals()
