@@ -34,7 +34,8 @@ enum tt_event_type {
 	TT_EV_SCM_RECV = 11,   /* fd=socket, fds[nfds] received, arg=recv flags */
 	TT_EV_UNSHARE = 12,    /* unshare(CLONE_FILES): arg=flags; or'ed with
 	                          TT_UNSHARE_AT_EXEC: an exec began (kernels
-	                          without sched_prepare_exec), see the BPF */
+	                          without sched_prepare_exec), or
+	                          TT_UNSHARE_EXEC: its point of no return */
 	TT_EV_PIDFD_GETFD = 13, /* fd=pidfd, arg=target fd, ret=new fd */
 	TT_EV_PIDFD_OPEN = 14,  /* ret=fd=the new pidfd, arg=the pid it refers to */
 	TT_EV_VHOST_BACKEND = 15 /* VHOST_NET_SET_BACKEND returned: fd=the vhost fd,
@@ -48,6 +49,10 @@ enum tt_event_type {
 
 /* not a clone flag: "the table as it is now is the one this exec will own" */
 #define TT_UNSHARE_AT_EXEC (1ULL << 40)
+/* or'ed with CLONE_FILES: the exec's own unshare at its point of no return (an
+ * unshare all the same; user space knows it for what it says about threads: by
+ * then the others are gone, so it tells nothing of a thread's table before) */
+#define TT_UNSHARE_EXEC (1ULL << 41)
 
 enum tt_dup_how {
 	TT_DUP = 0,

@@ -312,7 +312,7 @@ KFUNC_PROBE(begin_new_exec, void *bprm)
 		return 0;
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_UNSHARE);
-	e->arg = CLONE_FILES;
+	e->arg = CLONE_FILES | TT_UNSHARE_EXEC;
 	submit(ctx, e);
 	return 0;
 }

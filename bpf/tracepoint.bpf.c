@@ -420,7 +420,7 @@ TRACEPOINT_PROBE(sched, sched_prepare_exec)
 		return 0;
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_UNSHARE);
-	e->arg = CLONE_FILES;
+	e->arg = CLONE_FILES | TT_UNSHARE_EXEC;
 	submit(args, e);
 	return 0;
 }

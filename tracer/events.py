@@ -73,6 +73,7 @@ MSG_PEEK = 0x2
 CLONE_VM, CLONE_FILES, CLONE_VFORK, CLONE_THREAD = 0x100, 0x400, 0x4000, 0x10000
 CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4
 UNSHARE_AT_EXEC = 1 << 40          # TT_UNSHARE_AT_EXEC: an exec began (see bpf/events.h)
+UNSHARE_EXEC = 1 << 41             # TT_UNSHARE_EXEC: an exec's point of no return
 EXIT_THREAD = 1                    # TT_EXIT_THREAD: Exit.thread
 
 

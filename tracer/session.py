@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fnmatch
+import itertools
 import os
 import threading
 import time
@@ -140,6 +141,7 @@ class Session:
                            netns_of=self._netns_of, threads_of=self._threads_of,
                            same_file=procfs.same_file, thread_table=self._thread_table)
         self._threads_asked: list[int] | None = None   # the answer, recorded
+        self._ahead: tuple[list, int] = ([], 0)   # the records drain has not applied yet
         self._tables_asked: list[list] = []      # thread_table's answers, recorded
         self._ns_asked: list[list] = []          # the model's netns questions, recorded
         self._ns_ready: dict[tuple[int, int], tuple[int, str | None]] = {}
@@ -244,10 +246,22 @@ class Session:
         """A thread first seen: None if it uses its leader's fd table (kcmp), else
         the tun fds of its own (/proc/TID/fd) as (fd, ifname or "", cloexec)."""
         own = None
-        if procfs.same_fd_table(pid, tid) is False:
+        if procfs.same_fd_table(pid, tid) is False and not self._unshares_later(tid):
             own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.thread_tun_fds(tid)]
         self._tables_asked.append([tid, own])
         return own
+
+    def _unshares_later(self, tid: int) -> bool:
+        """Does a record not applied yet say that thread unshares its table (then /proc
+        shows what it did later, and it used its leader's table until then)? Reads
+        what the kernel holds first."""
+        self.probes.poll(0)
+        batch, at = self._ahead
+        return any(e.tid == tid and (
+            # not an exec's: by then the other threads are gone
+            isinstance(e, ev.Unshare) and not e.flags & (ev.UNSHARE_AT_EXEC | ev.UNSHARE_EXEC)
+            or isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE)
+            for e in itertools.chain(batch[at:], self._queue))
 
     def _netns_name(self, ino: int) -> str | None:
         """`ip netns`'s name for a namespace (re-read /run/netns at most once a second
@@ -418,6 +432,7 @@ class Session:
             batch.sort(key=lambda e: e.ts)          # per-CPU buffers: restore order
         self._ns_ready.clear()
         for i, e in enumerate(batch):
+            self._ahead = (batch, i + 1)
             if isinstance(e, ev.PidfdOpen):
                 self._remember_pidfd(e)
                 continue
