@@ -1512,6 +1512,16 @@ class Model:
                         self._release(f, now_ns, send.pid, send.comm, out)
         return out
 
+    def drop_vanished(self, tap_exists: Callable[[Tap], bool | None]) -> list[Tap]:
+        """Taps that nothing holds and that are not persistent live only while the
+        kernel unregisters them, which a snapshot may catch: dropped (and returned)
+        once `tap_exists` says they are gone."""
+        gone = [t for t in self.taps.values()
+                if not t.files and not t.persist and tap_exists(t) is False]
+        for tap in gone:
+            del self.taps[tap.key]
+        return gone
+
     # ---- views -------------------------------------------------------------
 
     def holders(self) -> set[int]:

@@ -484,8 +484,15 @@ class Session:
         now = time.monotonic_ns()
         for report in self.model.expire_pending(now, self._tap_exists):
             self._out(report)
+        for tap in self.model.drop_vanished(self._tap_exists):
+            self._out({"type": "tap_gone", "ts_ns": now, **self._me(), "ifname": tap.ifname,
+                       **self.model.ns_fields(tap.netns)})
         if self.model.pending:
             self.probes.arm_scm(now + SCM_ARM_NS)
+
+    def _me(self) -> dict:
+        """The fields of a report taptrace itself makes (a resync, a loss)."""
+        return {"pid": self._self_pid, "tid": self._self_pid, "comm": "taptrace"}
 
     def _tap_exists(self, tap) -> bool | None:
         """Is the tap still a device of the kernel? Asked of /sys for taps of
@@ -552,7 +559,7 @@ class Session:
         message whose record could not hold all its fds."""
         self.stats["lost"] += count
         self.stats["resyncs"] += 1
-        me = {"pid": os.getpid(), "tid": os.getpid(), "comm": "taptrace"}
+        me = self._me()
         if count:
             self.emit({"type": "lost", "ts_ns": time.monotonic_ns(), **me, "count": count})
         # the snapshot says what is; only exits it may not know yet are kept

@@ -1520,6 +1520,16 @@ def test_resync_makes_the_rows_equal_the_snapshot_and_keeps_what_is_still_true()
     assert w.m.pending == []
 
 
+def test_a_tap_a_snapshot_caught_dying_goes_when_the_kernel_has_unregistered_it():
+    # its last fd closed; /sys still listed it as the snapshot was read: nobody
+    # holds it and it is not persistent, so it goes once /sys says so
+    w = World()
+    w.m.load(snapshot({}, [], {"a": TAP, "p": TAP | ev.IFF_PERSIST}))
+    assert w.m.drop_vanished(lambda t: True) == []
+    assert [t.ifname for t in w.m.drop_vanished(lambda t: False)] == ["a"]
+    assert [t["ifname"] for t in w.m.tap_list()] == ["p"]     # persistent: kept
+
+
 def test_resync_never_makes_two_snapshot_files_one():
     # the model thinks 1:3 and 2:3 are one file (fork); /proc says two files now
     w = World()
