@@ -658,9 +658,14 @@ class Model:
         return proc.thread_tables.get(tid, proc.table)
 
     def table_of(self, pid: int, tid: int) -> FdTable | None:
-        """The fd table thread `tid` of process `pid` uses (None: not known)."""
+        """The fd table thread `tid` of process `pid` uses (None: not known). A
+        process the last snapshot missed that shared a table with a known one
+        (see apply) uses that table."""
         proc = self.procs.get(pid)
-        return self._table_of(proc, tid) if proc is not None else None
+        if proc is None:
+            sharer = next((q for q in self._missed.get(pid, ()) if q in self.procs), None)
+            return self.procs[sharer].table if sharer is not None else None
+        return self._table_of(proc, tid)
 
     def _new_thread(self, proc: Process, tid: int, e: ev.Fork, out: list) -> None:
         """clone(CLONE_THREAD): the new thread uses its creator's table (a copy of it

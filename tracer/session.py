@@ -509,9 +509,12 @@ class Session:
         if not self._read_ns or not isinstance(e, TABLE_RECORDS):
             return False
         proc = self.model.procs.get(e.pid)
-        if proc is None or e.tid in proc.thread_tables:
+        if proc is not None and e.tid in proc.thread_tables:
             return False                     # /proc/PID/fd shows the leader's table
-        reads = [self._read_ns[u] for u in proc.table.users if u in self._read_ns]
+        table = self.model.table_of(e.pid, e.tid)
+        if table is None:
+            return False
+        reads = [self._read_ns[u] for u in table.users if u in self._read_ns]
         return bool(reads) and e.ts < min(reads)
 
     def _died_before_snapshot(self, e: ev.Event) -> bool:

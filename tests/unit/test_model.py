@@ -1530,6 +1530,20 @@ def test_a_tap_a_snapshot_caught_dying_goes_when_the_kernel_has_unregistered_it(
     assert [t["ifname"] for t in w.m.tap_list()] == ["p"]     # persistent: kept
 
 
+def test_a_sharer_a_resync_missed_still_names_the_table_for_records_from_before():
+    # 1 and 2 share a table; 1 exits before the resync's scan, which lists 2 only.
+    # 1's TUNSETIFF, read after the snapshot that already shows its result, still
+    # says who made the tap: its table is 2's
+    w = World()
+    w.m.load(snapshot({1: "a", 2: "b"}, [(1, 3, "t", False), (2, 3, "t", False)],
+                      {"t": TAP}, files=[[(1, 3), (2, 3)]], tables=[[1, 2]]))
+    w.m.resync(snapshot({2: "b"}, [(2, 3, "t", False)], {"t": TAP}), alive=lambda _p: False)
+    assert w.m.table_of(1, 1) is w.m.procs[2].table
+    w.m.learn_from_before(ev.TunIoctl(ts=1, pid=1, tid=1, comm="a", fd=3, cmd=ev.TUNSETIFF,
+                                      ret=0, ifname="t", value=TAP))
+    assert w.row(2, 3)["creator_pid"] == 1
+
+
 def test_resync_never_makes_two_snapshot_files_one():
     # the model thinks 1:3 and 2:3 are one file (fork); /proc says two files now
     w = World()
