@@ -700,13 +700,46 @@ class Model:
         t = self._new_table()
         t.users.add(tid)
         proc.thread_tables[tid] = t
-        others = [proc] + [p for p in self.procs.values() if p is not proc]
+        self._fill_from_proc(t, tid, own, [proc])
+
+    def _fill_from_proc(self, t: FdTable, pid: int, own: list, first: list) -> None:
+        """Put the tun fds /proc shows in a table of pid's (or a thread's) into `t`,
+        each known by kcmp where a process holds it (those of `first` asked first),
+        else a file of its own."""
+        others = first + [p for p in self.procs.values() if p not in first]
         for fd, name, cloexec in own:
             if not isinstance(name, str):
                 continue
-            f = self._kcmp_file(tid, fd, name, others) or self._file_from_proc(tid, fd, name)
+            f = self._kcmp_file(pid, fd, name, others) or self._file_from_proc(pid, fd, name)
             f.refs += 1
             t.fds[fd] = Entry(f, cloexec, "snapshot", None, None, None)
+
+    def reload_table(self, pid: int, own: list, ts: int) -> list[dict]:
+        """A process's fd table as /proc shows it now ((fd, ifname, cloexec) as in
+        thread_table), instead of the copy a fork gave it: a fork older than the
+        snapshot's read of its parent's table copies what the parent did after."""
+        proc = self.procs.get(pid)
+        out: list[dict] = []
+        if proc is None:
+            return out
+        for fd in sorted(proc.table.fds):
+            self._drop_entry(proc, fd, ts, pid, proc.comm, "stale", out, report=False)
+        parent = self.procs.get(proc.ppid) if proc.ppid is not None else None
+        rest = []
+        for fd, name, cloexec in own:
+            # a fork copies fd numbers: the parent's file at that fd, unless kcmp
+            # says otherwise
+            held = parent.table.fds.get(fd) if parent is not None else None
+            if held is not None and isinstance(name, str) and \
+                    (held.file.ifname or "") == name and \
+                    self._same_file(pid, fd, parent.pid, fd) is not False:
+                held.file.refs += 1
+                proc.table.fds[fd] = Entry(held.file, cloexec, "inherited", parent.pid, fd,
+                                           None)
+            else:
+                rest.append((fd, name, cloexec))
+        self._fill_from_proc(proc.table, pid, rest, [parent] if parent is not None else [])
+        return out
 
     def _leave_table(self, t: FdTable, user: int, ts: int, proc: Process, out: list) -> None:
         """A process or thread stops using a table: its files go with its last user."""

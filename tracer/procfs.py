@@ -573,9 +573,10 @@ def _fdinfo(pid: int, fd: int, path: str, taps: _Ifindex,
     return FdInfo(pid, fd, path, ifname, bool(flags & O_CLOEXEC), flags, netns)
 
 
-def thread_tun_fds(tid: int) -> list[FdInfo]:
-    """The tun/tap fds of a thread's own fd table (/proc/TID/fd: a thread's id names
-    its own view, not listed in /proc), without vhost-net ones."""
+def table_tun_fds(tid: int) -> list[FdInfo]:
+    """The tun/tap fds of the fd table a process or thread uses (/proc/TID/fd: a
+    thread's id names its own view, though /proc does not list it), without
+    vhost-net ones."""
     return [f for f in _tun_fds(tid, _Ifindex()) if f.path != VHOST_PATH]
 
 

@@ -283,10 +283,20 @@ def _netns(rec: dict) -> list:
     return [((pid, fd), None if ino is None else (ino, name)) for pid, fd, ino, name in asked]
 
 
-def parse(obj: dict) -> procfs.Snapshot | tuple[ev.Event, list, list]:
-    """One checked record: a snapshot, or an event with its recorded /proc answers
-    and the namespaces read for it."""
+@dataclasses.dataclass(frozen=True)
+class Reread:
+    """A process's fd table read from /proc after a fork (Session._reread_child)."""
+    ts: int
+    pid: int
+    fds: list[tuple[int, str | bool | None, bool | None]]
+
+
+def parse(obj: dict) -> procfs.Snapshot | Reread | tuple[ev.Event, list, list]:
+    """One checked record: a snapshot, a table read again, or an event with its
+    recorded /proc answers and the namespaces read for it."""
     kind = obj.get("kind")
+    if kind == "reread":
+        return _instance(obj, Reread, "", skip=("kind",))
     if kind == "snapshot":
         extra = [k for k in obj if k not in ("kind", "ts", "snapshot")]
         if extra:
@@ -344,6 +354,9 @@ def replay_iter(lines: Iterable[bytes | str], model: Model | None = None,
             raise ReplayError(f"line {n}: a recording starts with a snapshot record, "
                               "not an event (not a recording?)")
         try:
+            if isinstance(rec, Reread):
+                yield from model.reload_table(rec.pid, rec.fds, rec.ts)
+                continue
             if isinstance(rec, procfs.Snapshot):
                 if loaded:
                     yield model.resync(rec)

@@ -247,7 +247,7 @@ class Session:
         the tun fds of its own (/proc/TID/fd) as (fd, ifname or "", cloexec)."""
         own = None
         if procfs.same_fd_table(pid, tid) is False and not self._unshares_later(tid):
-            own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.thread_tun_fds(tid)]
+            own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(tid)]
         self._tables_asked.append([tid, own])
         return own
 
@@ -468,7 +468,11 @@ class Session:
                 opened = self._first_sight(e)
                 if opened is not None:
                     self._apply(opened)
+            reread = isinstance(e, ev.Fork) and not e.flags & (
+                ev.CLONE_THREAD | ev.CLONE_FILES) and self._read_after(e)
             self._apply(e)
+            if reread:
+                self._reread_child(e)
             if isinstance(e, ev.TunIoctl):
                 self._ns_ready.pop((e.pid, e.fd), None)    # its answer, if not asked
             elif isinstance(e, (ev.ScmSend, ev.ScmRecv)) and e.truncated:
@@ -506,7 +510,11 @@ class Session:
         scan reads one table after another, and may take longer than the records
         made meanwhile: a record stamped after the scan began may be older than the
         read of its table, which then shows its result already."""
-        if not self._read_ns or not isinstance(e, TABLE_RECORDS):
+        return isinstance(e, TABLE_RECORDS) and self._read_after(e)
+
+    def _read_after(self, e: ev.Event) -> bool:
+        """Did the last snapshot read the table e's thread uses after e was made?"""
+        if not self._read_ns:
             return False
         proc = self.model.procs.get(e.pid)
         if proc is not None and e.tid in proc.thread_tables:
@@ -516,6 +524,20 @@ class Session:
             return False
         reads = [self._read_ns[u] for u in table.users if u in self._read_ns]
         return bool(reads) and e.ts < min(reads)
+
+    def _reread_child(self, e: ev.Fork) -> None:
+        """A fork older than the snapshot's read of its parent's table: the copy the
+        model gave the child holds what the parent did after the fork. The child's
+        table is read from /proc instead, and, like a snapshot's, counts as read
+        now (its records from before are in it)."""
+        now = time.monotonic_ns()
+        own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(e.child)]
+        self._read_ns[e.child] = now
+        if self._record is not None:
+            self._record({"kind": "reread", "ts": e.ts, "pid": e.child,
+                          "fds": [list(x) for x in own]})
+        for report in self.model.reload_table(e.child, own, e.ts):
+            self._out(report)
 
     def _died_before_snapshot(self, e: ev.Event) -> bool:
         """An exit stamped before the last snapshot that the snapshot still shows: the

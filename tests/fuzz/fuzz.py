@@ -951,6 +951,8 @@ class Batch:
     exact: Counter = field(default_factory=Counter)
     cats: Counter = field(default_factory=Counter)
     failures: list = field(default_factory=list)     # (program, result)
+    # mismatches that did not recur when the program ran again alone (confirm())
+    flaky: list = field(default_factory=list)        # (program, result)
     lost: int = 0
     resyncs: int = 0
 
@@ -966,7 +968,29 @@ class Batch:
         if self.cats:
             lines.append("  mismatch kinds: " + ", ".join(
                 f"{k} {v}" for k, v in self.cats.most_common()))
+        if self.flaky:
+            lines.append(f"  {len(self.flaky)} did not recur when run again alone: " + ", ".join(
+                f"seed {p.seed} {p.profile} ({', '.join(sorted(r.categories))})"
+                for p, r in self.flaky))
         return "\n".join(lines)
+
+
+def confirm(res: Batch, tries: int, log=print) -> None:
+    """Run each mismatching program of a batch again, alone (its own tracer), up to
+    `tries` times: one exact run moves it to res.flaky (a mismatch that depends on
+    timing - still a bug, named in the summary); the rest stay failures."""
+    confirmed = []
+    for prog, fres in res.failures:
+        for n in range(tries):
+            again = run_program(prog)
+            if again.exact:
+                log(f"  seed {prog.seed} {prog.profile}: exact when run again alone "
+                    f"({n + 1} of {tries})")
+                res.flaky.append((prog, fres))
+                break
+        else:
+            confirmed.append((prog, fres))
+    res.failures = confirmed
 
 
 def batch(seed: int, count: int | None = None, seconds: float | None = None,
@@ -1053,6 +1077,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-shrinks", type=int, default=8)
     b.add_argument("--shrink-s", type=float, default=240.0)
     b.add_argument("--out", default="fuzz-out", help="where mismatches are written")
+    b.add_argument("--confirm", type=int, default=0, metavar="N",
+                   help="run each mismatch again alone up to N times; only the ones "
+                        "that mismatch every time fail the batch")
     r = sub.add_parser("replay", help="run a program file")
     r.add_argument("file")
     r.add_argument("--times", type=int, default=1)
@@ -1120,14 +1147,17 @@ def main(argv: list[str] | None = None) -> int:
     exclude = frozenset(x for x in args.exclude.split(",") if x)
     res = batch(seed, args.count, args.seconds, profiles,
                 log=lambda m: print(m, flush=True), exclude=exclude)
+    if args.confirm:
+        confirm(res, args.confirm, log=lambda m: print(m, flush=True))
     print(res.summary())
-    if res.failures:
+    if res.failures or res.flaky:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         kinds: set = set()
-        for prog, fres in res.failures:
+        for n, (prog, fres) in enumerate(res.failures + res.flaky):
             kind = frozenset(fres.categories)
-            if args.shrink and kind not in kinds and len(kinds) < args.max_shrinks:
+            if args.shrink and n < len(res.failures) and kind not in kinds \
+                    and len(kinds) < args.max_shrinks:     # flaky ones may not shrink
                 kinds.add(kind)
                 print(f"  shrinking seed {prog.seed} {prog.profile} "
                       f"({len(prog.steps)} steps)", flush=True)

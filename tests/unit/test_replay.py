@@ -156,3 +156,27 @@ def test_every_record_is_one_whole_line_in_the_file_at_once(tmp_path):
     rec.close()
     model, _ = replay(path.read_text().splitlines())
     assert model.rows() == [] and rec.size == os.path.getsize(path)
+
+
+def test_a_table_read_again_after_a_fork_replays():
+    """A fork older than the snapshot's read of its parent's table: the tracer read
+    the child's table from /proc ("reread"); a replay puts the same table there,
+    not the copy of what the parent did after the fork."""
+    snap = {"procs": {"1": {"pid": 1, "ppid": 0, "comm": "p", "cmdline": ["p"], "uid": 0}},
+            "fds": [{"pid": 1, "fd": 3, "path": "/dev/net/tun", "ifname": "a",
+                     "cloexec": False, "flags": 2, "netns": None},
+                    {"pid": 1, "fd": 4, "path": "/dev/net/tun", "ifname": "b",
+                     "cloexec": False, "flags": 2, "netns": None}],
+            "taps": {}, "files": [[[1, 3]], [[1, 4]]], "tables": [[1]]}
+    lines = [json.dumps({"kind": "snapshot", "ts": 1, "snapshot": snap}),
+             json.dumps({"kind": "Fork", "ts": 2, "pid": 1, "tid": 1, "comm": "p",
+                         "child": 2, "flags": 17}),
+             json.dumps({"kind": "reread", "ts": 2, "pid": 2, "fds": [[3, "a", False]]})]
+    model, _reports = replay(lines)
+    assert sorted((r["pid"], r["fd"], r["ifname"]) for r in model.rows()) == [
+        (1, 3, "a"), (1, 4, "b"), (2, 3, "a")]
+    rows = {(r["pid"], r["fd"]): r for r in model.rows()}
+    assert rows[(2, 3)]["file"] == rows[(1, 3)]["file"]       # the fork's copy
+    assert rows[(2, 3)]["how"] == "inherited"
+    with pytest.raises(ReplayError, match="line 2: fds"):
+        replay([lines[0], lines[2].replace('[[3, "a"', '[["x", "a"')])
