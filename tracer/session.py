@@ -82,9 +82,10 @@ def ppid_of(pid: int) -> int | None:
         return None
 
 
-# records that change an fd table (see Session._in_snapshot)
+# records that change an fd table (see Session._in_snapshot); an exec closes its
+# close-on-exec fds, an unshare makes a table of its own
 TABLE_RECORDS = (ev.Open, ev.TunIoctl, ev.Dup, ev.Close, ev.CloseRange, ev.SetFd, ev.ScmRecv,
-                 ev.PidfdGetfd)
+                 ev.PidfdGetfd, ev.Exec, ev.Unshare)
 PERF_EVENT_LINK = "anon_inode:[perf_event]"
 
 

@@ -50,7 +50,8 @@ def run_batch(seed: int, count: int | None = None, seconds: float | None = None,
 def _check(res: fuzz.Batch) -> None:
     lines = [f"seed {p.seed} {p.profile}: {fuzz.describe(r)}; " + "; ".join(r.detail[:3])
              for p, r in res.failures]
-    assert not res.failures, res.summary() + "\n" + "\n".join(lines)
+    if res.failures:
+        pytest.fail(res.summary() + "\n" + "\n".join(lines), pytrace=False)
     if res.flaky:
         warnings.warn(res.summary().splitlines()[-1].strip(), stacklevel=2)
 
