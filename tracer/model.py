@@ -640,8 +640,9 @@ class Model:
             e = self._thread_event(proc, e, out)
             if e is None:
                 return out
-            if tid in proc.thread_tables:
+            if tid in proc.thread_tables and not (isinstance(e, ev.Exit) and not e.thread):
                 # a thread with a table other than the leader's: the event is about it
+                # (the process's exit, seen by its last thread, is about every table)
                 leader, proc.table = proc.table, proc.thread_tables[tid]
                 try:
                     getattr(self, "_on_" + type(e).__name__)(e, out)

@@ -948,6 +948,19 @@ def test_a_thread_first_seen_with_a_table_of_its_own_gets_what_proc_shows_there(
     assert w.gone() == ["a"]
 
 
+def test_a_process_exit_seen_by_a_thread_with_its_own_table_drops_every_table():
+    # exit_group: the leader thread goes first, the last thread (with a table of
+    # its own) reports the process's exit; the leader's table goes too
+    w = World()
+    w.m = Model(threads_of=lambda pid: [7] if pid == 1 else [])
+    w.tap(1, 3, "a", tid=7)
+    w.close_range(1, 17, 32, ev.CLOSE_RANGE_UNSHARE)   # the leader: a copy of its own
+    w.apply(ev.Exit, 1, thread=True)
+    assert w.gone() == []
+    w.apply(ev.Exit, 1, tid=7)
+    assert w.gone() == ["a"] and w.m.procs == {}
+
+
 def test_a_thread_made_without_clone_files_uses_a_copy_of_the_table():
     w = World()
     w.tap(1, 3, "a")
