@@ -1374,7 +1374,16 @@ class Model:
         comm = self._comm_for(e)
         f.creator_pid, f.creator_comm = e.pid, comm
         tap = self._tap_of(f)
-        if tap is not None and tap.created_by is None:
+        if tap is None:
+            # made after the snapshot read /sys (a table read again after it: see
+            # reload_table): the record says what it is
+            tap = Tap(e.ifname, "tap" if e.value & ev.IFF_TAP else "tun",
+                      e.value & ~ev.IFF_PERSIST, False, e.pid, comm,
+                      netns=f.netns if f.netns is not None else (e.netns or None))
+            self.taps[tap.key] = tap
+            f.netns, f.iff = tap.netns, f.iff or e.value
+            tap.files.add(f.id)
+        elif tap.created_by is None:
             tap.created_by, tap.created_comm = e.pid, comm
 
     def forget_receive(self, e: ev.ScmRecv) -> list[dict]:

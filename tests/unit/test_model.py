@@ -1557,6 +1557,20 @@ def test_a_sharer_a_resync_missed_still_names_the_table_for_records_from_before(
     assert w.row(2, 3)["creator_pid"] == 1
 
 
+def test_a_tap_made_after_the_snapshot_read_sys_is_learned_from_its_tunsetiff():
+    # the fd was read after the tap was made, /sys before: the TUNSETIFF from
+    # before the read (not applied again) says what the tap is and who made it
+    w = World()
+    w.m.load(snapshot({1: "p"}, [(1, 3, "t", False)], {}))
+    assert w.m.tap_list() == []
+    w.m.learn_from_before(ev.TunIoctl(ts=1, pid=1, tid=1, comm="p", fd=3, cmd=ev.TUNSETIFF,
+                                      ret=0, ifname="t", value=TAP))
+    assert [(t["ifname"], t["created_by"], t["files"]) for t in w.m.tap_list()] == [
+        ("t", 1, 1)]
+    w.close(1, 3)
+    assert w.gone() == ["t"]
+
+
 def test_resync_never_makes_two_snapshot_files_one():
     # the model thinks 1:3 and 2:3 are one file (fork); /proc says two files now
     w = World()
