@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from . import render
-from .audit import Finding, summary
+from .audit import Finding, probe_finding, summary
 
 
 class AuditError(click.ClickException):
@@ -72,3 +72,22 @@ class Reporter:
                    + (f"; kept on purpose, not counted (--strict): {names}" if kept else "")
                    + ("" if complete else " (not root: other users' fds unseen, so "
                       "orphan/vm_gone may be wrong)") + tail)
+
+
+def live_emit(reporter: Reporter, lost_note, offset: int, ifname: str | None,
+              header: Callable[[dict], str]) -> Callable[[dict], None]:
+    """The session callback of a live audit (`--watch S`, `-- CMD`): losses counted,
+    the `ready` line (`header(report)`, or its JSON), a failed TUNGETIFF shown as a
+    finding as it happens (not with -i: a probe names no interface)."""
+    def emit(report: dict) -> None:
+        t = report["type"]
+        if t == "lost":
+            lost_note.add(report["count"])
+        elif t == "ready" and not reporter.quiet:
+            reporter.write(render.json_line(render.public(report, offset))
+                           if reporter.json_out else header(report))
+        elif t == "tungetiff" and ifname is None:
+            f = probe_finding(render.public(report, offset))
+            if f is not None:
+                reporter.show(f)
+    return emit

@@ -15,7 +15,7 @@ import time
 import click
 
 from . import __version__, procfs, render
-from .audit_report import AuditError, Reporter
+from .audit_report import AuditError, Reporter, live_emit
 from .enrich import enrich_rows, proc_cmdline
 from .model import Model
 from .tracing import (
@@ -702,20 +702,9 @@ def audit_cmd(ctx, json_out: bool, watch_s: float | None, ifname: str | None, qu
         offset = time.time_ns() - time.monotonic_ns()
 
         lost_note = LostNote()
-
-        def emit(report: dict) -> None:
-            t = report["type"]
-            if t == "lost":
-                lost_note.add(report["count"])
-            elif t == "ready" and not quiet:
-                write(render.json_line(render.public(report, offset)) if json_out else
-                      f"# auditing for {watch_s:g} s with the {report['backend']} backend "
-                      f"({report['buffer']}): failed TUNGETIFF as they happen, the table "
-                      "at the end")
-            elif t == "tungetiff" and ifname is None:
-                f = au.probe_finding(render.public(report, offset))
-                if f is not None:
-                    reporter.show(f)
+        emit = live_emit(reporter, lost_note, offset, ifname, lambda r: (
+            f"# auditing for {watch_s:g} s with the {r['backend']} backend "
+            f"({r['buffer']}): failed TUNGETIFF as they happen, the table at the end"))
 
         stop = Stop()
         try:

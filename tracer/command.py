@@ -40,7 +40,7 @@ import click
 
 from . import audit as au
 from . import render, unixsock
-from .audit_report import AuditError, Reporter
+from .audit_report import AuditError, Reporter, live_emit
 from .enrich import enrich_rows, libvirt_nics
 from .model import Model
 from .scope import CommandScope
@@ -244,25 +244,25 @@ class Child:
     def poll(self) -> int | None:
         """Reap whatever has ended (CMD, and orphans of its tree re-parented to us);
         CMD's status (as a shell's $?) once it has ended."""
-        while self.status is None:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            if pid == self.pid:
-                self.status = shell_status(status)
+        while self.status is None and self._reap_one() is not None:
+            pass
         return self.status
 
     def reap_orphans(self) -> None:
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        while self._reap_one() is not None:
+            pass
+
+    def _reap_one(self) -> int | None:
+        """Reap one child that has ended (None: none has, now), noting CMD's status."""
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid == 0:
+            return None
+        if pid == self.pid:
+            self.status = shell_status(status)
+        return pid
 
 
 def _child(go_r: int, err_w: int, argv: list[str], path: str, env: dict,
@@ -439,20 +439,10 @@ def audit(run: Run, *, json_out: bool, ifname, quiet: bool, strict: bool, backen
     reporter = Reporter(write, json_out, quiet)
     offset = time.time_ns() - time.monotonic_ns()
     lost_note = LostNote()
-
-    def emit(report: dict) -> None:
-        t = report["type"]
-        if t == "lost":
-            lost_note.add(report["count"])
-        elif t == "ready" and not quiet:
-            write(render.json_line(render.public(report, offset)) if json_out else
-                  f"# auditing {run.describe()} (pid {report['command']['pid']}) with the "
-                  f"{report['backend']} backend ({report['buffer']}): failed TUNGETIFF as "
-                  "they happen, what it left when it exits")
-        elif t == "tungetiff" and ifname is None:
-            f = au.probe_finding(render.public(report, offset))
-            if f is not None:
-                reporter.show(f)
+    emit = live_emit(reporter, lost_note, offset, ifname, lambda r: (
+        f"# auditing {run.describe()} (pid {r['command']['pid']}) with the "
+        f"{r['backend']} backend ({r['buffer']}): failed TUNGETIFF as they happen, "
+        "what it left when it exits"))
 
     try:
         session, _offset = open_session(json_out, None, None, None, 256, False, emit=emit,
