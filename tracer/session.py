@@ -155,6 +155,7 @@ class Session:
         self._pidfds: dict[tuple[int, int], int] = {}
         self._min_ts = 0
         self._read_ns: dict[int, int] = {}
+        self._read_last = 0                  # the latest of _read_ns
         self._lost_seen = 0
         self._roots: list[int] = []          # processes traced from the start (track)
         self.stats = {"events": 0, "lost": 0, "resyncs": 0, "truncated": 0}
@@ -203,6 +204,7 @@ class Session:
         self._track_root()
         self._min_ts = start
         self._read_ns = snap.read_ns
+        self._read_last = max(snap.read_ns.values(), default=0)
         self._lost_seen = lost_before
         return report
 
@@ -515,8 +517,8 @@ class Session:
 
     def _read_after(self, e: ev.Event) -> bool:
         """Did the last snapshot read the table e's thread uses after e was made?"""
-        if not self._read_ns:
-            return False
+        if e.ts >= self._read_last:
+            return False                     # newer than every read: the usual case
         proc = self.model.procs.get(e.pid)
         if proc is not None and e.tid in proc.thread_tables:
             return False                     # /proc/PID/fd shows the leader's table
@@ -534,6 +536,7 @@ class Session:
         now = time.monotonic_ns()
         own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(e.child)]
         self._read_ns[e.child] = now
+        self._read_last = max(self._read_last, now)
         if self._record is not None:
             self._record({"kind": "reread", "ts": e.ts, "pid": e.child,
                           "fds": [list(x) for x in own]})
