@@ -23,7 +23,15 @@ from pathlib import Path
 from . import events as ev
 from . import kheaders
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+def _bpf_dir() -> Path:
+    """tracer/bpf where taptrace is installed (pyproject.toml), else the checkout's bpf/."""
+    here = Path(__file__).resolve().parent
+    installed = here / "bpf"
+    return installed if (installed / "events.h").is_file() else here.parent / "bpf"
+
+
+BPF_DIR = _bpf_dir()
 
 
 def bpf_source(name: str) -> str:
