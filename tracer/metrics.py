@@ -45,6 +45,8 @@ TAP_KINDS = ("tap", "tun", "macvtap")
 # reports that are no kernel event: the start, and what a loss does
 NOT_EVENTS = ("ready", "lost", "resync", "table")
 REBUILD_S = 0.2                # the least time between two Samples after changes
+# findings of a moment, never cleared (a failed TUNGETIFF): counted, never "present"
+MOMENTARY = ("bad_probe",)
 
 
 # ---- the address -----------------------------------------------------------
@@ -167,7 +169,9 @@ class SampleCollector:
             fds.add_metric([kind, comm], n)
         yield fds
         findings = GaugeMetricFamily("taptrace_audit_findings",
-                                     "Audit findings present now, by kind", labels=["kind"])
+                                     "Audit findings present now, by kind (a failed TUNGETIFF, "
+                                     "bad_probe, is of a moment: see _appeared_total)",
+                                     labels=["kind"])
         appeared = CounterMetricFamily("taptrace_audit_findings_appeared",
                                        "Audit findings that appeared, by kind",
                                        labels=["kind"])
@@ -270,7 +274,8 @@ class MetricsSink:
     def findings(self, appeared: list[Finding], cleared: list[Finding], model: Model) -> None:
         for f in appeared:
             self._appeared[f.kind] += 1
-            self._present[f.kind] = self._present.get(f.kind, 0) + 1
+            if f.kind not in MOMENTARY:
+                self._present[f.kind] = self._present.get(f.kind, 0) + 1
         for f in cleared:
             self._cleared[f.kind] += 1
             self._present[f.kind] = max(0, self._present.get(f.kind, 0) - 1)

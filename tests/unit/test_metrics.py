@@ -102,6 +102,19 @@ def test_findings_now_and_in_all(sink):
     assert value(s, "taptrace_audit_findings_cleared_total", kind="leak") == 1
 
 
+def test_a_failed_probe_is_counted_not_present(sink):
+    """The agent hands a failed TUNGETIFF over as it happens and never clears it."""
+    model = recorded_model({}, {})
+    sink.ready(READY, model, 0)
+    probe = Finding("bad_probe", None, 7, 9, "qemu", "qemu[7]: TUNGETIFF fd 9 is not a tap")
+    sink.findings([probe], [], model)
+    sink.findings([probe], [], model)
+    sink._now(model)
+    s = scrape(sink)
+    assert value(s, "taptrace_audit_findings", kind="bad_probe") == 0
+    assert value(s, "taptrace_audit_findings_appeared_total", kind="bad_probe") == 2
+
+
 def test_losses_and_resyncs_are_counted(sink):
     model = recorded_model({}, {})
     sink.ready(READY, model, 0)
