@@ -15,7 +15,6 @@ the rest counted as comm="other". Never a pid, fd or interface name.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
@@ -32,14 +31,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import make_wsgi_app
 
 from . import __version__, render
+from .agent_outputs import DEFAULT_HOST, DEFAULT_PORT
 from .audit import KINDS as FINDING_KINDS
 
 if TYPE_CHECKING:
     from .audit import Finding
     from .model import Model
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9979
 COMMS_MAX = 20                 # distinct holder comms as labels; the rest are "other"
 TAP_KINDS = ("tap", "tun", "macvtap")
 # reports that are no kernel event: the start, and what a loss does
@@ -47,50 +45,6 @@ NOT_EVENTS = ("ready", "lost", "resync", "table")
 REBUILD_S = 0.2                # the least time between two Samples after changes
 # findings of a moment, never cleared (a failed TUNGETIFF): counted, never "present"
 MOMENTARY = ("bad_probe",)
-
-
-# ---- the address -----------------------------------------------------------
-
-def parse_address(text: str) -> tuple[str, int]:
-    """`ADDR:PORT`, `[IPV6]:PORT` or a bare `PORT` (loopback) -> (host, port);
-    ValueError with the reason otherwise. ADDR is an IP address, not a name: the
-    agent must not depend on a resolver to start."""
-    text = text.strip()
-    if text.isdigit():
-        host, port_s = DEFAULT_HOST, text
-    elif text.startswith("["):
-        host, sep, port_s = text[1:].partition("]:")
-        if not sep:
-            raise ValueError("an IPv6 address goes as [ADDR]:PORT")
-    else:
-        host, sep, port_s = text.rpartition(":")
-        if not sep or not host:
-            raise ValueError("expected ADDR:PORT, e.g. 127.0.0.1:9979")
-        if ":" in host:
-            raise ValueError("an IPv6 address goes as [ADDR]:PORT")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{render.safe(host)} is not an IP address") from None
-    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-        raise ValueError(f"{render.safe(port_s)} is not a port (0-65535)")
-    return host, int(port_s)
-
-
-class AddressParam(click.ParamType):
-    """The click type of `--metrics ADDR:PORT` (a bad one is a usage error, exit 2)."""
-    name = "ADDR:PORT"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_address(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-METRICS_ADDRESS = AddressParam()
 
 
 # ---- what a scrape shows -----------------------------------------------------
