@@ -27,7 +27,7 @@ installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^instal
 
 release=$(uname -r)
 PACKAGES=(python3-bpfcc python3-venv bpftrace gcc libc6-dev make iproute2 kmod qemu-system-x86 libvirt-daemon-system libvirt-clients uml-utilities openvpn slirp4netns passt
-          python3-prometheus-client python3-systemd prometheus)   # the agent: metrics, journal; tests: a real Prometheus
+          python3-prometheus-client python3-systemd prometheus python3-seccomp)   # the agent: metrics, journal; tests: a real Prometheus, the unit's syscall filter
 
 # 1. Distro packages.
 command -v dpkg-query >/dev/null && command -v apt-get >/dev/null \

@@ -1,0 +1,138 @@
+"""Run a command under a systemd unit's process settings, where no systemd runs (here):
+the syscall filter (SystemCallFilter= expanded by `systemd-analyze syscall-filter`,
+SystemCallErrorNumber=) and MemoryDenyWriteExecute= (the kernel's PR_SET_MDWE, 6.3+:
+the same refusal of writable-then-executable memory) here; LimitMEMLOCK=, the
+capabilities and NoNewPrivileges= by `prlimit` and `setpriv` around this, as a unit
+sets them before its ExecStart (unit_command builds the whole command line):
+
+    prlimit ... setpriv ... -- /usr/bin/python3 tests/unitexec.py UNIT -- CMD [ARGS...]
+
+Needs python3-seccomp (libseccomp's bindings) for the filter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PR_SET_MDWE = 65
+PR_MDWE_REFUSE_EXEC_GAIN = 1
+CAP_SYS_RESOURCE = 24
+
+
+def has_cap(bit: int) -> bool:
+    with open("/proc/self/status") as f:
+        eff = next(line for line in f if line.startswith("CapEff:"))
+    return bool(int(eff.split()[1], 16) >> bit & 1)
+
+
+def settings(unit: Path) -> dict[str, list[str]]:
+    """[Service] key -> its values, in order (a key given twice adds, as systemd's lists)."""
+    out: dict[str, list[str]] = {}
+    section = None
+    for raw in unit.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        if section == "Service" and "=" in line:
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def syscall_groups() -> dict[str, list[str]]:
+    """Each @group of this systemd and its members (syscalls and @groups)."""
+    text = subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True,
+                          text=True, check=True).stdout
+    groups: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("@"):
+            current = line.strip()
+            groups[current] = []
+        elif current and line.strip() and not line.strip().startswith("#"):
+            groups[current].append(line.strip())
+        elif not line.strip():
+            current = None
+    return groups
+
+
+def expand(words: list[str], groups: dict[str, list[str]]) -> set[str]:
+    out: set[str] = set()
+    todo = list(words)
+    seen: set[str] = set()
+    while todo:
+        w = todo.pop()
+        if w in seen:
+            continue
+        seen.add(w)
+        if w.startswith("@"):
+            todo.extend(groups[w])
+        else:
+            out.add(w)
+    return out
+
+
+def allowed_syscalls(s: dict[str, list[str]]) -> set[str] | None:
+    """The allow list of SystemCallFilter= (None: no filter). Deny lists (~) are not
+    emulated: this unit has none."""
+    words = [w for v in s.get("SystemCallFilter", []) for w in v.split()]
+    if not words:
+        return None
+    if any(w.startswith("~") for w in words):
+        raise SystemExit("unitexec: deny lists (~) are not emulated")
+    return expand(words, syscall_groups())
+
+
+def apply(s: dict[str, list[str]]) -> None:
+    if s.get("MemoryDenyWriteExecute", ["no"])[-1] == "yes":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+            raise SystemExit(f"unitexec: PR_SET_MDWE: {os.strerror(ctypes.get_errno())}")
+    allow = allowed_syscalls(s)
+    if allow is not None:
+        import seccomp  # python3-seccomp
+        err = getattr(errno, s.get("SystemCallErrorNumber", ["EPERM"])[-1])
+        f = seccomp.SyscallFilter(defaction=seccomp.ERRNO(err))
+        for name in sorted(allow):
+            try:
+                f.add_rule(seccomp.ALLOW, name)
+            except (RuntimeError, ValueError, OSError):
+                pass            # a syscall this libseccomp or arch does not know
+        f.load()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 4 or argv[2] != "--":
+        raise SystemExit("usage: unitexec.py UNIT -- CMD [ARGS...]")
+    apply(settings(Path(argv[1])))
+    os.execvp(argv[3], argv[3:])
+
+
+def unit_command(unit: Path, cmd: list[str], drop: tuple[str, ...] = ()) -> list[str]:
+    """CMD as the unit would run it, from root: LimitMEMLOCK= (prlimit, while root may
+    still raise it), the capabilities (CapabilityBoundingSet=, less `drop`) and
+    NoNewPrivileges= (setpriv), then the rest (this script)."""
+    s = settings(unit)
+    out = []
+    if s.get("LimitMEMLOCK", [""])[-1] == "infinity" and has_cap(CAP_SYS_RESOURCE):
+        # (without CAP_SYS_RESOURCE it cannot be raised; BPF on 5.11+ does not need it)
+        out += ["prlimit", "--memlock=unlimited:unlimited"]
+    caps = [c for v in s.get("CapabilityBoundingSet", []) for c in v.split()]
+    keep = [c.removeprefix("CAP_").lower() for c in caps if c not in drop]
+    out += ["setpriv", "--bounding-set=-all" + "".join(f",+{c}" for c in keep),
+            "--inh-caps=-all"]
+    if s.get("NoNewPrivileges", ["no"])[-1] == "yes":
+        out.append("--no-new-privs")
+    return [*out, "--", "/usr/bin/python3", __file__, str(unit), "--", *cmd]
+
+
+if __name__ == "__main__":
+    main(sys.argv)
