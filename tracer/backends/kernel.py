@@ -133,6 +133,11 @@ def plan(ioctl_check: bool = True) -> Plan:
                         "why": "absent: a TUN ioctl on a non-tun/tap fd is not seen"})
     if kheaders.has_tracepoint_field("sched", "sched_process_exit", "group_dead"):
         p.cflags.append("-DTT_HAVE_GROUP_DEAD")
+    else:
+        try:
+            p.cflags += layouts.cflags(layouts.GROUP_EXIT, kb)
+        except btf.BtfError:
+            pass          # the leader's exit is taken for the process's (README)
     p.hooks.append({"hook": "sched_process_fork/exec/exit", "how": "tracepoint",
                     "why": "fork, exec, exit only"})
 
