@@ -317,7 +317,8 @@ class _Hooks:
                 b.attach_kprobe(event=func, fn_name=entry)
             b.attach_kretprobe(event=func, fn_name=ret)
 
-    def off(self) -> None:
+    def off(self, kprobes: bool = True) -> None:
+        """Detach; kprobes=False: not the kprobes (bcc attaches the rest at load)."""
         b = self.bpf
         for p in self.tps:
             b.detach_tracepoint(p)
@@ -325,7 +326,7 @@ class _Hooks:
             b.detach_kfunc(f)
         for f in self.kout:
             b.detach_kretfunc(f)
-        for func, entry, _ret in self.kprobes:
+        for func, entry, _ret in self.kprobes if kprobes else ():
             if entry:
                 b.detach_kprobe(event=func)
             b.detach_kretprobe(event=func)
@@ -350,7 +351,7 @@ class _Hooks:
         src += sorted({f"int {fn}(void *ctx) {{ return 0; }}"
                        for _f, entry, ret in self.kprobes for fn in (entry, ret) if fn})
         twin = _Hooks(bcc.BPF(text="\n".join(src)), self.kprobes)
-        twin.off()                            # bcc attached them at load
+        twin.off(kprobes=False)               # bcc attached the rest at load
         return twin
 
 
