@@ -93,6 +93,10 @@ def plan(ioctl_check: bool = True) -> Plan:
     also see TUN ioctls on files that are not tun/tap files (every ioctl pays one
     short fentry program for it)."""
     p = Plan()
+    tracing = kheaders.tracing_dir()          # first: what the kernel cannot do at all
+    if tracing is None or not os.path.exists(os.path.join(tracing, "kprobe_events")):
+        raise ProbeError("the kernel backend needs kprobes (tun/tap ioctls): "
+                         "this kernel has no kprobe_events")
     try:
         kb = btf.vmlinux()
         p.cflags += layouts.cflags(LAYOUTS + layouts.FD_TABLE + layouts.NETNS, kb)
@@ -155,10 +159,6 @@ def plan(ioctl_check: bool = True) -> Plan:
         p.hooks.append({"hook": sym, "how": "f_op filter",
                         "why": "/proc/kallsyms" if sym in addrs else "module not loaded"})
 
-    tracing = kheaders.tracing_dir()
-    if tracing is None or not os.path.exists(os.path.join(tracing, "kprobe_events")):
-        raise ProbeError("the kernel backend needs kprobes (tun/tap ioctls): "
-                         "this kernel has no kprobe_events")
     syms = kallsyms(k[0] for k in KPROBES)
     for func, entry, ret, module in KPROBES:
         if func not in syms:
