@@ -295,58 +295,94 @@ def hooks(args) -> None:
 
 # ---- backends: the tracepoint backend against the kernel backend ---------------
 
-def _switch(backend):
-    """(attach, detach) of every hook a loaded backend attached: its programs stay
-    loaded, so conditions alternate run by run without compiling again."""
-    b = backend._bpf
-    tps = [k.decode() for k in b.tracepoint_fds]
-    kin = [k.decode() for k in b.kfunc_entry_fds]
-    kout = [k.decode() for k in b.kfunc_exit_fds]
-    kps = list(backend._plan.kprobes) if hasattr(backend, "_plan") else []
+class _Hooks:
+    """A loaded program's hooks, to attach and detach without compiling again."""
 
-    def on() -> None:
-        for p in tps:
+    def __init__(self, bpf, kprobes) -> None:
+        self.bpf, self.kprobes = bpf, list(kprobes)
+        self.tps = [k.decode() for k in bpf.tracepoint_fds]
+        self.kin = [k.decode() for k in bpf.kfunc_entry_fds]
+        self.kout = [k.decode() for k in bpf.kfunc_exit_fds]
+
+    def on(self) -> None:
+        b = self.bpf
+        for p in self.tps:
             b.attach_tracepoint(tp=p, fn_name="tracepoint__" + p.replace(":", "__"))
-        for f in kin:
+        for f in self.kin:
             b.attach_kfunc(fn_name=f)
-        for f in kout:
+        for f in self.kout:
             b.attach_kretfunc(fn_name=f)
-        for func, entry, ret in kps:
+        for func, entry, ret in self.kprobes:
             if entry:
                 b.attach_kprobe(event=func, fn_name=entry)
             b.attach_kretprobe(event=func, fn_name=ret)
 
-    def off() -> None:
-        for p in tps:
+    def off(self, kprobes: bool = True) -> None:
+        """Detach; kprobes=False: not the kprobes (bcc attaches the rest at load)."""
+        b = self.bpf
+        for p in self.tps:
             b.detach_tracepoint(p)
-        for f in kin:
+        for f in self.kin:
             b.detach_kfunc(f)
-        for f in kout:
+        for f in self.kout:
             b.detach_kretfunc(f)
-        for func, entry, _ret in kps:
+        for func, entry, _ret in self.kprobes if kprobes else ():
             if entry:
                 b.detach_kprobe(event=func)
             b.detach_kretprobe(event=func)
-    return on, off
+
+    def empty_twin(self) -> _Hooks:
+        """The same hook set with empty programs: the floor a backend's programs are
+        measured against (what the hooks cost by themselves)."""
+        import bcc
+
+        def strip(name: str, *prefixes: str) -> str:
+            for p in prefixes:
+                name = name.removeprefix(p)
+            return name
+
+        src = ["#include <uapi/linux/ptrace.h>"]
+        src += [f"TRACEPOINT_PROBE({p.split(':')[0]}, {p.split(':')[1]}) {{ return 0; }}"
+                for p in self.tps]
+        src += [f"KFUNC_PROBE({strip(f, 'kfunc__', 'vmlinux__')}) {{ return 0; }}"
+                for f in self.kin]
+        src += [f"KRETFUNC_PROBE({strip(f, 'kretfunc__', 'vmlinux__')}) {{ return 0; }}"
+                for f in self.kout]
+        src += sorted({f"int {fn}(void *ctx) {{ return 0; }}"
+                       for _f, entry, ret in self.kprobes for fn in (entry, ret) if fn})
+        twin = _Hooks(bcc.BPF(text="\n".join(src)), self.kprobes)
+        twin.off(kprobes=False)               # bcc attached the rest at load
+        return twin
 
 
 def backends(args) -> None:
-    """Both backends loaded once, as `watch` loads them (their real programs, not
-    empty ones), then attached in turn around short runs of each workload, the
-    order rotating round by round: none, tracepoint, kernel. Ratios to the same
-    round's run with nothing attached. Made for the guest (Debian's 6.1/6.12: the
+    """Each backend loaded once, as `watch` loads it (its real programs with their
+    filters), and once more as an empty twin (the same hooks, empty programs: its
+    floor); then, per workload, one run in each condition back to back, the order
+    rotating round by round. Ratios to the same round's run with nothing attached,
+    and each backend's to its floor. Made for the guest (Debian's 6.1/6.12: the
     kernel backend does not load on a kernel without fentry)."""
     from tracer.backends.kernel import KernelBackend
     from tracer.backends.tracepoint import TracepointBackend
 
+    class NoIoctlCheck(KernelBackend):
+        ioctl_check = False
+
     loaded = {"tracepoint": TracepointBackend(lambda _e: None),
-              "kernel": KernelBackend(lambda _e: None)}
+              "kernel": KernelBackend(lambda _e: None),
+              "kernel -ioctl": NoIoctlCheck(lambda _e: None)}
     # "none again": a second run with nothing attached, so the spread of its ratio
     # is the noise every other ratio carries
     conds = {"none": (lambda: None, lambda: None), "none again": (lambda: None, lambda: None)}
+    floors = {}
     for name, backend in loaded.items():
-        conds[name] = _switch(backend)
-        conds[name][1]()                               # loaded, attached only below
+        hooks = _Hooks(backend._bpf, getattr(getattr(backend, "_plan", None), "kprobes", ()))
+        hooks.off()                                    # loaded, attached only below
+        conds[name] = (hooks.on, hooks.off)
+        if name != "kernel -ioctl":
+            twin = hooks.empty_twin()
+            floors[name] = f"{name} floor"
+            conds[floors[name]] = (twin.on, twin.off)
     s = args.scale
     work = {"getpid": _c_workload("getpidloop", int(200_000 * s)),
             "ioctl FIONREAD": _c_workload("ioctlloop", int(200_000 * s)),
@@ -358,7 +394,7 @@ def backends(args) -> None:
     names = list(conds)
     for r in range(args.rounds):
         for w, run in work.items():
-            # the three conditions back to back on one workload, order rotating
+            # every condition back to back on one workload, order rotating
             for c in names[r % len(names):] + names[:r % len(names)]:
                 on, off = conds[c]
                 on()
@@ -367,15 +403,20 @@ def backends(args) -> None:
                 finally:
                     off()
     say(f"backends on {platform.release()}: {args.rounds} rounds; in each, per workload, "
-        "one run with nothing attached, one with each backend, back to back (order "
-        "rotating); ratio to that round's run with nothing attached")
-    say(f"  {'workload':<16} {'none ns/op':>11}  {'none again/none':<28} "
-        f"{'tracepoint/none':<28} {'kernel/none':<28}")
+        "one run in each condition back to back (order rotating); ratio to that round's "
+        "run with nothing attached; 'kernel -ioctl': without security_file_ioctl; "
+        "'/floor': to the same hooks with empty programs")
+
+    def ratios(a: str, b: str, w: str) -> list[float]:
+        return [x / y for x, y in zip(res[a][w], res[b][w])]
+
+    cols = [c for c in names[1:]] + [f"{b}/floor" for b in floors]
+    say(f"  {'workload':<16} {'none ns/op':>11}  " + "  ".join(f"{c:<26}" for c in cols))
     for w in work:
         none = statistics.median(res["none"][w])
-        ratios = {c: [t / b for t, b in zip(res[c][w], res["none"][w])] for c in names[1:]}
-        say(f"  {w:<16} {none:>11.0f}  {spread(ratios['none again']):<28} "
-            f"{spread(ratios['tracepoint']):<28} {spread(ratios['kernel']):<28}")
+        cells = [spread(ratios(c, "none", w)) for c in names[1:]]
+        cells += [spread(ratios(b, f, w)) for b, f in floors.items()]
+        say(f"  {w:<16} {none:>11.0f}  " + "  ".join(f"{c:<26}" for c in cells))
     for backend in loaded.values():
         backend.close()
 

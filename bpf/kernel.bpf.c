@@ -33,6 +33,9 @@
  *   kprobe+kretprobe __tun_chr_ioctl, tap_ioctl   TUN ioctls (module functions:
  *                              bcc 0.26 cannot fentry a module)
  *   kretprobe vhost_net_ioctl  VHOST_NET_SET_BACKEND
+ *   fentry security_file_ioctl  a TUN (vhost-net) ioctl on a file that is not a
+ *                              tun/tap (vhost-net) file
+ *                              (TT_HAVE_IOCTL_CHECK: every ioctl pays for it)
  *   sched tracepoints          fork, exec, exit (sched.h, shared)
  *
  * Compile-time constants (all required unless marked):
@@ -41,7 +44,8 @@
  *   TT_FDT_MAX_FDS_OFF
  *   TT_SCM_FP_OFF, TT_FPL_COUNT_OFF, TT_FPL_FP_OFF
  *   TT_F_PRIVATE_OFF, TT_SK_NET_OFF, TT_NET_INUM_OFF   (a tun file's namespace)
- *   TT_CLOSE_FN, TT_HAVE_SET_CLOEXEC, TT_HAVE_KSYS_UNSHARE, TT_HAVE_GROUP_DEAD
+ *   TT_CLOSE_FN, TT_HAVE_SET_CLOEXEC, TT_HAVE_KSYS_UNSHARE, TT_HAVE_GROUP_DEAD,
+ *   TT_HAVE_IOCTL_CHECK
  */
 #include "common.h"
 
@@ -390,6 +394,42 @@ int tun_ioctl_return(void *ctx)
 	submit(ctx, e);
 	return 0;
 }
+
+#ifdef TT_HAVE_IOCTL_CHECK
+/*
+ * A TUN ioctl on a file that is not tun's or tap's, or VHOST_NET_SET_BACKEND on one
+ * that is not vhost-net's (a VMM handed the wrong fd), never reaches the driver
+ * hooks. security_file_ioctl(file, cmd, arg) is on every ioctl's path (so every
+ * ioctl pays a trampoline: tracer/backends/kernel.py hooks it only when asked),
+ * before the file's own ioctl: the command is checked first, then the file's
+ * kind. The answer is not seen here, only that the file's driver has no such
+ * command: the kernel answers that with ENOTTY (a driver's ENOIOCTLCMD becomes
+ * ENOTTY in vfs_ioctl), and that is what the record says. An fd that is not open
+ * (EBADF) never gets this far.
+ */
+KFUNC_PROBE(security_file_ioctl, void *file, unsigned int cmd, unsigned long arg)
+{
+	int tun = is_tun_cmd(cmd);
+	if (!tun && cmd != VHOST_NET_SET_BACKEND_)
+		return 0;
+	u32 kind = file_kind(file);
+	if ((tun ? kind == TT_FK_TUN || kind == TT_FK_TAP : kind == TT_FK_VHOST) ||
+	    is_self(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	if (!tun)
+		return on_vhost_backend(ctx, -ENOTTY_);
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_TUN_IOCTL);
+	e->fd = (int)sysarg(PT_DI);
+	e->arg = cmd;
+	e->ret = -ENOTTY_;
+	set_file(e, file, kind);
+	if (fd_cloexec(e->fd))
+		e->fdflags = TT_FD_CLOEXEC;
+	submit(ctx, e);
+	return 0;
+}
+#endif
 
 /* vhost_net_ioctl(file, cmd, arg): VHOST_NET_SET_BACKEND, read at return as the
  * tracepoint backend does (struct vhost_vring_file is input only) */

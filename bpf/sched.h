@@ -90,8 +90,18 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #ifdef TT_HAVE_GROUP_DEAD
 	if (!args->group_dead)
 		return thread_exit(args, tgid);
+#elif defined(TT_SIGNAL_LIVE_OFF)
+	/* do_exit() counts the thread out of signal->live before this tracepoint: 0
+	 * when it is the group's last (the leader may have left first, with
+	 * pthread_exit, and the group's last thread need not be the leader) */
+	int live = 1;
+	const char *sig = (const char *)kword((const char *)bpf_get_current_task() +
+					       TT_TASK_SIGNAL_OFF);
+	bpf_probe_read_kernel(&live, sizeof(live), sig + TT_SIGNAL_LIVE_OFF);
+	if (live)
+		return thread_exit(args, tgid);
 #else
-	if ((u32)id != tgid)
+	if ((u32)id != tgid) /* a leader that leaves first ends the process here */
 		return thread_exit(args, tgid);
 #endif
 	if (!interesting(tgid))

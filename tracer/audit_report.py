@@ -84,8 +84,12 @@ def live_emit(reporter: Reporter, lost_note, offset: int, ifname: str | None,
         if t == "lost":
             lost_note.add(report["count"])
         elif t == "ready" and not reporter.quiet:
-            reporter.write(render.json_line(render.public(report, offset))
-                           if reporter.json_out else header(report))
+            if reporter.json_out:
+                reporter.write(render.json_line(render.public(report, offset)))
+            else:
+                reporter.write(header(report))
+                if report.get("backend_note"):     # why not the kernel backend
+                    reporter.write(f"# {render.safe(report['backend_note'])}")
         elif t == "tungetiff" and ifname is None:
             f = probe_finding(render.public(report, offset))
             if f is not None:

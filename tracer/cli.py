@@ -263,9 +263,10 @@ def _backend_option(f):
     return click.option(
         "--backend", type=click.Choice(["auto", "kernel", "tracepoint"]), default="auto",
         show_default=True, envvar="TAPTRACE_BACKEND",
-        help="tracepoint: syscall tracepoints, runs everywhere; kernel (experimental): "
-             "fentry/kprobes where files are installed and closed, exact file identity; "
-             "auto: the tracepoint backend for now. Env: TAPTRACE_BACKEND.")(f)
+        help="kernel: fentry/kprobes where files are installed and closed, exact file "
+             "identity, no cost to unrelated syscalls; tracepoint: syscall tracepoints, "
+             "runs everywhere; auto: kernel where it loads, else tracepoint. "
+             "Env: TAPTRACE_BACKEND.")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

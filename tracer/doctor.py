@@ -255,7 +255,7 @@ def check_kernel_backend() -> list[Check]:
     except probes.ProbeError as exc:
         return [Check("kernel backend", True, f"unavailable: {exc}")]
     try:
-        role = "auto picks it" if AUTO_PREFERS_KERNEL else "experimental: --backend kernel"
+        role = "auto picks it" if AUTO_PREFERS_KERNEL else "only with --backend kernel"
         out = [Check("kernel backend", True, f"loads ({role}) in "
                      f"{time.monotonic() - t0:.1f} s")]
         for h in p.hooks():

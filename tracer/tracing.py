@@ -146,15 +146,15 @@ def open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
             write(render.json_line(render.public(report, offset)))
             return
         if report["type"] == "ready":
-            if report.get("backend_note"):
-                click.echo(f"taptrace: {report['backend_note']}", err=True)
             if header is not None:
                 write(header(report))
-                write(render.HEADER)
             elif not quiet_header:
                 write(f"# tracing with the {report['backend']} backend "
                       f"({report['buffer']}); {report['rows']} tap fds and "
                       f"{report['taps']} taps known at start. Ctrl-C to stop.")
+            if header is not None or not quiet_header:
+                if report.get("backend_note"):
+                    write(f"# {render.safe(report['backend_note'])}")
                 write(render.HEADER)
             return
         model = session_ref[0].model if session_ref[0] is not None else None

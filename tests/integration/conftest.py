@@ -25,10 +25,11 @@ import tapkit
 ROOT = Path(__file__).resolve().parents[2]
 # The backend every tracer of this run uses (the guest matrix runs the set with both).
 BACKEND = os.environ.get("TAPTRACE_BACKEND", "auto")
-# The kernel backend hooks the tun/tap/vhost-net drivers: an ioctl on an fd that is
-# none of theirs (a VMM handed the wrong fd: ENOTTY, EBADF) never reaches them, so
-# only the tracepoint backend (sys_exit_ioctl) sees such failed probes.
-SEES_FOREIGN_IOCTLS = BACKEND != "kernel"
+# A TUN ioctl on an fd that is not open (EBADF) never reaches a kernel function the
+# kernel backend hooks (security_file_ioctl is past the fd lookup): only the
+# tracepoint backend (sys_exit_ioctl) sees it. Both see one on an open fd that is not
+# a tun/tap fd (ENOTTY).
+SEES_BAD_FD_IOCTLS = BACKEND != "kernel"
 
 
 def need_root() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import json
 import os
 import signal
 import subprocess
@@ -301,6 +302,44 @@ def test_a_process_first_seen_through_a_thread_keeps_its_own_name(tracer, script
 
 
 # ---- exit --------------------------------------------------------------------------
+
+LEADEREXIT = HELPERS / "bin" / "leaderexit"
+
+
+@pytest.mark.smoke
+def test_a_leader_that_leaves_first_leaves_the_process_and_its_taps(tracer):
+    """pthread_exit() in the leader while another thread holds a tap: the process
+    lives on (its leader a zombie, /proc/PID/fd empty; the truth is the thread's
+    /proc/PID/task/TID/fdinfo) until that thread's exit() ends the group. Before
+    6.16 sched_process_exit does not say which exit is the group's last: taken from
+    signal->live (BTF), not from "the leader exits"."""
+    t = tracer()
+    name = tapkit.unique_name("le")
+    proc = subprocess.Popen([str(LEADEREXIT), name], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        got = json.loads(proc.stdout.readline())
+        pid, tid, fd = got["pid"], got["tid"], got["fd"]
+        with open(f"/proc/{pid}/task/{tid}/fdinfo/{fd}") as f:
+            assert f"iff:\t{name}\n" in f.read()             # held, by the thread
+        assert os.listdir(f"/proc/{pid}/fd") == []            # the zombie leader's view
+        t.wait_for(lambda o: o["type"] == "tunsetiff" and o["pid"] == pid)
+        t.proc.send_signal(signal.SIGUSR1)                   # the table now
+        now = t.wait_for(lambda o: o["type"] == "table")
+        assert table_triples(now, [pid]) == {(pid, fd, name)}
+        assert not events_of(t.lines, "exit", pid=pid)
+        proc.stdin.close()                                   # the thread ends the group
+        assert proc.wait(timeout=30) == 0
+        ex = t.wait_for(lambda o: o["type"] == "exit" and o["pid"] == pid)
+        lines, table = t.stop()
+    finally:
+        proc.kill()
+        proc.wait()
+        tapkit.delete_link(name)
+    assert (ex["tid"], ex["closed"], ex["ifnames"]) == (tid, [fd], [name])
+    assert table_triples(table, [pid]) == set()
+    assert len(events_of(lines, "tap_gone", ifname=name)) == 1
+
 
 EXIT = """
     a_name, b_name = sys.argv[1], sys.argv[2]

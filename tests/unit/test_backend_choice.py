@@ -57,5 +57,5 @@ def test_auto_prefers_the_kernel_backend_and_says_why_it_fell_back(fake, monkeyp
     k.refuse = "the kernel backend needs fentry"
     _b, why = backends.open_backend("auto", print)
     assert opened == ["kernel", "tracepoint"]
-    assert why == ("kernel backend unavailable (the kernel backend needs fentry); "
+    assert why == ("kernel backend unavailable: needs fentry; "
                    "using the tracepoint backend")

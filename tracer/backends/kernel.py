@@ -44,6 +44,9 @@ OPTIONAL_FUNCS = {
                           "F_SETFD/FIOCLEX/FIONCLEX not seen: close-on-exec as at install"),
     "ksys_unshare": ("TT_HAVE_KSYS_UNSHARE", "unshare(CLONE_FILES) not seen"),
 }
+# On every ioctl's path, before the file's own ioctl: a TUN ioctl on a file that is
+# not tun's or tap's (a VMM given the wrong fd) is seen only here.
+IOCTL_CHECK_FUNC = "security_file_ioctl"
 # (module function, entry program, return program, module)
 KPROBES = (
     ("__tun_chr_ioctl", "tun_ioctl_entry", "tun_ioctl_return", "tun"),
@@ -84,10 +87,16 @@ def kallsyms(names) -> dict[str, int]:
     return out
 
 
-def plan() -> Plan:
+def plan(ioctl_check: bool = True) -> Plan:
     """What to hook on this kernel and the constants the program needs; a
-    ProbeError (one line) when the kernel backend cannot work here."""
+    ProbeError (one line) when the kernel backend cannot work here. `ioctl_check`:
+    also see TUN ioctls on files that are not tun/tap files (every ioctl pays one
+    short fentry program for it)."""
     p = Plan()
+    tracing = kheaders.tracing_dir()          # first: what the kernel cannot do at all
+    if tracing is None or not os.path.exists(os.path.join(tracing, "kprobe_events")):
+        raise ProbeError("the kernel backend needs kprobes (tun/tap ioctls): "
+                         "this kernel has no kprobe_events")
     try:
         kb = btf.vmlinux()
         p.cflags += layouts.cflags(LAYOUTS + layouts.FD_TABLE + layouts.NETNS, kb)
@@ -115,8 +124,24 @@ def plan() -> Plan:
             p.hooks.append({"hook": func, "how": "fentry/fexit", "why": "in vmlinux BTF"})
         else:
             p.hooks.append({"hook": func, "how": "none", "why": f"absent: {without}"})
+    if not ioctl_check:
+        p.hooks.append({"hook": IOCTL_CHECK_FUNC, "how": "none",
+                        "why": "not asked: a TUN ioctl on a non-tun/tap fd is not seen"})
+    elif kb.has_func(IOCTL_CHECK_FUNC):
+        p.cflags.append("-DTT_HAVE_IOCTL_CHECK")
+        p.hooks.append({"hook": IOCTL_CHECK_FUNC, "how": "fentry",
+                        "why": "a TUN ioctl on a file that is not tun/tap (bad_probe); "
+                               "the command is checked first"})
+    else:
+        p.hooks.append({"hook": IOCTL_CHECK_FUNC, "how": "none",
+                        "why": "absent: a TUN ioctl on a non-tun/tap fd is not seen"})
     if kheaders.has_tracepoint_field("sched", "sched_process_exit", "group_dead"):
         p.cflags.append("-DTT_HAVE_GROUP_DEAD")
+    else:
+        try:
+            p.cflags += layouts.cflags(layouts.GROUP_EXIT, kb)
+        except btf.BtfError:
+            pass          # the leader's exit is taken for the process's (README)
     p.hooks.append({"hook": "sched_process_fork/exec/exit", "how": "tracepoint",
                     "why": "fork, exec, exit only"})
 
@@ -134,10 +159,6 @@ def plan() -> Plan:
         p.hooks.append({"hook": sym, "how": "f_op filter",
                         "why": "/proc/kallsyms" if sym in addrs else "module not loaded"})
 
-    tracing = kheaders.tracing_dir()
-    if tracing is None or not os.path.exists(os.path.join(tracing, "kprobe_events")):
-        raise ProbeError("the kernel backend needs kprobes (tun/tap ioctls): "
-                         "this kernel has no kprobe_events")
     syms = kallsyms(k[0] for k in KPROBES)
     for func, entry, ret, module in KPROBES:
         if func not in syms:
@@ -155,6 +176,7 @@ def plan() -> Plan:
 
 class KernelBackend(BccBackend):
     name = "kernel"
+    ioctl_check = True      # see plan()
 
     def _program(self) -> tuple[str, list[str]]:
         from ..probes import _import_bcc
@@ -163,7 +185,7 @@ class KernelBackend(BccBackend):
         if not bcc.BPF.support_kfunc():
             raise ProbeError("the kernel backend needs fentry/fexit (BPF trampolines and "
                              "kernel BTF); this kernel or bcc has none")
-        self._plan = plan()
+        self._plan = plan(self.ioctl_check)
         self._held: dict[tuple, tuple[float, list[ev.Event]]] = {}
         return bpf_source(SOURCE), self._plan.cflags
 

@@ -25,10 +25,17 @@ NETNS = (
     ("sock", "__sk_common.skc_net.net", "TT_SK_NET_OFF"),
     ("net", "ns.inum", "TT_NET_INUM_OFF"),
 )
+# whether an exiting thread is its group's last (sched_process_exit has no group_dead
+# field before 6.16): do_exit() has counted it out of signal->live by then
+GROUP_EXIT = (
+    ("task_struct", "signal", "TT_TASK_SIGNAL_OFF"),
+    ("signal_struct", "live", "TT_SIGNAL_LIVE_OFF"),
+)
 # (struct, member path, size in bytes): the widths the programs read them with
 SIZES = (
     ("fdtable", "max_fds", 4),
     ("net", "ns.inum", 4),
+    ("signal_struct", "live", 4),
 )
 
 

@@ -22,7 +22,9 @@ class TracepointBackend(BccBackend):
 
     def _program(self) -> tuple[str, list[str]]:
         cflags = []
-        if kheaders.has_tracepoint_field("sched", "sched_process_exit", "group_dead"):
+        group_dead = kheaders.has_tracepoint_field("sched", "sched_process_exit",
+                                                   "group_dead")
+        if group_dead:
             cflags.append("-DTT_HAVE_GROUP_DEAD")
         if kheaders.has_tracepoint_field("sched", "sched_prepare_exec", "pid"):
             cflags.append("-DTT_HAVE_PREPARE_EXEC")
@@ -32,6 +34,11 @@ class TracepointBackend(BccBackend):
             cflags += layouts.cflags(layouts.NETNS)
         except btf.BtfError as exc:
             self._layout_note = str(exc)
+        if not group_dead:
+            try:
+                cflags += layouts.cflags(layouts.GROUP_EXIT)
+            except btf.BtfError:
+                pass          # the leader's exit is taken for the process's (README)
         return bpf_source(SOURCE), cflags
 
     def hooks(self) -> list[dict]:
