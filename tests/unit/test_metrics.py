@@ -14,8 +14,8 @@ import click
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tracer.audit import Finding
 from tracer.agent_outputs import parse_address
+from tracer.audit import Finding
 from tracer.metrics import COMMS_MAX, MetricsSink, fd_counts
 from tracer.model import Entry, FdTable, OpenFile, Process
 from tracer.replay import recorded_model, replay_iter
