@@ -1,11 +1,15 @@
 """Run a command under a systemd unit's process settings, where no systemd runs (here):
-the syscall filter (SystemCallFilter= expanded by `systemd-analyze syscall-filter`,
+the mount settings (ProtectSystem=strict with its StateDirectory=, PrivateTmp=,
+ProtectHome=, PrivateDevices=, ProtectKernelTunables=, ProtectControlGroups=, in a
+mount namespace of its own), the syscall filter (SystemCallFilter= expanded by
+`systemd-analyze syscall-filter`,
 SystemCallErrorNumber=) and MemoryDenyWriteExecute= (the kernel's PR_SET_MDWE, 6.3+:
 the same refusal of writable-then-executable memory) here; LimitMEMLOCK=, the
 capabilities and NoNewPrivileges= by `prlimit` and `setpriv` around this, as a unit
 sets them before its ExecStart (unit_command builds the whole command line):
 
-    prlimit ... setpriv ... -- /usr/bin/python3 tests/unitexec.py UNIT -- CMD [ARGS...]
+    unshare -m ... unitexec.py --sandbox UNIT -- prlimit ... setpriv ... --
+        /usr/bin/python3 tests/unitexec.py UNIT -- CMD [ARGS...]
 
 Needs python3-seccomp (libseccomp's bindings) for the filter.
 """
@@ -15,8 +19,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 PR_SET_MDWE = 65
@@ -109,19 +115,99 @@ def apply(s: dict[str, list[str]]) -> None:
         f.load()
 
 
+# ---- the mount settings (run first, as root, in a private mount namespace) ----
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+def _mount_points() -> list[str]:
+    """This namespace's mount points, parents first (octal escapes decoded)."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4]
+            out.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), mp))
+    return sorted(set(out), key=lambda p: (p.count("/"), p))
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _private_dev() -> None:
+    """PrivateDevices=yes: a /dev of its own with the pseudo devices only."""
+    staging = tempfile.mkdtemp(prefix="unitexec-dev-", dir="/run")
+    try:
+        _mount("-t", "tmpfs", "-o", "mode=755,nosuid,noexec", "tmpfs", staging)
+        for name in ("null", "zero", "full", "random", "urandom", "tty"):
+            Path(staging, name).touch()
+            _mount("--bind", f"/dev/{name}", f"{staging}/{name}")
+        for name in ("shm", "pts"):
+            os.mkdir(f"{staging}/{name}")
+        _mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", f"{staging}/shm")
+        if os.path.exists("/dev/log"):
+            Path(staging, "log").touch()
+            _mount("--bind", "/dev/log", f"{staging}/log")
+        _mount("--move", staging, "/dev")
+    finally:
+        os.rmdir(staging)
+
+
+def sandbox(s: dict[str, list[str]]) -> None:
+    """ProtectSystem=strict (all read-only but /dev, /proc, /sys and the
+    StateDirectory), ProtectKernelTunables=/ProtectControlGroups= (/sys and /proc/sys
+    read-only), PrivateDevices=, PrivateTmp=, ProtectHome=. Only `remount,bind,ro`:
+    a mount's flags in this namespace, never the filesystem's (that would be global)."""
+    yes = {k for k, v in s.items() if v[-1] == "yes"}
+    if "PrivateDevices" in yes:
+        _private_dev()
+    if "ProtectKernelTunables" in yes:
+        _mount("--bind", "/proc/sys", "/proc/sys")
+        _mount("-o", "remount,bind,ro", "/proc/sys")
+    if s.get("ProtectSystem", ["no"])[-1] == "strict":
+        # the StateDirectory= first becomes a mount of its own, which stays writable
+        state = [f"/var/lib/{name}" for name in s.get("StateDirectory", [])]
+        for path in state:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            _mount("--bind", path, path)
+        skip = ["/proc", "/dev", *state] + (
+            [] if {"ProtectKernelTunables", "ProtectControlGroups"} & yes else ["/sys"])
+        for mp in _mount_points():
+            if not any(_under(mp, top) for top in skip):
+                subprocess.run(["mount", "-o", "remount,bind,ro", mp], check=False,
+                               capture_output=True)   # an nsfs bind may refuse: it is no fs
+    if "PrivateTmp" in yes:
+        for path in ("/tmp", "/var/tmp"):
+            _mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", path)
+    if "ProtectHome" in yes:
+        for path in ("/home", "/root", "/run/user"):
+            if os.path.isdir(path):
+                _mount("-t", "tmpfs", "-o", "mode=000,ro", "tmpfs", path)
+
+
 def main(argv: list[str]) -> None:
+    mounts = len(argv) > 1 and argv[1] == "--sandbox"
+    if mounts:
+        argv = argv[1:]
     if len(argv) < 4 or argv[2] != "--":
-        raise SystemExit("usage: unitexec.py UNIT -- CMD [ARGS...]")
-    apply(settings(Path(argv[1])))
+        raise SystemExit("usage: unitexec.py [--sandbox] UNIT -- CMD [ARGS...]")
+    if mounts:
+        sandbox(settings(Path(argv[1])))
+    else:
+        apply(settings(Path(argv[1])))
     os.execvp(argv[3], argv[3:])
 
 
 def unit_command(unit: Path, cmd: list[str], drop: tuple[str, ...] = ()) -> list[str]:
-    """CMD as the unit would run it, from root: LimitMEMLOCK= (prlimit, while root may
-    still raise it), the capabilities (CapabilityBoundingSet=, less `drop`) and
-    NoNewPrivileges= (setpriv), then the rest (this script)."""
+    """CMD as the unit would run it, from root: a mount namespace of its own with the
+    unit's mount settings (unshare, then this script with --sandbox), LimitMEMLOCK=
+    (prlimit, while root may still raise it), the capabilities
+    (CapabilityBoundingSet=, less `drop`) and NoNewPrivileges= (setpriv), then the
+    syscall filter and MemoryDenyWriteExecute= (this script)."""
     s = settings(unit)
-    out = []
+    out = ["unshare", "--mount", "--propagation", "private", "--",
+           "/usr/bin/python3", __file__, "--sandbox", str(unit), "--"]
     if s.get("LimitMEMLOCK", [""])[-1] == "infinity" and has_cap(CAP_SYS_RESOURCE):
         # (without CAP_SYS_RESOURCE it cannot be raised; BPF on 5.11+ does not need it)
         out += ["prlimit", "--memlock=unlimited:unlimited"]

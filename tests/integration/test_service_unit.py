@@ -1,7 +1,9 @@
 """The systemd unit (contrib/systemd/taptrace-agent.service): `systemd-analyze verify`
 passes, and `taptrace agent` runs under the unit's settings — its capability bounding
-set, NoNewPrivileges, its syscall filter and MemoryDenyWriteExecute (tests/unitexec.py
-applies them where no systemd runs) — and still traces what a VM host has: a tap held
+set, NoNewPrivileges, syscall filter, MemoryDenyWriteExecute and its mount sandbox
+(ProtectSystem=strict with the StateDirectory, PrivateTmp, ProtectHome,
+PrivateDevices, ProtectKernelTunables: tests/unitexec.py applies them where no
+systemd runs) — and still traces what a VM host has: a tap held
 by a process of another user (QEMU runs as libvirt-qemu) handed on by fork+exec, and a
 tap in another network namespace. Without CAP_SYS_PTRACE the first is unseen, without
 CAP_SYS_ADMIN the second, without `bpf` in the filter the agent cannot start: the
@@ -9,12 +11,14 @@ settings are applied for real, and each of those is needed."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -54,6 +58,27 @@ def test_the_unit_runs_the_installed_command():
     s = unitexec.settings(UNIT)
     assert s["ExecStart"] == ["/opt/taptrace/bin/taptrace agent --metrics 127.0.0.1:9979 --log"]
     assert s["StateDirectory"] == ["taptrace"]      # /var/lib/taptrace: history, headers
+
+
+def test_the_sandbox_is_applied():
+    """What the agent runs in below: the file system read-only but its state
+    directory, a /tmp and /dev of its own, no home, /sys read-only."""
+    need_root()
+    pytest.importorskip("seccomp", reason="python3-seccomp is missing")
+    probe = ("touch /usr/.unit-probe; touch /var/lib/taptrace/.unit-probe && "
+             "rm /var/lib/taptrace/.unit-probe && echo state-rw; touch /tmp/x && echo tmp-rw; "
+             "ls /tmp; ls /dev | tr '\\n' ' '; echo; ls -A /root; "
+             "touch /sys/kernel/.unit-probe; grep ^CapBnd /proc/self/status")
+    out = subprocess.run(unitexec.unit_command(UNIT, ["/bin/sh", "-c", probe]),
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert "/usr/.unit-probe': Read-only file system" in out.stderr
+    assert "/sys/kernel/.unit-probe': Read-only file system" in out.stderr
+    assert out.stdout.splitlines()[:4] == [
+        "state-rw", "tmp-rw", "x", "full log null pts random shm tty urandom zero "
+        if os.path.exists("/dev/log") else "full null pts random shm tty urandom zero "]
+    # exactly dac_read_search(2) net_admin(12) sys_ptrace(19) sys_admin(21) syslog(34)
+    # perfmon(38) bpf(39)
+    assert out.stdout.splitlines()[4] == "CapBnd:\t000000c400281004"
 
 
 class Syslog:
@@ -138,11 +163,15 @@ def host():
 def run_agent(tmp_path: Path, host, unit: Path = UNIT,
               drop: tuple[str, ...] = ()) -> tuple[int, str, list[str]]:
     """The agent under the unit's settings (less `drop`) through the host's handoff:
-    its exit status, stderr and syslog lines."""
+    its exit status, stderr and syslog lines. Its /tmp is its own and the rest of the
+    file system read-only, so the database goes in the StateDirectory and the log
+    socket in /run, as a real one would be."""
     holder = host[0]
-    syslog = Syslog(tmp_path / "log")
+    run_dir = Path(tempfile.mkdtemp(prefix="taptrace-unit-test-", dir="/run"))
+    db = Path("/var/lib/taptrace") / f"test-{run_dir.name}.db"
+    syslog = Syslog(run_dir / "log")
     cmd = unitexec.unit_command(unit, [
-        sys.executable, "-m", "tracer", "agent", "--db", str(tmp_path / "h.db"), "--log",
+        sys.executable, "-m", "tracer", "agent", "--db", str(db), "--log",
         "--log-events", "--log-socket", syslog.path, "--audit-every", "0.5"], drop)
     agent = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -164,6 +193,9 @@ def run_agent(tmp_path: Path, host, unit: Path = UNIT,
             agent.kill()
             agent.wait()
         syslog.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
 def saw_handoff(lines: list[str], held: str) -> bool:
@@ -200,10 +232,14 @@ def test_each_capability_is_needed(tmp_path, host, cap, sees):
 
 def test_the_syscall_filter_is_applied(tmp_path, host):
     """Without `bpf` among the allowed syscalls the agent cannot load its program."""
-    unit = tmp_path / "taptrace-agent.service"
     text = UNIT.read_text()
     assert "SystemCallFilter=@system-service bpf " in text
-    unit.write_text(text.replace("SystemCallFilter=@system-service bpf ",
-                                 "SystemCallFilter=@system-service "))
-    code, err, _ = run_agent(tmp_path, host, unit=unit)
+    where = Path(tempfile.mkdtemp(prefix="taptrace-unit-test-", dir="/run"))  # not /tmp:
+    try:                                                    # the sandbox has its own
+        unit = where / "taptrace-agent.service"
+        unit.write_text(text.replace("SystemCallFilter=@system-service bpf ",
+                                     "SystemCallFilter=@system-service "))
+        code, err, _ = run_agent(tmp_path, host, unit=unit)
+    finally:
+        shutil.rmtree(where)
     assert code == 1 and "Operation not permitted" in err, err
