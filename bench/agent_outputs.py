@@ -120,7 +120,7 @@ def main() -> None:
     host, port = metrics.address
     for _ in range(args.rounds):
         t0 = time.perf_counter()
-        metrics._now(big)
+        metrics.refresh(big)
         ticks.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with urllib.request.urlopen(f"http://{host}:{port}/metrics") as resp:

@@ -213,7 +213,7 @@ class MetricsSink:
 
     def ready(self, report: dict, model: Model, clock_offset_ns: int) -> None:
         self._backend = (str(report.get("backend")), str(report.get("buffer")))
-        self._now(model)
+        self.refresh(model)
 
     def report(self, report: dict, model: Model) -> None:
         t = report["type"]
@@ -249,7 +249,8 @@ class MetricsSink:
             resyncs=self._resyncs, backend=self._backend)
         self._dirty = False
 
-    def _now(self, model: Model) -> None:
+    def refresh(self, model: Model) -> None:
+        """A Sample now, whatever the time since the last."""
         self._built = float("-inf")
         self.tick(model)
 

@@ -42,7 +42,7 @@ def test_the_rules_fire_as_specified():
 def test_the_rules_name_metrics_the_agent_serves():
     sink = MetricsSink("127.0.0.1", 0)
     try:
-        sink._now(recorded_model({}, {}))
+        sink.refresh(recorded_model({}, {}))
         names = {m.name for m in sink.registry.collect()}
     finally:
         sink.close()

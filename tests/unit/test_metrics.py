@@ -56,9 +56,9 @@ def test_the_demo_moves_the_gauges_and_counters(sink):
     for r in replay_iter(DEMO.read_text().splitlines(), model, answers, netns):
         sink.report(r, model)
         if r["type"] == "scm_recv":          # the "QEMU" holds both taps now
-            sink._now(model)
+            sink.refresh(model)
             seen["both"] = scrape(sink)
-    sink._now(model)
+    sink.refresh(model)
     end = scrape(sink)
 
     both = seen["both"]
@@ -90,13 +90,13 @@ def test_findings_now_and_in_all(sink):
     leak = Finding("leak", "vnet0", 10, 3, "libvirtd", "vnet0: libvirtd[10] keeps a copy")
     orphan = Finding("orphan", "tap9", None, None, None, "tap9: no holder")
     sink.findings([leak, orphan], [], model)
-    sink._now(model)
+    sink.refresh(model)
     s = scrape(sink)
     assert value(s, "taptrace_audit_findings", kind="leak") == 1
     assert value(s, "taptrace_audit_findings", kind="orphan") == 1
     assert value(s, "taptrace_audit_findings", kind="vm_gone") == 0   # every kind, always
     sink.findings([], [leak], model)
-    sink._now(model)
+    sink.refresh(model)
     s = scrape(sink)
     assert value(s, "taptrace_audit_findings", kind="leak") == 0
     assert value(s, "taptrace_audit_findings_appeared_total", kind="leak") == 1
@@ -110,7 +110,7 @@ def test_a_failed_probe_is_counted_not_present(sink):
     probe = Finding("bad_probe", None, 7, 9, "qemu", "qemu[7]: TUNGETIFF fd 9 is not a tap")
     sink.findings([probe], [], model)
     sink.findings([probe], [], model)
-    sink._now(model)
+    sink.refresh(model)
     s = scrape(sink)
     assert value(s, "taptrace_audit_findings", kind="bad_probe") == 0
     assert value(s, "taptrace_audit_findings_appeared_total", kind="bad_probe") == 2
@@ -123,7 +123,7 @@ def test_losses_and_resyncs_are_counted(sink):
     sink.report({"type": "resync", "rows": 0, "taps": 0}, model)
     sink.report({"type": "lost", "count": 2}, model)
     sink.report({"type": "resync", "rows": 0, "taps": 0}, model)
-    sink._now(model)
+    sink.refresh(model)
     s = scrape(sink)
     assert value(s, "taptrace_lost_records_total") == 42
     assert value(s, "taptrace_resyncs_total") == 2
@@ -136,7 +136,7 @@ def test_a_scrape_waits_for_the_next_tick(sink):
     sink.ready(READY, model, 0)
     sink.report({"type": "open", "pid": 1}, model)
     assert value(scrape(sink), "taptrace_events_total", type="open") is None
-    sink._now(model)
+    sink.refresh(model)
     assert value(scrape(sink), "taptrace_events_total", type="open") == 1
 
 
@@ -165,7 +165,7 @@ def test_comm_labels_are_capped_and_escaped():
 def test_hostile_comms_scrape_cleanly(sink):
     model = recorded_model({}, {})
     holders(model, ['q"e\\mu\n', "raw\udcff"])
-    sink._now(model)
+    sink.refresh(model)
     s = scrape(sink)
     assert value(s, "taptrace_tap_fds", kind="tap", comm='q"e\\\\mu\\x0a') == 1
     assert value(s, "taptrace_tap_fds", kind="tap", comm="raw\\xff") == 1
