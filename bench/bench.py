@@ -365,12 +365,9 @@ def backends(args) -> None:
     from tracer.backends.kernel import KernelBackend
     from tracer.backends.tracepoint import TracepointBackend
 
-    class NoIoctlCheck(KernelBackend):
-        ioctl_check = False
-
     loaded = {"tracepoint": TracepointBackend(lambda _e: None),
               "kernel": KernelBackend(lambda _e: None),
-              "kernel -ioctl": NoIoctlCheck(lambda _e: None)}
+              "kernel +ioctl": KernelBackend(lambda _e: None, ioctl_check=True)}
     # "none again": a second run with nothing attached, so the spread of its ratio
     # is the noise every other ratio carries
     conds = {"none": (lambda: None, lambda: None), "none again": (lambda: None, lambda: None)}
@@ -379,7 +376,7 @@ def backends(args) -> None:
         hooks = _Hooks(backend._bpf, getattr(getattr(backend, "_plan", None), "kprobes", ()))
         hooks.off()                                    # loaded, attached only below
         conds[name] = (hooks.on, hooks.off)
-        if name != "kernel -ioctl":
+        if name != "kernel +ioctl":
             twin = hooks.empty_twin()
             floors[name] = f"{name} floor"
             conds[floors[name]] = (twin.on, twin.off)
@@ -404,7 +401,8 @@ def backends(args) -> None:
                     off()
     say(f"backends on {platform.release()}: {args.rounds} rounds; in each, per workload, "
         "one run in each condition back to back (order rotating); ratio to that round's "
-        "run with nothing attached; 'kernel -ioctl': without security_file_ioctl; "
+        "run with nothing attached; 'kernel +ioctl': with security_file_ioctl "
+        "(--bad-ioctls); "
         "'/floor': to the same hooks with empty programs")
 
     def ratios(a: str, b: str, w: str) -> list[float]:

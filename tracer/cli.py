@@ -353,11 +353,15 @@ def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
                    "new file, mode 0600.")
 @click.option("--overwrite", is_flag=True,
               help="Let --record replace an existing regular file you own.")
+@click.option("--bad-ioctls", is_flag=True,
+              help="With the kernel backend, also show TUN ioctls on fds that are not "
+                   "tun/tap fds (failed TUNGETIFF): every ioctl on the machine then pays "
+                   "a hook. The tracepoint backend always shows them.")
 @_common_watch_options
 @_command_options
 @click.pass_context
-def watch(ctx, json_out, record_path, overwrite, pid, comm, ifname, duration, buffer_pages,
-          perf_buffer, backend, user, output, show_all) -> None:
+def watch(ctx, json_out, record_path, overwrite, bad_ioctls, pid, comm, ifname, duration,
+          buffer_pages, perf_buffer, backend, user, output, show_all) -> None:
     """Trace tap opens, TUN ioctls and every move of a tap fd, live.
 
     Starts from a /proc snapshot, so taps opened earlier are known too.
@@ -396,7 +400,8 @@ def watch(ctx, json_out, record_path, overwrite, pid, comm, ifname, duration, bu
         try:
             status = command.watch(run, json_out=json_out, comm=comm, ifname=ifname,
                                    buffer_pages=buffer_pages, perf_buffer=perf_buffer,
-                                   backend=backend, recorder=recorder, output=output)
+                                   backend=backend, recorder=recorder, output=output,
+                                   bad_ioctls=bad_ioctls)
         finally:
             if recorder is not None:
                 recorder.close()
@@ -405,7 +410,8 @@ def watch(ctx, json_out, record_path, overwrite, pid, comm, ifname, duration, bu
     signal.signal(signal.SIGUSR1, lambda *_a: asked.__setitem__(0, True))
     try:
         session, offset = open_session(json_out, pid, comm, ifname, buffer_pages,
-                                       perf_buffer, record=recorder, backend=backend)
+                                       perf_buffer, record=recorder, backend=backend,
+                                       bad_ioctls=bad_ioctls)
 
         def table_on_request() -> None:
             if asked[0]:
@@ -593,7 +599,8 @@ def demo(json_out: bool, backend: str) -> None:
     import subprocess
 
     stop = Stop()
-    session, offset = open_session(json_out, None, None, None, 256, False, backend=backend)
+    session, offset = open_session(json_out, None, None, None, 256, False, backend=backend,
+                                   bad_ioctls=True)      # its "QEMU" probes a pipe
     try:
         session.start()
         child = subprocess.Popen([sys.executable, "-m", "tracer.demo"],
@@ -710,7 +717,8 @@ def audit_cmd(ctx, json_out: bool, watch_s: float | None, ifname: str | None, qu
         stop = Stop()
         try:
             session, _offset = open_session(json_out, None, None, None, 256, False,
-                                            emit=emit, backend=backend)
+                                            emit=emit, backend=backend,
+                                            bad_ioctls=True)       # bad_probe
         except click.ClickException as exc:
             raise AuditError(exc.message) from None
         model = trace_for(session, watch_s, stop)

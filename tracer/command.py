@@ -382,7 +382,7 @@ class Run:
 
 
 def watch(run: Run, *, json_out: bool, comm, ifname, buffer_pages: int, perf_buffer: bool,
-          backend: str, recorder, output: str | None) -> int:
+          backend: str, recorder, output: str | None, bad_ioctls: bool = False) -> int:
     """`taptrace watch -- CMD`: the trace of CMD's tree and taps; CMD's status."""
     path = run.prepare()
     sink = open_output(output)
@@ -397,7 +397,7 @@ def watch(run: Run, *, json_out: bool, comm, ifname, buffer_pages: int, perf_buf
 
     session, offset = open_session(json_out, None, comm, ifname, buffer_pages, perf_buffer,
                                    record=recorder, backend=backend, scope=run.scope(),
-                                   header=header)
+                                   header=header, bad_ioctls=bad_ioctls)
     asked = [False]
     signal.signal(signal.SIGUSR1, lambda *_a: asked.__setitem__(0, True))
 
@@ -446,7 +446,8 @@ def audit(run: Run, *, json_out: bool, ifname, quiet: bool, strict: bool, backen
 
     try:
         session, _offset = open_session(json_out, None, None, None, 256, False, emit=emit,
-                                        backend=backend, scope=run.scope())
+                                        backend=backend, scope=run.scope(),
+                                        bad_ioctls=True)            # bad_probe
     except click.ClickException as exc:
         raise AuditError(exc.message) from None
     try:

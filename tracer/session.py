@@ -132,9 +132,10 @@ class Session:
     def __init__(self, emit: Callable[[dict], None], filters: Filters = Filters(),
                  buffer_pages: int = 256, force_perf: bool = False,
                  record: Callable[[dict], None] | None = None, backend: str = "auto",
-                 scope=None) -> None:
+                 scope=None, bad_ioctls: bool = False) -> None:
         """scope: a tracer.scope.CommandScope (`watch -- CMD`): only its processes and
-        taps are shown; None: everything (as the filters allow)."""
+        taps are shown; None: everything (as the filters allow). bad_ioctls: see
+        backends.open_backend."""
         self.emit = emit
         self._record = record
         self.filters = filters
@@ -165,7 +166,8 @@ class Session:
         if scope is not None:
             scope.bind(self.model)
         self.probes, self.backend_note = open_backend(backend, self._queue.append,
-                                                      buffer_pages, force_perf)
+                                                      buffer_pages, force_perf,
+                                                      bad_ioctls=bad_ioctls)
         self.clock_offset_ns = time.time_ns() - time.monotonic_ns()
 
     # ---- start / stop ------------------------------------------------------

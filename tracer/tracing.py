@@ -128,7 +128,7 @@ class BackendError(click.ClickException):
 
 def open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
                  emit=None, quiet_header=False, record=None, backend="auto", scope=None,
-                 header=None):
+                 header=None, bad_ioctls=False):
     """A Session whose reports go to `emit` (default: a line each, through write());
     `header(ready)`: the first line instead of "# tracing with ..."."""
     from .probes import ProbeError
@@ -166,7 +166,8 @@ def open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
     session_ref: list = [None]
     try:
         session = Session(emit or default_emit, filters, buffer_pages=buffer_pages,
-                          force_perf=force_perf, record=record, backend=backend, scope=scope)
+                          force_perf=force_perf, record=record, backend=backend, scope=scope,
+                          bad_ioctls=bad_ioctls)
     except ProbeError as exc:
         raise BackendError(str(exc), exc.details) from None
     session_ref[0] = session

@@ -70,3 +70,40 @@ def test_copies_made_before_the_first_tun_ioctl_are_traced_exactly(tracer):
     assert len({rows[fd]["file"] for fd in (a, b, c, d)}) == 1
     assert {fd: rows[fd]["cloexec"] for fd in (a, b, c, d)} == cloexec == {
         a: True, b: False, c: True, d: False}
+
+
+PROBE_A_PIPE = r"""
+import fcntl, json, os, sys
+sys.path.insert(0, {tests!r})
+import tapkit
+r, w = os.pipe()
+try:
+    fcntl.ioctl(r, tapkit.TUNGETIFF, bytes(40))
+except OSError as exc:
+    print(json.dumps({{"pid": os.getpid(), "fd": r, "errno": exc.errno}}), flush=True)
+"""
+
+
+@pytest.mark.smoke
+def test_a_tungetiff_on_a_pipe_is_seen_only_when_asked(tracer):
+    """Every ioctl on the machine pays for the hook that sees a TUN ioctl on an fd
+    that is not a tun/tap fd (security_file_ioctl), so the kernel backend hooks it only
+    for --bad-ioctls (and audit, demo); then the failed probe is shown as the
+    tracepoint backend shows it, with the errno the process got."""
+    need_root()
+    code = PROBE_A_PIPE.format(tests=str(tapkit.__file__).rsplit("/", 1)[0])
+    seen = {}
+    for asked in (False, True):
+        t = tracer(*(["--bad-ioctls"] if asked else []))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, check=True)
+        got = json.loads(out.stdout)
+        assert got["errno"] == 25                        # ENOTTY, as the kernel answered
+        if asked:
+            t.wait_for(lambda o, p=got["pid"]: o["type"] == "tungetiff" and o["pid"] == p)
+        lines, _table = t.stop()
+        seen[asked] = events_of(lines, "tungetiff", pid=got["pid"])
+    assert seen[False] == []
+    (g,) = seen[True]
+    assert (g["fd"], g["ret"], g["error"], g["ifname"]) == (got["fd"], -25, "ENOTTY", None)
+    assert g["message"] == f"fd {got['fd']} is not a tap (ENOTTY)"

@@ -541,7 +541,7 @@ def test_multi_queue_detach_and_attach(tracer, walk):
 
 
 def test_tungetiff_on_a_tap_a_pipe_and_a_closed_fd(tracer, walk):
-    t = tracer()
+    t = tracer("--bad-ioctls")
     (a,) = names(1)
     w = walk("probe", a)
     lines, _table = finish(t, w)

@@ -144,7 +144,7 @@ def test_other_af_ioctls_are_not_reported(tracer, tmp_path):
                     reason="no /dev/vhost-net on this kernel (vhost_net not built or "
                            "not loaded)")
 def test_the_real_vhost_net_sequence(tracer, tmp_path):
-    t = tracer()
+    t = tracer("--bad-ioctls")
     name = tapkit.unique_name("vh")
     proc = subprocess.Popen([sys.executable, str(VHOSTWALK), name], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)

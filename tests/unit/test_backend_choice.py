@@ -21,10 +21,10 @@ def fake(monkeypatch):
     class Kernel:
         refuse: str | None = None
 
-        def __init__(self, *_a) -> None:
+        def __init__(self, *_a, ioctl_check: bool = False) -> None:
             if Kernel.refuse:
                 raise ProbeError(Kernel.refuse)
-            opened.append("kernel")
+            opened.append("kernel+ioctl" if ioctl_check else "kernel")
 
     monkeypatch.setattr(tracepoint, "TracepointBackend", Tp)
     monkeypatch.setattr(kernel, "KernelBackend", Kernel)
@@ -35,7 +35,9 @@ def test_explicit_choices_open_that_backend_or_fail(fake):
     opened, k = fake
     backends.open_backend("tracepoint", print)
     backends.open_backend("kernel", print)
-    assert opened == ["tracepoint", "kernel"]
+    backends.open_backend("kernel", print, bad_ioctls=True)
+    backends.open_backend("tracepoint", print, bad_ioctls=True)
+    assert opened == ["tracepoint", "kernel", "kernel+ioctl", "tracepoint"]
     k.refuse = "the kernel backend needs fentry"
     with pytest.raises(ProbeError, match="needs fentry"):
         backends.open_backend("kernel", print)

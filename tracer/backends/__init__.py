@@ -24,9 +24,12 @@ AUTO_PREFERS_KERNEL = True
 
 
 def open_backend(choice: str, on_event: Callable[[ev.Event], None], buffer_pages: int = 256,
-                 force_perf: bool = False) -> tuple[BccBackend, str | None]:
+                 force_perf: bool = False, bad_ioctls: bool = False,
+                 ) -> tuple[BccBackend, str | None]:
     """The attached backend, and a line saying why `auto` did not get the kernel
-    backend it tried (None when nothing needs saying)."""
+    backend it tried (None when nothing needs saying). bad_ioctls: the kernel backend
+    also hooks every ioctl to see TUN ioctls on fds that are not tun/tap fds (the
+    tracepoint backend always sees them)."""
     from .kernel import KernelBackend
     from .tracepoint import TracepointBackend
 
@@ -35,9 +38,11 @@ def open_backend(choice: str, on_event: Callable[[ev.Event], None], buffer_pages
     if choice == "tracepoint" or (choice == "auto" and not AUTO_PREFERS_KERNEL):
         return TracepointBackend(on_event, buffer_pages, force_perf), None
     if choice == "kernel":
-        return KernelBackend(on_event, buffer_pages, force_perf), None
+        return KernelBackend(on_event, buffer_pages, force_perf,
+                             ioctl_check=bad_ioctls), None
     try:
-        return KernelBackend(on_event, buffer_pages, force_perf), None
+        return KernelBackend(on_event, buffer_pages, force_perf,
+                             ioctl_check=bad_ioctls), None
     except ProbeError as exc:
         reason = str(exc).removeprefix("the kernel backend ")
         why = f"kernel backend unavailable: {reason}; using the tracepoint backend"

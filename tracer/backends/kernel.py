@@ -176,7 +176,11 @@ def plan(ioctl_check: bool = True) -> Plan:
 
 class KernelBackend(BccBackend):
     name = "kernel"
-    ioctl_check = True      # see plan()
+
+    def __init__(self, *args, ioctl_check: bool = False, **kw) -> None:
+        """ioctl_check: also see TUN ioctls on fds that are not tun/tap fds (plan())."""
+        self.ioctl_check = ioctl_check
+        super().__init__(*args, **kw)
 
     def _program(self) -> tuple[str, list[str]]:
         from ..probes import _import_bcc
