@@ -1,0 +1,314 @@
+"""`taptrace history`: answers from the agent's database, read-only, with no BPF and no
+root: the holders at a moment (`--at`, an index lookup on the holding intervals),
+the events and findings of a window, and the lineage of an interface.
+
+The file may be anyone's (a copy from another host): it is opened read-only
+(`mode=ro`, or `immutable=1` for a copy with no -wal beside it that we cannot add a
+-shm to), checked to be a taptrace history, and every string it gives is printed
+escaped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import re
+import sqlite3
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from . import render
+from .history_store import HistoryError, check_schema
+
+_EPOCH = re.compile(r"[0-9]{1,12}(\.[0-9]*)?")
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds, or ISO 8601 (a time without a zone is local time). ValueError."""
+    text = text.strip()
+    if _EPOCH.fullmatch(text):
+        return float(text)
+    when = dt.datetime.fromisoformat(text.replace("z", "Z"))
+    t = when.timestamp()
+    if not math.isfinite(t):
+        raise ValueError(text)
+    return t
+
+
+def open_ro(path: str) -> sqlite3.Connection:
+    """The database at `path`, read-only; HistoryError (one line) when it is missing,
+    unreadable, or not a taptrace history."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            head = os.read(fd, 16)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise HistoryError(f"no history database at {render.safe(path)} "
+                           "(`taptrace agent --db PATH` writes one)") from None
+    except OSError as exc:
+        raise HistoryError(f"cannot read {render.safe(path)}: {exc.strerror}") from None
+    if head != b"SQLite format 3\x00":
+        raise HistoryError(f"{render.safe(path)} is not a taptrace history database")
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    tries = [uri]
+    if not os.path.exists(path + "-wal"):
+        # a WAL database read by a user who may not create its -shm (a copy, another
+        # user's directory): nothing writes it now, so it can be read as immutable
+        tries.append(uri + "&immutable=1")
+    last: Exception | None = None
+    for u in tries:
+        con = None
+        try:
+            con = sqlite3.connect(u, uri=True)
+            check_schema(con, path)
+            return con
+        except sqlite3.Error as exc:
+            last = exc
+            if con is not None:
+                con.close()
+        except HistoryError:
+            if con is not None:
+                con.close()
+            raise
+    raise HistoryError(f"cannot read {render.safe(path)}: {last}")
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One holding interval as read back."""
+    row: dict
+    chain: list
+    since: float
+    until: float | None        # None: still held when its run was last seen
+    last_seen: float            # its run's
+    run: int
+
+
+_COLS = ("i.row, i.chain, i.since, i.until, r.last_seen, i.run "
+         "FROM intervals i JOIN runs r ON r.id = i.run")
+
+
+def _holding(rec) -> Holding:
+    return Holding(json.loads(rec[0]), json.loads(rec[1]), rec[2], rec[3], rec[4], rec[5])
+
+
+def _filters(pid: int | None, vm: str | None) -> tuple[str, list]:
+    sql, args = "", []
+    if pid is not None:
+        sql += " AND i.pid = ?"
+        args.append(pid)
+    if vm is not None:
+        sql += " AND i.vm = ?"
+        args.append(vm)
+    return sql, args
+
+
+def holders_at(con: sqlite3.Connection, t: float, ifname: str | None = None,
+               pid: int | None = None, vm: str | None = None
+               ) -> tuple[list[Holding], list[Holding]]:
+    """(held at t, held at least until their run's last sight, which is before t, with
+    no run of the agent seeing t): each an index lookup, not a scan."""
+    extra, args = _filters(pid, vm)
+    name = "i.ifname = ? AND " if ifname is not None else ""
+    pre = [ifname] if ifname is not None else []
+    closed = con.execute(f"SELECT {_COLS} WHERE {name}i.until > ? AND i.since <= ?{extra}",
+                         [*pre, t, t, *args]).fetchall()
+    still = con.execute(f"SELECT {_COLS} WHERE {name}i.until IS NULL AND i.since <= ?{extra}",
+                        [*pre, t, *args]).fetchall()
+    held = [_holding(r) for r in closed]
+    stale = []
+    for h in map(_holding, still):
+        (held if t <= h.last_seen else stale).append(h)
+    if stale and covered(con, t):
+        stale = []              # a later run saw t, and these were not held then
+    key = (lambda h: (h.row["pid"], h.row["fd"], h.since))
+    return sorted(held, key=key), sorted(stale, key=key)
+
+
+def covered(con: sqlite3.Connection, t: float) -> bool:
+    """Did some run of the agent see moment t?"""
+    return con.execute("SELECT 1 FROM runs WHERE started <= ? AND last_seen >= ? LIMIT 1",
+                       (t, t)).fetchone() is not None
+
+
+def own_netns(con: sqlite3.Connection, t: float | None = None) -> int | None:
+    """taptrace's namespace on that host (the run nearest before t)."""
+    rec = con.execute("SELECT own_netns FROM runs WHERE started <= ? ORDER BY started DESC "
+                      "LIMIT 1", (t if t is not None else float("inf"),)).fetchone()
+    if rec is None:
+        rec = con.execute("SELECT own_netns FROM runs ORDER BY started LIMIT 1").fetchone()
+    return rec[0] if rec else None
+
+
+def runs(con: sqlite3.Connection) -> list[tuple]:
+    return con.execute("SELECT id, started, stopped, last_seen, host FROM runs "
+                       "ORDER BY started").fetchall()
+
+
+def _vm_scope(con: sqlite3.Connection, vm: str) -> tuple[list[str], list[int]]:
+    """The interfaces and processes that were ever that VM's (its intervals)."""
+    recs = con.execute("SELECT DISTINCT ifname, pid FROM intervals WHERE vm = ?",
+                       (vm,)).fetchall()
+    return (sorted({r[0] for r in recs if r[0]}), sorted({r[1] for r in recs}))
+
+
+def window(con: sqlite3.Connection, since: float, until: float, ifname: str | None = None,
+           pid: int | None = None, vm: str | None = None) -> list[dict]:
+    """The events and findings (their JSON objects) in [since, until], in time order."""
+    span = [since, until]
+    ev_sql, fi_sql = [], []
+    if ifname is not None:
+        ev_sql.append((("SELECT id, time, data FROM events WHERE ifname = ? "
+                       "AND time BETWEEN ? AND ?"), [ifname, *span]))
+        ev_sql.append((("SELECT e.id, e.time, e.data FROM event_ifnames x JOIN events e "
+                       "ON e.id = x.event WHERE x.ifname = ? AND e.time BETWEEN ? AND ?"),
+                       [ifname, *span]))
+        fi_sql.append((("SELECT id, time, data FROM findings WHERE ifname = ? "
+                       "AND time BETWEEN ? AND ?"), [ifname, *span]))
+    if pid is not None:
+        ev_sql.append((("SELECT id, time, data FROM events WHERE pid = ? "
+                       "AND time BETWEEN ? AND ?"), [pid, *span]))
+        fi_sql.append((("SELECT id, time, data FROM findings WHERE pid = ? "
+                       "AND time BETWEEN ? AND ?"), [pid, *span]))
+    if vm is not None:
+        names, pids = _vm_scope(con, vm)
+        for col, vals in (("ifname", names), ("pid", pids)):
+            if vals:
+                marks = ",".join("?" * len(vals))
+                ev_sql.append(((f"SELECT id, time, data FROM events WHERE {col} IN ({marks}) "
+                               "AND time BETWEEN ? AND ?"), [*vals, *span]))
+                fi_sql.append(((f"SELECT id, time, data FROM findings WHERE {col} IN "
+                               f"({marks}) AND time BETWEEN ? AND ?"), [*vals, *span]))
+        if names:
+            marks = ",".join("?" * len(names))
+            ev_sql.append((("SELECT e.id, e.time, e.data FROM event_ifnames x JOIN events e "
+                           f"ON e.id = x.event WHERE x.ifname IN ({marks}) "
+                           "AND e.time BETWEEN ? AND ?"), [*names, *span]))
+    if ifname is None and pid is None and vm is None:
+        ev_sql.append(("SELECT id, time, data FROM events WHERE time BETWEEN ? AND ?", span))
+        fi_sql.append(("SELECT id, time, data FROM findings WHERE time BETWEEN ? AND ?",
+                       span))
+    out: dict[tuple, tuple] = {}
+    for kind, parts in ((0, ev_sql), (1, fi_sql)):
+        for sql, args in parts:
+            for rid, t, data in con.execute(sql, args):
+                out[(kind, rid)] = (t, kind, rid, data)
+    # several filters narrow one another: an item must pass each one given
+    items = sorted(out.values())
+    objs = [json.loads(data) for _t, _k, _r, data in items]
+    if sum(x is not None for x in (ifname, pid, vm)) > 1:
+        objs = [o for o in objs if _passes(o, ifname, pid, vm, con)]
+    return objs
+
+
+def _passes(o: dict, ifname, pid, vm, con) -> bool:
+    from .model import iter_ifnames
+    names = set(iter_ifnames(o))
+    if ifname is not None and ifname not in names:
+        return False
+    if pid is not None and o.get("pid") != pid:
+        return False
+    if vm is not None:
+        vnames, vpids = _vm_scope(con, vm)
+        if not (names & set(vnames) or o.get("pid") in vpids):
+            return False
+    return True
+
+
+def lineage(con: sqlite3.Connection, ifname: str, since: float, until: float,
+            pid: int | None = None, vm: str | None = None) -> list[Holding]:
+    """Every holding of `ifname` that overlaps [since, until], oldest first."""
+    extra, args = _filters(pid, vm)
+    recs = con.execute(f"SELECT {_COLS} WHERE i.ifname = ? AND i.since <= ? "
+                       f"AND (i.until IS NULL OR i.until >= ?){extra} ORDER BY i.since, i.id",
+                       [ifname, until, since, *args]).fetchall()
+    return [_holding(r) for r in recs]
+
+
+# ---- rendering ---------------------------------------------------------------
+
+def when(t: float | None, date: bool = True) -> str:
+    if t is None:
+        return "-"
+    lt = time.localtime(t)
+    ms = f".{int(t * 1000) % 1000:03d}"
+    return time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", lt) + ms
+
+
+def table_json(held: list[Holding], stale: list[Holding], t: float,
+               own: int | None) -> str:
+    obj = {"v": render.SCHEMA_VERSION, "type": "table", "at": t, "own_netns": own,
+           "rows": [h.row for h in held]}
+    if stale:
+        obj["held_at_least_until"] = [{"last_seen": h.last_seen, "row": h.row}
+                                      for h in stale]
+    return render.json_line(obj)
+
+
+def table_lines(held: list[Holding], stale: list[Holding], t: float, ifname: str | None,
+                own: int | None, seen: bool) -> list[str]:
+    what = f"holders of {render.safe(ifname)}" if ifname else "tun/tap holders"
+    lines = [f"# {what} at {when(t)}"]
+    if not seen and not stale:
+        lines.append("# the agent was not running then: nothing is known of that moment")
+    lines.append(render.inert(render.table_text([h.row for h in held], own_netns=own)))
+    if stale:
+        last = max(h.last_seen for h in stale)
+        lines.append(f"\n# held at least until {when(last)}, when the agent was last seen "
+                     "(it stopped or was killed; not known after):")
+        lines.append(render.inert(render.table_text([h.row for h in stale], own_netns=own)))
+    return lines
+
+
+def item_line(o: dict, own: int | None) -> str:
+    """One event (as `watch` prints it) or finding, escaped."""
+    if o.get("type") == "finding":
+        at = when(o.get("time"), date=False)
+        return render.inert(f"{at:<12} finding {o.get('state', '')} {render.safe(o.get('kind'))} "
+                            f"{render.safe(o.get('message'))}")
+    if o.get("type") == "agent_stop":
+        return f"{when(o.get('time'), date=False):<12} {'':>7} agent stopped"
+    if o.get("type") == "ready":
+        return (f"{when(o.get('time'), date=False):<12} {'':>7} agent started: "
+                f"{render.safe(o.get('backend'))} backend, {o.get('rows')} tap fds and "
+                f"{o.get('taps')} taps known")
+    r = dict(o)
+    if isinstance(o.get("time"), (int, float)):
+        r["ts_ns"] = int(o["time"] * 1e9)
+    try:
+        return render.inert(render.event_line(r, 0, own))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return render.inert(f"{when(o.get('time'), date=False):<12} {o.get('pid', ''):>7} "
+                            f"{render.safe(o.get('type'))} {render.safe(json.dumps(o))}")
+
+
+def lineage_lines(ifname: str, holdings: list[Holding]) -> list[str]:
+    if not holdings:
+        return [f"# no process held {render.safe(ifname)} in this window"]
+    out = [f"# lineage of {render.safe(ifname)} (creator → holder; held from → until):"]
+    for h in holdings:
+        r = h.row
+        until = (when(h.until) if h.until is not None else
+                 f"at least {when(h.last_seen)} (still held when the agent was last seen)")
+        creator = (render.proc_label(r.get("creator_comm") or "?", r["creator_pid"])
+                   if r.get("creator_pid") is not None else "-")
+        out.append(render.inert(
+            f"  {when(h.since)} → {until}  {render.proc_label(r.get('comm'), r['pid'])} "
+            f"fd {r['fd']}  created by {creator}"
+            + (f"  vm {render.safe(r['vm'])}" if r.get("vm") else "")))
+        if h.chain:
+            out.append("      " + render.inert(render.chain_text(ifname, h.chain)))
+    return out
+
+
+def lineage_json(ifname: str, holdings: list[Holding]) -> str:
+    return render.json_line({
+        "v": render.SCHEMA_VERSION, "type": "lineage", "ifname": ifname,
+        "holdings": [{"since": h.since, "until": h.until,
+                      "held_at_least_until": h.last_seen if h.until is None else None,
+                      "row": h.row, "chain": h.chain} for h in holdings]})
