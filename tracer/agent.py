@@ -24,6 +24,7 @@ from .tracing import LostNote, Stop, open_session, warn
 
 AUDIT_IDLE_S = 60.0          # audit this often even when no record came (bridges, libvirt)
 POLL_MS = 100
+BUFFER_PAGES = 1024         # 4 MiB: a service rides out bursts a terminal user would not see
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Agent:
                 s.findings(appeared, cleared, self.session.model)
 
     def run(self, stop: Stop) -> None:
-        session, _offset = open_session(False, None, None, None, 256, False,
+        session, _offset = open_session(False, None, None, None, BUFFER_PAGES, False,
                                         emit=self._emit, backend=self.backend)
         self.session = session
         self.offset = session.clock_offset_ns

@@ -56,7 +56,7 @@ def open_ro(path: str) -> sqlite3.Connection:
         raise HistoryError(f"{render.safe(path)} is not a taptrace history database")
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     tries = [uri]
-    if not os.path.exists(path + "-wal"):
+    if _wal_empty(path):
         # a WAL database read by a user who may not create its -shm (a copy, another
         # user's directory): nothing writes it now, so it can be read as immutable
         tries.append(uri + "&immutable=1")
@@ -76,6 +76,16 @@ def open_ro(path: str) -> sqlite3.Connection:
                 con.close()
             raise
     raise HistoryError(f"cannot read {render.safe(path)}: {last}")
+
+
+def _wal_empty(path: str) -> bool:
+    """No -wal beside the file, or an empty one: the file alone is the database."""
+    try:
+        return os.stat(path + "-wal").st_size == 0
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -227,7 +237,24 @@ def lineage(con: sqlite3.Connection, ifname: str, since: float, until: float,
     recs = con.execute(f"SELECT {_COLS} WHERE i.ifname = ? AND i.since <= ? "
                        f"AND (i.until IS NULL OR i.until >= ?){extra} ORDER BY i.since, i.id",
                        [ifname, until, since, *args]).fetchall()
-    return [_holding(r) for r in recs]
+    return merge([_holding(r) for r in recs])
+
+
+def merge(holdings: list[Holding]) -> list[Holding]:
+    """One holding per unbroken stretch of one (pid, fd, open file): the intervals a
+    change of its row split (another holder forked, close-on-exec cleared) joined;
+    the latest row and chain kept."""
+    out: list[Holding] = []
+    last: dict[tuple, int] = {}
+    for h in holdings:
+        key = (h.run, h.row.get("pid"), h.row.get("fd"), h.row.get("file"))
+        i = last.get(key)
+        if i is not None and out[i].until is not None and out[i].until == h.since:
+            out[i] = Holding(h.row, h.chain, out[i].since, h.until, h.last_seen, h.run)
+            continue
+        last[key] = len(out)
+        out.append(h)
+    return out
 
 
 # ---- rendering ---------------------------------------------------------------

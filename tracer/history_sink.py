@@ -15,15 +15,17 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 
 from . import __version__, render
 from .audit import Finding
 from .enrich import enrich_rows, libvirt_nics
 from .history_store import HistoryStore
-from .model import Model, iter_ifnames
+from .model import Model, OpenFile, iter_ifnames
 
 NICS_EVERY_S = 2.0
 SEEN_EVERY_S = 1.0
+PENDING_MAX = 1000          # intervals opened in one turn before they are written
 
 
 def _dump(obj) -> str:
@@ -43,9 +45,11 @@ class HistorySink:
         self.run = store.next_run
         self.offset = 0
         self._open: dict[str, int] = {}        # row's JSON -> its interval id
+        self._pending: dict[int, _Pending] = {}
         self._nics: dict = {}
         self._nics_at = float("-inf")
         self._seen_at = float("-inf")
+        self._model: Model | None = None
         self.diff_ns = 0                       # time spent comparing tables
         self.diffs = 0
 
@@ -53,6 +57,7 @@ class HistorySink:
 
     def ready(self, report: dict, model: Model, clock_offset_ns: int) -> None:
         self.offset = clock_offset_ns
+        self._model = model
         pub = render.public(report, clock_offset_ns)
         now = pub.get("time", time.time())
         self.store.put("run", (self.run, now, now, os.getpid(), socket.gethostname(),
@@ -83,12 +88,16 @@ class HistorySink:
     def tick(self, model: Model) -> None:
         now = time.time()
         self._diff(model, now)      # what changed with no report (a quiet record)
+        self._flush(model)
         if time.monotonic() - self._seen_at >= SEEN_EVERY_S:
             self._seen_at = time.monotonic()
             self.store.put("seen", (now, self.run))
 
     def close(self) -> None:
         now = time.time()
+        if self._model is not None:
+            self._diff(self._model, now)
+            self._flush(self._model)
         self._event({"v": render.SCHEMA_VERSION, "type": "agent_stop", "time": now,
                      "pid": os.getpid()})
         self.store.put("stop", (now, now, self.run))
@@ -111,29 +120,48 @@ class HistorySink:
     def _diff(self, model: Model, now: float) -> None:
         t0 = time.perf_counter_ns()
         rows = {_dump(r): r for r in model.rows()}
-        gone = [k for k in self._open if k not in rows]
-        new = [k for k in rows if k not in self._open]
-        for k in gone:
-            self.store.put("close", (now, self._open.pop(k)))
-        if new:
-            self._open_intervals(model, [rows[k] for k in new], new, now)
+        for k in [k for k in self._open if k not in rows]:
+            iid = self._open.pop(k)
+            entry = self._pending.get(iid)
+            if entry is not None:
+                entry.until = now            # opened and closed within one turn
+            else:
+                self.store.put("close", (now, iid))
+        for k, r in rows.items():
+            if k not in self._open:
+                iid = self.store.next_interval
+                self.store.next_interval += 1
+                self._open[k] = iid
+                self._pending[iid] = _Pending(r, model.files.get(r["file"]), now)
+        if len(self._pending) >= PENDING_MAX:
+            self._flush(model)
         self.diff_ns += time.perf_counter_ns() - t0
         self.diffs += 1
 
-    def _open_intervals(self, model: Model, rows: list[dict], keys: list[str],
-                        now: float) -> None:
+    def _flush(self, model: Model) -> None:
+        """Write the intervals opened since the last turn: enriched as `ls` enriches
+        (one pass for all: each process's command line and each tap's /sys read once),
+        each with its open file's chain to its holder."""
+        if not self._pending:
+            return
         if time.monotonic() - self._nics_at >= NICS_EVERY_S:
             self._nics, self._nics_at = libvirt_nics(), time.monotonic()
-        chains = []
-        for r in rows:
-            f = model.files.get(r["file"])
-            chains.append(Model.chain(f, r["pid"]) if f is not None else [])
+        pending, self._pending = self._pending, {}
+        rows = [p.row for p in pending.values()]
         enrich_rows(rows, nics=self._nics, own_netns=model.own_netns)
-        for key, r, chain in zip(keys, rows, chains):
-            iid = self.store.next_interval
-            self.store.next_interval += 1
-            self._open[key] = iid
+        for iid, p in pending.items():
+            r = p.row
+            chain = Model.chain(p.file, r["pid"]) if p.file is not None else []
             self.store.put("open", (
-                iid, self.run, now, r["pid"], r["fd"], r.get("file"), r.get("ifname"),
-                r.get("netns"), r.get("comm"), r.get("kind"), r.get("vm"),
+                iid, self.run, p.since, p.until, r["pid"], r["fd"], r.get("file"),
+                r.get("ifname"), r.get("netns"), r.get("comm"), r.get("kind"), r.get("vm"),
                 r.get("creator_pid"), r.get("creator_comm"), _dump(r), _dump(chain)))
+
+
+@dataclass
+class _Pending:
+    """An interval opened this turn, written at the turn's end (tick)."""
+    row: dict
+    file: OpenFile | None
+    since: float
+    until: float | None = None

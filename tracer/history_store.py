@@ -82,9 +82,9 @@ STATEMENTS = {
     "event_ifname": "INSERT OR IGNORE INTO event_ifnames(ifname, event) VALUES (?, ?)",
     "finding": "INSERT INTO findings(run, time, state, kind, ifname, pid, fd, comm, message,"
                " data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "open": "INSERT INTO intervals(id, run, since, pid, fd, file, ifname, netns, comm, kind,"
-            " vm, creator_pid, creator_comm, row, chain)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "open": "INSERT INTO intervals(id, run, since, until, pid, fd, file, ifname, netns, comm,"
+            " kind, vm, creator_pid, creator_comm, row, chain)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "close": "UPDATE intervals SET until = ? WHERE id = ?",
 }
 
@@ -183,7 +183,13 @@ def check_schema(con: sqlite3.Connection, path: str) -> None:
     """Raise HistoryError unless this is a taptrace history of our schema."""
     try:
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.DatabaseError:
+    except sqlite3.OperationalError as exc:
+        # "unable to open", "disk I/O error": no verdict on the file (the caller may
+        # read it another way); "no such table": a database, not ours
+        if "no such table" not in str(exc):
+            raise
+        meta = {}
+    except sqlite3.DatabaseError:            # "file is not a database"
         meta = {}
     if meta.get("app") != APP:
         raise HistoryError(f"{safe(path)} is not a taptrace history database")
