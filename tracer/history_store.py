@@ -352,7 +352,8 @@ def retain(con: sqlite3.Connection, r: Retention, now: float) -> dict[str, int]:
                 continue
             delete_before(cut[0])
     if any(gone.values()):
-        con.execute("PRAGMA incremental_vacuum")
+        # sqlite3_exec runs it to the end (execute() steps once: one page)
+        con.executescript("PRAGMA incremental_vacuum;")
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return gone
 
