@@ -137,7 +137,47 @@ def holders_at(con: sqlite3.Connection, t: float, ifname: str | None = None,
     if stale and covered(con, t):
         stale = []              # a later run saw t, and these were not held then
     key = (lambda h: (h.row["pid"], h.row["fd"], h.since))
+    _put_sharing(con, t, held, stale, ifname if pid is None and vm is None else None)
     return sorted(held, key=key), sorted(stale, key=key)
+
+
+SHARED_MAX = 32            # as the model's rows: the first 32, and how many in all
+
+
+def _put_sharing(con: sqlite3.Connection, t: float, held: list[Holding],
+                 stale: list[Holding], asked: str | None) -> None:
+    """Each row's `shared_with` and `shared_count` as `ls` gives them at t: the other
+    holders of the same open file then (the agent does not store them: a fork would
+    rewrite every holder's row). Sharers hold the same interface, so its holders at
+    t are all there is to look at."""
+    peers: dict[tuple, list[tuple[int, int]]] = {}
+    found = held + stale
+    names = {h.row.get("ifname") for h in found if h.row.get("ifname")}
+    for name in names:
+        if name == asked:
+            pool = found
+        else:
+            pool = []
+            for rec in con.execute(f"SELECT {_COLS} WHERE i.ifname = ? AND i.since <= ? "
+                                   "AND (i.until > ? OR i.until IS NULL)", (name, t, t)):
+                pool.append(_holding(rec))
+        for h in pool:
+            peers.setdefault((h.run, h.row.get("file")), []).append(
+                (h.row["pid"], h.row["fd"]))
+    for h in found:
+        me = (h.row["pid"], h.row["fd"])
+        others = sorted(set(peers.get((h.run, h.row.get("file")), [])) - {me}) \
+            if h.row.get("ifname") else []
+        row = {}
+        for k, v in h.row.items():
+            row[k] = v
+            if k == "from_fd":
+                row["shared_with"] = [list(x) for x in others[:SHARED_MAX]]
+                row["shared_count"] = len(others)
+        row.setdefault("shared_with", [list(x) for x in others[:SHARED_MAX]])
+        row.setdefault("shared_count", len(others))
+        h.row.clear()
+        h.row.update(row)
 
 
 def covered(con: sqlite3.Connection, t: float) -> bool:
@@ -314,6 +354,17 @@ def item_line(o: dict, own: int | None) -> str:
                             f"{render.safe(o.get('type'))} {render.safe(json.dumps(o))}")
 
 
+def chain_text(ifname: str, hops: list[dict]) -> str:
+    """render.chain_text, with the hops the agent left out of a long chain said."""
+    cut = next((i for i, h in enumerate(hops) if h.get("op") == "skipped"), None)
+    if cut is None:
+        return render.chain_text(ifname, hops)
+    # the hops after the cut, as chain_text writes every hop but the first
+    tail = render.chain_text(ifname, [hops[0], *hops[cut + 1:]]).split(" → ", 1)
+    return (render.chain_text(ifname, hops[:cut]) + f" → … {hops[cut].get('count')} hops …"
+            + (" → " + tail[1] if len(tail) > 1 else ""))
+
+
 def lineage_lines(ifname: str, holdings: list[Holding]) -> list[str]:
     if not holdings:
         return [f"# no process held {render.safe(ifname)} in this window"]
@@ -329,7 +380,7 @@ def lineage_lines(ifname: str, holdings: list[Holding]) -> list[str]:
             f"fd {r['fd']}  created by {creator}"
             + (f"  vm {render.safe(r['vm'])}" if r.get("vm") else "")))
         if h.chain:
-            out.append("      " + render.inert(render.chain_text(ifname, h.chain)))
+            out.append("      " + render.inert(chain_text(ifname, h.chain)))
     return out
 
 

@@ -5,8 +5,12 @@ the model's table (`Model.rows`, the rows `ls --json` prints): after each report
 the table is compared with the one before, and a row that appeared opens an
 interval (enriched as `ls` enriches it, with the open file's chain), one that went
 away closes its interval, both stamped with the report's time. A row whose fields
-changed (close-on-exec cleared, another holder forked) closes and reopens, so
-`history --at T` gives the rows as they were at T.
+changed (close-on-exec cleared, its comm after an exec) closes and reopens, so
+`history --at T` gives the rows as they were at T. Who else shares the open file
+(`shared_with`) is no part of a row's identity: a fork would reopen every holder's
+interval; `history` puts it back from the other holders of the same file at T.
+A chain longer than CHAIN_KEEP hops (a file passed around thousands of times) keeps
+its first and last hops and says how many it left out.
 """
 
 from __future__ import annotations
@@ -26,10 +30,35 @@ from .model import Model, OpenFile, iter_ifnames
 NICS_EVERY_S = 2.0
 SEEN_EVERY_S = 1.0
 PENDING_MAX = 1000          # intervals opened in one turn before they are written
+CHAIN_KEEP = (2, 10)        # the first and the last hops of a long chain
+# a row's fields that are not part of its identity (see above)
+NOT_IDENTITY = frozenset({"shared_with", "shared_count"})
 
 
 def _dump(obj) -> str:
     return json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+
+
+def identity(row: dict) -> tuple:
+    """What makes two rows of the model's table the same holding, unchanged."""
+    return tuple((k, _frozen(v)) for k, v in row.items() if k not in NOT_IDENTITY)
+
+
+def _frozen(v):
+    if isinstance(v, list):
+        return tuple(_frozen(x) for x in v)
+    if isinstance(v, dict):
+        return tuple((k, _frozen(x)) for k, x in v.items())
+    return v
+
+
+def clip_chain(hops: list[dict]) -> list[dict]:
+    """A chain as stored: at most CHAIN_KEEP's hops, a `skipped` marker between."""
+    first, last = CHAIN_KEEP
+    if len(hops) <= first + last + 1:
+        return hops
+    return [*hops[:first], {"op": "skipped", "count": len(hops) - first - last},
+            *hops[-last:]]
 
 
 def _scalar_netns(report: dict) -> int | None:
@@ -44,7 +73,7 @@ class HistorySink:
         self.store = store
         self.run = store.next_run
         self.offset = 0
-        self._open: dict[str, int] = {}        # row's JSON -> its interval id
+        self._open: dict[tuple, int] = {}      # row's identity -> its interval id
         self._pending: dict[int, _Pending] = {}
         self._nics: dict = {}
         self._nics_at = float("-inf")
@@ -119,7 +148,7 @@ class HistorySink:
 
     def _diff(self, model: Model, now: float) -> None:
         t0 = time.perf_counter_ns()
-        rows = {_dump(r): r for r in model.rows()}
+        rows = {identity(r): r for r in model.rows()}
         for k in [k for k in self._open if k not in rows]:
             iid = self._open.pop(k)
             entry = self._pending.get(iid)
@@ -147,11 +176,11 @@ class HistorySink:
         if time.monotonic() - self._nics_at >= NICS_EVERY_S:
             self._nics, self._nics_at = libvirt_nics(), time.monotonic()
         pending, self._pending = self._pending, {}
-        rows = [p.row for p in pending.values()]
+        rows = [{k: v for k, v in p.row.items() if k not in NOT_IDENTITY}
+                for p in pending.values()]
         enrich_rows(rows, nics=self._nics, own_netns=model.own_netns)
-        for iid, p in pending.items():
-            r = p.row
-            chain = Model.chain(p.file, r["pid"]) if p.file is not None else []
+        for (iid, p), r in zip(pending.items(), rows):
+            chain = clip_chain(Model.chain(p.file, r["pid"])) if p.file is not None else []
             self.store.put("open", (
                 iid, self.run, p.since, p.until, r["pid"], r["fd"], r.get("file"),
                 r.get("ifname"), r.get("netns"), r.get("comm"), r.get("kind"), r.get("vm"),
