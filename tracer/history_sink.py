@@ -30,7 +30,7 @@ from .model import Model, OpenFile, iter_ifnames
 NICS_EVERY_S = 2.0
 SEEN_EVERY_S = 1.0
 PENDING_MAX = 1000          # intervals opened in one turn before they are written
-CHAIN_KEEP = (2, 10)        # the first and the last hops of a long chain
+CHAIN_KEEP = (2, 4)         # the first and the last hops of a long chain
 # a row's fields that are not part of its identity (see above)
 NOT_IDENTITY = frozenset({"shared_with", "shared_count"})
 
