@@ -833,10 +833,11 @@ def agent(db: str | None, keep_s: float, max_bytes: int, audit_every: float,
                 sinks.append(sink)
 
         def header(r: dict) -> None:
-            warn_free = f"the {r['backend']} backend ({r['buffer']})"
-            click.echo(f"# taptrace agent: tracing with {warn_free}; {r['rows']} tap fds "
-                       f"and {r['taps']} taps known at start; history in "
-                       f"{render.safe(opts.db)}", err=True)
+            click.echo(f"# taptrace agent: tracing with the {r['backend']} backend "
+                       f"({r['buffer']}); {r['rows']} tap fds and {r['taps']} taps known "
+                       f"at start; history in {render.safe(opts.db)}", err=True)
+            if r.get("backend_note"):
+                click.echo(f"# {render.safe(r['backend_note'])}", err=True)
         Agent(sinks, backend=backend, audit_every=audit_every, header=header).run(stop)
     except HistoryError as exc:
         raise click.ClickException(str(exc)) from None
