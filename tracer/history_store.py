@@ -281,6 +281,8 @@ class HistoryStore:
             if time.monotonic() - self._retained_at >= self.retain_every_s:
                 self._retained_at = time.monotonic()
                 self._guard(lambda: retain(self._con, self.retention, time.time()))
+                # the WAL into the file: a copy of the file alone is (nearly) whole
+                self._guard(lambda: self._con.execute("PRAGMA wal_checkpoint(PASSIVE)"))
 
     def _write(self, batch: list) -> None:
         def write() -> None:
