@@ -137,7 +137,7 @@ def holders_at(con: sqlite3.Connection, t: float, ifname: str | None = None,
     if stale and covered(con, t):
         stale = []              # a later run saw t, and these were not held then
     key = (lambda h: (h.row["pid"], h.row["fd"], h.since))
-    _put_sharing(con, t, held, stale, ifname if pid is None and vm is None else None)
+    _put_sharing(con, t, held, stale, complete=pid is None and vm is None)
     return sorted(held, key=key), sorted(stale, key=key)
 
 
@@ -145,31 +145,30 @@ SHARED_MAX = 32            # as the model's rows: the first 32, and how many in 
 
 
 def _put_sharing(con: sqlite3.Connection, t: float, held: list[Holding],
-                 stale: list[Holding], asked: str | None) -> None:
+                 stale: list[Holding], complete: bool) -> None:
     """Each row's `shared_with` and `shared_count` as `ls` gives them at t: the other
     holders of the same open file then (the agent does not store them: a fork would
     rewrite every holder's row). Sharers hold the same interface, so its holders at
-    t are all there is to look at."""
-    peers: dict[tuple, list[tuple[int, int]]] = {}
+    t are all there is to look at; `complete`: those found are all of them (no --pid
+    or --vm left any out)."""
     found = held + stale
-    names = {h.row.get("ifname") for h in found if h.row.get("ifname")}
-    for name in names:
-        if name == asked:
-            pool = found
-        else:
-            pool = []
-            for rec in con.execute(f"SELECT {_COLS} WHERE i.ifname = ? AND i.since <= ? "
-                                   "AND (i.until > ? OR i.until IS NULL)", (name, t, t)):
-                pool.append(_holding(rec))
-        for h in pool:
-            peers.setdefault((h.run, h.row.get("file")), []).append(
-                (h.row["pid"], h.row["fd"]))
+    pool = list(found)
+    if not complete:
+        for name in {h.row.get("ifname") for h in found if h.row.get("ifname")}:
+            pool += map(_holding, con.execute(
+                f"SELECT {_COLS} WHERE i.ifname = ? AND i.since <= ? "
+                "AND (i.until > ? OR i.until IS NULL)", (name, t, t)))
+    peers: dict[tuple, set[tuple[int, int]]] = {}
+    for h in pool:
+        peers.setdefault((h.run, h.row.get("file")), set()).add((h.row["pid"], h.row["fd"]))
     for h in found:
         me = (h.row["pid"], h.row["fd"])
-        others = sorted(set(peers.get((h.run, h.row.get("file")), [])) - {me}) \
+        others = sorted(peers.get((h.run, h.row.get("file")), set()) - {me}) \
             if h.row.get("ifname") else []
         row = {}
         for k, v in h.row.items():
+            if k in ("shared_with", "shared_count"):
+                continue
             row[k] = v
             if k == "from_fd":
                 row["shared_with"] = [list(x) for x in others[:SHARED_MAX]]

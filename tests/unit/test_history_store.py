@@ -293,3 +293,26 @@ def test_printed_strings_are_escaped():
     f = hi.item_line({"type": "finding", "time": 1.0, "state": "appeared", "kind": "leak",
                       "message": "a\nb\x9b"}, None)
     assert "\n" not in f and "\x9b" not in f
+
+
+def test_at_puts_back_who_shares_the_open_file(tmp_path):
+    """shared_with is not stored (a fork would rewrite every holder's row): --at gives
+    it from the other holders of the same open file at that moment."""
+    path = str(tmp_path / "h.db")
+    w = Writer(path)
+    w.start(100.0)
+    w.open(100.0, row(10, 3, "vnet0", file=7))
+    child = w.open(101.0, row(11, 3, "vnet0", file=7, how="inherited"))
+    w.open(101.0, row(12, 4, "vnet0", file=8))             # the same tap, another file
+    w.close_interval(102.0, child)
+    w.seen(200.0)
+    w.stop(200.0)
+    con = hi.open_ro(path)
+    share = lambda t, **kw: {(h.row["pid"], h.row["fd"]): (h.row["shared_with"],
+                             h.row["shared_count"]) for h in hi.holders_at(con, t, **kw)[0]}
+    assert share(101.5, ifname="vnet0") == {(10, 3): ([[11, 3]], 1), (11, 3): ([[10, 3]], 1),
+                                            (12, 4): ([], 0)}
+    assert share(101.5, pid=11) == {(11, 3): ([[10, 3]], 1)}
+    assert share(103.0) == {(10, 3): ([], 0), (12, 4): ([], 0)}
+    keys = list(hi.holders_at(con, 101.5, pid=11)[0][0].row)
+    assert keys.index("shared_with") == keys.index("from_fd") + 1     # where ls puts it
