@@ -27,7 +27,7 @@ KEEP_ALL = Retention(None, None)
 def row(pid: int, fd: int, ifname: str, **kw) -> dict:
     return {"pid": pid, "comm": "qemu", "fd": fd, "ifname": ifname, "kind": "tap",
             "flags": [], "cloexec": False, "file": 1, "creator_pid": 10,
-            "creator_comm": "libvirtd", "how": "opened", "from_pid": None,
+            "creator_comm": "libvirtd", "how": "opened", "from_pid": None, "from_fd": None,
             "shared_with": [], "netns": None, "vm": kw.pop("vm", None), **kw}
 
 
