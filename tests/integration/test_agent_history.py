@@ -314,3 +314,76 @@ def test_agent_refuses_a_planted_symlink_and_trims_old_history(agent, tmp_path):
                        (time.time() - 86400,)).fetchone() == (0,)
     assert con.execute("SELECT count(*) FROM events").fetchone()[0] >= 2  # ready, stop
     con.close()
+
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 is not installed")
+def test_a_vm_its_leak_and_history_while_the_agent_writes(agent, tmp_path):
+    """QEMU given a tap by fd (-netdev tap,fd=N) while this test keeps its own copy: a
+    leak, which `history --vm` shows while the agent runs, then cleared when the copy
+    is closed; after QEMU is gone, `--at` says who held it at each moment, as /proc
+    said then, with the VM's name and NIC."""
+    db = tmp_path / "h.db"
+    a = agent(db, "--audit-every", "0.3")
+    vm = tapkit.unique_name("ttvm")
+    name = tapkit.unique_name("ttq")
+    fd, name = tapkit.create_tap(name, tapkit.IFF_TAP | tapkit.IFF_NO_PI | tapkit.IFF_VNET_HDR)
+    qemu = subprocess.Popen(
+        [QEMU, "-machine", "pc", "-accel", "tcg", "-S", "-nodefaults", "-display", "none",
+         "-monitor", "none", "-serial", "none", "-name", f"guest={vm}",
+         "-netdev", f"tap,fd={fd},id=hostnet0",
+         "-device", "virtio-net-pci,netdev=hostnet0,id=net0,mac=52:54:00:12:34:56"],
+        pass_fds=[fd])
+    pids = [os.getpid(), qemu.pid]
+    moments: list[tuple[float, set]] = []
+
+    def moment() -> None:
+        time.sleep(SETTLE)
+        moments.append((time.time(), proc_truth(pids, name)))
+        time.sleep(SETTLE)
+
+    def leak(state: str) -> dict:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for o in history_json(db, "--vm", vm):       # read while the agent writes
+                if o["type"] == "finding" and o["kind"] == "leak" and o["state"] == state:
+                    return o
+            time.sleep(0.3)
+        raise AssertionError(f"no leak {state} in the history")
+
+    try:
+        deadline = time.monotonic() + 20
+        while (qemu.pid, fd, name) not in tapkit.truth([qemu.pid]):
+            assert time.monotonic() < deadline and qemu.poll() is None
+            time.sleep(0.1)
+        moment()                                           # T1: the test and QEMU
+        found = leak("appeared")
+        assert (found["pid"], found["ifname"]) == (os.getpid(), name)
+        os.close(fd)
+        fd = -1
+        moment()                                           # T2: QEMU alone
+        leak("cleared")
+        qemu.kill()
+        qemu.wait()
+        moment()                                           # T3: nobody, the tap gone
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+        tapkit.delete_link(name)
+    assert a.stop() == 0, a.err
+
+    assert [len(truth) for _t, truth in moments] == [2, 1, 0]
+    for t, truth in moments:
+        assert at_rows(db, name, t) == truth
+    (table,) = history_json(db, "--vm", vm, "--at", repr(moments[0][0]))
+    (row,) = table["rows"]                                 # the VM's, not the leaker's
+    assert (row["pid"], row["vm"], row["netdev"], row["nic_model"], row["guest_mac"]) == (
+        qemu.pid, vm, "hostnet0", "virtio-net-pci", "52:54:00:12:34:56")
+    assert row["shared_with"] == [[os.getpid(), row["fd"]]]
+    text = history(db, name, "--at", repr(moments[2][0]))
+    assert text.returncode == 0 and "(no process holds a tun/tap fd)" in text.stdout
