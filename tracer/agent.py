@@ -81,14 +81,31 @@ class Auditor:
         return appeared, cleared
 
 
+def make_sinks(opts: AgentOptions) -> list[AgentSink]:
+    """Every sink the options ask for; those made before a failure are closed."""
+    sinks: list[AgentSink] = []
+    try:
+        for make in SINK_FACTORIES:
+            sink = make(opts)
+            if sink is not None:
+                sinks.append(sink)
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    return sinks
+
+
 class Agent:
-    def __init__(self, sinks: list[AgentSink], backend: str = "auto",
-                 audit_every: float = 2.0, header: Callable[[dict], None] | None = None
-                 ) -> None:
-        self.sinks = sinks
-        self.backend = backend
-        self.audit_every = audit_every
+    """The loop. `run` opens the session (the probes: root, BPF), then makes the sinks
+    (so a missing privilege is said before any file is made), runs until `stop`, and
+    closes the session and every sink, whatever happened."""
+
+    def __init__(self, opts: AgentOptions,
+                 header: Callable[[dict], None] | None = None) -> None:
+        self.opts = opts
         self.header = header
+        self.sinks: list[AgentSink] = []
         self.auditor = Auditor()
         self.session = None
         self.offset = 0
@@ -123,16 +140,17 @@ class Agent:
 
     def run(self, stop: Stop) -> None:
         session, _offset = open_session(False, None, None, None, BUFFER_PAGES, False,
-                                        emit=self._emit, backend=self.backend)
+                                        emit=self._emit, backend=self.opts.backend)
         self.session = session
         self.offset = session.clock_offset_ns
         try:
+            self.sinks = make_sinks(self.opts)
             session.start()
             audited = float("-inf")
             while not stop():
                 session.step(POLL_MS)
                 now = time.monotonic()
-                if (self._dirty and now - audited >= self.audit_every) or \
+                if (self._dirty and now - audited >= self.opts.audit_every) or \
                         now - audited >= AUDIT_IDLE_S:
                     self._dirty = False
                     audited = now
@@ -143,4 +161,8 @@ class Agent:
             session.drain(final=True)
             self._audit()
         finally:
-            session.close()
+            try:
+                session.close()
+            finally:
+                for s in self.sinks:
+                    s.close()

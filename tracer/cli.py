@@ -819,31 +819,24 @@ def agent(db: str | None, keep_s: float, max_bytes: int, audit_every: float,
     Every event, finding (as it appears and clears), resync and loss goes into
     the history database, with who held which tap when; `taptrace history`
     reads it. Stops on SIGTERM or SIGINT (exit 0)."""
-    from .agent import SINK_FACTORIES, Agent, AgentOptions
+    from .agent import Agent, AgentOptions
     from .history_store import DEFAULT_DB, HistoryError
 
     opts = AgentOptions(db=db or DEFAULT_DB, keep_s=keep_s, max_bytes=max_bytes,
                         backend=backend, audit_every=audit_every)
     stop = Stop()
-    sinks = []
-    try:
-        for make in SINK_FACTORIES:
-            sink = make(opts)
-            if sink is not None:
-                sinks.append(sink)
 
-        def header(r: dict) -> None:
-            click.echo(f"# taptrace agent: tracing with the {r['backend']} backend "
-                       f"({r['buffer']}); {r['rows']} tap fds and {r['taps']} taps known "
-                       f"at start; history in {render.safe(opts.db)}", err=True)
-            if r.get("backend_note"):
-                click.echo(f"# {render.safe(r['backend_note'])}", err=True)
-        Agent(sinks, backend=backend, audit_every=audit_every, header=header).run(stop)
+    def header(r: dict) -> None:
+        click.echo(f"# taptrace agent: tracing with the {r['backend']} backend "
+                   f"({r['buffer']}); {r['rows']} tap fds and {r['taps']} taps known "
+                   f"at start; history in {render.safe(opts.db)}", err=True)
+        if r.get("backend_note"):
+            click.echo(f"# {render.safe(r['backend_note'])}", err=True)
+
+    try:
+        Agent(opts, header=header).run(stop)
     except HistoryError as exc:
         raise click.ClickException(str(exc)) from None
-    finally:
-        for sink in sinks:
-            sink.close()
 
 
 EXAMPLES_HISTORY = """

@@ -124,12 +124,12 @@ class HistorySink:
 
     def close(self) -> None:
         now = time.time()
-        if self._model is not None:
+        if self._model is not None:          # the run began (`ready`): say it ended
             self._diff(self._model, now)
             self._flush(self._model)
-        self._event({"v": render.SCHEMA_VERSION, "type": "agent_stop", "time": now,
-                     "pid": os.getpid()})
-        self.store.put("stop", (now, now, self.run))
+            self._event({"v": render.SCHEMA_VERSION, "type": "agent_stop", "time": now,
+                         "pid": os.getpid()})
+            self.store.put("stop", (now, now, self.run))
         self.store.close()
 
     # ---- rows --------------------------------------------------------------

@@ -212,6 +212,7 @@ class HistoryStore:
         self.error: str | None = None
         self.written = 0
         self.batches = 0
+        self.skipped = 0
         self._con = connect_rw(path)
         # ids the agent's thread hands out itself, so it can close an interval or
         # name an event's interfaces without asking the writer
@@ -290,24 +291,38 @@ class HistoryStore:
             con.execute("BEGIN IMMEDIATE")
             try:
                 for name, params in batch:
-                    con.execute(STATEMENTS[name], params)
+                    try:
+                        con.execute(STATEMENTS[name], params)
+                    except (sqlite3.IntegrityError, sqlite3.InterfaceError,
+                            OverflowError) as exc:
+                        # one row SQLite will not take (an integer past 64 bits): that
+                        # row, not the batch; the statement alone was rolled back
+                        self.skipped += 1
+                        self._say(exc)
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
                 raise
             self.written += len(batch)
             self.batches += 1
         self._guard(write)
 
-    def _guard(self, fn: Callable[[], None]) -> None:
-        """A failed write (disk full, the file removed) is said once; the agent runs on."""
+    def _guard(self, fn: Callable[[], object]) -> None:
+        """A failed write (disk full, the file removed) is said once and its batch
+        dropped; the agent runs on, and later batches are tried again."""
         try:
             fn()
         except sqlite3.Error as exc:
-            if self.error is None:
-                self.error = str(exc)
-                if self.on_error is not None:
-                    self.on_error(f"history database {safe(self.path)}: {exc}")
+            self._say(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not stop the writer
+            self._say(exc)
+
+    def _say(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = f"{type(exc).__name__}: {exc}"
+            if self.on_error is not None:
+                self.on_error(f"history database {safe(self.path)}: {exc}")
 
 
 def retain(con: sqlite3.Connection, r: Retention, now: float) -> dict[str, int]:

@@ -294,6 +294,19 @@ def test_agent_refuses_a_planted_symlink_and_trims_old_history(agent, tmp_path):
         f"Error: cannot open {link}: a symbolic link (not followed)"]
     assert not target.exists()
 
+    # not root: the missing privilege is said before any file is made
+    open_dir = Path(tempfile_dir())
+    try:
+        pw = pwd.getpwnam("nobody")
+        out = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                              "--clear-groups", sys.executable, "-m", "tracer", "agent",
+                              "--db", str(open_dir / "h.db")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 1 and "needs root" in out.stderr, out.stderr
+        assert len(out.stderr.splitlines()) == 1 and os.listdir(open_dir) == []
+    finally:
+        shutil.rmtree(open_dir)
+
     # a database with history older than --keep: the agent deletes it as it starts
     sys.path.insert(0, str(ROOT))
     from tracer.history_store import HistoryStore, Retention

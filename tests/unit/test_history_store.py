@@ -316,3 +316,16 @@ def test_at_puts_back_who_shares_the_open_file(tmp_path):
     assert share(103.0) == {(10, 3): ([], 0), (12, 4): ([], 0)}
     keys = list(hi.holders_at(con, 101.5, pid=11)[0][0].row)
     assert keys.index("shared_with") == keys.index("from_fd") + 1     # where ls puts it
+
+
+def test_a_row_sqlite_will_not_take_costs_that_row_only(tmp_path):
+    path = str(tmp_path / "h.db")
+    said: list[str] = []
+    store = HistoryStore(path, KEEP_ALL, on_error=said.append)
+    store.put("event", (1, 1, 1.0, "close", 1, "vnet0", None, "{}"))
+    store.put("event", (2, 1, 2.0, "close", 1 << 70, "vnet0", None, "{}"))   # too big
+    store.put("event", (3, 1, 3.0, "close", 1, "vnet0", None, "{}"))
+    store.close()
+    assert (store.skipped, len(said)) == (1, 1)
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT id FROM events").fetchall() == [(1,), (3,)]
