@@ -31,6 +31,9 @@ NICS_EVERY_S = 2.0
 SEEN_EVERY_S = 1.0
 PENDING_MAX = 1000          # intervals opened in one turn before they are written
 CHAIN_KEEP = (2, 4)         # the first and the last hops of a long chain
+# reports after which the table is as it was (a probe, a send: the fds stay where they
+# are; a loss is followed by its resync report)
+TABLE_KEEPS = frozenset({"tungetiff", "scm_send", "lost", "tap_gone"})
 # a row's fields that are not part of its identity (see above)
 NOT_IDENTITY = frozenset({"shared_with", "shared_count"})
 
@@ -40,16 +43,10 @@ def _dump(obj) -> str:
 
 
 def identity(row: dict) -> tuple:
-    """What makes two rows of the model's table the same holding, unchanged."""
-    return tuple((k, _frozen(v)) for k, v in row.items() if k not in NOT_IDENTITY)
-
-
-def _frozen(v):
-    if isinstance(v, list):
-        return tuple(_frozen(x) for x in v)
-    if isinstance(v, dict):
-        return tuple((k, _frozen(x)) for k, x in v.items())
-    return v
+    """What makes two rows of the model's table the same holding, unchanged (a list's
+    repr stands for it: rows hold lists of numbers, strings and small dicts)."""
+    return tuple(repr(v) if isinstance(v, list) else v
+                 for k, v in row.items() if k not in NOT_IDENTITY)
 
 
 def clip_chain(hops: list[dict]) -> list[dict]:
@@ -100,7 +97,8 @@ class HistorySink:
         if now is None:
             now = pub["time"] = time.time()
         self._event(pub)
-        self._diff(model, now)
+        if report["type"] not in TABLE_KEEPS:
+            self._diff(model, now)
 
     def findings(self, appeared: list[Finding], cleared: list[Finding],
                  model: Model) -> None:
