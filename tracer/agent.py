@@ -35,7 +35,9 @@ class AgentOptions:
     max_bytes: int | None
     backend: str = "auto"
     audit_every: float = 2.0
-    extra: dict = field(default_factory=dict)   # options of other sinks (--metrics …)
+    # the options of other sinks, by name (e.g. "metrics": "127.0.0.1:9464"): cli.agent
+    # puts them here, their factory in SINK_FACTORIES reads them
+    extra: dict = field(default_factory=dict)
 
 
 SinkFactory = Callable[[AgentOptions], "AgentSink | None"]

@@ -75,6 +75,11 @@ def open_ro(path: str) -> sqlite3.Connection:
             if con is not None:
                 con.close()
             raise
+    wal = path + "-wal"
+    if os.path.exists(wal) and not os.access(wal, os.R_OK):
+        raise HistoryError(f"cannot read {render.safe(wal)}, the agent's write-ahead log: "
+                           "read the history as the agent's user or group, or a copy of the "
+                           "file")
     raise HistoryError(f"cannot read {render.safe(path)}: {last}")
 
 
