@@ -915,6 +915,11 @@ def history(ifname_arg: str | None, pid: int | None, vm: str | None, since: floa
                     write(line)
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot read the history database: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # a row that is no row of ours (JSON damaged or written by hand): the file is
+        # anyone's; say so in one line
+        raise click.ClickException(f"the history database has a damaged row "
+                                   f"({type(exc).__name__}: {render.safe(exc)})") from None
     finally:
         con.close()
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,7 @@ from tracer.history_store import (
 )
 
 NOW = time.time()
+ROOT = Path(__file__).resolve().parents[2]
 KEEP_ALL = Retention(None, None)
 
 
@@ -329,3 +333,34 @@ def test_a_row_sqlite_will_not_take_costs_that_row_only(tmp_path):
     assert (store.skipped, len(said)) == (1, 1)
     con = sqlite3.connect(path)
     assert con.execute("SELECT id FROM events").fetchall() == [(1,), (3,)]
+
+
+def taptrace(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracer", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_command_escapes_a_hostile_history_and_says_damage_in_one_line(tmp_path):
+    path = str(tmp_path / "h.db")
+    w = Writer(path)
+    w.start(100.0)
+    w.open(100.0, {**row(10, 3, "vnet0", comm="evil\x1b]0;pwned\x07"), "kind": "tap",
+                   "flags": [], "cloexec": False, "shared_with": [], "owner": None,
+                   "group": None})
+    w.event(100.0, "close", 10, "vnet0")
+    w.seen(200.0)
+    w.stop(200.0)
+    out = taptrace("history", "vnet0", "--at", "150", "--db", path)
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout
+    assert "evil\\x1b]0;pwned\\x07" in out.stdout
+    con = sqlite3.connect(path)
+    con.execute("UPDATE intervals SET row = '{\"pid\": 1}'")
+    con.commit()
+    con.close()
+    out = taptrace("history", "vnet0", "--at", "150", "--db", path)
+    assert out.returncode == 1 and len(out.stderr.splitlines()) == 1
+    assert "damaged row" in out.stderr
+    for bad in ("yesterday", "2026-13-01"):
+        out = taptrace("history", "--at", bad, "--db", path)
+        assert out.returncode == 2 and "is not a time" in out.stderr
