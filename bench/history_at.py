@@ -52,7 +52,7 @@ def row(pid: int, fd: int, ifname: str) -> dict:
             "operstate": "up"}
 
 
-def fill(path: str, events: int) -> tuple[float, float, float]:
+def fill(path: str, events: int, taps: int) -> tuple[float, float, float]:
     """The database; returns (first, last moment, seconds it took)."""
     store = HistoryStore(path, Retention(None, None))
     run = store.next_run
@@ -65,7 +65,7 @@ def fill(path: str, events: int) -> tuple[float, float, float]:
     t0 = time.monotonic()
     for i in range(events):
         t = start + i * step
-        name = f"vnet{rng.randrange(TAPS)}"
+        name = f"vnet{rng.randrange(taps)}"
         eid = store.next_event
         store.next_event += 1
         data = {"v": 1, "type": "dup", "time": t, "ts_ns": i, "pid": pid, "tid": pid,
@@ -105,6 +105,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--db", help="reuse (or make) this database")
+    ap.add_argument("--taps", type=int, default=TAPS,
+                    help="over how many taps (1: every interval on one, the worst case)")
     args = ap.parse_args()
     tmp = None
     path = args.db
@@ -113,7 +115,7 @@ def main() -> None:
         path = os.path.join(tmp, "history.db")
     if not os.path.exists(path):
         print(f"filling {path} with {args.events} events ...", file=sys.stderr)
-        first, last, took = fill(path, args.events)
+        first, last, took = fill(path, args.events, args.taps)
         print(f"fill: {args.events} events in {took:.1f} s "
               f"({args.events / took:.0f} events/s through the writer)")
     else:
@@ -129,8 +131,11 @@ def main() -> None:
           f"{size / n_ev * 10000 / 1e6:.2f} MB per 10,000 events")
 
     rng = random.Random(2)
-    moments = [first + 1.0] + [rng.uniform(first, last) for _ in range(ROUNDS - 1)]
-    names = [f"vnet{rng.randrange(TAPS)}" for _ in moments]
+    # the oldest moment, the middle (the longest range either index has to T), and
+    # random ones
+    moments = [first + 1.0, (first + last) / 2] + [rng.uniform(first, last)
+                                                   for _ in range(ROUNDS - 2)]
+    names = [f"vnet{rng.randrange(args.taps)}" for _ in moments]
 
     query, everything, found = [], [], []
     for t, name in zip(moments, names):

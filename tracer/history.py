@@ -108,6 +108,25 @@ _COLS = ("i.row, i.chain, i.since, i.until, r.last_seen, i.run "
          "FROM intervals i JOIN runs r ON r.id = i.run")
 
 
+def _cols(index: str) -> str:
+    return _COLS.replace("FROM intervals i ", f"FROM intervals i INDEXED BY {index} ")
+
+
+def _closed_index(con: sqlite3.Connection, t: float, ifname: str | None) -> str:
+    """The index whose range to t is the shorter: intervals that ended after t (a
+    recent t), or those that began before it (an early t). Both are index ranges; the
+    choice keeps each at most half of the name's intervals (SQLite, without
+    statistics, would always take the second)."""
+    # one aggregate a query: each is then the first or last entry of an index
+    where, args = ("WHERE ifname = ?", (ifname,)) if ifname is not None else ("", ())
+    lo, hi = con.execute(f"SELECT (SELECT min(since) FROM intervals {where}), "
+                         f"(SELECT max(since) FROM intervals {where})", args * 2).fetchone()
+    recent = lo is None or t >= (lo + hi) / 2
+    if ifname is None:
+        return "intervals_until" if recent else "intervals_since"
+    return "intervals_ifname_until" if recent else "intervals_ifname_since"
+
+
 def _holding(rec) -> Holding:
     return Holding(json.loads(rec[0]), json.loads(rec[1]), rec[2], rec[3], rec[4], rec[5])
 
@@ -131,10 +150,12 @@ def holders_at(con: sqlite3.Connection, t: float, ifname: str | None = None,
     extra, args = _filters(pid, vm)
     name = "i.ifname = ? AND " if ifname is not None else ""
     pre = [ifname] if ifname is not None else []
-    closed = con.execute(f"SELECT {_COLS} WHERE {name}i.until > ? AND i.since <= ?{extra}",
-                         [*pre, t, t, *args]).fetchall()
-    still = con.execute(f"SELECT {_COLS} WHERE {name}i.until IS NULL AND i.since <= ?{extra}",
-                        [*pre, t, *args]).fetchall()
+    closed = con.execute(
+        f"SELECT {_cols(_closed_index(con, t, ifname))} "
+        f"WHERE {name}i.until > ? AND i.since <= ?{extra}", [*pre, t, t, *args]).fetchall()
+    still = con.execute(
+        f"SELECT {_cols('intervals_ifname_until' if ifname is not None else 'intervals_open')}"
+        f" WHERE {name}i.until IS NULL AND i.since <= ?{extra}", [*pre, t, *args]).fetchall()
     held = [_holding(r) for r in closed]
     stale = []
     for h in map(_holding, still):

@@ -63,9 +63,13 @@ CREATE TABLE intervals(id INTEGER PRIMARY KEY, run INTEGER NOT NULL, since REAL 
                        file INTEGER, ifname TEXT, netns INTEGER, comm TEXT, kind TEXT,
                        vm TEXT, creator_pid INTEGER, creator_comm TEXT,
                        row TEXT NOT NULL, chain TEXT NOT NULL);
-CREATE INDEX intervals_ifname_until ON intervals(ifname, until);
-CREATE INDEX intervals_ifname_since ON intervals(ifname, since);
-CREATE INDEX intervals_until ON intervals(until);
+-- `--at T`: a closed interval holds T when since <= T < until. Both orders are kept,
+-- each covering both bounds (the other bound is checked in the index, no row read):
+-- history reads the one with the shorter range to T (history.holders_at)
+CREATE INDEX intervals_ifname_until ON intervals(ifname, until, since);
+CREATE INDEX intervals_ifname_since ON intervals(ifname, since, until);
+CREATE INDEX intervals_until ON intervals(until, since);
+CREATE INDEX intervals_since ON intervals(since, until);
 CREATE INDEX intervals_open ON intervals(since) WHERE until IS NULL;
 CREATE INDEX intervals_pid ON intervals(pid, since);
 CREATE INDEX intervals_vm ON intervals(vm, since) WHERE vm IS NOT NULL;
