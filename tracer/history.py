@@ -274,11 +274,39 @@ def window(con: sqlite3.Connection, since: float, until: float, ifname: str | No
             for rid, t, data in con.execute(sql, args):
                 out[(kind, rid)] = (t, kind, rid, data)
     # several filters narrow one another: an item must pass each one given
-    items = sorted(out.values())
-    objs = [json.loads(data) for _t, _k, _r, data in items]
+    objs = {k: (t, kind, rid, json.loads(data)) for k, (t, kind, rid, data) in out.items()}
     if sum(x is not None for x in (ifname, pid, vm)) > 1:
-        objs = [o for o in objs if _passes(o, ifname, pid, vm, con)]
-    return objs
+        objs = {k: v for k, v in objs.items() if _passes(v[3], ifname, pid, vm, con)}
+    if ifname is not None:
+        vpids = set(_vm_scope(con, vm)[1]) if vm is not None else None
+        for eid, t, o in _opens_of(con, ifname, since, until):
+            if (pid is None or o.get("pid") == pid) and (
+                    vpids is None or o.get("pid") in vpids):
+                objs.setdefault((0, eid), (t, 0, eid, o))
+    # by time, then as written (a report's time is rounded to the microsecond)
+    return [v[3] for v in sorted(objs.values(), key=lambda v: v[:3])]
+
+
+def _opens_of(con: sqlite3.Connection, ifname: str, since: float,
+              until: float) -> list[tuple[int, float, dict]]:
+    """The `open` of /dev/net/tun that became each fd holding `ifname` in the window
+    (an open names no interface yet: `watch -i` holds it back until it has one; here it
+    is the last open of that fd by that process before its holding began)."""
+    out: dict[int, tuple[int, float, dict]] = {}
+    for p, fd, start, row in con.execute(
+            "SELECT pid, fd, since, row FROM intervals INDEXED BY intervals_ifname_since "
+            "WHERE ifname = ? AND since BETWEEN ? AND ?", (ifname, since, until)):
+        if json.loads(row).get("how") != "opened":
+            continue
+        for eid, t, data in con.execute(
+                "SELECT id, time, data FROM events WHERE pid = ? AND time <= ? AND time >= ? "
+                "AND type = 'open' ORDER BY time DESC LIMIT 8", (p, start, since)):
+            o = json.loads(data)
+            if o.get("fd") == fd:
+                if not o.get("ifname"):
+                    out[eid] = (eid, t, o)
+                break
+    return list(out.values())
 
 
 def _passes(o: dict, ifname, pid, vm, con) -> bool:
