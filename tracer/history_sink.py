@@ -6,7 +6,8 @@ the table is compared with the one before, and a row that appeared opens an
 interval (enriched as `ls` enriches it, with the open file's chain), one that went
 away closes its interval, both stamped with the report's time. A row whose fields
 changed (close-on-exec cleared, its comm after an exec) closes and reopens, so
-`history --at T` gives the rows as they were at T. Who else shares the open file
+`history --at T` gives the rows as they were at T. (Above EXACT_ROWS_MAX rows the
+comparison waits for the loop's turn: see there.) Who else shares the open file
 (`shared_with`) is no part of a row's identity: a fork would reopen every holder's
 interval; `history` puts it back from the other holders of the same file at T.
 A chain longer than CHAIN_KEEP hops (a file passed around thousands of times) keeps
@@ -30,6 +31,12 @@ from .model import Model, OpenFile, iter_ifnames
 NICS_EVERY_S = 2.0
 SEEN_EVERY_S = 1.0
 PENDING_MAX = 1000          # intervals opened in one turn before they are written
+# Comparing the table costs about 6 µs a row. Up to this many rows it is done after
+# every report (holdings exact to the report); above, once per loop turn (stamped
+# with the turn's time: up to 100 ms late, and a holding shorter than a turn can be
+# missed), so a host with thousands of tap fds keeps up with a burst.
+EXACT_ROWS_MAX = 128
+QUIET_DIFF_S = 1.0          # a large table with no report: compared once a second
 CHAIN_KEEP = (2, 4)         # the first and the last hops of a long chain
 # reports after which the table is as it was (a probe, a send: the fds stay where they
 # are; a loss is followed by its resync report)
@@ -76,6 +83,8 @@ class HistorySink:
         self._nics_at = float("-inf")
         self._seen_at = float("-inf")
         self._model: Model | None = None
+        self._behind = False                   # a report's change not compared yet
+        self._diffed_at = float("-inf")
         self.diff_ns = 0                       # time spent comparing tables
         self.diffs = 0
 
@@ -98,7 +107,10 @@ class HistorySink:
             now = pub["time"] = time.time()
         self._event(pub)
         if report["type"] not in TABLE_KEEPS:
-            self._diff(model, now)
+            if len(self._open) <= EXACT_ROWS_MAX:
+                self._diff(model, now)
+            else:
+                self._behind = True
 
     def findings(self, appeared: list[Finding], cleared: list[Finding],
                  model: Model) -> None:
@@ -114,7 +126,11 @@ class HistorySink:
 
     def tick(self, model: Model) -> None:
         now = time.time()
-        self._diff(model, now)      # what changed with no report (a quiet record)
+        # what a report left for the turn (a large table), or changed with none (a
+        # quiet record): each turn while the table is small, else once a second
+        if self._behind or len(self._open) <= EXACT_ROWS_MAX or \
+                time.monotonic() - self._diffed_at >= QUIET_DIFF_S:
+            self._diff(model, now)
         self._flush(model)
         if time.monotonic() - self._seen_at >= SEEN_EVERY_S:
             self._seen_at = time.monotonic()
@@ -146,6 +162,7 @@ class HistorySink:
 
     def _diff(self, model: Model, now: float) -> None:
         t0 = time.perf_counter_ns()
+        self._behind, self._diffed_at = False, time.monotonic()
         rows = {identity(r): r for r in model.rows()}
         for k in [k for k in self._open if k not in rows]:
             iid = self._open.pop(k)
