@@ -32,6 +32,7 @@ DEFAULT_DB = "/var/lib/taptrace/history.db"
 BATCH_S = 0.5
 BATCH_ROWS = 5000
 RETAIN_EVERY_S = 60.0
+QUEUED_MAX = 1_000_000      # rows waiting for the writer (a few hundred MB at most)
 
 SCHEMA_SQL = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -217,6 +218,7 @@ class HistoryStore:
         self.written = 0
         self.batches = 0
         self.skipped = 0
+        self.dropped = 0
         self._con = connect_rw(path)
         # ids the agent's thread hands out itself, so it can close an interval or
         # name an event's interfaces without asking the writer
@@ -233,6 +235,15 @@ class HistoryStore:
         return self._con.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
 
     def put(self, name: str, params: tuple) -> None:
+        """Queue a row; never waits. Past QUEUED_MAX rows not yet written (the disk far
+        slower than the events) a row is dropped, counted and said once, so memory
+        stays bounded."""
+        if self._q.qsize() >= QUEUED_MAX:
+            self.dropped += 1
+            if self.dropped == 1 and self.on_error is not None:
+                self.on_error(f"history database {safe(self.path)}: writes fall behind; "
+                              "rows are dropped")
+            return
         self._q.put((name, params))
 
     def close(self) -> None:
