@@ -141,8 +141,11 @@ class Agent:
                 s.findings(appeared, cleared, self.session.model)
 
     def run(self, stop: Stop) -> None:
+        # a live audit: failed TUNGETIFF probes are findings (the kernel backend's
+        # ioctl hook, asked for)
         session, _offset = open_session(False, None, None, None, BUFFER_PAGES, False,
-                                        emit=self._emit, backend=self.opts.backend)
+                                        emit=self._emit, backend=self.opts.backend,
+                                        bad_ioctls=True)
         self.session = session
         self.offset = session.clock_offset_ns
         try:
