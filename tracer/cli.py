@@ -767,8 +767,8 @@ class Size(click.ParamType):
     def convert(self, value, param, ctx):
         m = self.PATTERN.fullmatch(str(value).strip())
         n = int(float(m.group(1)) * self.UNITS[m.group(2).lower()]) if m else 0
-        if n < 64 << 10:
-            self.fail(f"'{render.safe(value)}' is not a size of at least 64K "
+        if n < 1 << 20:
+            self.fail(f"'{render.safe(value)}' is not a size of at least 1M "
                       "(e.g. 1G, 500M)", param, ctx)
         return n
 

@@ -290,7 +290,7 @@ def test_sigkill_in_a_burst_leaves_a_whole_database(agent, tracer, tmp_path):
     assert last_seen >= max(o["time"] for o in everything if o["type"] != "ready") - 1.0
 
 
-def test_agent_refuses_a_planted_symlink_and_trims_old_history(agent, tmp_path):
+def test_agent_refuses_a_planted_symlink_and_trims_by_age_and_size(agent, tmp_path):
     target = tmp_path / "elsewhere"
     link = tmp_path / "h.db"
     link.symlink_to(target)
@@ -323,16 +323,29 @@ def test_agent_refuses_a_planted_symlink_and_trims_old_history(agent, tmp_path):
     store.put("run", (1, old, old, 1, "h", "tracepoint", None, "0"))
     for i in range(100):
         store.put("event", (i + 1, 1, old + i, "close", 1, "tt0", None, "{}"))
+    recent = time.time() - 3600                # and 20,000 of the last hour: 6 MB
+    for i in range(20000):
+        store.put("event", (i + 101, 1, recent + i * 0.1, "close", 1, "tt0", None,
+                            "{" + " " * 250 + "}"))
     store.close()
     assert oct(db.stat().st_mode & 0o777) == "0o600"
     assert oct(db.parent.stat().st_mode & 0o777) == "0o700"
-    a = agent(db, "--keep", "2d")
+    assert db.stat().st_size > 5 << 20
+    a = agent(db, "--keep", "2d", "--max-size", "1M")
     time.sleep(1.0)                  # its first batch, then retention
     assert a.stop() == 0
+    assert db.stat().st_size <= 1 << 20                    # the file itself shrank
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert con.execute("SELECT count(*) FROM events WHERE time < ?",
-                       (time.time() - 86400,)).fetchone() == (0,)
-    assert con.execute("SELECT count(*) FROM events").fetchone()[0] >= 2  # ready, stop
+                       (time.time() - 86400,)).fetchone() == (0,)       # by age
+    kept = con.execute("SELECT count(*) FROM events WHERE time < ?",
+                       (time.time() - 60,)).fetchone()[0]
+    assert 0 < kept < 20000                                             # by size: oldest
+    assert con.execute("SELECT max(time) FROM events WHERE time < ?",
+                       (time.time() - 60,)).fetchone()[0] == recent + 19999 * 0.1
+    assert {r[0] for r in con.execute("SELECT type FROM events WHERE time > ?",
+                                      (time.time() - 60,))} >= {"ready", "agent_stop"}
     con.close()
 
 
