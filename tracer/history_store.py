@@ -15,6 +15,7 @@ schema is here so both sides agree on it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import queue
 import sqlite3
@@ -143,6 +144,23 @@ def create_or_check(path: str) -> os.stat_result:
     return st
 
 
+def _lock(path: str) -> int:
+    """One writer a database: an flock on the file (apart from SQLite's own POSIX
+    locks, which it does not touch), held until the store closes. Two agents on one
+    file would hand out the same ids."""
+    create_or_check(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise HistoryError(f"cannot open {safe(path)}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise HistoryError(f"another taptrace agent writes {safe(path)}") from None
+    return fd
+
+
 @dataclass(frozen=True)
 class Retention:
     keep_s: float | None = 30 * 86400      # delete what is older (None: keep)
@@ -219,7 +237,12 @@ class HistoryStore:
         self.batches = 0
         self.skipped = 0
         self.dropped = 0
-        self._con = connect_rw(path)
+        self._lock = _lock(path)
+        try:
+            self._con = connect_rw(path)
+        except BaseException:
+            os.close(self._lock)
+            raise
         # ids the agent's thread hands out itself, so it can close an interval or
         # name an event's interfaces without asking the writer
         self.next_run = self._max("runs") + 1
@@ -256,6 +279,7 @@ class HistoryStore:
         except sqlite3.Error:
             pass
         self._con.close()
+        os.close(self._lock)      # after SQLite's: closing an fd drops its POSIX locks
 
     # ---- the writer thread -------------------------------------------------
 

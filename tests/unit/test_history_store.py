@@ -364,3 +364,12 @@ def test_the_command_escapes_a_hostile_history_and_says_damage_in_one_line(tmp_p
     for bad in ("yesterday", "2026-13-01"):
         out = taptrace("history", "--at", bad, "--db", path)
         assert out.returncode == 2 and "is not a time" in out.stderr
+
+
+def test_one_writer_a_database(tmp_path):
+    path = str(tmp_path / "h.db")
+    first = HistoryStore(path, KEEP_ALL)
+    with pytest.raises(HistoryError, match="another taptrace agent writes"):
+        HistoryStore(path, KEEP_ALL)
+    first.close()
+    HistoryStore(path, KEEP_ALL).close()          # free again once it stopped
