@@ -1,4 +1,4 @@
-"""The `taptrace` command: ls, watch, top, who, audit, doctor, demo."""
+"""The `taptrace` command: ls, watch, top, who, audit, doctor, demo, agent, history."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import math
 import os
 import re
 import signal
+import sqlite3
 import sys
 import time
+from typing import ClassVar
 
 import click
 
-from . import __version__, procfs, render
-from .audit_report import AuditError, Reporter, live_emit
-from .enrich import enrich_rows, proc_cmdline
-from .model import Model
+# Only what every command needs is imported here: the model, /proc, enrichment and
+# the audit come in with the commands that use them (`history` starts in < 0.1 s).
+from . import __version__, agent_outputs, render
 from .tracing import (
     LostNote,
     OutputError,
@@ -288,6 +289,8 @@ def _resolve_netns(_ctx, _param, value: str | None) -> int | None:
         return None
     if value.isdigit() and len(value) <= 20:
         return int(value)
+    from . import procfs
+
     ino = next((i for i, n in procfs.netns_names().items() if n == value), None)
     if ino is None:
         raise click.BadParameter(f"no network namespace named {render.safe(value)} "
@@ -323,6 +326,10 @@ def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
     where not taptrace's, kind, flags, close-on-exec, and the other (pid, fd)
     sharing the same open file (kcmp). Tuns and taps that exist with no holder
     (persistent) are listed too, in every namespace taptrace can enter."""
+    from . import procfs
+    from .enrich import enrich_rows, proc_cmdline
+    from .model import Model
+
     snap = procfs.snapshot(workers=_scan_workers())
     model = Model()
     model.load(snap)
@@ -523,6 +530,10 @@ def who(ifname_arg: str, watch_s: float | None, json_out: bool, netns: int | Non
 
     A name is unique only inside a network namespace: without --netns, every
     tap of that name is shown, each with its namespace where not taptrace's."""
+    from . import procfs
+    from .enrich import enrich_rows
+    from .model import Model
+
     if watch_s is None:
         model = Model()
         model.load(procfs.snapshot())
@@ -692,7 +703,10 @@ def audit_cmd(ctx, json_out: bool, watch_s: float | None, ifname: str | None, qu
     (--error-exitcode, 1) on findings, else CMD's status; 3: could not audit;
     127/126: CMD not found / not executable. Output on stderr (or -o FILE)."""
     from . import audit as au
-    from .enrich import libvirt_nics
+    from . import procfs
+    from .audit_report import AuditError, Reporter, live_emit
+    from .enrich import enrich_rows, libvirt_nics
+    from .model import Model
 
     env = dict(os.environ)                # CMD's, before taptrace sets anything
     argv = _command_of(ctx, user, output, show_all, **{"--watch": watch_s})
@@ -738,6 +752,193 @@ def audit_cmd(ctx, json_out: bool, watch_s: float | None, ifname: str | None, qu
     reporter.summarize(rows, taps, kept, complete=os.geteuid() == 0)
     if reporter.found:
         sys.exit(error_exitcode)
+
+
+class Duration(click.ParamType):
+    """A retention age: a number with s, m, h, d or w (`30d`); plain: seconds."""
+
+    name = "age"
+    UNITS: ClassVar[dict[str, int]] = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    PATTERN = re.compile(r"([0-9]{1,9}(?:\.[0-9]+)?)([smhdw]?)")
+
+    def convert(self, value, param, ctx):
+        m = self.PATTERN.fullmatch(str(value).strip())
+        if not m or float(m.group(1)) <= 0:
+            self.fail(f"'{render.safe(value)}' is not an age (e.g. 30d, 12h, 90m)",
+                      param, ctx)
+        return float(m.group(1)) * self.UNITS[m.group(2)]
+
+
+class Size(click.ParamType):
+    """A size: bytes, or a number with K, M, G or T (powers of 1024): `1G`."""
+
+    name = "size"
+    UNITS: ClassVar[dict[str, int]] = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    PATTERN = re.compile(r"([0-9]{1,12}(?:\.[0-9]+)?)([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+    def convert(self, value, param, ctx):
+        m = self.PATTERN.fullmatch(str(value).strip())
+        n = int(float(m.group(1)) * self.UNITS[m.group(2).lower()]) if m else 0
+        if n < 1 << 20:
+            self.fail(f"'{render.safe(value)}' is not a size of at least 1M "
+                      "(e.g. 1G, 500M)", param, ctx)
+        return n
+
+
+class When(click.ParamType):
+    """A moment: ISO 8601 (`2026-11-30T02:10:00`, local time without a zone) or
+    epoch seconds."""
+
+    name = "time"
+
+    def convert(self, value, param, ctx):
+        from .history import parse_time
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_time(str(value))
+        except (ValueError, OverflowError, OSError):
+            self.fail(f"'{render.safe(value)}' is not a time (ISO 8601, e.g. "
+                      "2026-11-30T02:10:00 or 2026-11-30 02:10+01:00, or epoch seconds)",
+                      param, ctx)
+
+
+EXAMPLES_AGENT = """
+\b
+Examples:
+  sudo taptrace agent          # trace and audit as a service; history in
+                               # /var/lib/taptrace/history.db
+  sudo taptrace agent --db /srv/tt.db --keep 7d --max-size 200M
+  sudo taptrace agent --metrics 127.0.0.1:9979 --log
+                               # + Prometheus metrics, findings to the journal
+                               # (or syslog): contrib/systemd's unit runs this
+"""
+
+
+@cli.command(epilog=EXAMPLES_AGENT)
+@click.option("--db", default=None, metavar="PATH",
+              help="The history database (created 0600; its directory 0700). "
+                   "Default: /var/lib/taptrace/history.db.")
+@click.option("--keep", "keep_s", type=Duration(), default="30d", show_default=True,
+              metavar="AGE", help="Delete history older than AGE (s, m, h, d, w).")
+@click.option("--max-size", "max_bytes", type=Size(), default="1G", show_default=True,
+              metavar="SIZE", help="Then delete the oldest history while the database is "
+                                   "larger than SIZE (K, M, G).")
+@click.option("--audit-every", type=Seconds(), default=2.0, show_default=True, metavar="S",
+              help="After changes, audit at most every S seconds.")
+@_backend_option
+@agent_outputs.options
+def agent(db: str | None, keep_s: float, max_bytes: int, audit_every: float,
+          backend: str, **outputs) -> None:
+    """Run the tracer and the audit continuously, as a service (root, BPF).
+
+    Every event, finding (as it appears and clears), resync and loss goes into
+    the history database, with who held which tap when; `taptrace history`
+    reads it. Stops on SIGTERM or SIGINT (exit 0)."""
+    from .agent import Agent, AgentOptions
+    from .history_store import DEFAULT_DB, HistoryError
+
+    opts = AgentOptions(db=db or DEFAULT_DB, keep_s=keep_s, max_bytes=max_bytes,
+                        backend=backend, audit_every=audit_every,
+                        extra=agent_outputs.outputs(outputs))
+    stop = Stop()
+
+    def header(r: dict) -> None:
+        click.echo(f"# taptrace agent: tracing with the {r['backend']} backend "
+                   f"({r['buffer']}); {r['rows']} tap fds and {r['taps']} taps known "
+                   f"at start; history in {render.safe(opts.db)}", err=True)
+        if r.get("backend_note"):
+            click.echo(f"# {render.safe(r['backend_note'])}", err=True)
+
+    try:
+        Agent(opts, header=header).run(stop)
+    except HistoryError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+EXAMPLES_HISTORY = """
+\b
+Examples:
+  taptrace history vnet3 --at 2026-11-30T02:10   # who held vnet3 then
+  taptrace history vnet3 --at 1764468600 --json  # as `ls --json` would have said
+  taptrace history vnet3 --since 2026-11-30T00:00 --until 2026-11-30T03:00
+  taptrace history --vm web1                      # everything about a domain's taps
+  taptrace history --db copy-from-host7.db --pid 4242
+"""
+
+
+@cli.command(epilog=EXAMPLES_HISTORY)
+@click.argument("ifname_arg", metavar="[IFNAME]", required=False, type=IfName())
+@click.option("--pid", type=click.IntRange(1, (1 << 31) - 1), metavar="PID",
+              help="Only this process.")
+@click.option("--vm", metavar="NAME", help="Only the taps and processes of this VM "
+                                          "(libvirt domain or QEMU -name).")
+@click.option("--since", type=When(), metavar="T", help="From T (ISO 8601 or epoch seconds).")
+@click.option("--until", type=When(), metavar="T", help="Until T.")
+@click.option("--at", "at", type=When(), metavar="T",
+              help="The holders at moment T, as `ls` shows them.")
+@click.option("--json", "json_out", is_flag=True, help="JSON lines.")
+@click.option("--db", default=None, metavar="PATH",
+              help="The database (default /var/lib/taptrace/history.db); a copy from "
+                   "another host works.")
+def history(ifname_arg: str | None, pid: int | None, vm: str | None, since: float | None,
+            until: float | None, at: float | None, json_out: bool, db: str | None) -> None:
+    """What the agent saw: who held a tap at a moment (--at), the events and
+    findings of a window, and a tap's lineage. Read-only; no root, no BPF."""
+    from . import history as hi
+    from .history_store import DEFAULT_DB, HistoryError
+
+    if at is not None and (since is not None or until is not None):
+        raise click.UsageError("--at is a moment: it does not go with --since/--until")
+    if since is not None and until is not None and since > until:
+        raise click.UsageError("--since is after --until")
+    try:
+        con = hi.open_ro(db or DEFAULT_DB)
+    except HistoryError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        own = hi.own_netns(con, at)
+        if at is not None:
+            held, stale = hi.holders_at(con, at, ifname_arg, pid, vm)
+            if json_out:
+                write(hi.table_json(held, stale, at, own))
+            else:
+                for line in hi.table_lines(held, stale, at, ifname_arg, own,
+                                           hi.covered(con, at)):
+                    write(line)
+            return
+        lo = since if since is not None else float("-inf")
+        hi_t = until if until is not None else float("inf")
+        items = hi.window(con, lo, hi_t, ifname_arg, pid, vm)
+        if json_out:
+            for o in items:
+                write(render.json_line(o))
+        else:
+            day = None
+            for o in items:
+                t = o.get("time")
+                if isinstance(t, (int, float)) and time.strftime(
+                        "%Y-%m-%d", time.localtime(t)) != day:
+                    day = time.strftime("%Y-%m-%d", time.localtime(t))
+                    write(f"# {day}")
+                write(hi.item_line(o, own))
+        if ifname_arg is not None:
+            holdings = hi.lineage(con, ifname_arg, lo, hi_t, pid, vm)
+            if json_out:
+                write(hi.lineage_json(ifname_arg, holdings))
+            else:
+                write("")
+                for line in hi.lineage_lines(ifname_arg, holdings):
+                    write(line)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot read the history database: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # a row that is no row of ours (JSON damaged or written by hand): the file is
+        # anyone's; say so in one line
+        raise click.ClickException(f"the history database has a damaged row "
+                                   f"({type(exc).__name__}: {render.safe(exc)})") from None
+    finally:
+        con.close()
 
 
 class _ClosedStdout(io.TextIOBase):

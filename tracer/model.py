@@ -218,6 +218,9 @@ class Model:
         # open files by their struct file * (kernel backend records carry it): the
         # file's identity, so an install, a dup or a receive of it is known exactly
         self.by_ptr: dict[int, OpenFile] = {}
+        # after a (re)load: a file the model had split off one the snapshot shows
+        # whole -> that file (see _load)
+        self._alias: dict[int, OpenFile] = {}
         self._probe_fd = probe_fd
         self._ifindex_name = ifindex_name
         self._comm_of = comm_of
@@ -284,6 +287,10 @@ class Model:
             self.procs[pid] = Process(pid, info.comm, t, info.ppid)
         byfd = {(fi.pid, fi.fd): fi for fi in snap.fds}
         reused: set[int] = set()
+        # model files the snapshot shows to be one open file with another (the model
+        # had split it, records lost): kept file id -> the file each snapshot group
+        # holding one of its fds became
+        split: dict[int, list[OpenFile]] = {}
         candidates = list({f.id: f for f in [*keep_files.values(), *(in_flight or [])]
                            if f.ifname}.values())
         names_seen: dict = {}          # ifname -> how many snapshot files have it
@@ -313,6 +320,10 @@ class Model:
                     old = named[0]
             f = old or OpenFile(self._new_id(), path=first.path, ifname=first.ifname)
             reused.add(f.id)
+            for k in group:
+                kf = keep_files.get(k)
+                if kf is not None and kf is not f and kf.ifname == first.ifname:
+                    split.setdefault(kf.id, []).append(f)
             f.refs = 0
             self.files[f.id] = f
             tap = self._tap(first_ns if first_ns is not None else f.netns, f.ifname)
@@ -337,6 +348,11 @@ class Model:
                                                prev.from_fd if prev else None,
                                                prev.by if prev else None)
                 f.refs += 1
+        # A model file no snapshot file became, whose fds all lie in one snapshot
+        # file: the same open file (kcmp says so of its fds). What else refers to it
+        # (a message in flight, a vhost backend) refers to that file.
+        self._alias = {i: fs[0] for i, fs in split.items()
+                       if i not in reused and all(x is fs[0] for x in fs)}
         self._reattach_backends()
 
     def _reattach_backends(self) -> None:
@@ -348,6 +364,8 @@ class Model:
             for idx, b in list(f.backends.items()):
                 if b is None:
                     continue
+                if b.id in self._alias:
+                    b = f.backends[idx] = self._alias[b.id]
                 if b.id not in self.files:
                     tap = self._tap_of(b)
                     if b.ifname and tap is None:
@@ -398,6 +416,8 @@ class Model:
             if f.id not in self.files:      # in no table: the messages' references only
                 f.refs = 0
         for send in sends:
+            send.files = [self._alias.get(f.id, f) if f is not None else None
+                          for f in send.files]
             for f in send.files:
                 if f is None:
                     continue

@@ -14,8 +14,6 @@ import pwd
 import time
 from collections.abc import Iterable, Mapping
 
-from tabulate import tabulate
-
 SCHEMA_VERSION = 1
 
 
@@ -320,6 +318,8 @@ def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = Tru
         cols += OWNER_COLUMNS
     cols += VM_COLUMNS if any(r.get("vm") for r in rows) else []
     body = [[_cell({**r, "_own": own_netns}, k) for k, _ in cols] for r in rows]
+    from tabulate import tabulate  # only tables need it (16 ms to import)
+
     text = tabulate(body, headers=[h for _, h in cols], tablefmt="simple",
                     disable_numparse=True) if body else "(no process holds a tun/tap fd)"
     orphans = [t for t in taps if not t.get("files")]

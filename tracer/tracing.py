@@ -13,7 +13,6 @@ import time
 import click
 
 from . import render
-from .model import Model
 
 
 class Stop:
@@ -174,7 +173,7 @@ def open_session(json_out: bool, pid, comm, ifname, buffer_pages, force_perf,
     return session, offset
 
 
-def trace_for(session, seconds: float, stop: Stop) -> Model:
+def trace_for(session, seconds: float, stop: Stop):
     """Run an opened session for `seconds` (or until `stop`: SIGINT/SIGTERM); its model."""
     try:
         session.start()
@@ -198,7 +197,8 @@ def chain_lines(session, report: dict) -> list[str]:
     for fd in fds:
         entry = proc.table.fds.get(fd)
         if entry is not None and entry.file.ifname:
-            lines.append(render.chain_text(entry.file.ifname, Model.chain(entry.file, pid)))
+            lines.append(render.chain_text(entry.file.ifname,
+                                           type(session.model).chain(entry.file, pid)))
     return lines
 
 

@@ -1638,6 +1638,27 @@ def test_a_send_in_flight_survives_a_resync_and_its_receive_lands():
     assert w.gone() == ["a"]
 
 
+def test_a_file_the_model_had_split_is_one_after_a_resync_and_so_is_its_message():
+    # records lost: the model took 2:5 for an open file of its own; /proc (kcmp) says
+    # it is 1:3's. A message 2 sent from 5 before the resync carries that one file, so
+    # its receive lands as another fd of it, not a third file (fuzz seed 20261395)
+    w = World().named(a=1, b=2, c=3)
+    w.tap(1, 3, "a", flags=MQ)
+    w.tap(2, 5, "a", flags=MQ)
+    w.send(2, 9, [5])
+    assert w.row(1, 3)["file"] != w.row(2, 5)["file"]
+    w.m.resync(snapshot({1: "a", 2: "b"}, [(1, 3, "a", False), (2, 5, "a", False)],
+                        {"a": MQ}, files=[[(1, 3), (2, 5)]]))
+    assert w.row(1, 3)["file"] == w.row(2, 5)["file"]
+    w.apply(ev.ScmRecv, 3, sock=4, fds=(7,), cloexec=False)
+    assert w.row(3, 7)["file"] == w.row(1, 3)["file"]
+    assert sorted(map(tuple, w.row(3, 7)["shared_with"])) == [(1, 3), (2, 5)]
+    assert w.tap_info("a")["files"] == 1
+    for pid, fd in ((1, 3), (2, 5), (3, 7)):
+        w.close(pid, fd)
+    assert w.gone() == ["a"]
+
+
 def test_resync_keeps_a_clone_files_pair_that_holds_no_tap_yet():
     # the snapshot lists holders only: a CLONE_FILES pair still alive keeps sharing
     # its table, so a tap one makes there is the other's too (pasta's shape)
