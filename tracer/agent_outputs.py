@@ -86,8 +86,12 @@ def options(f: Callable) -> Callable:
 
 
 def outputs(params: dict) -> dict:
-    """The output options among a command's parameters (for AgentOptions.extra)."""
-    return {k: params[k] for k in OPTION_NAMES if k in params}
+    """The output options among a command's parameters (for AgentOptions.extra);
+    a usage error (exit 2) for options that go together given apart."""
+    out = {k: params[k] for k in OPTION_NAMES if k in params}
+    if not out.get("log") and (out.get("log_events") or out.get("log_socket")):
+        raise click.UsageError("--log-events and --log-socket go with --log")
+    return out
 
 
 def metrics_sink(opts) -> AgentSink | None:
@@ -106,8 +110,6 @@ def metrics_sink(opts) -> AgentSink | None:
 def log_sink(opts) -> AgentSink | None:
     extra = opts.extra
     if not extra.get("log"):
-        if extra.get("log_events") or extra.get("log_socket"):
-            raise click.UsageError("--log-events and --log-socket go with --log")
         return None
     from .logsink import LogSink, default_target
     return LogSink(default_target(extra.get("log_socket")), events=bool(extra.get("log_events")))

@@ -49,9 +49,24 @@ def test_nothing_asked_nothing_built():
     assert [make(opts) for make in agent_outputs.FACTORIES] == [None, None]
 
 
-def test_log_events_needs_log():
-    with pytest.raises(click.UsageError, match="go with --log"):
-        agent_outputs.log_sink(Opts({"log": False, "log_events": True}))
+@pytest.mark.parametrize("args", [["--log-events"], ["--log-socket", "/x/log"]])
+def test_log_options_need_log(args):
+    out = run(*args)
+    assert out.exit_code == 2
+    assert out.output.splitlines()[-1] == "Error: --log-events and --log-socket go with --log"
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--metrics", "localhost:9979"], ("Error: Invalid value for '--metrics': localhost is "
+                                      "not an IP address")),
+    (["--log-events"], "Error: --log-events and --log-socket go with --log"),
+])
+def test_the_agent_refuses_them_before_tracing(args, error):
+    """On the real `taptrace agent`: a usage error, before any BPF is loaded."""
+    from tracer.cli import cli
+    out = CliRunner().invoke(cli, ["agent", "--db", "/nonexistent/x.db", *args])
+    assert out.exit_code == 2, out.output
+    assert out.output.splitlines()[-1] == error
 
 
 def test_each_factory_builds_its_sink(tmp_path):
