@@ -195,10 +195,11 @@ class LogSink:
                     n, said_dropped = self.dropped - said_dropped, self.dropped
                     self.target.send(f"{n} messages not logged (queue full)", WARNING, {})
                 failing = False
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - the thread outlives any failure
                 self.failed += 1
                 if not failing:     # once per run of failures, not per message
-                    warn(f"cannot log to {self.target.name}: {exc.strerror or exc}")
+                    why = exc.strerror if isinstance(exc, OSError) else None
+                    warn(f"cannot log to {self.target.name}: {render.safe(why or exc)}")
                 failing = True
 
     # AgentSink
