@@ -192,3 +192,21 @@ def test_bad_xml_and_hostile_names(syslog, tmp_path):
     (prio, text), = syslog.wait(1)       # no taps read: the whole host is audited
     assert (prio, text) == (WARNING, (r"domain=w\x1b6 event=started ifname=* kind=leak pid=1 "
                                      r"fd=3: evil\x1b[2J\x0aname"))
+
+
+def test_settings_from_the_config_file(syslog, tmp_path):
+    """libvirtd passes a hook no environment of ours: the settings come from a file."""
+    fake = tmp_path / "fake-taptrace"
+    fake.write_text("#!/bin/sh\necho '{\"type\": \"audit\", \"taps\": 1, \"rows\": 2}'\n")
+    fake.chmod(0o755)
+    config = tmp_path / "taptrace-hook"
+    config.write_text(f"# taptrace hook\nTAPTRACE='{fake}'\nTAPTRACE_HOOK_DELAY=0\n"
+                      f"TAPTRACE_HOOK_SYSLOG=\"{syslog.path}\"\nPATH=/nowhere\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPTRACE")}
+    out = subprocess.run([str(HOOK), "web6", "started", "begin", "-"],
+                         input=domain_xml("web6", ["x0"]), capture_output=True, text=True,
+                         env={**env, "TAPTRACE_HOOK_CONFIG": str(config)}, timeout=30,
+                         check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+    assert syslog.wait(1) == [
+        (INFO, "domain=web6 event=started ifname=x0: no findings (1 taps, 2 fds checked)")]
