@@ -4,7 +4,7 @@ second while real taps are made, handed over and left behind; the test asks
 Prometheus' HTTP API (/api/v1/query) and sees the taps, the tap fds of the process
 that received one, the orphan finding appear and clear, and the counters move. The
 same findings arrive in the system log (a unix datagram socket given as
---log-socket). Others may make taps on this machine at the same time: the test
+--log-socket). It runs twice: the agent as is, and under the systemd unit's settings. Others may make taps on this machine at the same time: the test
 looks at its own names and at changes, never at host-wide totals."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -25,10 +26,12 @@ from pathlib import Path
 
 import pytest
 import tapkit
+import unitexec
 from conftest import ROOT, need_root
 
 PROMETHEUS = shutil.which("prometheus")
 RULES = ROOT / "contrib" / "prometheus" / "taptrace-alerts.yml"
+UNIT = ROOT / "contrib" / "systemd" / "taptrace-agent.service"
 
 
 def free_port() -> int:
@@ -135,13 +138,18 @@ class Prometheus:
 
 
 class Agent:
-    def __init__(self, workdir: Path, metrics: str, log_socket: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracer", "agent", "--db", str(workdir / "history.db"),
-             "--metrics", metrics, "--log", "--log-socket", log_socket,
-             "--audit-every", "0.5"],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+    """`taptrace agent --metrics --log`; under_unit: with the systemd unit's settings
+    (tests/unitexec.py: capabilities, syscall filter, W^X, the mount sandbox), its
+    database then in the unit's StateDirectory (its /tmp is its own)."""
+
+    def __init__(self, db: Path, metrics: str, log_socket: str, under_unit: bool) -> None:
+        cmd = [sys.executable, "-m", "tracer", "agent", "--db", str(db),
+               "--metrics", metrics, "--log", "--log-socket", log_socket,
+               "--audit-every", "0.5"]
+        if under_unit:
+            cmd = unitexec.unit_command(UNIT, cmd)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()          # its start line, once tracing
         assert line.startswith("# taptrace agent: tracing"), line + self.proc.stderr.read()
 
@@ -191,14 +199,31 @@ os.waitpid(pid, 0)
 """
 
 
+@pytest.fixture
+def run_dir():
+    """Where the agent's socket and database go: outside /tmp, which the unit's
+    sandbox makes its own."""
+    where = Path(tempfile.mkdtemp(prefix="taptrace-metrics-test-", dir="/run"))
+    db = Path("/var/lib/taptrace") / f"test-{where.name}.db"
+    yield where, db
+    shutil.rmtree(where, ignore_errors=True)
+    for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is missing (apt-get install "
                                                  "prometheus)")
-def test_prometheus_scrapes_the_agent_through_a_handoff_and_a_finding(tmp_path, links):
+@pytest.mark.parametrize("under_unit", [False, True], ids=["plain", "under-the-unit"])
+def test_prometheus_scrapes_the_agent_through_a_handoff_and_a_finding(tmp_path, links,
+                                                                      run_dir, under_unit):
     need_root()
     pytest.importorskip("prometheus_client")
-    syslog = Syslog(tmp_path / "log")
+    if under_unit:
+        pytest.importorskip("seccomp", reason="python3-seccomp is missing")
+    where, db = run_dir
+    syslog = Syslog(where / "log")
     metrics = f"127.0.0.1:{free_port()}"
-    agent = Agent(tmp_path, metrics, syslog.path)
+    agent = Agent(db, metrics, syslog.path, under_unit)
     prom = None
     handoff = None
     try:
@@ -269,4 +294,4 @@ def test_prometheus_scrapes_the_agent_through_a_handoff_and_a_finding(tmp_path, 
     assert re.search(r"taptrace\[\d+\]: started: tracing with the \w+ backend",
                      syslog.lines[0]), syslog.lines[:1]
     assert syslog.lines[-1].endswith("stopped")
-    assert os.path.exists(tmp_path / "history.db")
+    assert db.exists()
