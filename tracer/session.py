@@ -139,11 +139,12 @@ class Session:
         self.emit = emit
         self._record = record
         self.filters = filters
-        self.model = Model(probe_fd=fd_ifname, ifindex_name=ifindex_name,
+        self.model = Model(probe_fd=self._fd_now, ifindex_name=ifindex_name,
                            netns_of=self._netns_of, threads_of=self._threads_of,
                            same_file=procfs.same_file, thread_table=self._thread_table)
         self._threads_asked: list[int] | None = None   # the answer, recorded
         self._ahead: tuple[list, int] = ([], 0)   # the records drain has not applied yet
+        self._changes: tuple = (None, None, ({}, {}))  # _fd_changes' index of them
         self._tables_asked: list[list] = []      # thread_table's answers, recorded
         self._ns_asked: list[list] = []          # the model's netns questions, recorded
         self._ns_ready: dict[tuple[int, int], tuple[int, str | None]] = {}
@@ -255,6 +256,47 @@ class Session:
             own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(tid)]
         self._tables_asked.append([tid, own])
         return own
+
+    def _fd_now(self, pid: int, fd: int) -> str | bool | None:
+        """The model's FdProbe: fd_ifname, unless a record not applied yet says that
+        fd of that table changed after the record being applied (closed, dup'd over,
+        received into: a tracer behind its records). /proc then shows a later fd than
+        the record's: None, cannot be told, and the model trusts what it knows."""
+        self.probes.poll(0)
+        batch, at = self._ahead
+        idx, ranges = self._fd_changes(batch)
+        table = self.model.procs[pid].table if pid in self.model.procs else None
+        sharers = {pid} | ({p for p in table.users if p in self.model.procs}
+                           if table is not None else set())
+        for p in sharers:
+            pos = idx.get((p, fd))
+            if pos and pos[-1] >= at or any(i >= at and lo <= fd <= hi
+                                             for i, lo, hi in ranges.get(p, ())):
+                return None
+        return fd_ifname(pid, fd)
+
+    def _fd_changes(self, batch: list) -> tuple[dict, dict]:
+        """Where in the records not applied yet (the batch being drained, then the
+        queue) each (pid, fd) changes: {(pid, fd): [positions]}, and close_range's
+        {pid: [(position, first, last)]}. Built once per batch and queue length, so
+        asking costs no scan of a burst."""
+        key = (len(batch), len(self._queue))
+        if self._changes[0] is batch and self._changes[1] == key:
+            return self._changes[2]
+        idx: dict[tuple[int, int], list[int]] = {}
+        ranges: dict[int, list[tuple[int, int, int]]] = {}
+        for i, e in enumerate(itertools.chain(batch, self._queue)):
+            if isinstance(e, (ev.Close, ev.Open)):
+                idx.setdefault((e.pid, e.fd), []).append(i)
+            elif isinstance(e, (ev.Dup, ev.PidfdGetfd)):
+                idx.setdefault((e.pid, e.newfd), []).append(i)
+            elif isinstance(e, ev.ScmRecv):
+                for fd in e.fds:
+                    idx.setdefault((e.pid, fd), []).append(i)
+            elif isinstance(e, ev.CloseRange):
+                ranges.setdefault(e.pid, []).append((i, e.first, e.last))
+        self._changes = (batch, key, (idx, ranges))
+        return idx, ranges
 
     def _unshares_later(self, tid: int) -> bool:
         """Does a record not applied yet say that thread unshares its table (then /proc
@@ -557,13 +599,13 @@ class Session:
         if self._record is not None:
             rec = ev.to_record(e)
             if isinstance(e, ev.ScmRecv):   # what the model asks /proc, for replay
-                rec["probe"] = [fd_ifname(e.pid, fd) for fd in e.fds]
+                rec["probe"] = [self._fd_now(e.pid, fd) for fd in e.fds]
             elif isinstance(e, ev.Exec):
                 proc = self.model.procs.get(e.pid)
                 unknown = [fd for fd, entry in proc.table.fds.items()
                            if entry.cloexec is None] if proc is not None else []
                 if unknown:
-                    rec["probe"] = [[fd, fd_ifname(e.pid, fd)] for fd in unknown]
+                    rec["probe"] = [[fd, self._fd_now(e.pid, fd)] for fd in unknown]
         self._ns_asked.clear()
         self._threads_asked = None
         self._tables_asked = []
