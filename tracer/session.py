@@ -635,8 +635,10 @@ class Session:
         me = self._me()
         if count:
             self.emit({"type": "lost", "ts_ns": time.monotonic_ns(), **me, "count": count})
-        # the snapshot says what is; only exits it may not know yet are kept
-        self._queue[:] = [e for e in self._queue if isinstance(e, ev.Exit)]
+        # The snapshot says what is. The records already read stay queued: all older
+        # than it, they are not applied, but a TUNSETIFF says who made a tap /proc
+        # shows, a receive that a message in flight has landed, an exit that a process
+        # the scan still lists is dead (drain: learn_from_before, forget_receive).
         taps_before = set(self.model.taps)
         report = self._snapshot(initial=False)
         if self.scope is not None:
