@@ -28,6 +28,7 @@
  *   fentry+fexit scm_detach_fds  a received message begins, ends (groups its fds)
  *   fentry set_close_on_exec   F_SETFD, FIOCLEX, FIONCLEX   (TT_HAVE_SET_CLOEXEC)
  *   fexit  ksys_unshare        unshare(CLONE_FILES)          (TT_HAVE_KSYS_UNSHARE)
+ *   fentry __x64_sys_close_range  CLOSE_RANGE_CLOEXEC/UNSHARE (TT_HAVE_SYS_CLOSE_RANGE)
  *   fentry begin_new_exec      an exec's point of no return: a CLONE_FILES
  *                              sharer's table becomes its own
  *   kprobe+kretprobe __tun_chr_ioctl, tap_ioctl   TUN ioctls (module functions:
@@ -45,7 +46,7 @@
  *   TT_SCM_FP_OFF, TT_FPL_COUNT_OFF, TT_FPL_FP_OFF
  *   TT_F_PRIVATE_OFF, TT_SK_NET_OFF, TT_NET_INUM_OFF   (a tun file's namespace)
  *   TT_CLOSE_FN, TT_HAVE_SET_CLOEXEC, TT_HAVE_KSYS_UNSHARE, TT_HAVE_GROUP_DEAD,
- *   TT_HAVE_IOCTL_CHECK
+ *   TT_HAVE_IOCTL_CHECK, TT_HAVE_SYS_CLOSE_RANGE
  */
 #include "common.h"
 
@@ -300,6 +301,36 @@ KRETFUNC_PROBE(ksys_unshare, unsigned long flags, int ret)
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_UNSHARE);
 	e->arg = flags;
+	submit(ctx, e);
+	return 0;
+}
+#endif
+
+#ifdef TT_HAVE_SYS_CLOSE_RANGE
+#define CLOSE_RANGE_UNSHARE_ 2ULL
+#define CLOSE_RANGE_CLOEXEC_ 4ULL
+/*
+ * close_range(first, last, flags): the closes of its range reach the close path
+ * one by one; what they do not show is CLOSE_RANGE_CLOEXEC (close-on-exec set on
+ * the range, nothing closed) and CLOSE_RANGE_UNSHARE (the table unshared before
+ * the closes). At entry, so the model unshares before the closes that follow; calls
+ * the kernel refuses (bad flags, first > last) are left out. With UNSHARE the range
+ * is closed by the model too: a range reaching the table's end is left out of the
+ * copy, not closed fd by fd (the closes that do come find nothing left).
+ */
+KFUNC_PROBE(__x64_sys_close_range, void *regs)
+{
+	u64 flags = sysarg(PT_DX);
+	u32 first = (u32)sysarg(PT_DI), last = (u32)sysarg(PT_SI);
+	if (!(flags & (CLOSE_RANGE_UNSHARE_ | CLOSE_RANGE_CLOEXEC_)) ||
+	    (flags & ~(CLOSE_RANGE_UNSHARE_ | CLOSE_RANGE_CLOEXEC_)) || first > last ||
+	    !interesting(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	struct tt_event ev_, *e = &ev_;
+	init_event(e, TT_EV_CLOSE_RANGE);
+	e->fd = (int)first;
+	e->arg = last;
+	e->arg2 = flags;
 	submit(ctx, e);
 	return 0;
 }
