@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -28,6 +27,7 @@ import pytest
 import tapkit
 import unitexec
 from conftest import ROOT, need_root
+from syslogd import SyslogSocket
 
 PROMETHEUS = shutil.which("prometheus")
 RULES = ROOT / "contrib" / "prometheus" / "taptrace-alerts.yml"
@@ -51,32 +51,8 @@ def wait_until(what: str, pred, timeout: float = 20, every: float = 0.25):
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
-class Syslog:
+class Syslog(SyslogSocket):
     """The agent's syslog socket (--log-socket): the messages that arrived."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.lines: list[str] = []
-        self.running = True
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        while self.running:
-            try:
-                self.lines.append(self.sock.recv(65536).decode())
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join()
-        self.sock.close()
 
 
 class Prometheus:

@@ -8,57 +8,36 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 import tapkit
 from conftest import ROOT, need_root
+from syslogd import SyslogSocket
 
 HOOK = ROOT / "contrib" / "libvirt" / "hooks" / "qemu"
 LINE = re.compile(r"<(\d+)>taptrace-hook\[(\d+)\]: (.*)", re.DOTALL)
 WARNING, INFO, ERR = 3 * 8 + 4, 3 * 8 + 6, 3 * 8 + 3
 
 
-class Syslog:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.got: list[tuple[int, str]] = []
-        self.running = True
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+class Syslog(SyslogSocket):
+    """The hook's syslog target: (priority value, message) of each line."""
 
-    def _read(self) -> None:
-        while self.running:
-            try:
-                data = self.sock.recv(65536).decode()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            m = LINE.fullmatch(data)
-            assert m, data
-            self.got.append((int(m.group(1)), m.group(3)))
+    @property
+    def got(self) -> list[tuple[int, str]]:
+        out = []
+        for line in self.lines:
+            m = LINE.fullmatch(line)
+            assert m, line
+            out.append((int(m.group(1)), m.group(3)))
+        return out
 
     def wait(self, n: int, timeout: float = 60) -> list[tuple[int, str]]:
-        deadline = time.monotonic() + timeout
-        while len(self.got) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(self.got) >= n, self.got
+        super().wait(n, timeout)
         return self.got
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join()
-        self.sock.close()
 
 
 @pytest.fixture

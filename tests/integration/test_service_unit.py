@@ -15,11 +15,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import pytest
 import tapkit
 import unitexec
 from conftest import ROOT, need_root
+from syslogd import SyslogSocket
 
 UNIT = ROOT / "contrib" / "systemd" / "taptrace-agent.service"
 ANALYZE = shutil.which("systemd-analyze")
@@ -81,39 +80,8 @@ def test_the_sandbox_is_applied():
     assert out.stdout.splitlines()[4] == "CapBnd:\t000000c400281004"
 
 
-class Syslog:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.lines: list[str] = []
-        self.running = True
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        while self.running:
-            try:
-                self.lines.append(self.sock.recv(65536).decode())
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if re.search(pattern, line):
-                    return line
-            time.sleep(0.1)
-        raise AssertionError(f"no log line like {pattern!r} in {self.lines}")
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join()
-        self.sock.close()
+class Syslog(SyslogSocket):
+    """The agent's syslog socket (--log-socket)."""
 
 
 # Made by root, then held by nobody (as QEMU under libvirt-qemu): on a line on stdin

@@ -6,12 +6,12 @@ every name escaped, a full queue dropping rather than blocking the loop."""
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from syslogd import SyslogSocket
 
 from tracer import logsink
 from tracer.audit import Finding
@@ -22,40 +22,14 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "demo.record.jsonl"
 LINE = re.compile(r"<(\d+)>(\w{3} [ \d]\d \d\d:\d\d:\d\d) taptrace\[(\d+)\]: (.*)", re.DOTALL)
 
 
-class DevLog:
-    """A syslog daemon's socket at a temp path, read as a daemon reads it (a thread:
-    a unix datagram queue is short, and a sender waits when it is full)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.got: list[bytes] = []
-        self.running = True
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        while self.running:
-            try:
-                self.got.append(self.sock.recv(65536))
-            except TimeoutError:
-                continue
+class DevLog(SyslogSocket):
+    """LogSink's syslog target."""
 
     def read(self) -> list[tuple[int, str]]:
         """What arrived once the sink has closed (all it sent), as (priority value,
         text after `taptrace[PID]: `)."""
-        self.running = False
-        self.thread.join()
-        self.sock.setblocking(False)
-        while True:
-            try:
-                self.got.append(self.sock.recv(65536))
-            except BlockingIOError:
-                break
         out = []
-        for data in self.got:
+        for data in self.drain():
             m = LINE.fullmatch(data.decode())
             assert m, f"not in syslog(3)'s format: {data!r}"
             assert int(m.group(3)) > 0
