@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import tapkit
-from conftest import ROOT, need_root
+from conftest import ROOT, spawned
 
 SETTLE = 0.4          # the tracers' poll (100 ms) and the agent's batch (500 ms) apart
 
@@ -59,17 +59,8 @@ class Agent:
 
 @pytest.fixture
 def agent():
-    need_root()
-    started: list[Agent] = []
-
-    def start(db: Path, *args: str) -> Agent:
-        a = Agent(db, *args)
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        a.kill()
+    with spawned(Agent) as start:      # start(db, *args); each killed at the end
+        yield start
 
 
 def history(db: Path, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
