@@ -54,6 +54,7 @@
 /* _IOW(VHOST_VIRTIO 0xAF, 0x30, struct vhost_vring_file) */
 #define VHOST_NET_SET_BACKEND_ 0x4008af30U
 
+#define AF_UNIX_ 1
 #define SOL_SOCKET_ 1
 #define SCM_RIGHTS_ 1
 #define MAX_CMSGS 4

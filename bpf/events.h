@@ -30,8 +30,15 @@ enum tt_event_type {
 	TT_EV_EXEC = 8,        /* exec succeeded; arg2=old pid */
 	TT_EV_EXIT = 9,        /* the whole thread group is dead; or, arg =
 	                          TT_EXIT_THREAD, one thread (tid) of it is */
-	TT_EV_SCM_SEND = 10,   /* fd=socket, fds[nfds] being sent with SCM_RIGHTS */
-	TT_EV_SCM_RECV = 11,   /* fd=socket, fds[nfds] received, arg=recv flags */
+	TT_EV_SCM_SEND = 10,   /* fd=socket, fds[nfds] being sent with SCM_RIGHTS;
+	                          arg2: tracepoint backend, the struct sock * of
+	                          the unix socket whose queue the message goes to
+	                          (the sender's peer; 0: not known); kernel
+	                          backend, the message's id */
+	TT_EV_SCM_RECV = 11,   /* fd=socket, fds[nfds] received, arg=recv flags;
+	                          arg2: tracepoint backend, the receiving unix
+	                          socket's struct sock * (0: not known); kernel
+	                          backend, the message's id */
 	TT_EV_UNSHARE = 12,    /* unshare(CLONE_FILES): arg=flags; or'ed with
 	                          TT_UNSHARE_AT_EXEC: an exec began (kernels
 	                          without sched_prepare_exec), or

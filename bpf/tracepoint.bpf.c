@@ -32,6 +32,7 @@
  *   TT_INTEREST_MAX               interest-set capacity
  *   TT_TASK_FILES_OFF ... TT_FDT_MAX_FDS_OFF   the fd table's layout (BTF)
  *   TT_F_PRIVATE_OFF, TT_SK_NET_OFF, TT_NET_INUM_OFF   a tun file's namespace (BTF)
+ *   TT_SOCKET_FILE_OFF ... TT_UNIX_PEER_OFF   a unix socket and its peer (BTF)
  */
 #include "common.h"
 
@@ -298,6 +299,48 @@ static __always_inline u32 scm_submit(void *ctx, struct tt_event *e, const char 
 	return got + cut;
 }
 
+/*
+ * Which queue a message is on, so that user space matches a receive only to a send
+ * on that queue, not to one of the same shape on another socket: the struct sock of
+ * the receiving unix socket, and of the sending socket's peer (its connected socket:
+ * socketpair, connect, accept; where SOCK_DGRAM and SOCK_SEQPACKET sends go, and the
+ * stream a SOCK_STREAM send is read from). 0: not known - no layouts, not a unix
+ * socket, or an unconnected datagram socket sending to an address.
+ */
+#ifdef TT_UNIX_PEER_OFF
+static __always_inline u64 unix_sock_at(int fd)
+{
+	const char *file = (const char *)fd_file(fd);
+	if (!file)
+		return 0;
+	const char *socket = (const char *)kword(file + TT_F_PRIVATE_OFF);
+	/* a socket's file and struct socket point at each other; any other file's
+	 * private_data is something else */
+	if (!socket || (const char *)kword(socket + TT_SOCKET_FILE_OFF) != file)
+		return 0;
+	const char *sk = (const char *)kword(socket + TT_SOCKET_SK_OFF);
+	u16 family = 0;
+	if (!sk || bpf_probe_read_kernel(&family, sizeof(family), sk + TT_SK_FAMILY_OFF) ||
+	    family != AF_UNIX_)
+		return 0;
+	return (u64)sk;
+}
+
+static __always_inline u64 recv_queue(int fd)
+{
+	return unix_sock_at(fd);
+}
+
+static __always_inline u64 send_queue(int fd)
+{
+	const char *sk = (const char *)unix_sock_at(fd);
+	return sk ? kword(sk + TT_UNIX_PEER_OFF) : 0;
+}
+#else
+static __always_inline u64 recv_queue(int fd) { return 0; }
+static __always_inline u64 send_queue(int fd) { return 0; }
+#endif
+
 static __always_inline void on_recv(void *ctx, int sock, const char *msg, u64 flags,
 				   long ret)
 {
@@ -306,6 +349,7 @@ static __always_inline void on_recv(void *ctx, int sock, const char *msg, u64 fl
 	e->fd = sock;
 	e->arg = flags;
 	e->ret = ret;
+	e->arg2 = recv_queue(sock);
 	if (scm_submit(ctx, e, msg))
 		mark_interesting(e->tgid);
 }
@@ -321,6 +365,7 @@ static __always_inline void on_send(void *ctx, int sock, const char *msg, u64 fl
 	init_event(e, TT_EV_SCM_SEND);
 	e->fd = sock;
 	e->arg = flags;
+	e->arg2 = send_queue(sock);
 	if (!scm_submit(ctx, e, msg))
 		return;
 	u32 idx = TT_C_SCM_ARMED_UNTIL;

@@ -172,6 +172,9 @@ class ScmSend(Base):
     # (it sees files, not the sender's fd numbers: then fds is empty)
     files: tuple[int, ...] = ()
     truncated: bool = False   # the message had fds the record does not hold
+    # tracepoint backend: the unix socket (struct sock *) whose queue the message
+    # goes to, the sender's peer (0: not known)
+    queue: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class ScmRecv(Base):
     files: tuple[int, ...] = ()   # kernel backend: the struct file * of each fd
     truncated: bool = False       # the message(s) had fds the record does not hold
     peek: bool = False            # MSG_PEEK: installed, the message stays queued
+    queue: int = 0                # tracepoint backend: the receiving unix socket (0: not known)
 
 
 @dataclass(frozen=True)
@@ -282,11 +286,12 @@ def decode(buf: bytes) -> Event | None:
     files = (file,) if file else ()
     cut = bool(fdflags & FD_TRUNCATED)
     if typ == EV_SCM_SEND:
-        return ScmSend(**base, sock=fd, fds=tuple(fds[:n]), files=files, truncated=cut)
+        return ScmSend(**base, sock=fd, fds=tuple(fds[:n]), files=files, truncated=cut,
+                       queue=arg2)
     if typ == EV_SCM_RECV:
         return ScmRecv(**base, sock=fd, fds=tuple(fds[:n]),
                        cloexec=bool(arg & MSG_CMSG_CLOEXEC), files=files, truncated=cut,
-                       peek=bool(arg & MSG_PEEK))
+                       peek=bool(arg & MSG_PEEK), queue=arg2)
     if typ == EV_UNSHARE:
         return Unshare(**base, flags=arg)
     if typ == EV_PIDFD_GETFD:
@@ -316,6 +321,8 @@ def to_record(e: Event) -> dict:
         del d["file"]
     if not d.get("netns", 1):
         del d["netns"]
+    if not d.get("queue", 1):
+        del d["queue"]
     if "cloexec" in d and d["cloexec"] is None and isinstance(e, TunIoctl):
         del d["cloexec"]
     if d.get("thread") is False and isinstance(e, Exit):

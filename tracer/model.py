@@ -178,6 +178,7 @@ class PendingSend:
     fds: tuple                                   # every fd sent, in order
     files: list                                  # OpenFile or None, per fd
     truncated: bool = False                      # more fds than the record held
+    queue: int = 0                               # the receiving socket (0: not known)
 
 
 class Model:
@@ -1266,7 +1267,7 @@ class Model:
                 f.refs += 1                     # the message in flight holds it
                 f.step(e.ts, "send", e.pid, comm, fd, sock=e.sock)
         self.pending.append(PendingSend(e.ts, e.pid, comm, e.sock, e.fds, files,
-                                        e.truncated))
+                                        e.truncated, e.queue))
         tracked = [fd for fd, f in zip(e.fds, files) if f]
         out.append(self._report("scm_send", e.ts, e.pid, e.tid, comm, sock=e.sock,
                                 fds=tracked, **self._fds_fields(proc.table, tracked)))
@@ -1280,13 +1281,17 @@ class Model:
         # receive is matched only to a cut-short send, by the fds both list.
         # (The kernel hands all of a message's fds over in one list, so a message
         # sent in too many lists is cut short at its send only.)
-        short = [s for s in self.pending if s.truncated and len(s.fds) <= len(e.fds)]
+        # Where both ends say which socket's queue (tracepoint backend with BTF), a
+        # send queued on another socket is no candidate, whatever its shape.
+        pending = [s for s in self.pending
+                   if not (e.queue and s.queue and s.queue != e.queue)]
+        short = [s for s in pending if s.truncated and len(s.fds) <= len(e.fds)]
         if e.truncated:
             exact, cut = short, []
         else:
-            exact = [s for s in self.pending if not s.truncated and len(s.fds) == len(e.fds)]
+            exact = [s for s in pending if not s.truncated and len(s.fds) == len(e.fds)]
             exact += short
-            cut = [s for s in self.pending if not s.truncated and len(s.fds) > len(e.fds)]
+            cut = [s for s in pending if not s.truncated and len(s.fds) > len(e.fds)]
         if not any(isinstance(n, str) and n for n in names):
             cut = []
         for send in exact + cut:

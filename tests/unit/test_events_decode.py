@@ -186,6 +186,14 @@ def test_scm_recv_with_and_without_msg_cmsg_cloexec():
     assert ev.decode(raw(ev.EV_SCM_RECV, fd=5, arg=0, fds=(40,))).cloexec is False
 
 
+def test_scm_records_carry_the_queue_they_are_on():
+    # tracepoint backend: arg2 is the unix socket whose queue the message is on
+    sk = 0xFFFF_8880_1234_5600
+    assert ev.decode(raw(ev.EV_SCM_SEND, fd=4, fds=(7,), nfds=1, arg2=sk)).queue == sk
+    assert ev.decode(raw(ev.EV_SCM_RECV, fd=3, fds=(9,), nfds=1, arg2=sk)).queue == sk
+    assert ev.decode(raw(ev.EV_SCM_RECV, fd=3, fds=(9,), nfds=1)).queue == 0
+
+
 def test_unshare_and_pidfd_getfd():
     assert ev.decode(raw(ev.EV_UNSHARE, arg=ev.CLONE_FILES)) == ev.Unshare(
         **BASE, flags=ev.CLONE_FILES)

@@ -30,6 +30,7 @@ def test_the_files_of_one_message_are_one_receive_at_its_marker():
     k._record(raw(ev.EV_SCM_RECV, fd=7, fds=(), arg2=555, tid=101))     # the marker
     recv = got[-1]
     assert (type(recv), recv.sock, recv.fds, recv.files) == (ev.ScmRecv, 7, (10, 12), (F1, F2))
+    assert recv.queue == 0             # arg2 was the message's id, not a socket
 
 
 def test_two_messages_of_one_recvmmsg_stay_two():

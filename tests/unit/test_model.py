@@ -1068,6 +1068,31 @@ def test_scm_rights_with_several_fds_sender_closing_before_the_receive():
     assert w.gone() == ["vnet0", "vnet1"]
 
 
+def test_a_receive_takes_only_a_send_queued_on_its_own_socket():
+    # A socketpair (socks 3, 4 in both processes' tables): pid 1 sends an unattached
+    # tun fd on 4 (queued on 3's socket), then pid 2 sends another on 3 (queued on
+    # 4's). A receive on 4 gets pid 2's file, though pid 1's send is older and of the
+    # same shape and name.
+    SK3, SK4 = 0xFFFF8880_0000_3000, 0xFFFF8880_0000_4000
+    probe = {(3, 9): ""}
+    w = World(probe=lambda pid, fd: probe.get((pid, fd))).named(a=1, b=2, c=3)
+    w.open(1, 7)
+    w.ioctl(1, 7, ev.TUNGETIFF, ret=-errno.EBADFD)
+    w.open(2, 8)
+    w.ioctl(2, 8, ev.TUNGETIFF, ret=-errno.EBADFD)
+    w.send(1, 4, [7], queue=SK3)
+    w.send(2, 3, [8], queue=SK4)
+
+    out = w.recv(3, 4, [9], queue=SK4)
+
+    assert [(r["type"], r["from_pid"], r["from_fds"]) for r in out] == [
+        ("scm_recv", 2, [8])]
+    assert [s.pid for s in w.m.pending] == [1]
+    # where a record does not say (no BTF), order and names decide, as before
+    out = w.recv(3, 3, [10])
+    assert [(r["type"], r["from_pid"]) for r in out] == [("scm_recv", 1)]
+
+
 def test_a_receive_without_msg_cmsg_cloexec_leaves_the_bit_clear():
     w = World()
     w.tap(1, 3, "a", cloexec=True)

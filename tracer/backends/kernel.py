@@ -230,7 +230,8 @@ class KernelBackend(BccBackend):
         if held:
             fds = tuple(fd for r in held for fd in r.fds)
             files = tuple(f for r in held for f in r.files)
-            self._on_event(dataclasses.replace(held[0], fds=fds, files=files))
+            # (arg2 is the message's id here, not a queue: the files say which message)
+            self._on_event(dataclasses.replace(held[0], fds=fds, files=files, queue=0))
 
     def _flush(self) -> None:
         """After each poll: a message whose marker did not come within HOLD_S (a

@@ -25,6 +25,15 @@ NETNS = (
     ("sock", "__sk_common.skc_net.net", "TT_SK_NET_OFF"),
     ("net", "ns.inum", "TT_NET_INUM_OFF"),
 )
+# which unix socket an SCM_RIGHTS message is queued on: file->private_data is the
+# struct socket of a socket's file (whose ->file points back), ->sk its struct sock,
+# unix_sk(sk)->peer the connected socket a send goes to (file.private_data: NETNS)
+UNIX_PEER = (
+    ("socket", "file", "TT_SOCKET_FILE_OFF"),
+    ("socket", "sk", "TT_SOCKET_SK_OFF"),
+    ("sock", "__sk_common.skc_family", "TT_SK_FAMILY_OFF"),
+    ("unix_sock", "peer", "TT_UNIX_PEER_OFF"),
+)
 # whether an exiting thread is its group's last (sched_process_exit has no group_dead
 # field before 6.16): do_exit() has counted it out of signal->live by then
 GROUP_EXIT = (
@@ -35,6 +44,7 @@ GROUP_EXIT = (
 SIZES = (
     ("fdtable", "max_fds", 4),
     ("net", "ns.inum", 4),
+    ("sock", "__sk_common.skc_family", 2),
     ("signal_struct", "live", 4),
 )
 

@@ -6,7 +6,9 @@ fds only from the syscall boundary: an open at the fd's first TUN ioctl, SCM_RIG
 receives matched to sends by order (see the README's limits). Where the kernel has
 BTF, a TUN ioctl's record carries the file itself (its struct file *, close-on-exec
 bit and network namespace, read from the fd table with offsets from that BTF);
-without it user space asks /proc, later."""
+without it user space asks /proc, later. With BTF an SCM_RIGHTS record also says
+which unix socket's queue the message is on (the receiver's socket, the sender's
+peer), so a receive is matched only to sends on its own queue."""
 
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ class TracepointBackend(BccBackend):
             cflags += layouts.cflags(layouts.NETNS)
         except btf.BtfError as exc:
             self._layout_note = str(exc)
+        self._queue_note = self._layout_note
+        if not self._layout_note:
+            try:
+                cflags += layouts.cflags(layouts.UNIX_PEER)
+            except btf.BtfError as exc:
+                self._queue_note = str(exc)
         if not group_dead:
             try:
                 cflags += layouts.cflags(layouts.GROUP_EXIT)
@@ -49,4 +57,9 @@ class TracepointBackend(BccBackend):
                     "how": "none" if note else "fd table read (BTF offsets)",
                     "why": f"asked of /proc instead: {note}" if note else
                            "at the ioctl itself, not from /proc later"})
+        note = getattr(self, "_queue_note", None)
+        out.append({"hook": "the unix socket an SCM_RIGHTS message is queued on",
+                    "how": "none" if note else "socket and peer read (BTF offsets)",
+                    "why": f"receives matched to sends by order and names only: {note}"
+                           if note else "a receive matched only to sends on its socket"})
         return out
