@@ -109,18 +109,31 @@ static __always_inline void mark_interesting(u32 tgid)
 #define STR(x) STR_(x)
 
 /*
+ * A direct load of the member at constant offset `off` through a pointer the
+ * verifier knows by its BTF type - what bpf_task_pt_regs() returns, or a traced
+ * function's argument in an fentry/fexit program (typed by the function's own
+ * BTF prototype, whatever this file declares): the verifier checks the access
+ * against the running kernel's struct, and no probe-read helper is called. In
+ * asm, so bcc does not turn it into a probe read. Only through such pointers:
+ * anything read with kword() is a plain number to the verifier.
+ */
+#define btf_load64(p, off) ({						\
+	u64 v_;								\
+	asm volatile("%0 = *(u64 *)(%1 + " STR(off) ")" : "=r"(v_) : "r"(p)); \
+	v_; })
+#define btf_load32(p, off) ({						\
+	u32 v_;								\
+	asm volatile("%0 = *(u32 *)(%1 + " STR(off) ")" : "=r"(v_) : "r"(p)); \
+	v_; })
+
+/*
  * The syscall's saved user register at pt_regs offset `off` (a PT_* constant):
- * one direct load through the BTF pointer bpf_task_pt_regs() returns - the
- * verifier checks it against the kernel's own struct pt_regs - instead of a
- * probe-read helper call. In asm, so bcc does not turn it into a probe read.
- * (Measured on the FIONREAD loop: exit ioctl probe 1.55 -> 1.42, the cost of an
- * empty probe.)
+ * one direct load through bpf_task_pt_regs() instead of a helper call. (Measured
+ * on the FIONREAD loop: exit ioctl probe 1.55 -> 1.42, the cost of an empty probe.)
  */
 #define sysarg(off) ({							\
 	void *regs_ = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());	\
-	u64 v_;								\
-	asm volatile("%0 = *(u64 *)(%1 + " STR(off) ")" : "=r"(v_) : "r"(regs_)); \
-	v_; })
+	btf_load64(regs_, off); })
 
 /*
  * A zeroed record with the common header filled in. Records live on the BPF

@@ -28,7 +28,8 @@
  *   fentry+fexit scm_detach_fds  a received message begins, ends (groups its fds)
  *   fentry set_close_on_exec   F_SETFD, FIOCLEX, FIONCLEX   (TT_HAVE_SET_CLOEXEC)
  *   fexit  ksys_unshare        unshare(CLONE_FILES)          (TT_HAVE_KSYS_UNSHARE)
- *   fentry __x64_sys_close_range  CLOSE_RANGE_CLOEXEC/UNSHARE (TT_HAVE_SYS_CLOSE_RANGE)
+ *   fentry __x64_sys_close_range  close_range: the range, CLOEXEC, UNSHARE
+ *                              (TT_HAVE_SYS_CLOSE_RANGE)
  *   fentry begin_new_exec      an exec's point of no return: a CLONE_FILES
  *                              sharer's table becomes its own
  *   kprobe+kretprobe __tun_chr_ioctl, tap_ioctl   TUN ioctls (module functions:
@@ -67,12 +68,8 @@
 	asm volatile("%0 = *(u64 *)(%1 + " STR(off) ")" : "=r"(v_) : "r"(ctx)); \
 	v_; })
 
-/* enum tt_file_kind of a struct file: the filter every vmlinux hook starts with */
-static __always_inline u32 file_kind(const void *file)
+static __always_inline u32 fop_kind(u64 fop)
 {
-	if (!file)
-		return TT_FK_NONE;
-	u64 fop = kword((const char *)file + TT_F_OP_OFF);
 	if (fop == TT_TUN_FOPS)
 		return TT_FK_TUN;
 	if (fop == TT_VHOST_FOPS)
@@ -80,6 +77,25 @@ static __always_inline u32 file_kind(const void *file)
 	if (fop == TT_TAP_FOPS)
 		return TT_FK_TAP;
 	return TT_FK_NONE;
+}
+
+/* enum tt_file_kind of a struct file read from memory (a probe read of f_op) */
+static __always_inline u32 file_kind(const void *file)
+{
+	if (!file)
+		return TT_FK_NONE;
+	return fop_kind(kword((const char *)file + TT_F_OP_OFF));
+}
+
+/*
+ * The same of a hooked function's struct file * argument: one direct load, no
+ * helper call - the filter every unrelated open, dup and close on the machine runs.
+ */
+static __always_inline u32 arg_file_kind(const void *file)
+{
+	if (!file)
+		return TT_FK_NONE;
+	return fop_kind(btf_load64(file, TT_F_OP_OFF));
 }
 
 /* tid -> the receive (scm_detach_fds) its next installs belong to */
@@ -99,7 +115,7 @@ static __always_inline void set_file(struct tt_event *e, const void *file, u32 k
 
 KFUNC_PROBE(fd_install, unsigned int fd, void *file)
 {
-	u32 kind = file_kind(file);
+	u32 kind = arg_file_kind(file);
 	if (!kind || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	u64 nr = sysarg(PT_ORIG_AX);
@@ -186,7 +202,7 @@ KRETFUNC_PROBE(do_dup2, void *files, void *file, unsigned int fd, unsigned int f
 {
 	if (ret < 0)
 		return 0;
-	u32 kind = file_kind(file);
+	u32 kind = arg_file_kind(file);
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	/* an untracked source over a tracked fd: the holder is in the interest set */
 	if (!kind && !interesting(tgid))
@@ -212,13 +228,19 @@ KRETFUNC_PROBE(do_dup2, void *files, void *file, unsigned int fd, unsigned int f
  * fentry, not fexit (an fexit trampoline also calls the function: about twice the
  * cost on every close on the machine): the function runs with files->file_lock
  * held and takes whatever the slot holds, so the slot read here is the file it
- * will return (NULL, or fd past max_fds: nothing to close).
+ * will return (NULL, or fd past max_fds: nothing to close). Every close on the
+ * machine runs this: files->fdt, fdt->max_fds and fdt->fd are direct loads
+ * (`files` is a BTF pointer, and so the fdt read through it); the slot and the
+ * file's f_op, behind a plain pointer, are the two helper calls left.
  */
 #define KFUNC_(fn, ...) KFUNC_PROBE(fn, __VA_ARGS__)
 KFUNC_(TT_CLOSE_FN, void *files, unsigned int fd)
 {
-	const void *file = fdt_file((const char *)kword((const char *)files + TT_FILES_FDT_OFF),
-				    fd);
+	const char *fdt = (const char *)btf_load64(files, TT_FILES_FDT_OFF);
+	if (!fdt || fd >= btf_load32(fdt, TT_FDT_MAX_FDS_OFF))
+		return 0;
+	const char *slots = (const char *)btf_load64(fdt, TT_FDT_FD_OFF);
+	const void *file = slots ? (const void *)kword(slots + (u64)fd * 8) : 0;
 	u32 kind = file_kind(file);
 	if (!kind || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
@@ -311,19 +333,19 @@ KRETFUNC_PROBE(ksys_unshare, unsigned long flags, int ret)
 #define CLOSE_RANGE_CLOEXEC_ 4ULL
 /*
  * close_range(first, last, flags): the closes of its range reach the close path
- * one by one; what they do not show is CLOSE_RANGE_CLOEXEC (close-on-exec set on
- * the range, nothing closed) and CLOSE_RANGE_UNSHARE (the table unshared before
- * the closes). At entry, so the model unshares before the closes that follow; calls
- * the kernel refuses (bad flags, first > last) are left out. With UNSHARE the range
- * is closed by the model too: a range reaching the table's end is left out of the
- * copy, not closed fd by fd (the closes that do come find nothing left).
+ * one by one; what they do not show is that they are one close_range (how the
+ * table reports them), CLOSE_RANGE_CLOEXEC (close-on-exec set on the range,
+ * nothing closed) and CLOSE_RANGE_UNSHARE (the table unshared before the closes).
+ * At entry, so the model unshares before the closes that follow; calls the kernel
+ * refuses (bad flags, first > last) are left out. The model closes the range
+ * itself (with UNSHARE a range reaching the table's end is left out of the copy,
+ * not closed fd by fd): the closes that do come find nothing left.
  */
 KFUNC_PROBE(__x64_sys_close_range, void *regs)
 {
 	u64 flags = sysarg(PT_DX);
 	u32 first = (u32)sysarg(PT_DI), last = (u32)sysarg(PT_SI);
-	if (!(flags & (CLOSE_RANGE_UNSHARE_ | CLOSE_RANGE_CLOEXEC_)) ||
-	    (flags & ~(CLOSE_RANGE_UNSHARE_ | CLOSE_RANGE_CLOEXEC_)) || first > last ||
+	if ((flags & ~(CLOSE_RANGE_UNSHARE_ | CLOSE_RANGE_CLOEXEC_)) || first > last ||
 	    !interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	struct tt_event ev_, *e = &ev_;
@@ -443,7 +465,7 @@ KFUNC_PROBE(security_file_ioctl, void *file, unsigned int cmd, unsigned long arg
 	int tun = is_tun_cmd(cmd);
 	if (!tun && cmd != VHOST_NET_SET_BACKEND_)
 		return 0;
-	u32 kind = file_kind(file);
+	u32 kind = arg_file_kind(file);
 	if ((tun ? kind == TT_FK_TUN || kind == TT_FK_TAP : kind == TT_FK_VHOST) ||
 	    is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;

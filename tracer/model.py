@@ -1435,7 +1435,7 @@ class Model:
         matched to the send in flight holding that very file, not by order."""
         comm = self._comm_for(e)
         proc = self._proc(e.pid, comm)
-        got, names, from_fds, vhost = [], [], [], []
+        got, names, from_fds, vhost, gone = [], [], [], [], []
         sender: PendingSend | None = None
         for newfd, ptr in zip(e.fds, e.files):
             self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
@@ -1470,11 +1470,20 @@ class Model:
             from_fds.append(oldfd)
             if f.is_vhost:
                 vhost.append(newfd)
+        if sender is not None and not e.peek and sender in self.pending:
+            # One record is one message, received whole: files of it still in flight
+            # did not fit the control buffer (MSG_CTRUNC), and the kernel dropped them.
+            self.pending.remove(sender)
+            for oldfd, f in zip(sender.fds, sender.files):
+                if f is not None:
+                    f.step(e.ts, "close", e.pid, comm, None, how="ctrunc", from_fd=oldfd)
+                    self._release(f, e.ts, e.pid, comm, gone)
         out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
                                 from_pid=sender.pid if sender else None,
                                 from_comm=sender.comm if sender else None, from_fds=from_fds,
                                 ifnames=names, cloexec=e.cloexec,
                                 **({"vhost_fds": vhost} if vhost else {})))
+        out.extend(gone)
 
     def _on_ScmRecv(self, e: ev.ScmRecv, out: list) -> None:
         if e.files:
@@ -1547,6 +1556,17 @@ class Model:
                                 from_pid=e.source_pid, from_fd=e.target_fd,
                                 ifname=entry.file.label, **_kind(entry.file),
                                 **self._file_ns(entry.file)))
+
+    def holder_at(self, ptr: int, fd: int, but: int) -> int:
+        """The one process but `but` that holds the open file `ptr` (kernel backend) at
+        `fd`: whose fd a pidfd_getfd took, when the pidfd is closed before /proc is
+        read. 0: none, or several (sharers of a table, fork children)."""
+        f = self.by_ptr.get(ptr) if ptr else None
+        if f is None:
+            return 0
+        pids = [p.pid for p in self.procs.values() if p.pid != but
+                and (en := p.table.fds.get(fd)) is not None and en.file is f]
+        return pids[0] if len(pids) == 1 else 0
 
     def _on_Lost(self, e: ev.Lost, out: list) -> None:
         out.append(self._report("lost", e.ts, e.pid, e.tid, e.comm, count=e.count))

@@ -507,7 +507,8 @@ class Session:
                 break
             self.stats["events"] += 1
             if isinstance(e, ev.PidfdGetfd):
-                src = self._pidfds.get((e.pid, e.pidfd)) or pidfd_pid(e.pid, e.pidfd)
+                src = (self._pidfds.get((e.pid, e.pidfd)) or pidfd_pid(e.pid, e.pidfd)
+                       or self.model.holder_at(e.file, e.target_fd, e.pid))
                 e = dataclasses.replace(e, source_pid=src)
             if e.tid != e.pid and e.pid not in self.model.procs:
                 self._adopt(e.pid)

@@ -108,3 +108,41 @@ def test_dup_learns_a_snapshot_files_identity():
     w.dup(100, 3, 4, file=P1)
     f = w.m.by_ptr[P1]
     assert f.ifname == "t0" and w.row(100, 4)["file"] == w.row(100, 3)["file"] == f.id
+
+
+def test_files_of_a_message_that_did_not_fit_the_control_buffer_are_dropped():
+    # libvirtd sends [t0, t1, t2] and closes its fds; the receiver's control buffer
+    # holds two (MSG_CTRUNC): the kernel drops t2, its last reference
+    w = World().named(libvirtd=100, qemu=200)
+    for fd, name, ptr in ((3, "t0", P1), (4, "t1", P2), (5, "t2", P3)):
+        k_tap(w, 100, fd, name, ptr)
+    k_send(w, 100, 9, [P1, P2, P3])
+    for fd, ptr in ((3, P1), (4, P2), (5, P3)):
+        w.close(100, fd, file=ptr)
+    assert w.gone() == []
+    out = k_recv(w, 200, 7, [40, 41], [P1, P2])
+    assert [(r["type"], r.get("ifname")) for r in out] == [
+        ("scm_recv", None), ("tap_gone", "t2")]
+    assert w.m.pending == []
+    assert {k: v[0] for k, v in w.table().items()} == {(200, 40): "t0", (200, 41): "t1"}
+
+
+def test_a_peek_leaves_the_rest_of_the_message_in_flight():
+    w = World().named(a=100, b=200)
+    k_tap(w, 100, 3, "t0", P1)
+    k_tap(w, 100, 4, "t1", P2)
+    k_send(w, 100, 9, [P1, P2])
+    w.apply(ev.ScmRecv, 200, sock=7, fds=(40,), files=(P1,), cloexec=False, peek=True)
+    assert len(w.m.pending) == 1 and w.gone() == []
+
+
+def test_pidfd_getfd_source_is_the_one_holder_of_the_file_at_that_fd():
+    w = World().named(a=100, b=200, c=300)
+    k_tap(w, 100, 5, "t0", P1)
+    k_tap(w, 200, 5, "t1", P2)
+    assert w.m.holder_at(P1, 5, but=300) == 100
+    assert w.m.holder_at(P1, 6, but=300) == 0          # not at that fd
+    assert w.m.holder_at(P1, 5, but=100) == 0          # the grabber itself is not it
+    assert w.m.holder_at(0, 5, but=300) == 0           # no file known
+    w.fork(100, 101)                                    # the child holds it at 5 too
+    assert w.m.holder_at(P1, 5, but=300) == 0

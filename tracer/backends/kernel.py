@@ -44,7 +44,8 @@ OPTIONAL_FUNCS = {
                           "F_SETFD/FIOCLEX/FIONCLEX not seen: close-on-exec as at install"),
     "ksys_unshare": ("TT_HAVE_KSYS_UNSHARE", "unshare(CLONE_FILES) not seen"),
     "__x64_sys_close_range": ("TT_HAVE_SYS_CLOSE_RANGE",
-                              "close_range's CLOSE_RANGE_CLOEXEC/UNSHARE not seen"),
+                              ("close_range's CLOSE_RANGE_CLOEXEC/UNSHARE not seen "
+                               "(its closes one by one, as close)")),
 }
 # On every ioctl's path, before the file's own ioctl: a TUN ioctl on a file that is
 # not tun's or tap's (a VMM given the wrong fd) is seen only here.
