@@ -562,6 +562,10 @@ class Runner:
                 raise EOFError(a.name)
             a.buf += chunk
         line, a.buf = a.buf.split(b"\n", 1)
+        if not line.startswith((b"ok", b"err", b"hello")):
+            # every answer is one such line: another means the answers are out of step
+            # with the commands (a fuzzactor bug), and what the run knows is wrong
+            raise RuntimeError(f"actor {a.name} answered {line[:80]!r}: out of step")
         return line.decode("utf-8", "surrogateescape")   # an ifr_name may be any bytes
 
     def _kill_group(self, tgid: int) -> None:

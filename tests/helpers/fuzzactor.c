@@ -351,7 +351,7 @@ static void run(struct actor *a)
 		} else if (!strcmp(op, "recv")) {        /* recv SOCK CLOEXEC PEEK */
 			static __thread char cbuf[8192];
 			char data[16];
-			char out[1024];
+			char out[1024] = "";  /* strlen'd below even when no fd came */
 			int flags = MSG_DONTWAIT | (v[2] ? MSG_CMSG_CLOEXEC : 0);
 			size_t len = 0;
 			int total = 0;
