@@ -191,7 +191,8 @@ class Model:
                  threads_of: Callable[[int], list[int]] = lambda _p: [],
                  same_file: Callable[[int, int, int, int], bool | None] = (
                      lambda _p1, _f1, _p2, _f2: None),
-                 thread_table: Callable[[int, int], list | None] = lambda _p, _t: None
+                 thread_table: Callable[[int, int], list | None] = lambda _p, _t: None,
+                 same_table: Callable[[int, int], bool | None] = lambda _a, _b: None
                  ) -> None:
         """comm_of(pid): the process's own name (/proc/PID/comm), asked only when a
         process is first seen through a thread, whose records carry the thread's.
@@ -200,9 +201,11 @@ class Model:
         thread_table(pid, tid): asked when a thread is first seen acting: None if it
         uses its leader's fd table (or nobody can tell), else the tun fds of its own
         table (it unshared before it was tracked), as (fd, ifname, cloexec) with
-        ifname as probe_fd answers."""
+        ifname as probe_fd answers. same_table(a, b): do two tasks (processes or
+        threads) use one fd table (kcmp KCMP_FILES; None: cannot tell)?"""
         self._threads_of = threads_of
         self._thread_table = thread_table
+        self._same_table = same_table
         # pid -> the pids it shared an fd table with, for processes the last resync's
         # snapshot did not list (see _proc)
         self._missed: dict[int, list[int]] = {}
@@ -718,6 +721,14 @@ class Model:
         own = self._thread_table(proc.pid, tid) if ask else None
         if own is None:
             proc.table.users.add(tid)
+            return
+        # its own table may be another process's too (it unshared, then cloned a
+        # CLONE_FILES child; a resync since forgot the thread): then it is that one
+        sharer = next((q for q in self.procs.values() if q is not proc
+                       and self._same_table(tid, q.pid)), None)
+        if sharer is not None:
+            sharer.table.users.add(tid)
+            proc.thread_tables[tid] = sharer.table
             return
         t = self._new_table()
         t.users.add(tid)

@@ -276,6 +276,13 @@ def _tables(rec: dict, e: ev.Event) -> list:
     return [(("table", e.pid, tid), own) for tid, own in got]
 
 
+def _same(rec: dict) -> list:
+    """The recorded kcmp answers: do two tasks use one fd table ([a, b, answer])."""
+    got = _convert(rec.get("same_asked", []), list[tuple[int, int, bool | None]],
+                   "same_asked")
+    return [(("same", a, b), same) for a, b, same in got]
+
+
 def _netns(rec: dict) -> list:
     """The namespaces the tracer read for an event ([pid, fd, inode, name]), checked."""
     asked = _convert(rec.get("ns_asked", []),
@@ -315,8 +322,9 @@ def parse(obj: dict) -> procfs.Snapshot | Reread | tuple[ev.Event, list, list]:
     if isinstance(obj.get("netns"), list) and "ns_asked" not in obj:
         # recorded before records had a netns of their own: the answers' old key
         obj = {k: v for k, v in obj.items() if k != "netns"} | {"ns_asked": obj["netns"]}
-    e = _instance(obj, cls, "", skip=("kind", "probe", "ns_asked", "tables_asked"))
-    return e, _probe(obj, e) + _tables(obj, e), _netns(obj)
+    e = _instance(obj, cls, "", skip=("kind", "probe", "ns_asked", "tables_asked",
+                                      "same_asked"))
+    return e, _probe(obj, e) + _tables(obj, e) + _same(obj), _netns(obj)
 
 
 # ---- replaying ---------------------------------------------------------------
@@ -326,7 +334,8 @@ def recorded_model(answers: dict, netns: dict) -> Model:
     return Model(probe_fd=lambda pid, fd: answers.get((pid, fd)),
                  netns_of=lambda pid, fd: netns.get((pid, fd)),
                  threads_of=lambda pid: answers.get(("threads", pid), []),
-                 thread_table=lambda pid, tid: answers.get(("table", pid, tid)))
+                 thread_table=lambda pid, tid: answers.get(("table", pid, tid)),
+                 same_table=lambda a, b: answers.get(("same", a, b)))
 
 
 def replay_iter(lines: Iterable[bytes | str], model: Model | None = None,

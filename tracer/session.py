@@ -141,11 +141,13 @@ class Session:
         self.filters = filters
         self.model = Model(probe_fd=self._fd_now, ifindex_name=ifindex_name,
                            netns_of=self._netns_of, threads_of=self._threads_of,
-                           same_file=procfs.same_file, thread_table=self._thread_table)
+                           same_file=procfs.same_file, thread_table=self._thread_table,
+                           same_table=self._same_table)
         self._threads_asked: list[int] | None = None   # the answer, recorded
         self._ahead: tuple[list, int] = ([], 0)   # the records drain has not applied yet
         self._changes: tuple = (None, None, ({}, {}))  # _fd_changes' index of them
         self._tables_asked: list[list] = []      # thread_table's answers, recorded
+        self._same_asked: list[list] = []        # same_table's answers, recorded
         self._ns_asked: list[list] = []          # the model's netns questions, recorded
         self._ns_ready: dict[tuple[int, int], tuple[int, str | None]] = {}
         self._self_pid = os.getpid()
@@ -256,6 +258,12 @@ class Session:
             own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(tid)]
         self._tables_asked.append([tid, own])
         return own
+
+    def _same_table(self, a: int, b: int) -> bool | None:
+        """Do tasks a and b use one fd table (kcmp)? Recorded, for replay."""
+        same = procfs.same_fd_table(a, b)
+        self._same_asked.append([a, b, same])
+        return same
 
     def _fd_now(self, pid: int, fd: int) -> str | bool | None:
         """The model's FdProbe: fd_ifname, unless a record not applied yet says that
@@ -610,6 +618,7 @@ class Session:
         self._ns_asked.clear()
         self._threads_asked = None
         self._tables_asked = []
+        self._same_asked = []
         if self.scope is not None:
             self.scope.before(e)
         reports = self.model.apply(e)
@@ -620,6 +629,8 @@ class Session:
                 rec["probe"] = self._threads_asked
             if self._tables_asked:
                 rec["tables_asked"] = self._tables_asked
+            if self._same_asked:
+                rec["same_asked"] = self._same_asked
             self._record(rec)
         for report in reports:
             if report["type"] == "open" and self._hold_open(report):

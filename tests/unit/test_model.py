@@ -948,6 +948,21 @@ def test_a_thread_first_seen_with_a_table_of_its_own_gets_what_proc_shows_there(
     assert w.gone() == ["a"]
 
 
+def test_a_thread_first_seen_whose_own_table_is_another_process_s_uses_that_table():
+    # thread 7 of process 1 unshared, then cloned process 3 with CLONE_FILES; the
+    # model learnt all this from a snapshot (a resync), which lists processes only:
+    # kcmp (KCMP_FILES) says the thread's table is process 3's
+    w = World()
+    w.m = Model(thread_table=lambda pid, tid: [(5, "a", False)] if (pid, tid) == (1, 7)
+                else None,
+                same_table=lambda a, b: {a, b} == {7, 3})
+    w.m.load(snapshot({1: "leader", 3: "child"}, [(3, 5, "a", False)], {"a": TAP}))
+    w.close(1, 5, tid=7)                      # the thread closes fd 5 of process 3's table
+    assert w.table() == {}
+    assert w.gone() == ["a"]
+    assert w.m.procs[3].table.users == {3, 7}
+
+
 def test_a_process_exit_seen_by_a_thread_with_its_own_table_drops_every_table():
     # exit_group: the leader thread goes first, the last thread (with a table of
     # its own) reports the process's exit; the leader's table goes too
