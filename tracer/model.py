@@ -206,6 +206,8 @@ class Model:
         self._threads_of = threads_of
         self._thread_table = thread_table
         self._same_table = same_table
+        # (process, its leader's table) while a thread's event runs on the thread's
+        self._swapped: tuple[Process, FdTable] | None = None
         # pid -> the pids it shared an fd table with, for processes the last resync's
         # snapshot did not list (see _proc)
         self._missed: dict[int, list[int]] = {}
@@ -668,9 +670,11 @@ class Model:
                 # a thread with a table other than the leader's: the event is about it
                 # (the process's exit, seen by its last thread, is about every table)
                 leader, proc.table = proc.table, proc.thread_tables[tid]
+                self._swapped = (proc, leader)
                 try:
                     getattr(self, "_on_" + type(e).__name__)(e, out)
                 finally:
+                    self._swapped = None
                     if self.procs.get(proc.pid) is proc and tid in proc.thread_tables:
                         proc.thread_tables[tid], proc.table = proc.table, leader
                 return out
@@ -681,6 +685,12 @@ class Model:
 
     def _table_of(self, proc: Process, tid: int) -> FdTable:
         return proc.thread_tables.get(tid, proc.table)
+
+    def _leaders_table(self, proc: Process) -> FdTable:
+        """The table of proc's leader, the one its pid names (pidfd_getfd takes from
+        it), even while one of its threads' events is applied to the thread's."""
+        swapped = self._swapped
+        return swapped[1] if swapped is not None and swapped[0] is proc else proc.table
 
     def table_of(self, pid: int, tid: int) -> FdTable | None:
         """The fd table thread `tid` of process `pid` uses (None: not known). A
@@ -1548,7 +1558,7 @@ class Model:
 
     def _on_PidfdGetfd(self, e: ev.PidfdGetfd, out: list) -> None:
         src = self.procs.get(e.source_pid)
-        entry = src.table.fds.get(e.target_fd) if src else None
+        entry = self._leaders_table(src).fds.get(e.target_fd) if src else None
         if entry is None and e.file in self.by_ptr:    # kernel backend: the file itself
             entry = Entry(self.by_ptr[e.file], None, "received")
         mine = self.procs.get(e.pid)

@@ -1344,6 +1344,20 @@ def test_pidfd_getfd_copies_an_fd_with_close_on_exec_set():
     assert w.gone() == []
 
 
+def test_pidfd_getfd_by_a_thread_with_its_own_table_takes_from_its_leader_s():
+    # thread 7 has a table of its own; pidfd_open(its own pid) names the leader, whose
+    # table pidfd_getfd takes from; the copy lands in the thread's table
+    w = World()
+    w.tap(1, 13, "a")
+    w.apply(ev.Fork, 1, flags=ev.CLONE_VM | ev.CLONE_FILES | ev.CLONE_THREAD, child=7)
+    w.apply(ev.Unshare, 1, tid=7, flags=ev.CLONE_FILES)  # a table of its own...
+    w.close(1, 13, tid=7)                                # ...without fd 13
+    w.apply(ev.PidfdGetfd, 1, tid=7, pidfd=5, target_fd=13, newfd=4, source_pid=1)
+    assert w.m.procs[1].thread_tables[7].fds[4].file is w.m.procs[1].table.fds[13].file
+    w.ioctl(1, 4, ev.TUNSETPERSIST, value=1, tid=7)      # through the thread's copy
+    assert [t["persist"] for t in w.m.tap_list()] == [True]
+
+
 def test_pidfd_getfd_of_an_untracked_fd_still_frees_the_slot_it_lands_in():
     w = World()
     w.tap(2, 11, "old")                             # closed unseen
