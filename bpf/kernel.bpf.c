@@ -62,11 +62,9 @@
 #define MSG_CMSG_CLOEXEC_ 0x40000000ULL
 #define MSG_PEEK_ 0x2ULL
 
-/* a kprobe's own register (its struct pt_regs context, the uapi x86-64 layout) */
-#define ctxreg(ctx, off) ({						\
-	u64 v_;								\
-	asm volatile("%0 = *(u64 *)(%1 + " STR(off) ")" : "=r"(v_) : "r"(ctx)); \
-	v_; })
+/* a kprobe's own register (its struct pt_regs context, the uapi x86-64 layout: a
+ * context access the verifier checks, written as the same direct load) */
+#define ctxreg(ctx, off) btf_load64(ctx, off)
 
 static __always_inline u32 fop_kind(u64 fop)
 {
