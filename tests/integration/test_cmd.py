@@ -482,8 +482,15 @@ def test_interrupt_reaches_the_command_and_taptrace_reports_after_it(tmp_path, h
                                                                      status):
     need_root()
     out = tmp_path / "trace.jsonl"
-    p = subprocess.Popen([*TAPTRACE, "watch", "--json", "-o", str(out), "--", sys.executable,
-                          "-c", HOLD, how], cwd=ROOT, stdout=subprocess.PIPE,
+
+    # started as an interactive shell starts a command: SIGINT and SIGTERM at their
+    # defaults, whatever the test runner ignores (taptrace passes an inherited SIG_IGN
+    # on to CMD, as designed, and CMD would never die of the Ctrl-C)
+    as_a_terminal = [sys.executable, "-c", ("import os, signal, sys; "
+                     "[signal.signal(s, signal.SIG_DFL) for s in (2, 15)]; "
+                     "os.execv(sys.argv[1], sys.argv[1:])")]
+    p = subprocess.Popen([*as_a_terminal, *TAPTRACE, "watch", "--json", "-o", str(out), "--",
+                          sys.executable, "-c", HOLD, how], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert p.stdout.readline() == "running\n", p.stderr.read() if p.poll() else ""
