@@ -341,15 +341,15 @@ static __always_inline u64 recv_queue(int fd) { return 0; }
 static __always_inline u64 send_queue(int fd) { return 0; }
 #endif
 
-static __always_inline void on_recv(void *ctx, int sock, const char *msg, u64 flags,
-				   long ret)
+static __always_inline void on_recv(void *ctx, int sock, u64 queue, const char *msg,
+				   u64 flags, long ret)
 {
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_SCM_RECV);
 	e->fd = sock;
 	e->arg = flags;
 	e->ret = ret;
-	e->arg2 = recv_queue(sock);
+	e->arg2 = queue;
 	if (scm_submit(ctx, e, msg))
 		mark_interesting(e->tgid);
 }
@@ -359,13 +359,14 @@ static __always_inline void on_recv(void *ctx, int sock, const char *msg, u64 fl
  * message is queued: a receiver blocked in recvmsg can return before the
  * sender's sendmsg does. A send that then fails just finds no receiver.
  */
-static __always_inline void on_send(void *ctx, int sock, const char *msg, u64 flags)
+static __always_inline void on_send(void *ctx, int sock, u64 queue, const char *msg,
+				   u64 flags)
 {
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_SCM_SEND);
 	e->fd = sock;
 	e->arg = flags;
-	e->arg2 = send_queue(sock);
+	e->arg2 = queue;
 	if (!scm_submit(ctx, e, msg))
 		return;
 	u32 idx = TT_C_SCM_ARMED_UNTIL;
@@ -378,7 +379,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 {
 	if (!interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	on_send(args, (int)args->fd, (const char *)args->msg, args->flags);
+	on_send(args, (int)args->fd, send_queue((int)args->fd), (const char *)args->msg,
+		args->flags);
 	return 0;
 }
 
@@ -410,7 +412,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 	 * same state at the back-edge and rejects the program as an infinite loop
 	 * (measured in a Debian 6.1 guest; #pragma unroll is refused for this shape).
 	 */
-	EACH_MMSG(vlen, on_send(args, (int)args->fd, vec + i_ * 64, args->flags));
+	u64 queue = send_queue((int)args->fd);           /* once: one socket */
+	EACH_MMSG(vlen, on_send(args, (int)args->fd, queue, vec + i_ * 64, args->flags));
 	if (vlen > MAX_MMSGS)
 		mmsg_truncated(args, TT_EV_SCM_SEND, (int)args->fd);
 	return 0;
@@ -428,8 +431,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)
 {
 	if (args->ret < 0 || !scm_armed())
 		return 0;
-	on_recv(args, (int)sysarg(PT_DI), (const char *)sysarg(PT_SI),
-		 sysarg(PT_DX), args->ret);
+	int sock = (int)sysarg(PT_DI);
+	on_recv(args, sock, recv_queue(sock), (const char *)sysarg(PT_SI), sysarg(PT_DX),
+		args->ret);
 	return 0;
 }
 
@@ -441,7 +445,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg)
 	int sock = (int)sysarg(PT_DI);
 	const char *vec = (const char *)sysarg(PT_SI);
 	u64 flags = sysarg(PT_R10);
-	EACH_MMSG(ret, on_recv(args, sock, vec + i_ * 64, flags, ret));	/* as in sendmmsg */
+	u64 queue = recv_queue(sock);
+	EACH_MMSG(ret, on_recv(args, sock, queue, vec + i_ * 64, flags, ret));	/* as in sendmmsg */
 	if (ret > MAX_MMSGS)
 		mmsg_truncated(args, TT_EV_SCM_RECV, sock);
 	return 0;

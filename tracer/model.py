@@ -1495,10 +1495,7 @@ class Model:
             # One record is one message, received whole: files of it still in flight
             # did not fit the control buffer (MSG_CTRUNC), and the kernel dropped them.
             self.pending.remove(sender)
-            for oldfd, f in zip(sender.fds, sender.files):
-                if f is not None:
-                    f.step(e.ts, "close", e.pid, comm, None, how="ctrunc", from_fd=oldfd)
-                    self._release(f, e.ts, e.pid, comm, gone)
+            self._drop_unfit(zip(sender.fds, sender.files), e, comm, gone)
         out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
                                 from_pid=sender.pid if sender else None,
                                 from_comm=sender.comm if sender else None, from_fds=from_fds,
@@ -1519,12 +1516,11 @@ class Model:
         comm = self._comm_for(e)
         proc = self._proc(e.pid, comm)
         got, names, from_fds, gone, vhost, nses = [], [], [], [], [], []
-        for oldfd, f in zip(send.fds[len(e.fds):], send.files[len(e.fds):]):
-            # did not fit (MSG_CTRUNC): dropped. (Not listed in a cut-short record:
-            # installed where the resync that follows will find them.)
-            if f is not None and not e.peek and not e.truncated:
-                f.step(e.ts, "close", e.pid, comm, None, how="ctrunc", from_fd=oldfd)
-                self._release(f, e.ts, e.pid, comm, gone)
+        # did not fit (MSG_CTRUNC): dropped. (Not listed in a cut-short record:
+        # installed where the resync that follows will find them.)
+        if not e.peek and not e.truncated:
+            self._drop_unfit(zip(send.fds[len(e.fds):], send.files[len(e.fds):]), e, comm,
+                             gone)
         for newfd, oldfd, f in zip(e.fds, send.fds, send.files):
             # fd_install fills free slots only: what the model had there is stale.
             self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
@@ -1555,6 +1551,14 @@ class Model:
                                 ifnames=names, netns=nses, cloexec=e.cloexec,
                                 **({"vhost_fds": vhost} if vhost else {})))
         out.extend(gone)
+
+    def _drop_unfit(self, sent, e: ev.ScmRecv, comm: str, gone: list) -> None:
+        """(sender's fd, file) of a received message that did not fit the receiver's
+        control buffer (MSG_CTRUNC): the kernel dropped them with the message."""
+        for oldfd, f in sent:
+            if f is not None:
+                f.step(e.ts, "close", e.pid, comm, None, how="ctrunc", from_fd=oldfd)
+                self._release(f, e.ts, e.pid, comm, gone)
 
     def _on_PidfdGetfd(self, e: ev.PidfdGetfd, out: list) -> None:
         src = self.procs.get(e.source_pid)
