@@ -753,7 +753,8 @@ class Model:
         for fd, name, cloexec in own:
             if not isinstance(name, str):
                 continue
-            f = self._kcmp_file(pid, fd, name, others) or self._file_from_proc(pid, fd, name)
+            f = (self._kcmp_file(pid, fd, name, others) or self._inflight_file(pid, fd, name)
+                 or self._file_from_proc(pid, fd, name))
             f.refs += 1
             t.fds[fd] = Entry(f, cloexec, "snapshot", None, None, None)
 
@@ -1377,6 +1378,26 @@ class Model:
             tap.files.add(f.id)
         return f
 
+    def _inflight_file(self, pid: int, fd: int, name: str) -> OpenFile | None:
+        """The file of a message in flight that pid's fd is, when no table holds it
+        (kcmp has nothing to compare with): a single-queue interface has one file at
+        a time, so an fd attached to it is the one file of it in flight, if exactly
+        one is (and no table holds one: kcmp said pid's fd is none of those)."""
+        if not name:
+            return None
+        cands = {f.id: f for s in self.pending for f in s.files
+                 if f is not None and f.ifname == name}
+        if len(cands) != 1:
+            return None
+        f = next(iter(cands.values()))
+        if not f.iff or f.iff & ev.IFF_MULTI_QUEUE or any(
+                e.file.ifname == name for p in self.procs.values() for e in p.table.fds.values()):
+            return None
+        got = self._netns_of(pid, fd) if f.netns is not None else None
+        if got is not None and got[0] is not None and got[0] != f.netns:
+            return None                     # a namesake in another namespace
+        return f
+
     def _sender_file(self, pid: int, fd: int, name: str, sender: int | None):
         """The open file of `sender` that pid's fd is (kcmp), of that name, or None."""
         proc = self.procs.get(sender) if sender is not None else None
@@ -1405,14 +1426,17 @@ class Model:
                     known.add(f.id)
         return None
 
-    def learn_from_before(self, e: ev.TunIoctl) -> None:
+    def learn_from_before(self, e: ev.TunIoctl, last: bool = False) -> None:
         """A TUNSETIFF from before the last snapshot, which already shows its result:
-        who did it, which /proc cannot tell, is still worth knowing."""
+        who did it, which /proc cannot tell, is still worth knowing. `last`: no later
+        TUNSETIFF on that interface came before the snapshot either."""
         if e.cmd != ev.TUNSETIFF or e.ret != 0:
             return
         table = self.table_of(e.pid, e.tid)
         entry = table.fds.get(e.fd) if table is not None else None
         f = entry.file if entry is not None else None
+        if (f is None or f.ifname != e.ifname) and last:
+            f = self._sole_file(e)
         if f is None or f.ifname != e.ifname or f.creator_pid is not None:
             return
         if e.file and f.ptr and f.ptr != e.file:
@@ -1431,6 +1455,18 @@ class Model:
             tap.files.add(f.id)
         elif tap.created_by is None:
             tap.created_by, tap.created_comm = e.pid, comm
+
+    def _sole_file(self, e: ev.TunIoctl) -> OpenFile | None:
+        """The file a TUNSETIFF from before the snapshot attached, when the snapshot
+        found it elsewhere than at its maker's fd (the maker dup'd and closed it, sent
+        it, or exec'd away from a table it shared): a single-queue interface has one
+        file at a time, and the last TUNSETIFF on it attached the one it has."""
+        if e.value & ev.IFF_MULTI_QUEUE:
+            return None
+        netns = e.netns or None
+        held = [f for f in self.files.values() if f.ifname == e.ifname
+                and (netns is None or f.netns in (None, netns))]
+        return held[0] if len(held) == 1 and held[0].creator_pid is None else None
 
     def forget_receive(self, e: ev.ScmRecv) -> list[dict]:
         """A receive from before the last snapshot, which shows what it installed:

@@ -89,8 +89,9 @@ class Snapshot:
     tables: list[list[int]]              # pid groups sharing one fd table
     own_netns: int | None = None         # taptrace's network namespace
     netns_names: dict[int, str] = field(default_factory=dict)   # `ip netns` names
-    # when each holder's fd table was read (CLOCK_MONOTONIC ns, the clock of the
-    # records): a record of that table stamped earlier is already in the snapshot
+    # when each process's fd table was read, holder or not (CLOCK_MONOTONIC ns, the
+    # clock of the records): a record of that table stamped earlier is already in the
+    # snapshot, and so is a clone older than the read of its child
     read_ns: dict[int, int] = field(default_factory=dict)
 
 
@@ -721,7 +722,7 @@ def _scan(pids: Iterable[int], taps: _Ifindex,
     for pid in pids:
         start = time.monotonic_ns()
         got = _tun_fds(pid, taps)
-        if got and read_ns is not None:
+        if read_ns is not None:      # with or without tun fds: it was read then
             read_ns[pid] = start
         fds.extend(got)
     return fds
@@ -834,13 +835,40 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     buckets: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
     for f in fds:
         buckets.setdefault((f.path, f.ifname), []).append((f.pid, f.fd))
-    files: list[list[tuple[int, int]]] = []
-    for keys in buckets.values():
-        files.extend(group_files(keys))
     own = own_netns()
     names = netns_names()
-    return Snapshot(procs, fds, all_taps(own, names, fds, pids), files, group_tables(procs),
-                    own, names, {pid: t for pid, t in read_ns.items() if pid in procs})
+    taps = all_taps(own, names, fds, pids)
+    by_key = {(f.pid, f.fd): f for f in fds}
+    files: list[list[tuple[int, int]]] = []
+    for keys in buckets.values():
+        files.extend(_join_gone(group_files(keys), by_key, taps, own))
+    return Snapshot(procs, fds, taps, files, group_tables(procs), own, names, read_ns)
+
+
+def _join_gone(groups: list[list[tuple[int, int]]], by_key: dict[tuple[int, int], FdInfo],
+               taps: dict[str, TapInfo], own: int | None) -> list[list[tuple[int, int]]]:
+    """kcmp runs after the whole scan: an fd closed (or a process gone) since its
+    read cannot be compared and stands alone. If it was attached to a single-queue
+    interface that one other group of fds holds, it was that group's file: such an
+    interface has one file at a time."""
+    if len(groups) < 2:
+        return groups
+    gone = [g for g in groups if len(g) == 1
+            and kcmp(g[0][0], g[0][0], KCMP_FILE, g[0][1], g[0][1]) != 0]
+    rest = [g for g in groups if not any(g is x for x in gone)]
+    if not gone or len(rest) != 1:
+        return groups
+    first = by_key[rest[0][0]]
+    if first.ifname is None or first.path != TUN_PATH:
+        return groups
+    nss = {by_key[k].netns for g in groups for k in g} - {None}
+    if len(nss) > 1:
+        return groups
+    ns = next(iter(nss), None)
+    tap = taps.get(first.ifname if ns in (None, own) else f"{ns}:{first.ifname}")
+    if tap is None or tap.multi_queue:
+        return groups
+    return [rest[0] + [k for g in gone for k in g]]
 
 
 def all_taps(own: int | None, names: dict[int, str], fds: Iterable[FdInfo],

@@ -168,8 +168,9 @@ def describe(r: dict) -> tuple[str, str, str]:
     if t == "lost":
         return "", "", f"{r['count']} records lost; resyncing from /proc"
     if t == "resync":
-        why = (" (an SCM_RIGHTS message with more fds than a record holds)"
-               if r.get("why") == "truncated" else "")
+        why = {"truncated": " (an SCM_RIGHTS message with more fds than a record holds)",
+               "raced": " (again: a process left a shared fd table while /proc was read)",
+               }.get(r.get("why"), "")
         return "", "", (f"table rebuilt from /proc: {r['rows']} rows "
                          f"(+{r['added']} -{r['removed']}){why}")
     return fd, ifn, ""

@@ -84,6 +84,9 @@ def ppid_of(pid: int) -> int | None:
 
 # records that change an fd table (see Session._in_snapshot); an exec closes its
 # close-on-exec fds, an unshare makes a table of its own
+# Snapshots taken again at once because a holder left a shared table while one ran
+# (Session._raced_snapshot); after that many in a row the last one stands.
+RACED_MAX = 3
 TABLE_RECORDS = (ev.Open, ev.TunIoctl, ev.Dup, ev.Close, ev.CloseRange, ev.SetFd, ev.ScmRecv,
                  ev.PidfdGetfd, ev.Exec, ev.Unshare)
 PERF_EVENT_LINK = "anon_inode:[perf_event]"
@@ -160,6 +163,8 @@ class Session:
         self._min_ts = 0
         self._read_ns: dict[int, int] = {}
         self._read_last = 0                  # the latest of _read_ns
+        self._snap_end = 0                   # when the last snapshot was complete
+        self._raced = 0                      # snapshots taken again in a row (RACED_MAX)
         self._lost_seen = 0
         self._roots: list[int] = []          # processes traced from the start (track)
         self.stats = {"events": 0, "lost": 0, "resyncs": 0, "truncated": 0}
@@ -208,6 +213,7 @@ class Session:
         self.probes.set_interest(self.model.procs.keys())
         self._track_root()
         self._min_ts = start
+        self._snap_end = time.monotonic_ns()
         self._read_ns = snap.read_ns
         self._read_last = max(snap.read_ns.values(), default=0)
         self._lost_seen = lost_before
@@ -482,7 +488,7 @@ class Session:
         (its maker gone, its receive not recorded yet) holds back itself and what
         follows until the next poll, for NETNS_HOLD_NS at most; `final`: hold nothing."""
         batch, self._queue[:] = list(self._queue), []
-        cut = False
+        cut = raced = False
         if self.probes.info.buffer == "perf":
             batch.sort(key=lambda e: e.ts)          # per-CPU buffers: restore order
         self._ns_ready.clear()
@@ -496,6 +502,7 @@ class Session:
                 # into the in-kernel interest set: out again, and no events
                 self.probes.drop_interest(self._self_pid)
                 continue
+            raced = raced or self._raced_snapshot(e)
             if (e.ts < self._min_ts or self._in_snapshot(e)) \
                     and not self._died_before_snapshot(e):
                 if isinstance(e, ev.ScmRecv):
@@ -503,7 +510,8 @@ class Session:
                     for report in self.model.forget_receive(e):
                         self._out(report)
                 elif isinstance(e, ev.TunIoctl):
-                    self.model.learn_from_before(e)     # who made it: not in /proc
+                    # who made it: not in /proc
+                    self.model.learn_from_before(e, last=self._last_setiff(e, batch[i + 1:]))
                 continue
             if isinstance(e, ev.TunIoctl) and e.netns:
                 # the record read the file's namespace in the kernel: nothing to ask
@@ -541,6 +549,11 @@ class Session:
             # the fds it did not name are read from /proc, like after a loss
             self.stats["truncated"] += 1
             self._recover(0, why="truncated")
+        elif raced and self._raced < RACED_MAX:
+            self._raced += 1
+            self._recover(0, why="raced")
+        else:
+            self._raced = 0
         now = time.monotonic_ns()
         for report in self.model.expire_pending(now, self._tap_exists):
             self._out(report)
@@ -549,6 +562,22 @@ class Session:
                        **self.model.ns_fields(tap.netns)})
         if self.model.pending:
             self.probes.arm_scm(now + SCM_ARM_NS)
+
+    def _raced_snapshot(self, e: ev.Event) -> bool:
+        """An exec or unshare by a holder the last snapshot listed, made while it ran.
+        The scan reads each table at its own time, but sees who shares a table with
+        whom (kcmp) once, at its end: a process that left a shared table in between
+        is read as one table's user and grouped as another's, and the records of the
+        time between cannot say which files were whose. The snapshot is taken again."""
+        return isinstance(e, (ev.Exec, ev.Unshare)) and self._min_ts <= e.ts < self._snap_end \
+            and e.pid in self._read_ns
+
+    def _last_setiff(self, e: ev.TunIoctl, after: list[ev.Event]) -> bool:
+        """No other successful TUNSETIFF on e's interface from before the snapshot
+        follows e that the snapshot may show (one after it attaches what it did not see)."""
+        return not any(isinstance(x, ev.TunIoctl) and x.cmd == ev.TUNSETIFF and x.ret == 0
+                       and x.ts < self._read_last and x.ifname == e.ifname
+                       and x.netns == e.netns for x in after)
 
     def _me(self) -> dict:
         """The fields of a report taptrace itself makes (a resync, a loss)."""
@@ -565,7 +594,16 @@ class Session:
         """A change to an fd table that the last snapshot read after it was made. The
         scan reads one table after another, and may take longer than the records
         made meanwhile: a record stamped after the scan began may be older than the
-        read of its table, which then shows its result already."""
+        read of its table, which then shows its result already. A clone whose child
+        the scan read after it: the child's table (shared, its own, or none left by
+        an exec) is what the scan saw, not the parent's that the clone would give."""
+        if isinstance(e, ev.Fork):
+            return not e.flags & ev.CLONE_THREAD and e.ts < self._read_ns.get(e.child, 0)
+        if isinstance(e, (ev.Exec, ev.Unshare)):
+            # they part their process (or thread) from the table it shared: a read of
+            # another sharer's does not show that, only a read of its own after it
+            # (a thread's own table is never read)
+            return e.tid == e.pid and e.ts < self._read_ns.get(e.pid, 0)
         return isinstance(e, TABLE_RECORDS) and self._read_after(e)
 
     def _read_after(self, e: ev.Event) -> bool:

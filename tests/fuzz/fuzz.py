@@ -23,6 +23,9 @@ TUNSETIFF attached the file), and the taps with their persist flag.
     python tests/fuzz/fuzz.py batch --seconds 120 [--seed S] [--shrink]
     python tests/fuzz/fuzz.py replay tests/fuzz/repro/FILE.fz [--times 3]
     python tests/fuzz/fuzz.py gen --seed 7 --profile scm
+
+TAPTRACE_FUZZ_RECORD=DIR keeps each tracer's `--record` in DIR (trace-NS.jsonl): what
+the tracer applied, and the snapshots it took, for a mismatch's post-mortem.
 """
 
 from __future__ import annotations
@@ -288,6 +291,10 @@ class Tracer:
     """A running `taptrace watch --json`; SIGUSR1 asks it for its table."""
 
     def __init__(self, args: list[str]) -> None:
+        keep = os.environ.get("TAPTRACE_FUZZ_RECORD")   # a directory: keep its recording
+        if keep:
+            args = [*args, "--record",
+                    os.path.join(keep, f"trace-{time.monotonic_ns()}.jsonl")]
         self.proc = subprocess.Popen([sys.executable, "-m", "tracer", "watch", "--json", *args],
                                      cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,

@@ -1758,6 +1758,55 @@ def test_a_tunsetiff_from_before_the_snapshot_still_names_the_creator():
     assert w.row(1, 7)["creator_pid"] == 1
 
 
+def test_a_tunsetiff_whose_file_the_snapshot_found_elsewhere_names_its_creator():
+    # 1 made tap a at fd 10 of the table it shared with 2 and 3, then exec'd away from
+    # it (fd 10 close-on-exec); the snapshot shows a's one file at 2:10 and 3:10 only
+    def world():
+        w = World()
+        w.m.resync(snapshot({2: "b", 3: "c"}, [(2, 10, "a", True), (3, 10, "a", True)],
+                            {"a": TAP, "q": MQ}, files=[[(2, 10), (3, 10)]],
+                            tables=[[2, 3]]))
+        return w
+
+    def setiff(ifname="a", value=TAP):
+        return ev.TunIoctl(ts=1, pid=1, tid=1, comm="maker", fd=10, cmd=ev.TUNSETIFF,
+                           ret=0, ifname=ifname, value=value)
+    w = world()
+    w.m.learn_from_before(setiff(), last=True)
+    assert w.row(2, 10)["creator_pid"] == 1 and w.row(3, 10)["creator_pid"] == 1
+    assert w.tap_info("a")["created_by"] == 1
+    # a later TUNSETIFF on a (from before the snapshot too) may have attached the file
+    # the snapshot shows: the earlier one names nobody
+    w = world()
+    w.m.learn_from_before(setiff(), last=False)
+    assert w.row(2, 10)["creator_pid"] is None
+    # a multi-queue interface has a file per queue: which one is not known
+    w = world()
+    w.m.learn_from_before(setiff("q", MQ), last=True)
+    assert w.row(2, 10)["creator_pid"] is None
+
+
+def test_an_fd_read_from_proc_is_the_file_of_its_interface_in_flight():
+    # 1 made tap a (single-queue), sent it, closed it, forked 2, whose table is read
+    # from /proc (the fork is older than the snapshot's read of 1): fd 5 there is
+    # the file in flight (kcmp cannot compare with a file no table holds)
+    w = World().named(maker=1)
+    w.tap(1, 5, "a")
+    w.send(1, 7, [5])
+    w.close(1, 5)
+    w.fork(1, 2)
+    w.m.reload_table(2, [(5, "a", False)], next(w.clock))
+    assert w.row(2, 5)["creator_pid"] == 1
+    # a multi-queue interface has a file per queue: a new file, maker unknown
+    w = World().named(maker=1)
+    w.tap(1, 5, "q", MQ)
+    w.send(1, 7, [5])
+    w.close(1, 5)
+    w.fork(1, 2)
+    w.m.reload_table(2, [(5, "q", False)], next(w.clock))
+    assert w.row(2, 5)["creator_pid"] is None
+
+
 def test_resync_of_an_fd_that_now_holds_another_file():
     w = World()
     w.tap(1, 3, "a")

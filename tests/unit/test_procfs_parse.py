@@ -160,6 +160,36 @@ def test_group_files_falls_back_to_one_file_per_fd_without_kcmp(monkeypatch):
     assert procfs.kcmp(1, 1, procfs.KCMP_FILES) is None
 
 
+def test_an_fd_closed_before_kcmp_joins_the_one_file_of_its_single_queue_tap():
+    # kcmp (real: this process's fds) runs after the scan: an fd closed since its
+    # read stands alone, unless its interface has one file at a time
+    r, w = os.pipe()
+    closed = os.open("/dev/null", os.O_RDONLY)
+    os.close(closed)
+    me = os.getpid()
+    try:
+        def fd(n, netns=None):
+            return procfs.FdInfo(me, n, procfs.TUN_PATH, "t0", False, 2, netns)
+
+        def tap(mq):
+            return procfs.TapInfo("t0", 7, "tap", 2, False, mq, False, None, None, None)
+        by_key = {(me, n): fd(n) for n in (r, w, closed)}
+        groups = procfs.group_files(by_key)
+        assert sorted(groups) == [[(me, n)] for n in sorted((r, w, closed))]
+        # two live files (kcmp tells them apart) and a gone fd: which one is unknown
+        assert len(procfs._join_gone(groups, by_key, {"t0": tap(False)}, None)) == 3
+        live = [[(me, r)], [(me, closed)]]
+        assert procfs._join_gone(live, by_key, {"t0": tap(False)}, None) == [
+            [(me, r), (me, closed)]]
+        assert procfs._join_gone(live, by_key, {"t0": tap(True)}, None) == live
+        assert procfs._join_gone(live, by_key, {}, None) == live         # tap gone
+        other_ns = {**by_key, (me, closed): fd(closed, netns=99)}
+        assert procfs._join_gone(live, other_ns, {"t0": tap(False)}, 98) == live
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 # ---- the scan split across processes ------------------------------------------
 
 def _fake_fds(pid, _taps):
