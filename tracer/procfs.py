@@ -185,14 +185,40 @@ def _kcmp_works() -> bool:
     return kcmp(me, me, KCMP_FILES) == 0
 
 
-def group_files(keys: Iterable[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """(pid, fd) pairs grouped by open file (KCMP_FILE); singletons if kcmp is unusable."""
-    # Fork copies keep their fd number: sorting by fd puts them side by side.
-    keys = sorted(keys, key=lambda k: (k[1], k[0]))
+_Key = tuple[int, int]          # (pid, fd)
+
+
+def group_files(keys: Iterable[_Key], unit_of: dict[_Key, list[_Key]] | None = None
+                ) -> list[list[_Key]]:
+    """(pid, fd) pairs grouped by open file (KCMP_FILE); singletons if kcmp is unusable.
+
+    unit_of: pairs already known to be one file (one process's fds, compared when it
+    was read): a unit is placed by a member still open, so an fd closed since its
+    read stays with the fds it was one file with."""
+    keys = list(keys)
     if len(keys) < 2 or not _kcmp_works():
-        return [[k] for k in keys]
+        return [[k] for k in sorted(keys, key=lambda k: (k[1], k[0]))]
+    units: dict[_Key, list[_Key]] = {}       # by a unit's first member
+    inside = set(keys)
+    for k in keys:
+        u = (unit_of or {}).get(k) or [k]
+        units.setdefault(u[0], [m for m in u if m in inside])
+    rep_of: dict[_Key, list[_Key]] = {}
+    for u in units.values():
+        rep = next((m for m in u if _fd_open(m)), u[0]) if len(u) > 1 else u[0]
+        rep_of[rep] = u
+    # Fork copies keep their fd number: sorting by fd puts them side by side.
+    reps = sorted(rep_of, key=lambda k: (k[1], k[0]))
     # The raw syscall (-1 on error) is enough for _classes and saves a call per kcmp.
-    return _classes(keys, lambda a, b: _syscall(SYS_KCMP, a[0], b[0], KCMP_FILE, a[1], b[1]))
+    classes = _classes(reps, lambda a, b: _syscall(SYS_KCMP, a[0], b[0], KCMP_FILE,
+                                                   a[1], b[1]))
+    return [sorted((m for r in c for m in rep_of[r]), key=lambda k: (k[1], k[0]))
+            for c in classes]
+
+
+def _fd_open(k: _Key) -> bool:
+    """Is pid's fd still open (kcmp can compare it)?"""
+    return _syscall(SYS_KCMP, k[0], k[0], KCMP_FILE, k[1], k[1]) == 0
 
 
 def group_tables(pids: Iterable[int]) -> list[list[int]]:
@@ -716,16 +742,33 @@ def _pids() -> list[int]:
         return []
 
 
-def _scan(pids: Iterable[int], taps: _Ifindex,
-          read_ns: dict[int, int] | None = None) -> list[FdInfo]:
+def _scan(pids: Iterable[int], taps: _Ifindex, read_ns: dict[int, int] | None = None,
+          unit_of: dict[_Key, list[_Key]] | None = None) -> list[FdInfo]:
+    """The tun fds of pids; read_ns: when each was read; unit_of: each process's fds
+    that are one open file, compared (kcmp) right after its read, not at the end of
+    the scan, by when some may have been closed."""
     fds: list[FdInfo] = []
     for pid in pids:
         start = time.monotonic_ns()
         got = _tun_fds(pid, taps)
         if read_ns is not None:      # with or without tun fds: it was read then
             read_ns[pid] = start
+        if unit_of is not None and len(got) > 1:
+            for unit in _bucketed([(f.path, f.ifname, f.pid, f.fd) for f in got]):
+                if len(unit) > 1:
+                    for k in unit:
+                        unit_of[k] = unit
         fds.extend(got)
     return fds
+
+
+def _bucketed(fds: list[tuple[str, str | None, int, int]]) -> list[list[_Key]]:
+    """(path, ifname, pid, fd)s grouped by open file: only fds that show the same
+    device and interface can be one."""
+    buckets: dict[tuple[str, str | None], list[_Key]] = {}
+    for path, ifname, pid, fd in fds:
+        buckets.setdefault((path, ifname), []).append((pid, fd))
+    return [g for keys in buckets.values() for g in group_files(keys)]
 
 
 _PIDS_PER_WORKER = 256      # below this a fork (~2 ms) costs more than it saves
@@ -823,7 +866,9 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     pids = _pids() if pids is None else list(pids)
     workers = min(workers, len(pids) // _PIDS_PER_WORKER)
     read_ns: dict[int, int] = {}
-    fds = _scan_parallel(pids, taps, workers) if workers > 1 else _scan(pids, taps, read_ns)
+    unit_of: dict[_Key, list[_Key]] = {}
+    fds = (_scan_parallel(pids, taps, workers) if workers > 1
+           else _scan(pids, taps, read_ns, unit_of))
     procs: dict[int, ProcInfo] = {}
     for pid in sorted({f.pid for f in fds}):
         info = proc_info(pid)
@@ -840,9 +885,33 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     taps = all_taps(own, names, fds, pids)
     by_key = {(f.pid, f.fd): f for f in fds}
     files: list[list[tuple[int, int]]] = []
+    tables = group_tables(procs)
     for keys in buckets.values():
-        files.extend(_join_gone(group_files(keys), by_key, taps, own))
-    return Snapshot(procs, fds, taps, files, group_tables(procs), own, names, read_ns)
+        files.extend(_join_slots(_join_gone(group_files(keys, unit_of), by_key, taps, own),
+                                 tables))
+    return Snapshot(procs, fds, taps, files, tables, own, names, read_ns)
+
+
+def _join_slots(groups: list[list[_Key]], tables: list[list[int]]) -> list[list[_Key]]:
+    """Groups of one device and interface that hold one fd of one shared table are one
+    file: the same slot, read through two of its users (kcmp, after the scan, may
+    not have been able to compare an fd closed since)."""
+    table_of = {pid: i for i, group in enumerate(tables) for pid in group}
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = i = parent[parent[i]]
+        return i
+    first_at: dict[tuple[int, int], int] = {}     # (table, fd) -> a group holding it
+    for i, g in enumerate(groups):
+        for pid, fd in g:
+            j = first_at.setdefault((table_of.get(pid, -pid), fd), i)
+            parent[root(i)] = root(j)
+    merged: dict[int, list[_Key]] = {}
+    for i, g in enumerate(groups):
+        merged.setdefault(root(i), []).extend(g)
+    return [sorted(g, key=lambda k: (k[1], k[0])) for g in merged.values()]
 
 
 def _join_gone(groups: list[list[tuple[int, int]]], by_key: dict[tuple[int, int], FdInfo],
@@ -853,8 +922,7 @@ def _join_gone(groups: list[list[tuple[int, int]]], by_key: dict[tuple[int, int]
     interface has one file at a time."""
     if len(groups) < 2:
         return groups
-    gone = [g for g in groups if len(g) == 1
-            and kcmp(g[0][0], g[0][0], KCMP_FILE, g[0][1], g[0][1]) != 0]
+    gone = [g for g in groups if not any(_fd_open(k) for k in g)]
     rest = [g for g in groups if not any(g is x for x in gone)]
     if not gone or len(rest) != 1:
         return groups

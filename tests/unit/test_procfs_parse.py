@@ -160,6 +160,47 @@ def test_group_files_falls_back_to_one_file_per_fd_without_kcmp(monkeypatch):
     assert procfs.kcmp(1, 1, procfs.KCMP_FILES) is None
 
 
+def test_an_fd_closed_before_kcmp_stays_with_the_fds_its_process_had_it_as():
+    # the scan compares a process's fds right after reading it; kcmp across
+    # processes runs at its end: an fd closed in between is placed by its unit's
+    # member still open (real kcmp on this process's fds)
+    a = os.open("/dev/null", os.O_RDONLY)
+    b = os.dup(a)
+    closed = os.dup(a)
+    os.close(closed)
+    me = os.getpid()
+    try:
+        keys = [(me, a), (me, closed), (me, b)]
+        assert sorted(procfs.group_files(keys)) == [[(me, a), (me, b)], [(me, closed)]]
+        unit = [(me, a), (me, closed)]
+        assert procfs.group_files(keys, {k: unit for k in unit}) == [
+            sorted(keys, key=lambda k: (k[1], k[0]))]
+        # fds in no unit are each placed, none lost or merged
+        many = [os.open("/dev/null", os.O_RDONLY) for _ in range(40)]
+        try:
+            got = procfs.group_files([(me, fd) for fd in many], {k: unit for k in unit})
+            assert sorted(got) == [[(me, fd)] for fd in sorted(many)]
+        finally:
+            for fd in many:
+                os.close(fd)
+    finally:
+        os.close(a)
+        os.close(b)
+
+
+def test_one_fd_of_one_shared_table_read_through_two_users_is_one_file():
+    # 1 and 2 share a table: kcmp, after the scan, could not place 2:5 (closed
+    # since); 1:5 and 2:5 are one slot. 3 has a table of its own.
+    assert procfs._join_slots([[(1, 4), (2, 4)], [(2, 5)], [(1, 5), (1, 21), (2, 21)]],
+                              [[1, 2]]) == [[(1, 4), (2, 4)],
+                                            [(1, 5), (2, 5), (1, 21), (2, 21)]]
+    assert procfs._join_slots([[(1, 5)], [(2, 5)], [(3, 5)]], [[1, 2], [3]]) == [
+        [(1, 5), (2, 5)], [(3, 5)]]
+    # a group joining two others makes one of the three
+    assert procfs._join_slots([[(1, 5)], [(2, 6)], [(1, 6), (2, 5)]], [[1, 2]]) == [
+        [(1, 5), (2, 5), (1, 6), (2, 6)]]
+
+
 def test_an_fd_closed_before_kcmp_joins_the_one_file_of_its_single_queue_tap():
     # kcmp (real: this process's fds) runs after the scan: an fd closed since its
     # read stands alone, unless its interface has one file at a time
