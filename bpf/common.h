@@ -59,7 +59,6 @@
 #define SCM_RIGHTS_ 1
 #define MAX_CMSGS 4
 #define MAX_MMSGS 4
-#define TT_SCM_WINDOW_NS 2000000000ULL
 
 #ifdef TT_RINGBUF
 BPF_RINGBUF_OUTPUT(events, TT_RING_PAGES);
@@ -152,15 +151,17 @@ static __always_inline void init_event(struct tt_event *e, u32 type)
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
 
-static __always_inline void submit(void *ctx, struct tt_event *e)
+/* 0: the record is in the buffer; else it was lost (and counted) */
+static __always_inline int submit(void *ctx, struct tt_event *e)
 {
 #ifdef TT_RINGBUF
-	if (events.ringbuf_output(e, sizeof(*e), 0))
-		count(TT_C_LOST);
+	int err = events.ringbuf_output(e, sizeof(*e), 0);
 #else
-	if (events.perf_submit(ctx, e, sizeof(*e)))
-		count(TT_C_LOST);
+	int err = events.perf_submit(ctx, e, sizeof(*e));
 #endif
+	if (err)
+		count(TT_C_LOST);
+	return err;
 }
 
 /* ---- kernel layouts: offsets from the running kernel's BTF -------------------

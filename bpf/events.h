@@ -88,10 +88,11 @@ enum tt_file_kind {
 enum tt_counter {
 	TT_C_LOST = 0,          /* records the ring/perf buffer refused */
 	TT_C_INTEREST_FULL = 1, /* interest-set inserts that failed */
-	TT_C_SCM_ARMED_UNTIL = 2, /* CLOCK_MONOTONIC ns until which recvmsg exits are
-	                             parsed: set by tracked senders, extended by user
-	                             space while a tracked send is unreceived */
-	TT_C_NR = 3
+	TT_C_SCM_SENDS = 2,     /* SCM_RIGHTS send records submitted (tracepoint backend) */
+	TT_C_SCM_SETTLED = 3,   /* of those, how many user space has read with none of
+	                           their files left in flight: recvmsg exits are parsed
+	                           while the two differ */
+	TT_C_NR = 4
 };
 
 struct tt_event {

@@ -295,7 +295,8 @@ static __always_inline u32 scm_submit(void *ctx, struct tt_event *e, const char 
 	__builtin_memcpy(e->fds, buf, sizeof(e->fds));
 	e->nfds = got;
 	e->fdflags = cut ? TT_FD_TRUNCATED : 0;
-	submit(ctx, e);
+	if (submit(ctx, e))
+		return 0;
 	return got + cut;
 }
 
@@ -355,9 +356,12 @@ static __always_inline void on_recv(void *ctx, int sock, u64 queue, const char *
 }
 
 /*
- * Sends are reported on the way in, so the receive window is open before the
- * message is queued: a receiver blocked in recvmsg can return before the
- * sender's sendmsg does. A send that then fails just finds no receiver.
+ * Sends are reported on the way in, so receives are parsed before the message is
+ * queued: a receiver blocked in recvmsg can return before the sender's sendmsg
+ * does. A send that then fails just finds no receiver. Each send record in the
+ * buffer is counted: until user space has read it and seen its files received
+ * (TT_C_SCM_SETTLED), every recvmsg exit is parsed - however late the receive,
+ * and however long user space takes to read (stopped, or busy).
  */
 static __always_inline void on_send(void *ctx, int sock, u64 queue, const char *msg,
 				   u64 flags)
@@ -367,12 +371,8 @@ static __always_inline void on_send(void *ctx, int sock, u64 queue, const char *
 	e->fd = sock;
 	e->arg = flags;
 	e->arg2 = queue;
-	if (!scm_submit(ctx, e, msg))
-		return;
-	u32 idx = TT_C_SCM_ARMED_UNTIL;
-	u64 *until = counters.lookup(&idx);
-	if (until)
-		*until = e->ts + TT_SCM_WINDOW_NS;
+	if (scm_submit(ctx, e, msg))
+		count(TT_C_SCM_SENDS);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
@@ -392,7 +392,8 @@ static __always_inline void mmsg_truncated(void *ctx, u32 type, int sock)
 	init_event(e, type);
 	e->fd = sock;
 	e->fdflags = TT_FD_TRUNCATED;
-	submit(ctx, e);
+	if (!submit(ctx, e) && type == TT_EV_SCM_SEND)
+		count(TT_C_SCM_SENDS);
 }
 
 /* struct mmsghdr is a msghdr (56 bytes) + unsigned int msg_len, 64 in all. */
@@ -419,12 +420,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 	return 0;
 }
 
-/* Open while a tracked process's SCM_RIGHTS message may still be unreceived. */
+/* While a tracked process's SCM_RIGHTS message may still be unreceived. */
 static __always_inline int scm_armed(void)
 {
-	u32 idx = TT_C_SCM_ARMED_UNTIL;
-	u64 *until = counters.lookup(&idx);
-	return until && *until > bpf_ktime_get_ns();
+	u32 sent_idx = TT_C_SCM_SENDS, settled_idx = TT_C_SCM_SETTLED;
+	u64 *sent = counters.lookup(&sent_idx), *settled = counters.lookup(&settled_idx);
+	return sent && settled && *sent != *settled;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)

@@ -233,6 +233,7 @@ class BccBackend:
         self.info = BackendInfo(self.name, "ringbuf" if ringbuf else "perf", buffer_pages,
                                 source)
         self._on_event = on_event
+        self._sends_read = self._sends_settled = 0
         self._counters = self._bpf["counters"]
         self._interest = self._bpf["interest"]
 
@@ -262,6 +263,8 @@ class BccBackend:
     def _record(self, raw: bytes) -> None:
         rec = ev.decode(raw)
         if rec is not None:
+            if isinstance(rec, ev.ScmSend):
+                self._sends_read += 1        # as the program counts them (scm_settled)
             self._on_event(rec)
 
     def _flush(self) -> None:
@@ -286,10 +289,13 @@ class BccBackend:
             total += self._perf_lost
         return total
 
-    def arm_scm(self, until_ns: int) -> None:
-        """Keep parsing received SCM_RIGHTS until then (CLOCK_MONOTONIC ns)."""
-        if until_ns > self.counter(ev.C_SCM_ARMED_UNTIL):
-            self._counters[ctypes.c_int(ev.C_SCM_ARMED_UNTIL)] = ctypes.c_ulonglong(until_ns)
+    def scm_settled(self) -> None:
+        """Every SCM_RIGHTS send read so far has no file left in flight: receives
+        need not be parsed until the next send (bpf/tracepoint.bpf.c, scm_armed)."""
+        if self._sends_read != self._sends_settled:
+            self._sends_settled = self._sends_read
+            self._counters[ctypes.c_int(ev.C_SCM_SETTLED)] = ctypes.c_ulonglong(
+                self._sends_read)
 
     def set_interest(self, pids: Iterable[int]) -> None:
         """Add processes to the in-kernel interest set (they hold tracked fds)."""

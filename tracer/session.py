@@ -28,7 +28,6 @@ from .model import Model, OpenFile, descendants_filter, iter_ifnames
 POLL_MS = 100
 PIDFDS_MAX = 4096
 HELD_OPENS_MAX = 4096
-SCM_ARM_NS = 2_000_000_000
 NETNS_NAMES_EVERY_NS = 1_000_000_000
 # How long a TUNSETIFF whose process has already gone (slirp4netns's child sends the
 # fd to its parent and exits) may wait for the record of the fd's receive, where the
@@ -560,8 +559,10 @@ class Session:
         for tap in self.model.drop_vanished(self._tap_exists):
             self._out({"type": "tap_gone", "ts_ns": now, **self._me(), "ifname": tap.ifname,
                        **self.model.ns_fields(tap.netns)})
-        if self.model.pending:
-            self.probes.arm_scm(now + SCM_ARM_NS)
+        if not self.model.pending and not self._queue:
+            # nothing in flight, nothing read and held back: receives need not be
+            # parsed until the next send
+            self.probes.scm_settled()
 
     def _raced_snapshot(self, e: ev.Event) -> bool:
         """An exec or unshare by a holder the last snapshot listed, made while it ran.
