@@ -117,6 +117,9 @@ class TunIoctl(Base):
     file: int = 0    # the struct file * (0: not known)
     netns: int = 0   # the namespace inode the file was opened in (0: not known)
     cloexec: bool | None = None   # the fd's close-on-exec bit at the call (None: not read)
+    # set by the session: a persist/owner/group change that the last snapshot's read
+    # of the taps already shows (with whatever came after it): the tap keeps that
+    shown: bool = False
 
 
 @dataclass(frozen=True)
@@ -327,7 +330,7 @@ def to_record(e: Event) -> dict:
         del d["cloexec"]
     if d.get("thread") is False and isinstance(e, Exit):
         del d["thread"]
-    for k in ("truncated", "peek"):
+    for k in ("truncated", "peek", "shown"):
         if d.get(k) is False:
             del d[k]
     if d.get("files") == ():

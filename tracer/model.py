@@ -977,7 +977,7 @@ class Model:
                                     ifname=ifname, op="attach" if attach else "detach", **ns))
         elif e.cmd == ev.TUNSETPERSIST:
             tap = self._tap(f.netns if f else None, ifname)
-            if e.ret == 0 and tap is not None:
+            if e.ret == 0 and tap is not None and not e.shown:
                 tap.persist = bool(e.value)
                 tap.persist_by = e.pid if e.value else None
             out.append(self._report("tunsetpersist", e.ts, e.pid, e.tid, comm, **base,
@@ -986,7 +986,7 @@ class Model:
             key = "uid" if e.cmd == ev.TUNSETOWNER else "gid"
             value = e.value & 0xFFFFFFFF
             tap = self._tap(f.netns if f else None, ifname)
-            if e.ret == 0 and tap is not None:
+            if e.ret == 0 and tap is not None and not e.shown:
                 who = None if value == 0xFFFFFFFF else value
                 if key == "uid":
                     tap.owner = who

@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 SYS_KCMP = 312           # x86-64
 KCMP_FILE = 0
@@ -93,6 +93,7 @@ class Snapshot:
     # clock of the records): a record of that table stamped earlier is already in the
     # snapshot, and so is a clone older than the read of its child
     read_ns: dict[int, int] = field(default_factory=dict)
+    taps_ns: int = 0                     # when the taps (/sys, rtnetlink) were read
 
 
 # ---- kcmp ------------------------------------------------------------------
@@ -123,8 +124,9 @@ def same_fd_table(pid1: int, pid2: int) -> bool | None:
 _T = TypeVar("_T", bound=Hashable)
 
 
-def _classes(items: Iterable[_T], order: Callable[[_T, _T], int]) -> list[list[_T]]:
-    """Partition items into kcmp's equivalence classes, using its total order.
+class _Classes(Generic[_T]):
+    """Items partitioned into kcmp's equivalence classes, using its total order, one
+    item at a time (a scan places each process's fds as it reads them).
 
     order(a, b) is kcmp's answer: 0 equal, 1 a < b, 2 a > b, anything else: failed.
 
@@ -134,19 +136,32 @@ def _classes(items: Iterable[_T], order: Callable[[_T, _T], int]) -> list[list[_
     An item kcmp cannot place (its process or fd is gone) becomes a class of
     its own; a representative that has gone is replaced by a live member.
     """
-    reps: list[_T] = []
-    classes: list[list[_T]] = []          # parallel to reps
-    out: list[list[_T]] = []
 
-    def alive(x: _T) -> bool:
-        return order(x, x) == 0
+    def __init__(self, order: Callable[[_T, _T], int]) -> None:
+        self.order = order
+        self.reps: list[_T] = []
+        self.classes: list[list[_T]] = []          # parallel to reps
+        self.out: list[list[_T]] = []
+        self._prev: list[_T] | None = None
 
-    def place(it: _T) -> list[_T]:
+    def _alive(self, x: _T) -> bool:
+        return self.order(x, x) == 0
+
+    def add(self, it: _T) -> list[_T]:
+        """Place it; the class it joined (or began)."""
+        if self._prev is not None and self.order(self._prev[-1], it) == 0:
+            self._prev.append(it)
+        else:
+            self._prev = self._place(it)
+        return self._prev
+
+    def _place(self, it: _T) -> list[_T]:
+        reps, classes = self.reps, self.classes
         lo, hi = 0, len(reps)
         retries = 8
         while lo < hi:
             mid = (lo + hi) // 2
-            r = order(reps[mid], it)
+            r = self.order(reps[mid], it)
             if r == 0:
                 classes[mid].append(it)
                 return classes[mid]
@@ -154,30 +169,31 @@ def _classes(items: Iterable[_T], order: Callable[[_T, _T], int]) -> list[list[_
                 lo = mid + 1
             elif r == 2:
                 hi = mid
-            elif retries == 0 or not alive(it) or alive(reps[mid]):
-                out.append([it])            # gone, or kcmp cannot order these two
-                return out[-1]
+            elif retries == 0 or not self._alive(it) or self._alive(reps[mid]):
+                self.out.append([it])       # gone, or kcmp cannot order these two
+                return self.out[-1]
             else:                           # the representative has gone
                 retries -= 1
-                live = next((m for m in classes[mid] if m != reps[mid] and alive(m)), None)
+                live = next((m for m in classes[mid]
+                             if m != reps[mid] and self._alive(m)), None)
                 if live is None:
                     del reps[mid], classes[mid]
                     lo, hi = 0, len(reps)
                 else:
                     reps[mid] = live
         cls = [it]
-        out.append(cls)
+        self.out.append(cls)
         reps.insert(lo, it)
         classes.insert(lo, cls)
         return cls
 
-    prev: list[_T] | None = None
+
+def _classes(items: Iterable[_T], order: Callable[[_T, _T], int]) -> list[list[_T]]:
+    """items partitioned into kcmp's equivalence classes (see _Classes)."""
+    c = _Classes(order)
     for it in items:
-        if prev is not None and order(prev[-1], it) == 0:
-            prev.append(it)
-        else:
-            prev = place(it)
-    return out
+        c.add(it)
+    return c.out
 
 
 def _kcmp_works() -> bool:
@@ -188,32 +204,50 @@ def _kcmp_works() -> bool:
 _Key = tuple[int, int]          # (pid, fd)
 
 
-def group_files(keys: Iterable[_Key], unit_of: dict[_Key, list[_Key]] | None = None
-                ) -> list[list[_Key]]:
-    """(pid, fd) pairs grouped by open file (KCMP_FILE); singletons if kcmp is unusable.
-
-    unit_of: pairs already known to be one file (one process's fds, compared when it
-    was read): a unit is placed by a member still open, so an fd closed since its
-    read stays with the fds it was one file with."""
-    keys = list(keys)
-    if len(keys) < 2 or not _kcmp_works():
-        return [[k] for k in sorted(keys, key=lambda k: (k[1], k[0]))]
-    units: dict[_Key, list[_Key]] = {}       # by a unit's first member
-    inside = set(keys)
-    for k in keys:
-        u = (unit_of or {}).get(k) or [k]
-        units.setdefault(u[0], [m for m in u if m in inside])
-    rep_of: dict[_Key, list[_Key]] = {}
-    for u in units.values():
-        rep = next((m for m in u if _fd_open(m)), u[0]) if len(u) > 1 else u[0]
-        rep_of[rep] = u
+def group_files(keys: Iterable[_Key]) -> list[list[_Key]]:
+    """(pid, fd) pairs grouped by open file (KCMP_FILE); singletons if kcmp is unusable."""
     # Fork copies keep their fd number: sorting by fd puts them side by side.
-    reps = sorted(rep_of, key=lambda k: (k[1], k[0]))
-    # The raw syscall (-1 on error) is enough for _classes and saves a call per kcmp.
-    classes = _classes(reps, lambda a, b: _syscall(SYS_KCMP, a[0], b[0], KCMP_FILE,
-                                                   a[1], b[1]))
-    return [sorted((m for r in c for m in rep_of[r]), key=lambda k: (k[1], k[0]))
-            for c in classes]
+    keys = sorted(keys, key=lambda k: (k[1], k[0]))
+    if len(keys) < 2 or not _kcmp_works():
+        return [[k] for k in keys]
+    return _classes(keys, _kcmp_file)
+
+
+def _kcmp_file(a: _Key, b: _Key) -> int:
+    # the raw syscall (-1 on error) is enough for _Classes and saves a call per kcmp
+    return _syscall(SYS_KCMP, a[0], b[0], KCMP_FILE, a[1], b[1])
+
+
+class _FileGrouper:
+    """The open files of a scan, placed as each process's tun fds are listed, before
+    the slower reads of their fdinfo and namespaces: the process's fds compared
+    with each other (kcmp), then one of each file with one live member of each
+    file placed so far. kcmp run at the end of the scan instead would meet fds
+    closed since their read, and could not place them."""
+
+    def __init__(self) -> None:
+        self.files: _Classes[_Key] = _Classes(_kcmp_file)
+
+    def listed(self, pid: int, fds: list[int]) -> None:
+        keys = [(pid, fd) for fd in sorted(fds)]
+        for unit in (_classes(keys, _kcmp_file) if len(keys) > 1 else [keys]):
+            # the unit's other fds join its file too: one still open stands in for
+            # the file when the one compared has been closed since
+            self.files.add(unit[0]).extend(unit[1:])
+
+    def groups(self, bucket_of: dict[_Key, tuple[str, str | None]]
+               ) -> dict[tuple[str, str | None], list[list[_Key]]]:
+        """The files by device and interface as the fds' fdinfo showed them (fds it
+        does not name are left out: gone before their fdinfo was read)."""
+        out: dict[tuple[str, str | None], list[list[_Key]]] = {}
+        for cls in self.files.out:
+            split: dict[tuple[str, str | None], list[_Key]] = {}
+            for m in cls:
+                if m in bucket_of:
+                    split.setdefault(bucket_of[m], []).append(m)
+            for bucket, g in split.items():
+                out.setdefault(bucket, []).append(sorted(g, key=lambda k: (k[1], k[0])))
+        return out
 
 
 def _fd_open(k: _Key) -> bool:
@@ -618,7 +652,10 @@ def read_fdinfo(pid: int, fd: int) -> FdInfo | None:
     return _fdinfo(pid, fd, path, _Ifindex())
 
 
-def _tun_fds(pid: int, taps: _Ifindex) -> list[FdInfo]:
+def _tun_fds(pid: int, taps: _Ifindex,
+             listed: Callable[[int, list[int]], None] | None = None) -> list[FdInfo]:
+    """listed(pid, fds): told the tun fds as soon as they are listed, before what is
+    slower to read (fdinfo, namespaces)."""
     out: list[FdInfo] = []
     try:
         fd_dir = os.open(f"/proc/{pid}/fd", _DIR_FLAGS)
@@ -628,6 +665,7 @@ def _tun_fds(pid: int, taps: _Ifindex) -> list[FdInfo]:
     pidfd: int | None = -1
     try:
         names = os.listdir(fd_dir)
+        tun: list[tuple[str, str]] = []
         for name in names:
             try:
                 path = os.readlink(name, dir_fd=fd_dir)
@@ -637,6 +675,10 @@ def _tun_fds(pid: int, taps: _Ifindex) -> list[FdInfo]:
             if (path != TUN_PATH and path != VHOST_PATH
                     and not (path.startswith("/dev/tap") and _TAPDEV.fullmatch(path))):
                 continue
+            tun.append((name, path))
+        if listed is not None and tun:
+            listed(pid, [int(n) for n, _ in tun])
+        for name, path in tun:
             if info_dir < 0:
                 info_dir = os.open(f"/proc/{pid}/fdinfo", _DIR_FLAGS)
             if pidfd == -1 and path == TUN_PATH:
@@ -743,32 +785,18 @@ def _pids() -> list[int]:
 
 
 def _scan(pids: Iterable[int], taps: _Ifindex, read_ns: dict[int, int] | None = None,
-          unit_of: dict[_Key, list[_Key]] | None = None) -> list[FdInfo]:
-    """The tun fds of pids; read_ns: when each was read; unit_of: each process's fds
-    that are one open file, compared (kcmp) right after its read, not at the end of
-    the scan, by when some may have been closed."""
+          files: _FileGrouper | None = None) -> list[FdInfo]:
+    """The tun fds of pids; read_ns: when each was read; files: each process's fds
+    placed by open file as it is read."""
     fds: list[FdInfo] = []
+    listed = files.listed if files is not None and _kcmp_works() else None
     for pid in pids:
         start = time.monotonic_ns()
-        got = _tun_fds(pid, taps)
+        got = _tun_fds(pid, taps, listed)
         if read_ns is not None:      # with or without tun fds: it was read then
             read_ns[pid] = start
-        if unit_of is not None and len(got) > 1:
-            for unit in _bucketed([(f.path, f.ifname, f.pid, f.fd) for f in got]):
-                if len(unit) > 1:
-                    for k in unit:
-                        unit_of[k] = unit
         fds.extend(got)
     return fds
-
-
-def _bucketed(fds: list[tuple[str, str | None, int, int]]) -> list[list[_Key]]:
-    """(path, ifname, pid, fd)s grouped by open file: only fds that show the same
-    device and interface can be one."""
-    buckets: dict[tuple[str, str | None], list[_Key]] = {}
-    for path, ifname, pid, fd in fds:
-        buckets.setdefault((path, ifname), []).append((pid, fd))
-    return [g for keys in buckets.values() for g in group_files(keys)]
 
 
 _PIDS_PER_WORKER = 256      # below this a fork (~2 ms) costs more than it saves
@@ -866,9 +894,9 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     pids = _pids() if pids is None else list(pids)
     workers = min(workers, len(pids) // _PIDS_PER_WORKER)
     read_ns: dict[int, int] = {}
-    unit_of: dict[_Key, list[_Key]] = {}
+    grouper = _FileGrouper() if workers <= 1 else None
     fds = (_scan_parallel(pids, taps, workers) if workers > 1
-           else _scan(pids, taps, read_ns, unit_of))
+           else _scan(pids, taps, read_ns, grouper))
     procs: dict[int, ProcInfo] = {}
     for pid in sorted({f.pid for f in fds}):
         info = proc_info(pid)
@@ -880,16 +908,25 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     buckets: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
     for f in fds:
         buckets.setdefault((f.path, f.ifname), []).append((f.pid, f.fd))
+    placed = grouper.groups({(f.pid, f.fd): (f.path, f.ifname) for f in fds}) \
+        if grouper is not None and grouper.files.out else {}
     own = own_netns()
     names = netns_names()
+    taps_ns = time.monotonic_ns()
     taps = all_taps(own, names, fds, pids)
     by_key = {(f.pid, f.fd): f for f in fds}
     files: list[list[tuple[int, int]]] = []
     tables = group_tables(procs)
-    for keys in buckets.values():
-        files.extend(_join_slots(_join_gone(group_files(keys, unit_of), by_key, taps, own),
-                                 tables))
-    return Snapshot(procs, fds, taps, files, tables, own, names, read_ns)
+    for bucket, keys in buckets.items():
+        if bucket in placed:
+            inside = set(keys)     # a holder proc_info could not read is left out
+            groups = [g for g in ([k for k in g if k in inside] for g in placed[bucket]) if g]
+            seen = {k for g in groups for k in g}
+            groups += [[k] for k in keys if k not in seen]
+        else:
+            groups = group_files(keys)
+        files.extend(_join_slots(_join_gone(groups, by_key, taps, own), tables))
+    return Snapshot(procs, fds, taps, files, tables, own, names, read_ns, taps_ns)
 
 
 def _join_slots(groups: list[list[_Key]], tables: list[list[int]]) -> list[list[_Key]]:

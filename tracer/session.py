@@ -83,6 +83,10 @@ def ppid_of(pid: int) -> int | None:
 
 # records that change an fd table (see Session._in_snapshot); an exec closes its
 # close-on-exec fds, an unshare makes a table of its own
+# TUN ioctls that change an interface, not a table (Session._tap_news)
+TAP_STATE_IOCTLS = (ev.TUNSETPERSIST, ev.TUNSETOWNER, ev.TUNSETGROUP, ev.TUNSETQUEUE)
+# ... of those, the ones whose result /sys and rtnetlink show
+SYS_SHOWN_IOCTLS = (ev.TUNSETPERSIST, ev.TUNSETOWNER, ev.TUNSETGROUP)
 # Snapshots taken again at once because a holder left a shared table while one ran
 # (Session._raced_snapshot); after that many in a row the last one stands.
 RACED_MAX = 3
@@ -163,6 +167,7 @@ class Session:
         self._read_ns: dict[int, int] = {}
         self._read_last = 0                  # the latest of _read_ns
         self._snap_end = 0                   # when the last snapshot was complete
+        self._taps_ns = 0                    # when it read the taps
         self._raced = 0                      # snapshots taken again in a row (RACED_MAX)
         self._lost_seen = 0
         self._roots: list[int] = []          # processes traced from the start (track)
@@ -213,6 +218,7 @@ class Session:
         self._track_root()
         self._min_ts = start
         self._snap_end = time.monotonic_ns()
+        self._taps_ns = snap.taps_ns or self._snap_end
         self._read_ns = snap.read_ns
         self._read_last = max(snap.read_ns.values(), default=0)
         self._lost_seen = lost_before
@@ -503,7 +509,7 @@ class Session:
                 continue
             raced = raced or self._raced_snapshot(e)
             if (e.ts < self._min_ts or self._in_snapshot(e)) \
-                    and not self._died_before_snapshot(e):
+                    and not self._died_before_snapshot(e) and not self._tap_news(e):
                 if isinstance(e, ev.ScmRecv):
                     # the snapshot shows what it installed; its message has landed
                     for report in self.model.forget_receive(e):
@@ -533,6 +539,8 @@ class Session:
                     self._apply(opened)
             reread = isinstance(e, ev.Fork) and not e.flags & (
                 ev.CLONE_THREAD | ev.CLONE_FILES) and self._read_after(e)
+            if self._tap_state_shown(e):
+                e = dataclasses.replace(e, shown=True)
             self._apply(e)
             if reread:
                 self._reread_child(e)
@@ -563,6 +571,25 @@ class Session:
             # nothing in flight, nothing read and held back: receives need not be
             # parsed until the next send
             self.probes.scm_settled()
+
+    def _tap_news(self, e: ev.Event) -> bool:
+        """A TUN ioctl that changes the interface, not the fd table (persist, owner,
+        group, a queue's attach), made after the snapshot read the taps, on an fd the
+        table has: the read of its process's table after it (a fork's child read
+        again) does not show it, so it applies."""
+        if not (isinstance(e, ev.TunIoctl) and e.cmd in TAP_STATE_IOCTLS
+                and e.ts >= self._taps_ns):
+            return False
+        table = self.model.table_of(e.pid, e.tid)
+        return table is not None and e.fd in table.fds
+
+    def _tap_state_shown(self, e: ev.Event) -> bool:
+        """A persist, owner or group change older than the snapshot's read of the taps
+        (applied for what it does to the table: its fd may be new since its process
+        was read): /sys already showed its result, and maybe a later change too,
+        which the record must not undo."""
+        return isinstance(e, ev.TunIoctl) and e.cmd in SYS_SHOWN_IOCTLS \
+            and e.ts < self._taps_ns
 
     def _raced_snapshot(self, e: ev.Event) -> bool:
         """An exec or unshare by a holder the last snapshot listed, made while it ran.

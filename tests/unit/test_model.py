@@ -1807,6 +1807,20 @@ def test_an_fd_read_from_proc_is_the_file_of_its_interface_in_flight():
     assert w.row(2, 5)["creator_pid"] is None
 
 
+def test_a_persist_change_the_snapshot_already_shows_leaves_the_tap_as_shown():
+    # 1's TUNSETPERSIST on, then 2's off, both before the snapshot read /sys
+    # (persist off); 1's record is applied after it (1's table was read before),
+    # 2's not (its table was read after): the tap stays as /sys showed it
+    w = World()
+    w.m.load(snapshot({1: "a", 2: "b"}, [(1, 6, "t", False), (2, 5, "t", True)],
+                      {"t": MQ}))
+    w.ioctl(1, 6, ev.TUNSETPERSIST, value=1, shown=True)
+    assert w.tap_info("t")["persist"] is False
+    assert [r["type"] for r in w.reports][-1] == "tunsetpersist"   # still told
+    w.ioctl(1, 6, ev.TUNSETPERSIST, value=1)
+    assert w.tap_info("t")["persist"] is True
+
+
 def test_resync_of_an_fd_that_now_holds_another_file():
     w = World()
     w.tap(1, 3, "a")

@@ -160,32 +160,59 @@ def test_group_files_falls_back_to_one_file_per_fd_without_kcmp(monkeypatch):
     assert procfs.kcmp(1, 1, procfs.KCMP_FILES) is None
 
 
-def test_an_fd_closed_before_kcmp_stays_with_the_fds_its_process_had_it_as():
-    # the scan compares a process's fds right after reading it; kcmp across
-    # processes runs at its end: an fd closed in between is placed by its unit's
-    # member still open (real kcmp on this process's fds)
+def test_the_scan_places_each_process_s_fds_by_open_file_as_it_lists_them():
+    # kcmp (real, on this process's fds) as each process's tun fds are listed: an
+    # fd closed later (before the end of the scan) keeps the file it was
     a = os.open("/dev/null", os.O_RDONLY)
     b = os.dup(a)
-    closed = os.dup(a)
-    os.close(closed)
+    gone = os.dup(a)
+    other = os.open("/dev/null", os.O_RDONLY)
     me = os.getpid()
+    tun = (procfs.TUN_PATH, "t0")
+
+    def key(n):
+        return (me, n)
     try:
-        keys = [(me, a), (me, closed), (me, b)]
-        assert sorted(procfs.group_files(keys)) == [[(me, a), (me, b)], [(me, closed)]]
-        unit = [(me, a), (me, closed)]
-        assert procfs.group_files(keys, {k: unit for k in unit}) == [
-            sorted(keys, key=lambda k: (k[1], k[0]))]
-        # fds in no unit are each placed, none lost or merged
+        g = procfs._FileGrouper()
+        g.listed(me, [a, gone])          # "a process" with two fds of one file
+        os.close(gone)                   # closed after it was listed
+        g.listed(me, [b, other])         # "another": b placed with a's file
+        bucket_of = {key(n): tun for n in (a, gone, b, other)}
+        assert sorted(g.groups(bucket_of)[tun]) == sorted([
+            sorted([key(a), key(gone), key(b)], key=lambda k: (k[1], k[0])), [key(other)]])
+        # an fd whose fdinfo could not be read (not in bucket_of) is left out; one
+        # that shows another interface is a group of that interface
+        del bucket_of[key(other)]
+        bucket_of[key(b)] = (procfs.TUN_PATH, "t1")
+        groups = g.groups(bucket_of)
+        assert sorted(groups[tun]) == [sorted([key(a), key(gone)],
+                                              key=lambda k: (k[1], k[0]))]
+        assert groups[(procfs.TUN_PATH, "t1")] == [[key(b)]]
+        # the fd a file was placed by is closed before the next process is listed:
+        # another of its process's fds stands in
+        x = os.open("/dev/null", os.O_RDONLY)
+        y, z = os.dup(x), os.dup(x)
+        g = procfs._FileGrouper()
+        g.listed(me, [x, y])
+        os.close(x)
+        g.listed(me, [z])
+        assert g.groups({key(n): tun for n in (x, y, z)})[tun] == [
+            sorted([key(x), key(y), key(z)], key=lambda k: (k[1], k[0]))]
+        os.close(y)
+        os.close(z)
+        # many fds, each its own file: none lost or merged
         many = [os.open("/dev/null", os.O_RDONLY) for _ in range(40)]
         try:
-            got = procfs.group_files([(me, fd) for fd in many], {k: unit for k in unit})
-            assert sorted(got) == [[(me, fd)] for fd in sorted(many)]
+            g = procfs._FileGrouper()
+            g.listed(me, many)
+            assert sorted(g.groups({key(n): tun for n in many})[tun]) == [
+                [key(n)] for n in sorted(many)]
         finally:
-            for fd in many:
-                os.close(fd)
+            for n in many:
+                os.close(n)
     finally:
-        os.close(a)
-        os.close(b)
+        for n in (a, b, other):
+            os.close(n)
 
 
 def test_one_fd_of_one_shared_table_read_through_two_users_is_one_file():
@@ -233,7 +260,7 @@ def test_an_fd_closed_before_kcmp_joins_the_one_file_of_its_single_queue_tap():
 
 # ---- the scan split across processes ------------------------------------------
 
-def _fake_fds(pid, _taps):
+def _fake_fds(pid, _taps, _units=None):
     """Two fds per pid; names that only survive a byte-exact round trip."""
     if pid % 7 == 0:
         return []                                  # gone, or no tun fd
@@ -252,7 +279,7 @@ def test_a_scan_in_helper_processes_equals_the_serial_scan(monkeypatch):
 def test_a_helper_that_fails_or_cannot_be_forked_has_its_share_scanned_here(monkeypatch):
     parent = os.getpid()
 
-    def fails_in_helpers(pid, taps):
+    def fails_in_helpers(pid, taps, _units=None):
         if os.getpid() != parent:
             raise RuntimeError("helper dies")
         return _fake_fds(pid, taps)
@@ -273,7 +300,7 @@ def test_snapshot_forks_only_for_enough_pids(monkeypatch):
     forked = []
     real = procfs._scan_in_child
     monkeypatch.setattr(procfs, "_scan_in_child", lambda pids: forked.append(pids) or real(pids))
-    monkeypatch.setattr(procfs, "_tun_fds", lambda pid, taps: [])
+    monkeypatch.setattr(procfs, "_tun_fds", lambda pid, taps, units=None: [])
     procfs.snapshot(list(range(1, procfs._PIDS_PER_WORKER * 2)), workers=4)
     assert forked == []                                   # fewer than 2 workers' worth
     procfs.snapshot(list(range(1, procfs._PIDS_PER_WORKER * 3 + 1)), workers=4)
