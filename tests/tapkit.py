@@ -25,6 +25,11 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 # The kernel's ABI, written out from include/uapi/linux/if_tun.h and vhost.h (x86-64)
 # rather than imported from tracer: the tests check the tracer's copy against the kernel.
+# How much slower than this machine the kernel under test runs: a guest under QEMU
+# TCG (tests/guest/guestvm.py sets it) takes several times longer for everything.
+# Only for bounds that hold work a test does not measure (a hook's return, a rate).
+SLOWDOWN = float(os.environ.get("TAPTRACE_TEST_SLOWDOWN") or 1)
+
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 TUNSETOWNER = 0x400454CC

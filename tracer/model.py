@@ -1492,7 +1492,7 @@ class Model:
         matched to the send in flight holding that very file, not by order."""
         comm = self._comm_for(e)
         proc = self._proc(e.pid, comm)
-        got, names, from_fds, vhost, gone = [], [], [], [], []
+        got, names, nses, from_fds, vhost, gone = [], [], [], [], [], []
         sender: PendingSend | None = None
         for newfd, ptr in zip(e.fds, e.files):
             self._drop_entry(proc, newfd, e.ts, e.tid, comm, "stale", out, report=False)
@@ -1524,6 +1524,7 @@ class Model:
             f.step(e.ts, "recv", e.pid, comm, newfd, from_pid=from_pid, from_fd=oldfd)
             got.append(newfd)
             names.append(f.label)
+            nses.append(self._file_ns(f)["netns"])
             from_fds.append(oldfd)
             if f.is_vhost:
                 vhost.append(newfd)
@@ -1535,7 +1536,7 @@ class Model:
         out.append(self._report("scm_recv", e.ts, e.pid, e.tid, comm, sock=e.sock, fds=got,
                                 from_pid=sender.pid if sender else None,
                                 from_comm=sender.comm if sender else None, from_fds=from_fds,
-                                ifnames=names, cloexec=e.cloexec,
+                                ifnames=names, netns=nses, cloexec=e.cloexec,
                                 **({"vhost_fds": vhost} if vhost else {})))
         out.extend(gone)
 

@@ -250,6 +250,8 @@ def run(release: str, command: list[str], *, out_dir: Path | None = None, timeou
     out.mkdir(parents=True, exist_ok=True)
     (out / "rc").unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k.startswith(("TAPTRACE_", "PYTEST_"))}
+    # TCG runs a stock kernel several times slower than this machine (GUEST-VM.md)
+    env.setdefault("TAPTRACE_TEST_SLOWDOWN", "4")
     env_lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
     (out / "cwd").write_text(os.getcwd())
     (out / "cmd").write_text(f"{env_lines}cd {shlex.quote(os.getcwd())} || exit 125\n"

@@ -247,12 +247,12 @@ def test_sigkill_in_a_burst_leaves_a_whole_database(agent, tracer, tmp_path):
     db = tmp_path / "h.db"
     a = agent(db)
     w = tracer()
-    first = subprocess.Popen([str(churn), "moves", "1.5", "600", "0"],
+    first = subprocess.Popen([str(churn), "moves", "1.5", str(int(600 / tapkit.SLOWDOWN)), "0"],
                              stdout=subprocess.DEVNULL)
     assert first.wait(timeout=30) == 0
     first_pid = first.pid
     time.sleep(2.0)                       # the agent catches up; its batch commits
-    second = subprocess.Popen([str(churn), "moves", "3", "600", "0"],
+    second = subprocess.Popen([str(churn), "moves", "3", str(int(600 / tapkit.SLOWDOWN)), "0"],
                               stdout=subprocess.DEVNULL)
     time.sleep(1.0)
     a.proc.kill()

@@ -127,6 +127,20 @@ def test_files_of_a_message_that_did_not_fit_the_control_buffer_are_dropped():
     assert {k: v[0] for k, v in w.table().items()} == {(200, 40): "t0", (200, 41): "t1"}
 
 
+def test_a_receive_reports_the_same_fields_from_either_backend():
+    # the kernel backend's receive (files known) says each fd's namespace too
+    w = World().named(a=100, b=200)
+    k_tap(w, 100, 3, "t0", P1)
+    k_send(w, 100, 9, [P1])
+    [kernel] = k_recv(w, 200, 7, [40], [P1])
+    t = World().named(a=100, b=200)
+    t.tap(100, 3, "t0")
+    t.send(100, 9, [3])
+    [tracepoint] = [r for r in t.recv(200, 7, [40]) if r["type"] == "scm_recv"]
+    assert set(kernel) == set(tracepoint)
+    assert kernel["netns"] == tracepoint["netns"] == [None]
+
+
 def test_a_peek_leaves_the_rest_of_the_message_in_flight():
     w = World().named(a=100, b=200)
     k_tap(w, 100, 3, "t0", P1)
