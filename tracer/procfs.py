@@ -89,9 +89,10 @@ class Snapshot:
     tables: list[list[int]]              # pid groups sharing one fd table
     own_netns: int | None = None         # taptrace's network namespace
     netns_names: dict[int, str] = field(default_factory=dict)   # `ip netns` names
-    # when each process's fd table was read, holder or not (CLOCK_MONOTONIC ns, the
-    # clock of the records): a record of that table stamped earlier is already in the
-    # snapshot, and so is a clone older than the read of its child
+    # when each holder's fd table was read (CLOCK_MONOTONIC ns, the clock of the
+    # records): a record of that table stamped earlier is already in the snapshot, and
+    # so is a clone older than the read of its child (of a process that holds none,
+    # the snapshot says nothing: its records apply)
     read_ns: dict[int, int] = field(default_factory=dict)
     taps_ns: int = 0                     # when the taps (/sys, rtnetlink) were read
 
@@ -793,7 +794,7 @@ def _scan(pids: Iterable[int], taps: _Ifindex, read_ns: dict[int, int] | None = 
     for pid in pids:
         start = time.monotonic_ns()
         got = _tun_fds(pid, taps, listed)
-        if read_ns is not None:      # with or without tun fds: it was read then
+        if got and read_ns is not None:
             read_ns[pid] = start
         fds.extend(got)
     return fds
@@ -926,7 +927,8 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
         else:
             groups = group_files(keys)
         files.extend(_join_slots(_join_gone(groups, by_key, taps, own), tables))
-    return Snapshot(procs, fds, taps, files, tables, own, names, read_ns, taps_ns)
+    return Snapshot(procs, fds, taps, files, tables, own, names,
+                    {pid: t for pid, t in read_ns.items() if pid in procs}, taps_ns)
 
 
 def _join_slots(groups: list[list[_Key]], tables: list[list[int]]) -> list[list[_Key]]:

@@ -517,6 +517,8 @@ class Session:
                 elif isinstance(e, ev.TunIoctl):
                     # who made it: not in /proc
                     self.model.learn_from_before(e, last=self._last_setiff(e, batch[i + 1:]))
+                elif self._unseen_sharing(e):
+                    self._apply(e)
                 continue
             if isinstance(e, ev.TunIoctl) and e.netns:
                 # the record read the file's namespace in the kernel: nothing to ask
@@ -572,6 +574,21 @@ class Session:
             # parsed until the next send
             self.probes.scm_settled()
 
+    def _unseen_sharing(self, e: ev.Event) -> bool:
+        """A record from before the snapshot that tells what the snapshot cannot: a
+        clone(CLONE_FILES) between processes that hold no tun fd (the scan lists
+        holders only), or an exec or unshare that parts such a sharer from its
+        table. It makes no fd: it applies (pasta's helper may make a tap there
+        next)."""
+        if isinstance(e, ev.Fork):
+            return bool(e.flags & ev.CLONE_FILES) and not e.flags & ev.CLONE_THREAD \
+                and e.pid not in self._read_ns and e.child not in self._read_ns \
+                and procfs.alive(e.child)
+        if isinstance(e, (ev.Exec, ev.Unshare)):
+            table = self.model.table_of(e.pid, e.tid)
+            return e.pid not in self._read_ns and table is not None and not table.fds
+        return False
+
     def _tap_news(self, e: ev.Event) -> bool:
         """A TUN ioctl that changes the interface, not the fd table (persist, owner,
         group, a queue's attach), made after the snapshot read the taps, on an fd the
@@ -623,8 +640,9 @@ class Session:
         scan reads one table after another, and may take longer than the records
         made meanwhile: a record stamped after the scan began may be older than the
         read of its table, which then shows its result already. A clone whose child
-        the scan read after it: the child's table (shared, its own, or none left by
-        an exec) is what the scan saw, not the parent's that the clone would give."""
+        the scan read after it, holding tun fds: the child's table (shared or its
+        own) is what the scan saw, not the parent's that the clone would give. (The
+        scan tells nothing of processes that hold none: their records apply.)"""
         if isinstance(e, ev.Fork):
             return not e.flags & ev.CLONE_THREAD and e.ts < self._read_ns.get(e.child, 0)
         if isinstance(e, (ev.Exec, ev.Unshare)):
