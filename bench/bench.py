@@ -315,7 +315,8 @@ class _Hooks:
         for func, entry, ret in self.kprobes:
             if entry:
                 b.attach_kprobe(event=func, fn_name=entry)
-            b.attach_kretprobe(event=func, fn_name=ret)
+            if ret:
+                b.attach_kretprobe(event=func, fn_name=ret)
 
     def off(self, kprobes: bool = True) -> None:
         """Detach; kprobes=False: not the kprobes (bcc attaches the rest at load)."""
@@ -326,10 +327,11 @@ class _Hooks:
             b.detach_kfunc(f)
         for f in self.kout:
             b.detach_kretfunc(f)
-        for func, entry, _ret in self.kprobes if kprobes else ():
+        for func, entry, ret in self.kprobes if kprobes else ():
             if entry:
                 b.detach_kprobe(event=func)
-            b.detach_kretprobe(event=func)
+            if ret:
+                b.detach_kretprobe(event=func)
 
     def empty_twin(self) -> _Hooks:
         """The same hook set with empty programs: the floor a backend's programs are
@@ -360,14 +362,17 @@ def backends(args) -> None:
     filters), and once more as an empty twin (the same hooks, empty programs: its
     floor); then, per workload, one run in each condition back to back, the order
     rotating round by round. Ratios to the same round's run with nothing attached,
-    and each backend's to its floor. Made for the guest (Debian's 6.1/6.12: the
-    kernel backend does not load on a kernel without fentry)."""
+    and each backend's to its floor. The kernel backend twice: its vmlinux hooks as
+    fentry/fexit ("kernel") and as kprobes/kretprobes ("kernel kprobe", what a
+    kernel that refuses fentry gets). Made for the guest (Debian's 6.1/6.12: the
+    kernel backend does not load on a kernel without kprobes)."""
     from tracer.backends.kernel import KernelBackend
     from tracer.backends.tracepoint import TracepointBackend
 
     loaded = {"tracepoint": TracepointBackend(lambda _e: None),
-              "kernel": KernelBackend(lambda _e: None),
-              "kernel +ioctl": KernelBackend(lambda _e: None, ioctl_check=True)}
+              "kernel": KernelBackend(lambda _e: None, hooks="fentry"),
+              "kernel +ioctl": KernelBackend(lambda _e: None, ioctl_check=True, hooks="fentry"),
+              "kernel kprobe": KernelBackend(lambda _e: None, hooks="kprobe")}
     # "none again": a second run with nothing attached, so the spread of its ratio
     # is the noise every other ratio carries
     conds = {"none": (lambda: None, lambda: None), "none again": (lambda: None, lambda: None)}
@@ -401,7 +406,8 @@ def backends(args) -> None:
                     off()
     say(f"backends on {platform.release()}: {args.rounds} rounds; in each, per workload, "
         "one run in each condition back to back (order rotating); ratio to that round's "
-        "run with nothing attached; 'kernel +ioctl': with security_file_ioctl "
+        "run with nothing attached; 'kernel': fentry/fexit hooks, 'kernel kprobe': the "
+        "same as kprobes/kretprobes; 'kernel +ioctl': with security_file_ioctl "
         "(--bad-ioctls); "
         "'/floor': to the same hooks with empty programs")
 

@@ -40,6 +40,16 @@
  *                              (TT_HAVE_IOCTL_CHECK: every ioctl pays for it)
  *   sched tracepoints          fork, exec, exit (sched.h, shared)
  *
+ * The kprobe variant (TT_KPROBES; tracer/backends/kernel.py attaches it where
+ * fentry is not available or refused, or when TAPTRACE_KERNEL_HOOKS=kprobe): the
+ * same vmlinux functions, the same records, the same bodies (the static inline
+ * helpers below), with kprobes for fentry and kretprobes for fexit. A kprobe's
+ * arguments are its registers, plain numbers to the verifier: a field behind one
+ * is a probe read (kword), not the direct load an fentry argument allows. A
+ * kretprobe sees only the return value: the entry arguments it needs are kept
+ * per thread in `kargs` by a kprobe at the entry. Programs named *_entry and
+ * *_return, attached by name (the close path's function differs by kernel).
+ *
  * Compile-time constants (all required unless marked):
  *   TT_F_OP_OFF, TT_TUN_FOPS, TT_TAP_FOPS, TT_VHOST_FOPS
  *   TT_TASK_FILES_OFF, TT_FILES_FDT_OFF, TT_FDT_CLOEXEC_OFF, TT_FDT_FD_OFF,
@@ -52,6 +62,7 @@
 #include "common.h"
 
 #define PT_AX 80
+#define PT_CX 88
 #define NR_DUP 32
 #define NR_FCNTL 72
 #define NR_IOCTL 16
@@ -96,6 +107,55 @@ static __always_inline u32 arg_file_kind(const void *file)
 	return fop_kind(btf_load64(file, TT_F_OP_OFF));
 }
 
+/* the kind of a hooked function's struct file * argument, however it came */
+#ifdef TT_KPROBES
+#define arg_kind(file) file_kind(file)
+#else
+#define arg_kind(file) arg_file_kind(file)
+#endif
+
+#ifdef TT_KPROBES
+/* a kprobe's argument n of the hooked function (the x86-64 calling convention) */
+#define karg0(ctx) ctxreg(ctx, PT_DI)
+#define karg1(ctx) ctxreg(ctx, PT_SI)
+#define karg2(ctx) ctxreg(ctx, PT_DX)
+#define karg3(ctx) ctxreg(ctx, PT_CX)
+/* a kretprobe's return value */
+#define kret(ctx) ctxreg(ctx, PT_AX)
+
+/*
+ * tid -> the entry arguments a kretprobe needs (an fexit program is given them).
+ * Tagged with the function, so a return never takes another function's arguments;
+ * a return whose entry was not kept (filtered, or the map full) finds none.
+ */
+enum { TT_KA_DUP2 = 1, TT_KA_SCM_SEND, TT_KA_UNSHARE };
+struct tt_kargs {
+	u32 fn;
+	u32 kind;
+	u64 a[3];
+};
+BPF_TABLE("lru_hash", u32, struct tt_kargs, kargs, 10240);
+
+static __always_inline void keep_args(u32 fn, u32 kind, u64 a0, u64 a1, u64 a2)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct tt_kargs k = { .fn = fn, .kind = kind, .a = { a0, a1, a2 } };
+	kargs.update(&tid, &k);
+}
+
+/* the arguments kept at fn's entry, taken out of the map (0: none) */
+static __always_inline int take_args(u32 fn, struct tt_kargs *out)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct tt_kargs *k = kargs.lookup(&tid);
+	if (!k || k->fn != fn)
+		return 0;
+	*out = *k;
+	kargs.delete(&tid);
+	return 1;
+}
+#endif
+
 /* tid -> the receive (scm_detach_fds) its next installs belong to */
 struct tt_recv_msg {
 	u64 id;       /* when it began: the stamp its records share */
@@ -111,9 +171,9 @@ static __always_inline void set_file(struct tt_event *e, const void *file, u32 k
 
 /* ---- fds appearing ---------------------------------------------------------- */
 
-KFUNC_PROBE(fd_install, unsigned int fd, void *file)
+static __always_inline int fd_installed(void *ctx, unsigned int fd, const void *file)
 {
-	u32 kind = arg_file_kind(file);
+	u32 kind = arg_kind(file);
 	if (!kind || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	u64 nr = sysarg(PT_ORIG_AX);
@@ -161,6 +221,18 @@ KFUNC_PROBE(fd_install, unsigned int fd, void *file)
 	return 0;
 }
 
+#ifdef TT_KPROBES
+int fd_install_entry(void *ctx)
+{
+	return fd_installed(ctx, (u32)karg0(ctx), (const void *)karg1(ctx));
+}
+#else
+KFUNC_PROBE(fd_install, unsigned int fd, void *file)
+{
+	return fd_installed(ctx, fd, file);
+}
+#endif
+
 /*
  * A message's files are one send or one receive, but one record each: the last
  * record of a message is a marker (same type and stamp, no file) so user space
@@ -175,7 +247,7 @@ static __always_inline void end_of_message(void *ctx, u32 type, int sock, u64 id
 	submit(ctx, e);
 }
 
-KFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
+static __always_inline int recv_begins(void)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct tt_recv_msg m = { .id = bpf_ktime_get_ns(), .n = 0 };
@@ -183,7 +255,7 @@ KFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
 	return 0;
 }
 
-KRETFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
+static __always_inline int recv_ends(void *ctx)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct tt_recv_msg *m = recv_msg.lookup(&tid);
@@ -195,16 +267,39 @@ KRETFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
 	return 0;
 }
 
-/* dup2/dup3: `file` is the source; what `fd` held is closed by the kernel */
-KRETFUNC_PROBE(do_dup2, void *files, void *file, unsigned int fd, unsigned int flags, int ret)
+#ifdef TT_KPROBES
+int scm_detach_entry(void *ctx)
 {
-	if (ret < 0)
-		return 0;
-	u32 kind = arg_file_kind(file);
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	/* an untracked source over a tracked fd: the holder is in the interest set */
-	if (!kind && !interesting(tgid))
-		return 0;
+	return recv_begins();
+}
+
+int scm_detach_return(void *ctx)
+{
+	return recv_ends(ctx);
+}
+#else
+KFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
+{
+	return recv_begins();
+}
+
+KRETFUNC_PROBE(scm_detach_fds, void *msg, void *scm)
+{
+	return recv_ends(ctx);
+}
+#endif
+
+/* dup2/dup3: `file` is the source; what `fd` held is closed by the kernel.
+ * Whether it matters: a tracked source, or an untracked one over a tracked fd (the
+ * holder is in the interest set). */
+static __always_inline int dup2_matters(u32 kind)
+{
+	return kind || interesting(bpf_get_current_pid_tgid() >> 32);
+}
+
+static __always_inline int dup2_done(void *ctx, const void *file, u32 kind, unsigned int fd,
+				     unsigned int flags)
+{
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_DUP);
 	e->fd = (int)sysarg(PT_DI);
@@ -220,6 +315,40 @@ KRETFUNC_PROBE(do_dup2, void *files, void *file, unsigned int fd, unsigned int f
 	return 0;
 }
 
+#ifdef TT_KPROBES
+/* do_dup2(files, file, fd, flags): the filter at the entry, the record at the return */
+int do_dup2_entry(void *ctx)
+{
+	const void *file = (const void *)karg1(ctx);
+	u32 kind = arg_kind(file);
+	if (dup2_matters(kind))
+		keep_args(TT_KA_DUP2, kind, (u64)file, karg2(ctx), karg3(ctx));
+	return 0;
+}
+
+/* success returns the new fd: that it is the one kept says the entry was this call's */
+int do_dup2_return(void *ctx)
+{
+	struct tt_kargs k;
+	if (!take_args(TT_KA_DUP2, &k))
+		return 0;
+	int ret = (int)kret(ctx);
+	if (ret < 0 || (u32)ret != (u32)k.a[1])
+		return 0;
+	return dup2_done(ctx, (const void *)k.a[0], k.kind, (u32)k.a[1], (u32)k.a[2]);
+}
+#else
+KRETFUNC_PROBE(do_dup2, void *files, void *file, unsigned int fd, unsigned int flags, int ret)
+{
+	if (ret < 0)
+		return 0;
+	u32 kind = arg_kind(file);
+	if (!dup2_matters(kind))
+		return 0;
+	return dup2_done(ctx, file, kind, fd, flags);
+}
+#endif
+
 /* ---- fds going away ------------------------------------------------------- */
 
 /*
@@ -231,14 +360,8 @@ KRETFUNC_PROBE(do_dup2, void *files, void *file, unsigned int fd, unsigned int f
  * (`files` is a BTF pointer, and so the fdt read through it); the slot and the
  * file's f_op, behind a plain pointer, are the two helper calls left.
  */
-#define KFUNC_(fn, ...) KFUNC_PROBE(fn, __VA_ARGS__)
-KFUNC_(TT_CLOSE_FN, void *files, unsigned int fd)
+static __always_inline int closing(void *ctx, unsigned int fd, const void *file)
 {
-	const char *fdt = (const char *)btf_load64(files, TT_FILES_FDT_OFF);
-	if (!fdt || fd >= btf_load32(fdt, TT_FDT_MAX_FDS_OFF))
-		return 0;
-	const char *slots = (const char *)btf_load64(fdt, TT_FDT_FD_OFF);
-	const void *file = slots ? (const void *)kword(slots + (u64)fd * 8) : 0;
 	u32 kind = file_kind(file);
 	if (!kind || is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
@@ -250,6 +373,28 @@ KFUNC_(TT_CLOSE_FN, void *files, unsigned int fd)
 	return 0;
 }
 
+#ifdef TT_KPROBES
+/* TT_CLOSE_FN(files, fd): `files` a plain number here, so four probe reads */
+int close_entry(void *ctx)
+{
+	const char *files = (const char *)karg0(ctx);
+	u32 fd = (u32)karg1(ctx);
+	const char *fdt = files ? (const char *)kword(files + TT_FILES_FDT_OFF) : 0;
+	return closing(ctx, fd, fdt_file(fdt, fd));
+}
+#else
+#define KFUNC_(fn, ...) KFUNC_PROBE(fn, __VA_ARGS__)
+KFUNC_(TT_CLOSE_FN, void *files, unsigned int fd)
+{
+	const char *fdt = (const char *)btf_load64(files, TT_FILES_FDT_OFF);
+	if (!fdt || fd >= btf_load32(fdt, TT_FDT_MAX_FDS_OFF))
+		return 0;
+	const char *slots = (const char *)btf_load64(fdt, TT_FDT_FD_OFF);
+	const void *file = slots ? (const void *)kword(slots + (u64)fd * 8) : 0;
+	return closing(ctx, fd, file);
+}
+#endif
+
 /* ---- SCM_RIGHTS sends ----------------------------------------------------- */
 
 /*
@@ -257,10 +402,8 @@ KFUNC_(TT_CLOSE_FN, void *files, unsigned int fd)
  * same ts (user space makes them one send). The files, not the sender's fd
  * numbers: user space knows which of the sender's fds holds each.
  */
-KRETFUNC_PROBE(__scm_send, void *sock, void *msg, void *scm, int ret)
+static __always_inline int scm_sent(void *ctx, const void *scm)
 {
-	if (ret)
-		return 0;
 	const char *fpl = (const char *)kword((const char *)scm + TT_SCM_FP_OFF);
 	if (!fpl)
 		return 0;
@@ -292,10 +435,34 @@ KRETFUNC_PROBE(__scm_send, void *sock, void *msg, void *scm, int ret)
 	return 0;
 }
 
+#ifdef TT_KPROBES
+/* __scm_send(sock, msg, scm): only a message with control data gets here */
+int scm_send_entry(void *ctx)
+{
+	keep_args(TT_KA_SCM_SEND, 0, karg2(ctx), 0, 0);
+	return 0;
+}
+
+int scm_send_return(void *ctx)
+{
+	struct tt_kargs k;
+	if (!take_args(TT_KA_SCM_SEND, &k) || (int)kret(ctx))
+		return 0;
+	return scm_sent(ctx, (const void *)k.a[0]);
+}
+#else
+KRETFUNC_PROBE(__scm_send, void *sock, void *msg, void *scm, int ret)
+{
+	if (ret)
+		return 0;
+	return scm_sent(ctx, scm);
+}
+#endif
+
 /* ---- close-on-exec and unshare of tracked processes ------------------------ */
 
 #ifdef TT_HAVE_SET_CLOEXEC
-KFUNC_PROBE(set_close_on_exec, unsigned int fd, int flag)
+static __always_inline int cloexec_set(void *ctx, unsigned int fd, int flag)
 {
 	if (!interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
@@ -311,10 +478,22 @@ KFUNC_PROBE(set_close_on_exec, unsigned int fd, int flag)
 	submit(ctx, e);
 	return 0;
 }
+
+#ifdef TT_KPROBES
+int cloexec_entry(void *ctx)
+{
+	return cloexec_set(ctx, (u32)karg0(ctx), (int)karg1(ctx));
+}
+#else
+KFUNC_PROBE(set_close_on_exec, unsigned int fd, int flag)
+{
+	return cloexec_set(ctx, fd, flag);
+}
+#endif
 #endif
 
 #ifdef TT_HAVE_KSYS_UNSHARE
-KRETFUNC_PROBE(ksys_unshare, unsigned long flags, int ret)
+static __always_inline int unshared(void *ctx, u64 flags, int ret)
 {
 	if (ret || !(flags & CLONE_FILES) || !interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
@@ -324,6 +503,28 @@ KRETFUNC_PROBE(ksys_unshare, unsigned long flags, int ret)
 	submit(ctx, e);
 	return 0;
 }
+
+#ifdef TT_KPROBES
+/* ksys_unshare(flags): kept for every call (rare), so none is ever stale */
+int unshare_entry(void *ctx)
+{
+	keep_args(TT_KA_UNSHARE, 0, karg0(ctx), 0, 0);
+	return 0;
+}
+
+int unshare_return(void *ctx)
+{
+	struct tt_kargs k;
+	if (!take_args(TT_KA_UNSHARE, &k))
+		return 0;
+	return unshared(ctx, k.a[0], (int)kret(ctx));
+}
+#else
+KRETFUNC_PROBE(ksys_unshare, unsigned long flags, int ret)
+{
+	return unshared(ctx, flags, ret);
+}
+#endif
 #endif
 
 #ifdef TT_HAVE_SYS_CLOSE_RANGE
@@ -339,7 +540,7 @@ KRETFUNC_PROBE(ksys_unshare, unsigned long flags, int ret)
  * itself (with UNSHARE a range reaching the table's end is left out of the copy,
  * not closed fd by fd): the closes that do come find nothing left.
  */
-KFUNC_PROBE(__x64_sys_close_range, void *regs)
+static __always_inline int close_range_called(void *ctx)
 {
 	u64 flags = sysarg(PT_DX);
 	u32 first = (u32)sysarg(PT_DI), last = (u32)sysarg(PT_SI);
@@ -354,6 +555,18 @@ KFUNC_PROBE(__x64_sys_close_range, void *regs)
 	submit(ctx, e);
 	return 0;
 }
+
+#ifdef TT_KPROBES
+int close_range_entry(void *ctx)
+{
+	return close_range_called(ctx);
+}
+#else
+KFUNC_PROBE(__x64_sys_close_range, void *regs)
+{
+	return close_range_called(ctx);
+}
+#endif
 #endif
 
 /*
@@ -361,7 +574,7 @@ KFUNC_PROBE(__x64_sys_close_range, void *regs)
  * releases a vfork parent: from here on the table is this process's own (what
  * sched_prepare_exec says on 6.10+, here on every kernel).
  */
-KFUNC_PROBE(begin_new_exec, void *bprm)
+static __always_inline int exec_begins(void *ctx)
 {
 	if (!interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
@@ -371,6 +584,18 @@ KFUNC_PROBE(begin_new_exec, void *bprm)
 	submit(ctx, e);
 	return 0;
 }
+
+#ifdef TT_KPROBES
+int exec_entry(void *ctx)
+{
+	return exec_begins(ctx);
+}
+#else
+KFUNC_PROBE(begin_new_exec, void *bprm)
+{
+	return exec_begins(ctx);
+}
+#endif
 
 /* ---- tun/tap ioctls (kprobes: module functions) --------------------------- */
 
@@ -458,12 +683,12 @@ int tun_ioctl_return(void *ctx)
  * ENOTTY in vfs_ioctl), and that is what the record says. An fd that is not open
  * (EBADF) never gets this far.
  */
-KFUNC_PROBE(security_file_ioctl, void *file, unsigned int cmd, unsigned long arg)
+static __always_inline int ioctl_checked(void *ctx, const void *file, unsigned int cmd)
 {
 	int tun = is_tun_cmd(cmd);
 	if (!tun && cmd != VHOST_NET_SET_BACKEND_)
 		return 0;
-	u32 kind = arg_file_kind(file);
+	u32 kind = arg_kind(file);
 	if ((tun ? kind == TT_FK_TUN || kind == TT_FK_TAP : kind == TT_FK_VHOST) ||
 	    is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
@@ -480,6 +705,18 @@ KFUNC_PROBE(security_file_ioctl, void *file, unsigned int cmd, unsigned long arg
 	submit(ctx, e);
 	return 0;
 }
+
+#ifdef TT_KPROBES
+int ioctl_check_entry(void *ctx)
+{
+	return ioctl_checked(ctx, (const void *)karg0(ctx), (u32)karg1(ctx));
+}
+#else
+KFUNC_PROBE(security_file_ioctl, void *file, unsigned int cmd, unsigned long arg)
+{
+	return ioctl_checked(ctx, file, cmd);
+}
+#endif
 #endif
 
 /* vhost_net_ioctl(file, cmd, arg): VHOST_NET_SET_BACKEND, read at return as the

@@ -217,7 +217,9 @@ def _backend(checks: list[Check]) -> Check:
     kind = "perf buffer" if buffer.startswith("kernel") else "ring buffer"
     kernel = next((c.detail for c in checks if c.name == "kernel backend"), "")
     if AUTO_PREFERS_KERNEL and kernel.startswith("loads"):
-        return Check("backend", True, f"auto: kernel, {kind}")
+        hooks = re.search(r"hooks: (\w+)", kernel)
+        mode = f" ({hooks.group(1)} hooks)" if hooks else ""
+        return Check("backend", True, f"auto: kernel{mode}, {kind}")
     return Check("backend", True, f"auto: tracepoint, {kind}")
 
 
@@ -257,7 +259,7 @@ def check_kernel_backend() -> list[Check]:
     try:
         role = "auto picks it" if AUTO_PREFERS_KERNEL else "only with --backend kernel"
         out = [Check("kernel backend", True, f"loads ({role}) in "
-                     f"{time.monotonic() - t0:.1f} s")]
+                     f"{time.monotonic() - t0:.1f} s; {p.note}")]
         for h in p.hooks():
             out.append(Check(f"hook {h['hook']}", True, f"{h['how']} ({h['why']})"))
         return out

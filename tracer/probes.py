@@ -136,6 +136,7 @@ class BackendInfo:
     buffer: str          # "ringbuf" or "perf"
     buffer_pages: int
     kernel_source: str | None
+    hooks: str | None = None   # the kernel backend's hook mode: "fentry" or "kprobe"
 
 
 MADV_PAGEOUT = 21          # Linux 5.4+

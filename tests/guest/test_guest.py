@@ -6,7 +6,9 @@ Each kernel boots once (tests/guest/guestvm.py: QEMU TCG, the host root read-onl
 handoff, SCM_RIGHTS (sendmsg and sendmmsg), CLONE_FILES (with and without exec), a
 multi-queue tap, the real vhost-net sequence, doctor - each comparing taptrace's
 table with /proc inside the guest - once with each backend (the kernel backend's own
-test, copies made before the first TUN ioctl, with the kernel backend only). `make test-guest` runs the whole integration suite
+test, copies made before the first TUN ioctl, with the kernel backend only), the
+kernel backend once with its fentry hooks and once with its kprobe variant
+(`kernel:kprobe`: TAPTRACE_KERNEL_HOOKS=kprobe, what a kernel refusing fentry gets). `make test-guest` runs the whole integration suite
 the same way.
 """
 
@@ -26,8 +28,11 @@ SMOKE_MIN = 12
 
 
 # Both backends on each kernel: `auto` picks the kernel backend there, and the
-# tracepoint backend is what every kernel without fentry/kprobes gets.
-BACKENDS = os.environ.get("TAPTRACE_GUEST_BACKENDS", "tracepoint kernel").split()
+# tracepoint backend is what every kernel without fentry/kprobes gets; the kernel
+# backend in both hook modes (BACKEND[:HOOKS]: fentry, which auto picks there, and
+# kprobe, which it falls back to where fentry is refused).
+BACKENDS = os.environ.get("TAPTRACE_GUEST_BACKENDS",
+                          "tracepoint kernel:fentry kernel:kprobe").split()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -43,7 +48,12 @@ def test_smoke_set_in_debians_kernel(series, backend, monkeypatch):
         pytest.fail(f"{exc} (make test installs them: tests/guest/guestvm.py --install)")
 
     # every tracer in the guest runs with this backend (TAPTRACE_* goes into the guest)
+    backend, _, hooks = backend.partition(":")
     monkeypatch.setenv("TAPTRACE_BACKEND", backend)
+    if hooks:
+        monkeypatch.setenv("TAPTRACE_KERNEL_HOOKS", hooks)
+    else:
+        monkeypatch.delenv("TAPTRACE_KERNEL_HOOKS", raising=False)
     marks = "smoke" if backend == "kernel" else "smoke and not kernel_backend"
     outcome = guestvm.run_pytest(release, ["-m", marks, "tests/integration"], timeout=1200)
 

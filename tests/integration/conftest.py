@@ -25,6 +25,7 @@ import tapkit
 ROOT = Path(__file__).resolve().parents[2]
 # The backend every tracer of this run uses (the guest matrix runs the set with both).
 BACKEND = os.environ.get("TAPTRACE_BACKEND", "auto")
+HOOKS = os.environ.get("TAPTRACE_KERNEL_HOOKS", "auto")     # the kernel backend's
 # A TUN ioctl on an fd that is not open (EBADF) never reaches a kernel function the
 # kernel backend hooks (security_file_ioctl is past the fd lookup): only the
 # tracepoint backend (sys_exit_ioctl) sees it. Both see one on an open fd that is not
@@ -59,6 +60,11 @@ class Tracer:
         wanted = os.environ.get("TAPTRACE_BACKEND", "auto")
         if wanted != "auto":
             assert self.ready["backend"] == wanted, self.ready
+        # TAPTRACE_KERNEL_HOOKS=kprobe: the kernel backend's kprobe variant, never
+        # fentry by a silent fallback
+        if self.ready["backend"] == "kernel" and HOOKS in ("fentry", "kprobe"):
+            assert self.ready.get("backend_note", "").startswith(
+                f"kernel backend hooks: {HOOKS} "), self.ready
 
     def _pump(self) -> None:
         for line in self.proc.stdout:

@@ -2,8 +2,10 @@
 fd_install, not from its first TUN ioctl, so copies made before that ioctl (dup,
 F_DUPFD_CLOEXEC, an SCM_RIGHTS pass) are traced with exact close-on-exec bits and
 one open-file identity. Runs where `--backend kernel` loads (the guest matrix with
-TAPTRACE_BACKEND=kernel); the tracepoint backend cannot pass it by design (it sees
-the open at the TUNSETIFF, and none of the copies made before)."""
+TAPTRACE_BACKEND=kernel), in either hook mode (TAPTRACE_KERNEL_HOOKS=fentry or
+kprobe: the same scenario, the same table, the same /proc truth; conftest checks
+the mode loaded is the one asked for); the tracepoint backend cannot pass it by
+design (it sees the open at the TUNSETIFF, and none of the copies made before)."""
 
 from __future__ import annotations
 

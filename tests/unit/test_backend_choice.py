@@ -61,3 +61,10 @@ def test_auto_prefers_the_kernel_backend_and_says_why_it_fell_back(fake, monkeyp
     assert opened == ["kernel", "tracepoint"]
     assert why == ("kernel backend unavailable: needs fentry; "
                    "using the tracepoint backend")
+
+
+def test_the_kernel_backend_says_which_hooks_it_uses(fake):
+    _opened, k = fake
+    k.note = "kernel backend hooks: kprobe (fentry refused: lockdown)"
+    assert backends.open_backend("kernel", print)[1] == k.note
+    assert backends.open_backend("auto", print)[1] == k.note

@@ -2,8 +2,10 @@
 same events (tracer.events) to the same model, which never knows which one did.
 
 - tracepoint: syscall and sched tracepoints; runs wherever BPF tracepoints do.
-- kernel: fentry/fexit and kprobes where files are installed, passed and closed,
-  and on the tun/tap ioctls; exact struct-file identity; no syscall tracepoint.
+- kernel: fentry/fexit (or, where fentry does not load, kprobes/kretprobes: the
+  hook mode, TAPTRACE_KERNEL_HOOKS) where files are installed, passed and closed,
+  and kprobes on the tun/tap ioctls; exact struct-file identity; no syscall
+  tracepoint.
 
 `auto` picks the kernel backend only where AUTO_PREFERS_KERNEL says it is proven
 (see the README), else the tracepoint backend.
@@ -27,7 +29,8 @@ def open_backend(choice: str, on_event: Callable[[ev.Event], None], buffer_pages
                  force_perf: bool = False, bad_ioctls: bool = False,
                  ) -> tuple[BccBackend, str | None]:
     """The attached backend, and a line saying why `auto` did not get the kernel
-    backend it tried (None when nothing needs saying). bad_ioctls: the kernel backend
+    backend it tried, or which hooks the kernel backend uses and why (its `note`;
+    None when nothing needs saying). bad_ioctls: the kernel backend
     also hooks every ioctl to see TUN ioctls on fds that are not tun/tap fds (the
     tracepoint backend always sees them)."""
     from .kernel import KernelBackend
@@ -38,11 +41,11 @@ def open_backend(choice: str, on_event: Callable[[ev.Event], None], buffer_pages
     if choice == "tracepoint" or (choice == "auto" and not AUTO_PREFERS_KERNEL):
         return TracepointBackend(on_event, buffer_pages, force_perf), None
     if choice == "kernel":
-        return KernelBackend(on_event, buffer_pages, force_perf,
-                             ioctl_check=bad_ioctls), None
+        k = KernelBackend(on_event, buffer_pages, force_perf, ioctl_check=bad_ioctls)
+        return k, getattr(k, "note", None)
     try:
-        return KernelBackend(on_event, buffer_pages, force_perf,
-                             ioctl_check=bad_ioctls), None
+        k = KernelBackend(on_event, buffer_pages, force_perf, ioctl_check=bad_ioctls)
+        return k, getattr(k, "note", None)
     except ProbeError as exc:
         reason = str(exc).removeprefix("the kernel backend ")
         why = f"kernel backend unavailable: {reason}; using the tracepoint backend"
