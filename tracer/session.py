@@ -193,6 +193,8 @@ class Session:
                  "rows": sum(len(p.table.fds) for p in self.model.procs.values()),
                  "taps": len(self.model.taps),
                  "tracer_pid": os.getpid(), "own_netns": self.model.own_netns}
+        if info.hooks:
+            ready["hooks"] = info.hooks        # the kernel backend's: fentry or kprobe
         if self.backend_note:
             ready["backend_note"] = self.backend_note
         ready.update(extra or {})

@@ -63,6 +63,7 @@ class Tracer:
         # TAPTRACE_KERNEL_HOOKS=kprobe: the kernel backend's kprobe variant, never
         # fentry by a silent fallback
         if self.ready["backend"] == "kernel" and HOOKS in ("fentry", "kprobe"):
+            assert self.ready.get("hooks") == HOOKS, self.ready
             assert self.ready.get("backend_note", "").startswith(
                 f"kernel backend hooks: {HOOKS} "), self.ready
 
