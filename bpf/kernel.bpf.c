@@ -614,10 +614,13 @@ struct tt_ioctl_call {
 BPF_HASH(ioctl_calls, u32, struct tt_ioctl_call, 10240);   /* tid -> call in progress */
 
 /* __tun_chr_ioctl(file, cmd, arg, ifreq_len) and tap_ioctl(file, cmd, arg) */
+/* A TUN ioctl, or VHOST_NET_SET_BACKEND given the tun/tap fd by mistake (the
+ * driver's own answer, EBADFD or EINVAL, is read at the return) */
 static __always_inline int ioctl_entry(void *ctx, u32 kind)
 {
 	u32 cmd = (u32)ctxreg(ctx, PT_SI);
-	if (!is_tun_cmd(cmd) || is_self(bpf_get_current_pid_tgid() >> 32))
+	if ((!is_tun_cmd(cmd) && cmd != VHOST_NET_SET_BACKEND_) ||
+	    is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	struct tt_ioctl_call c = {};
 	c.file = ctxreg(ctx, PT_DI);
@@ -648,6 +651,8 @@ int tun_ioctl_return(void *ctx)
 		return 0;
 	struct tt_ioctl_call c = *cp;
 	ioctl_calls.delete(&tid);
+	if (c.cmd == VHOST_NET_SET_BACKEND_)
+		return on_vhost_backend(ctx, (long)ctxreg(ctx, PT_AX));
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_TUN_IOCTL);
 	e->fd = (int)sysarg(PT_DI);
@@ -689,7 +694,8 @@ static __always_inline int ioctl_checked(void *ctx, const void *file, unsigned i
 	if (!tun && cmd != VHOST_NET_SET_BACKEND_)
 		return 0;
 	u32 kind = arg_kind(file);
-	if ((tun ? kind == TT_FK_TUN || kind == TT_FK_TAP : kind == TT_FK_VHOST) ||
+	/* a tun/tap file answers either kind itself: its kprobe reads that answer */
+	if (kind == TT_FK_TUN || kind == TT_FK_TAP || (!tun && kind == TT_FK_VHOST) ||
 	    is_self(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	if (!tun)

@@ -4,7 +4,8 @@ ProtectHome=, PrivateDevices=, ProtectKernelTunables=, ProtectControlGroups=, in
 mount namespace of its own), the syscall filter (SystemCallFilter= expanded by
 `systemd-analyze syscall-filter`,
 SystemCallErrorNumber=) and MemoryDenyWriteExecute= (the kernel's PR_SET_MDWE, 6.3+:
-the same refusal of writable-then-executable memory) here; LimitMEMLOCK=, the
+the same refusal of writable-then-executable memory; not emulated on older kernels,
+where systemd uses seccomp rules instead) here; LimitMEMLOCK=, the
 capabilities and NoNewPrivileges= by `prlimit` and `setpriv` around this, as a unit
 sets them before its ExecStart (unit_command builds the whole command line):
 
@@ -101,7 +102,12 @@ def apply(s: dict[str, list[str]]) -> None:
     if s.get("MemoryDenyWriteExecute", ["no"])[-1] == "yes":
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-            raise SystemExit(f"unitexec: PR_SET_MDWE: {os.strerror(ctypes.get_errno())}")
+            err = ctypes.get_errno()
+            if err != errno.EINVAL:
+                raise SystemExit(f"unitexec: PR_SET_MDWE: {os.strerror(err)}")
+            # before 6.3 (Debian's 6.1) there is no PR_SET_MDWE: systemd applies
+            # MemoryDenyWriteExecute= as seccomp rules on mmap/mprotect there, which
+            # this emulation leaves out (the rest of the sandbox still applies)
     allow = allowed_syscalls(s)
     if allow is not None:
         import seccomp  # python3-seccomp

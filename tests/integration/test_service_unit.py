@@ -189,12 +189,12 @@ def test_the_agent_traces_under_the_units_settings(tmp_path, host):
 def test_each_capability_is_needed(tmp_path, host, cap, sees):
     _holder, held, far, _ns = host
     code, err, lines = run_agent(tmp_path, host, drop=(cap,))
-    if cap == "CAP_SYS_ADMIN" and os.path.isdir("/sys/kernel/debug") \
-            and not os.path.ismount("/sys/kernel/debug/tracing"):
-        # bcc reads tracepoints under debugfs when it is mounted, and the tracefs
-        # there is mounted on first use: without CAP_SYS_ADMIN the kernel refuses
-        # that (a fresh boot, the guest). One line saying so, no traceback.
-        assert code != 0 and "Permission denied" in err and "Traceback" not in err, err
+    if cap == "CAP_SYS_ADMIN" and code != 0 and "/sys/kernel/debug/tracing/" in err:
+        # bcc reads tracepoints under debugfs when debugfs is mounted; Debian's 6.12
+        # (the guest) refuses that path without CAP_SYS_ADMIN even to root, where 6.18
+        # (this host) does not. The README's capability table says so. One line
+        # saying so, no traceback.
+        assert "Permission denied" in err and "Traceback" not in err, err
         return
     assert code == 0, err
     if sees == "handoff":
