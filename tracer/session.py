@@ -81,8 +81,6 @@ def ppid_of(pid: int) -> int | None:
         return None
 
 
-# records that change an fd table (see Session._in_snapshot); an exec closes its
-# close-on-exec fds, an unshare makes a table of its own
 # TUN ioctls that change an interface, not a table (Session._tap_news)
 TAP_STATE_IOCTLS = (ev.TUNSETPERSIST, ev.TUNSETOWNER, ev.TUNSETGROUP, ev.TUNSETQUEUE)
 # ... of those, the ones whose result /sys and rtnetlink show
@@ -90,6 +88,8 @@ SYS_SHOWN_IOCTLS = (ev.TUNSETPERSIST, ev.TUNSETOWNER, ev.TUNSETGROUP)
 # Snapshots taken again at once because a holder left a shared table while one ran
 # (Session._raced_snapshot); after that many in a row the last one stands.
 RACED_MAX = 3
+# records that change an fd table (see Session._in_snapshot); an exec closes its
+# close-on-exec fds, an unshare makes a table of its own
 TABLE_RECORDS = (ev.Open, ev.TunIoctl, ev.Dup, ev.Close, ev.CloseRange, ev.SetFd, ev.ScmRecv,
                  ev.PidfdGetfd, ev.Exec, ev.Unshare)
 PERF_EVENT_LINK = "anon_inode:[perf_event]"
