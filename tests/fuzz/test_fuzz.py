@@ -1,7 +1,8 @@
 """The fuzz reproductions and the fixed-seed fuzz batch (tests/fuzz/fuzz.py) as tests.
 
 The minimal reproductions in tests/fuzz/repro/ (each a mismatch the batch found, each
-exact since its cause was fixed) run in `make test`: they are regression tests.
+exact since its cause was fixed) run in `make test`: they are regression tests, judged
+as the batches are (a mismatch runs again; it fails only if it recurs every time).
 
 `make test` also runs a fixed-seed batch of TAPTRACE_FUZZ_COUNT programs (300;
 TAPTRACE_FUZZ_SEED picks another seed, TAPTRACE_FUZZ_PROFILES a comma-separated
@@ -80,9 +81,20 @@ def _need_root() -> None:
 
 @pytest.mark.parametrize("path", REPRO, ids=[p.stem for p in REPRO])
 def test_repro(path):
+    """Each regression program, as the batches are judged: one that mismatches runs
+    again, CONFIRM times at most, and fails only if it mismatches every time (the
+    loss and pause programs depend on timing); one exact on a rerun is a warning."""
     _need_root()
-    res = fuzz.run_program(fuzz.Program.parse(path.read_text()))
-    assert res.exact, fuzz.describe(res) + "\n" + "\n".join(res.detail[:10])
+    prog = fuzz.Program.parse(path.read_text())
+    first = res = fuzz.run_program(prog)
+    for _ in range(CONFIRM):
+        if res.exact:
+            break
+        res = fuzz.run_program(prog)
+    assert res.exact, fuzz.describe(first) + "\n" + "\n".join(first.detail[:10])
+    if not first.exact:
+        warnings.warn(f"{path.stem}: exact only when run again ({fuzz.describe(first)})",
+                      stacklevel=2)
 
 
 def test_program_text_round_trip():
