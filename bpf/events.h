@@ -92,7 +92,11 @@ enum tt_counter {
 	TT_C_SCM_SETTLED = 3,   /* of those, how many user space has read with none of
 	                           their files left in flight: recvmsg exits are parsed
 	                           while the two differ */
-	TT_C_NR = 4
+	TT_C_SCM_LOST_UNTIL = 4, /* a send record the buffer refused: until this
+	                           CLOCK_MONOTONIC ns (its message's time in flight, as
+	                           user space keeps a send it read) every recvmsg exit is
+	                           parsed, and a receive of it is taken from /proc */
+	TT_C_NR = 5
 };
 
 struct tt_event {

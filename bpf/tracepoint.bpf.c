@@ -256,7 +256,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_pidfd_open)
  * steps, exceeds the verifier's 1M-instruction budget on 6.18; bcc 0.26 leaves a
  * bpf_loop callback's address unrelocated, so the verifier refuses it.)
  */
-static __always_inline u32 scm_submit(void *ctx, struct tt_event *e, const char *msg)
+static __always_inline int scm_submit(void *ctx, struct tt_event *e, const char *msg)
 {
 	u64 ctl = 0, ctllen = 0;
 	bpf_probe_read_user(&ctl, sizeof(ctl), msg + 32);
@@ -296,7 +296,7 @@ static __always_inline u32 scm_submit(void *ctx, struct tt_event *e, const char 
 	e->nfds = got;
 	e->fdflags = cut ? TT_FD_TRUNCATED : 0;
 	if (submit(ctx, e))
-		return 0;
+		return -1;
 	return got + cut;
 }
 
@@ -351,8 +351,22 @@ static __always_inline void on_recv(void *ctx, int sock, u64 queue, const char *
 	e->arg = flags;
 	e->ret = ret;
 	e->arg2 = queue;
-	if (scm_submit(ctx, e, msg))
+	if (scm_submit(ctx, e, msg) > 0)
 		mark_interesting(e->tgid);
+}
+
+/*
+ * A send record the buffer refused: user space resyncs from /proc, which cannot
+ * show a message in flight, so its receive must still be recorded (it is taken
+ * from /proc then, as a receive of an unknown send). It is waited for as long as
+ * user space keeps a send it did read (model.SCM_PENDING_NS).
+ */
+static __always_inline void scm_send_lost(void)
+{
+	u32 idx = TT_C_SCM_LOST_UNTIL;
+	u64 *until = counters.lookup(&idx);
+	if (until)
+		*until = bpf_ktime_get_ns() + TT_SCM_PENDING_NS;
 }
 
 /*
@@ -361,7 +375,8 @@ static __always_inline void on_recv(void *ctx, int sock, u64 queue, const char *
  * does. A send that then fails just finds no receiver. Each send record in the
  * buffer is counted: until user space has read it and seen its files received
  * (TT_C_SCM_SETTLED), every recvmsg exit is parsed - however late the receive,
- * and however long user space takes to read (stopped, or busy).
+ * and however long user space takes to read (stopped, or busy). A send record
+ * lost on the way arms receives by time instead (scm_send_lost).
  */
 static __always_inline void on_send(void *ctx, int sock, u64 queue, const char *msg,
 				   u64 flags)
@@ -371,8 +386,11 @@ static __always_inline void on_send(void *ctx, int sock, u64 queue, const char *
 	e->fd = sock;
 	e->arg = flags;
 	e->arg2 = queue;
-	if (scm_submit(ctx, e, msg))
+	int n = scm_submit(ctx, e, msg);
+	if (n > 0)
 		count(TT_C_SCM_SENDS);
+	else if (n < 0)
+		scm_send_lost();
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
@@ -392,8 +410,13 @@ static __always_inline void mmsg_truncated(void *ctx, u32 type, int sock)
 	init_event(e, type);
 	e->fd = sock;
 	e->fdflags = TT_FD_TRUNCATED;
-	if (!submit(ctx, e) && type == TT_EV_SCM_SEND)
+	int err = submit(ctx, e);
+	if (type != TT_EV_SCM_SEND)
+		return;
+	if (!err)
 		count(TT_C_SCM_SENDS);
+	else
+		scm_send_lost();
 }
 
 /* struct mmsghdr is a msghdr (56 bytes) + unsigned int msg_len, 64 in all. */
@@ -424,8 +447,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 static __always_inline int scm_armed(void)
 {
 	u32 sent_idx = TT_C_SCM_SENDS, settled_idx = TT_C_SCM_SETTLED;
+	u32 lost_idx = TT_C_SCM_LOST_UNTIL;
 	u64 *sent = counters.lookup(&sent_idx), *settled = counters.lookup(&settled_idx);
-	return sent && settled && *sent != *settled;
+	if (sent && settled && *sent != *settled)
+		return 1;
+	u64 *until = counters.lookup(&lost_idx);
+	return until && *until && bpf_ktime_get_ns() < *until;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)

@@ -33,7 +33,10 @@ SETFD_HOW = {0: "F_SETFD", 1: "FIOCLEX", 2: "FIONCLEX"}
 # enum tt_file_kind: the path an open of that kind of file is on
 FK_NONE, FK_TUN, FK_TAP, FK_VHOST = 0, 1, 2, 3
 FILE_KIND = {FK_TUN: "tun", FK_TAP: "tap", FK_VHOST: "vhost"}
-C_LOST, C_INTEREST_FULL, C_SCM_SENDS, C_SCM_SETTLED = 0, 1, 2, 3
+C_LOST, C_INTEREST_FULL, C_SCM_SENDS, C_SCM_SETTLED, C_SCM_LOST_UNTIL = 0, 1, 2, 3, 4
+# how long a message in flight is waited for: a send user space read stays pending,
+# and after a send record was lost the BPF parses every receive (TT_SCM_PENDING_NS)
+SCM_PENDING_NS = 60_000_000_000
 
 # ioctl numbers (x86-64) and IFF_* flags: include/uapi/linux/if_tun.h
 TUNSETIFF = 0x400454CA

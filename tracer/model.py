@@ -31,7 +31,7 @@ NetnsProbe = Callable[[int, int], tuple[int | None, str | None] | None]
 
 LINEAGE_HEAD = 16
 LINEAGE_MAX = 64
-SCM_PENDING_NS = 60_000_000_000
+SCM_PENDING_NS = ev.SCM_PENDING_NS
 # a send whose taps only the message holds is checked against the kernel after this
 SCM_FREED_CHECK_NS = 500_000_000
 RELEASED_MAX = 256

@@ -13,6 +13,7 @@ peer), so a receive is matched only to sends on its own queue."""
 from __future__ import annotations
 
 from .. import btf, kheaders
+from .. import events as ev
 from ..probes import BccBackend, bpf_source
 from . import layouts
 
@@ -23,7 +24,7 @@ class TracepointBackend(BccBackend):
     name = "tracepoint"
 
     def _program(self) -> tuple[str, list[str]]:
-        cflags = []
+        cflags = [f"-DTT_SCM_PENDING_NS={ev.SCM_PENDING_NS}ULL"]
         group_dead = kheaders.has_tracepoint_field("sched", "sched_process_exit",
                                                    "group_dead")
         if group_dead:
