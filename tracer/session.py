@@ -260,7 +260,22 @@ class Session:
                        flags=flags)
 
     def _threads_of(self, pid: int) -> list[int]:
-        self._threads_asked = procfs.threads(pid)
+        """The threads of `pid` (not its leader) as an unshare by its leader finds
+        them: /proc/PID/task, and those that records not applied yet show acting
+        with no clone of theirs before (a tracer behind its records: /proc lists no
+        thread of a process killed since, or a thread exited since). Recorded."""
+        tids = set(procfs.threads(pid))
+        self.probes.poll(0)
+        batch, at = self._ahead
+        made = set()
+        for e in itertools.chain(batch[at:], self._queue):
+            if e.pid != pid:
+                continue
+            if e.tid != pid and e.tid not in made:
+                tids.add(e.tid)
+            if isinstance(e, ev.Fork) and e.flags & ev.CLONE_THREAD:
+                made.add(e.child)
+        self._threads_asked = sorted(tids)
         return self._threads_asked
 
     def _thread_table(self, pid: int, tid: int) -> list | None:
