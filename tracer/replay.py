@@ -212,17 +212,18 @@ def _convert(v, hint, name: str):
 
 def _instance(d, cls: type, name: str, skip: tuple[str, ...] = ()):
     """A dataclass built from a JSON object whose keys are exactly its fields."""
+    where = f"{name}: " if name else ""        # "": the record itself
     if not isinstance(d, dict):
-        raise _Bad(f"{name}: a {_json_type(d)}, not an object")
+        raise _Bad(f"{where}a {_json_type(d)}, not an object")
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in d if k not in fields and k not in skip]
     if unknown:
-        raise _Bad(f"{name}: unknown field {_show(unknown[0])}")
+        raise _Bad(f"{where}unknown field {_show(unknown[0])}")
     missing = [k for k, f in fields.items() if k not in d and
                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise _Bad(f"{name}: field {missing[0]!r} is missing")
+        raise _Bad(f"{where}field {missing[0]!r} is missing")
     prefix = f"{name}." if name else ""
     args = {}
     for k in fields:
@@ -298,12 +299,23 @@ class Reread:
     fds: list[tuple[int, str | bool | None, bool | None]]
 
 
-def parse(obj: dict) -> procfs.Snapshot | Reread | tuple[ev.Event, list, list]:
-    """One checked record: a snapshot, a table read again, or an event with its
-    recorded /proc answers and the namespaces read for it."""
+@dataclasses.dataclass(frozen=True)
+class Adopt:
+    """A process first seen through one of its threads, named from /proc
+    (Session._adopt) before that thread's record applies."""
+    pid: int
+    comm: str
+    ppid: int | None
+
+
+def parse(obj: dict) -> procfs.Snapshot | Reread | Adopt | tuple[ev.Event, list, list]:
+    """One checked record: a snapshot, a table read again, a process adopted, or
+    an event with its recorded /proc answers and the namespaces read for it."""
     kind = obj.get("kind")
     if kind == "reread":
         return _instance(obj, Reread, "", skip=("kind",))
+    if kind == "adopt":
+        return _instance(obj, Adopt, "", skip=("kind",))
     if kind == "snapshot":
         extra = [k for k in obj if k not in ("kind", "ts", "snapshot")]
         if extra:
@@ -365,6 +377,9 @@ def replay_iter(lines: Iterable[bytes | str], model: Model | None = None,
         try:
             if isinstance(rec, Reread):
                 yield from model.reload_table(rec.pid, rec.fds, rec.ts)
+                continue
+            if isinstance(rec, Adopt):
+                model._proc(rec.pid, rec.comm).ppid = rec.ppid
                 continue
             if isinstance(rec, procfs.Snapshot):
                 if loaded:

@@ -282,7 +282,10 @@ class Session:
         """A thread first seen: None if it uses its leader's fd table (kcmp), else
         the tun fds of its own (/proc/TID/fd) as (fd, ifname or "", cloexec)."""
         own = None
-        if procfs.same_fd_table(pid, tid) is False and not self._unshares_later(tid):
+        # kcmp compares the tables the two use now: an unshare by either that a
+        # record not applied yet says came later parted them after this record
+        if procfs.same_fd_table(pid, tid) is False and not self._unshares_later(tid) \
+                and not self._unshares_later(pid):
             own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(tid)]
         self._tables_asked.append([tid, own])
         return own
@@ -428,6 +431,9 @@ class Session:
         if info is not None:
             proc = self.model._proc(pid, info.comm)
             proc.ppid = info.ppid
+            if self._record is not None:     # a replay knows it from here, not /proc
+                self._record({"kind": "adopt", "pid": pid, "comm": info.comm,
+                              "ppid": info.ppid})
 
     def _track_root(self) -> None:
         """With -p, trace the root itself, so its forks (and so its descendants) are

@@ -180,3 +180,24 @@ def test_a_table_read_again_after_a_fork_replays():
     assert rows[(2, 3)]["how"] == "inherited"
     with pytest.raises(ReplayError, match="line 2: fds"):
         replay([lines[0], lines[2].replace('[[3, "a"', '[["x", "a"')])
+
+
+def test_a_process_adopted_through_its_thread_replays():
+    """A process first seen through one of its threads: the tracer named it from
+    /proc first ("adopt"), so the thread's record applied to a known process - and
+    the thread's own table (kcmp, recorded) is the thread's, not the leader's. A
+    replay does the same, not what a process unknown until that record would get."""
+    snap = {"procs": {}, "fds": [], "taps": {}, "files": [], "tables": []}
+    lines = [json.dumps({"kind": "snapshot", "ts": 1, "snapshot": snap}),
+             json.dumps({"kind": "adopt", "pid": 10, "comm": "qemu", "ppid": 1}),
+             json.dumps({"kind": "Open", "ts": 2, "pid": 10, "tid": 11, "comm": "worker",
+                         "fd": 5, "path": "/dev/net/tun", "flags": 2,
+                         "tables_asked": [[11, [[5, "a", False]]]]})]
+    model, _reports = replay(lines)
+    proc = model.procs[10]
+    assert (proc.comm, proc.ppid) == ("qemu", 1)
+    assert proc.table.fds == {} and sorted(proc.thread_tables[11].fds) == [5]
+    model, _reports = replay([lines[0], lines[2]])   # not adopted: the leader's table
+    assert sorted(model.procs[10].table.fds) == [5]
+    with pytest.raises(ReplayError, match="line 2: unknown field 'x'"):
+        replay([lines[0], lines[1].replace('"ppid"', '"x": 1, "ppid"')])
