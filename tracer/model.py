@@ -387,7 +387,7 @@ class Model:
         """Replace the state with a fresh snapshot, keeping what is still true.
         alive(pid): is a process the snapshot does not list (it holds no tun fd)
         still there? Such a process that shared an fd table keeps sharing it."""
-        before = {(r["pid"], r["fd"], r["ifname"]) for r in self.rows()}
+        before = {(*row_key(r), r["ifname"]) for r in self.rows()}
         keep_files: dict = {}
         keep_entries: dict = {}
         for p in self.procs.values():
@@ -440,7 +440,7 @@ class Model:
             if old is not None:
                 tap.created_by, tap.created_comm = old.created_by, old.created_comm
                 tap.persist_by = old.persist_by if tap.persist else None
-        after = {(r["pid"], r["fd"], r["ifname"]) for r in self.rows()}
+        after = {(*row_key(r), r["ifname"]) for r in self.rows()}
         return {"type": "resync", "added": len(after - before), "removed": len(before - after),
                 "rows": len(after)}
 
@@ -685,6 +685,20 @@ class Model:
 
     def _table_of(self, proc: Process, tid: int) -> FdTable:
         return proc.thread_tables.get(tid, proc.table)
+
+    def _task_tables(self, proc: Process) -> list[tuple[int, FdTable]]:
+        """Each fd table of a process with a task /proc and kcmp reach it through:
+        (pid, its leader's), then (tid, table) for each of its threads' own tables,
+        once, under the lowest tid using it (also while a thread's event runs)."""
+        leader = self._leaders_table(proc)
+        out = [(proc.pid, leader)]
+        seen = {id(leader)}
+        for tid in sorted(proc.thread_tables):
+            t = proc.thread_tables[tid]
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append((tid, t))
+        return out
 
     def _leaders_table(self, proc: Process) -> FdTable:
         """The table of proc's leader, the one its pid names (pidfd_getfd takes from
@@ -1391,7 +1405,8 @@ class Model:
             return None
         f = next(iter(cands.values()))
         if not f.iff or f.iff & ev.IFF_MULTI_QUEUE or any(
-                e.file.ifname == name for p in self.procs.values() for e in p.table.fds.values()):
+                e.file.ifname == name for p in self.procs.values()
+                for _task, t in self._task_tables(p) for e in t.fds.values()):
             return None
         got = self._netns_of(pid, fd) if f.netns is not None else None
         if got is not None and got[0] is not None and got[0] != f.netns:
@@ -1413,17 +1428,20 @@ class Model:
         return self._kcmp_file(pid, fd, name, procs)
 
     def _kcmp_file(self, pid: int, fd: int, name: str, procs: list) -> OpenFile | None:
+        """The file of those procs' tables (their threads' own too, asked through a
+        thread using each) that kcmp says pid's fd is."""
         known: set[int] = set()             # files kcmp said pid's fd is not
         for proc in procs:
-            for sfd, entry in sorted(proc.table.fds.items()):
-                f = entry.file
-                if f.id in known or (f.ifname or "") != name or (proc.pid, sfd) == (pid, fd):
-                    continue
-                same = self._same_file(pid, fd, proc.pid, sfd)
-                if same:
-                    return f
-                if same is not None:
-                    known.add(f.id)
+            for task, table in self._task_tables(proc):
+                for sfd, entry in sorted(table.fds.items()):
+                    f = entry.file
+                    if f.id in known or (f.ifname or "") != name or (task, sfd) == (pid, fd):
+                        continue
+                    same = self._same_file(pid, fd, task, sfd)
+                    if same:
+                        return f
+                    if same is not None:
+                        known.add(f.id)
         return None
 
     def learn_from_before(self, e: ev.TunIoctl, last: bool = False) -> None:
@@ -1679,20 +1697,36 @@ class Model:
 
     # ---- views -------------------------------------------------------------
 
+    def row_tables(self) -> list[tuple[Process, int | None, FdTable]]:
+        """The fd tables that are rows, in row order, as (process, tid, table): each
+        process's own (its leader's, the one /proc/PID/fd shows; tid None), then
+        each table of its threads that is not that one (tid: the thread). A table
+        several of its threads use (the leader unshared, threads 2 and 3 kept the
+        old one) is listed once, under the lowest tid using it."""
+        return [(p, None if task == p.pid else task, t)
+                for p in (self.procs[pid] for pid in sorted(self.procs))
+                for task, t in self._task_tables(p)]
+
     def holders(self) -> set[int]:
-        return {p.pid for p in self.procs.values() if p.table.fds}
+        """Processes holding a tun/tap fd, in their own table or a thread's."""
+        return {p.pid for p, _tid, t in self.row_tables() if t.fds}
 
     def rows(self, ifname_glob: str | None = None) -> list[dict]:
-        """The live table: one row per (pid, fd) holding a tun/tap file."""
+        """The live table: one row per (pid, fd) holding a tun/tap file, and per
+        (pid, tid, fd) of a thread's own table (see row_tables). `tid` is None for
+        the process's table. `shared_with` names the other holders of the same
+        open file as [pid, fd], or [pid, fd, tid] for a thread's own table."""
+        tables = self.row_tables()
         by_file: dict[int, list] = {}
-        for p in self.procs.values():
-            for fd in p.table.fds:
-                by_file.setdefault(p.table.fds[fd].file.id, []).append((p.pid, fd))
+        for p, tid, t in tables:
+            for fd in t.fds:
+                by_file.setdefault(t.fds[fd].file.id, []).append(holder_key(p.pid, fd, tid))
         rows = []
-        for pid in sorted(self.procs):
-            p = self.procs[pid]
-            for fd in sorted(p.table.fds):
-                entry = p.table.fds[fd]
+        for p, tid, t in tables:
+            pid = p.pid
+            for fd in sorted(t.fds):
+                me = holder_key(pid, fd, tid)
+                entry = t.fds[fd]
                 f = entry.file
                 label = f.label
                 if ifname_glob and not fnmatch.fnmatchcase(label or "", ifname_glob):
@@ -1704,7 +1738,7 @@ class Model:
                 flags = [n for n in ev.iff_names(iff) if n in ("vnet_hdr", "multi_queue",
                                                                "persist", "no_pi")]
                 rows.append({
-                    "pid": pid, "comm": p.comm, "fd": fd, "ifname": label,
+                    "pid": pid, "tid": tid, "comm": p.comm, "fd": fd, "ifname": label,
                     "kind": f.kind, "flags": flags, "cloexec": entry.cloexec,
                     "path": f.path, "file": f.id,
                     "creator_pid": f.creator_pid, "creator_comm": f.creator_comm,
@@ -1712,7 +1746,7 @@ class Model:
                     # the first SHARED_MAX others; `shared_count` says how many in all
                     # (one file held by 2,000 processes would make rows quadratic)
                     "shared_with": [list(k) for k in itertools.islice(
-                        (k for k in by_file[f.id] if k != (pid, fd)), SHARED_MAX)],
+                        (k for k in by_file[f.id] if k != me), SHARED_MAX)],
                     "shared_count": len(by_file[f.id]) - 1,
                     "queue": "detached" if f.queue_detached else "attached",
                     "owner": tap.owner if tap else None, "group": tap.group if tap else None,
@@ -1749,6 +1783,18 @@ class Model:
                             "open": f.id in self.files,
                             "steps": list(f.lineage), "chain": self.chain(f)})
         return out
+
+
+def holder_key(pid: int, fd: int, tid: int | None = None) -> tuple:
+    """How a row is named among the holders of a file (`shared_with`): (pid, fd) for a
+    process's table, (pid, fd, tid) for a thread's own."""
+    return (pid, fd) if tid is None else (pid, fd, tid)
+
+
+def row_key(row: dict) -> tuple:
+    """holder_key of a row (one without `tid`, written before rows had it: the
+    process's table)."""
+    return holder_key(row["pid"], row["fd"], row.get("tid"))
 
 
 def _kind(f: OpenFile) -> dict:

@@ -2,7 +2,8 @@
 
 Each test is a scenario (who holds what), an action (the records the BPF side
 would deliver for some syscalls), and the expected result: the table of rows,
-written as {(pid, fd): (ifname, cloexec, how)}, and the reports, by type.
+written as {(pid, fd): (ifname, cloexec, how)} ((pid, fd, tid) for the rows of a
+thread's own fd table), and the reports, by type.
 
 The kernel facts these follow are in KERNEL-NOTES.md ("How fds move"): dup2/dup3
 replace what newfd held; fork copies the table with its close-on-exec bits unless
@@ -19,7 +20,7 @@ import itertools
 import pytest
 
 from tracer import events as ev
-from tracer.model import SHARED_MAX, Model, descendants_filter
+from tracer.model import SHARED_MAX, Model, descendants_filter, holder_key, row_key
 from tracer.procfs import FdInfo, ProcInfo, Snapshot, TapInfo
 
 TAP = ev.IFF_TAP | ev.IFF_NO_PI
@@ -109,11 +110,12 @@ class World:
     # ---- what the model says ----------------------------------------------
 
     def table(self) -> dict:
-        return {(r["pid"], r["fd"]): (r["ifname"], r["cloexec"], r["how"])
-                for r in self.m.rows()}
+        """{(pid, fd) or, for a thread's own table, (pid, fd, tid): (ifname, cloexec,
+        how)}"""
+        return {row_key(r): (r["ifname"], r["cloexec"], r["how"]) for r in self.m.rows()}
 
-    def row(self, pid, fd) -> dict:
-        return next(r for r in self.m.rows() if (r["pid"], r["fd"]) == (pid, fd))
+    def row(self, pid, fd, tid=None) -> dict:
+        return next(r for r in self.m.rows() if row_key(r) == holder_key(pid, fd, tid))
 
     def gone(self) -> list[str]:
         return [r["ifname"] for r in self.reports if r["type"] == "tap_gone"]
@@ -857,8 +859,9 @@ def test_a_thread_that_unshares_acts_on_its_own_table_and_leaves_the_leaders():
     w.close(1, 3, tid=7)
     w.dup(1, 3, 5, tid=7)                  # EBADF in the thread's table: not seen there
     assert w.table() == {(1, 3): ("a", False, "opened")}
-    w.tap(1, 4, "b", tid=7)                # made in the thread's own table
-    assert (1, 4) not in w.table() and w.tap_info("b") is not None
+    w.tap(1, 4, "b", tid=7)                # made in the thread's own table: its row
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 4, 7): ("b", False, "opened")}
+    assert w.row(1, 4, tid=7)["tid"] == 7 and w.row(1, 3)["tid"] is None
     w.close(1, 3)                          # the leader closes: the tap's last file
     assert w.gone() == ["a"]
     w.apply(ev.Exit, 1, tid=7, thread=True)   # the thread's table goes with it
@@ -905,7 +908,7 @@ def test_a_leader_that_unshares_leaves_its_threads_the_old_table():
     w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
     w.tap(1, 4, "b", tid=7)                # in the old table: not the leader's
     w.close(1, 3)                          # the leader's copy: the old table keeps a
-    assert w.table() == {}
+    assert w.table() == {(1, 3, 7): ("a", False, "opened"), (1, 4, 7): ("b", False, "opened")}
     assert w.gone() == []
     w.apply(ev.Exit, 1, tid=7, thread=True)   # the old table's last user
     assert sorted(w.gone()) == ["a", "b"]
@@ -938,7 +941,11 @@ def test_a_thread_first_seen_with_a_table_of_its_own_gets_what_proc_shows_there(
     w.tap(1, 3, "a")
     w.setiff(1, 4, "b", tid=7, ret=-errno.EINVAL)  # its fd 4: not the leader's
     assert w.m.procs[1].thread_tables[7].users == {7}
-    assert w.table() == {(1, 3): ("a", False, "opened")}
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 3, 7): ("a", False, "snapshot"),
+                         (1, 4, 7): (None, True, "snapshot")}
+    assert w.row(1, 3, tid=7)["file"] == w.row(1, 3)["file"]     # kcmp: one open file
+    assert w.row(1, 3)["shared_with"] == [[1, 3, 7]]
+    assert w.row(1, 3, tid=7)["shared_with"] == [[1, 3]]
     w.close(1, 3)                              # the leader's: the thread's copy holds
     assert w.gone() == []
     w.apply(ev.Exec, 1, old_pid=7)             # the thread becomes the leader
@@ -1007,6 +1014,57 @@ def test_a_thread_that_unshares_when_nothing_is_shared_keeps_its_table():
     w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
     w.close(1, 3)
     assert w.gone() == ["a"]
+
+
+def test_a_table_the_leader_left_to_two_threads_is_one_set_of_rows_under_the_lowest():
+    # the leader unshares while threads 7 and 8 use its table: they keep the old one,
+    # one table, so one row per fd (under 7), not one per thread
+    w = World()
+    w.m = Model(threads_of=lambda pid: [8, 7] if pid == 1 else [])
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
+    w.close(1, 3)                          # the leader's copy
+    assert w.m.procs[1].thread_tables[7] is w.m.procs[1].thread_tables[8]
+    assert w.table() == {(1, 3, 7): ("a", False, "opened")}
+    w.tap(1, 4, "b", tid=8)                # by the other thread, in the same table
+    assert w.table() == {(1, 3, 7): ("a", False, "opened"), (1, 4, 7): ("b", False, "opened")}
+    assert w.row(1, 4, tid=7)["creator_pid"] == 1
+    w.apply(ev.Exit, 1, tid=7, thread=True)   # 8 still uses it: its rows now
+    assert w.table() == {(1, 3, 8): ("a", False, "opened"), (1, 4, 8): ("b", False, "opened")}
+    assert w.gone() == []
+
+
+def test_a_process_holding_a_tap_only_in_a_thread_s_table_holds_it():
+    # thread 7 unshared before its process held anything (no record); its first
+    # record: kcmp says its table is its own (and /proc shows no tun fd there yet)
+    w = World().named(worker=1)
+    w.m = Model(thread_table=lambda pid, tid: [] if tid == 7 else None)
+    w.m._proc(1, "worker")                 # adopted (Session._adopt): seen through a thread
+    w.tap(1, 5, "a", tid=7)
+    assert w.m.holders() == {1}
+    row = w.row(1, 5, tid=7)
+    assert (row["pid"], row["tid"], row["comm"], row["ifname"], row["creator_pid"]) == (
+        1, 7, "worker", "a", 1)
+    assert [r["ifname"] for r in w.m.rows("a")] == ["a"]
+    assert w.tap_info("a")["files"] == 1
+
+
+def test_rows_of_one_file_in_a_process_s_table_and_a_thread_s_name_each_other():
+    # shared_with is over every row: [pid, fd] for a process's table, [pid, fd, tid]
+    # for a thread's own; the pairs agree both ways
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Fork, 1, flags=ev.CLONE_VM | ev.CLONE_THREAD, child=7)   # a copy
+    w.fork(1, 2)
+    rows = {(r["pid"], r["fd"], r["tid"]): r for r in w.m.rows()}
+    assert list(rows) == [(1, 3, None), (1, 3, 7), (2, 3, None)]      # in row order
+    assert len({r["file"] for r in rows.values()}) == 1
+    for (pid, fd, tid), r in rows.items():
+        others = {tuple(k) for k in r["shared_with"]}
+        assert others == {holder_key(*k) for k in rows} - {holder_key(pid, fd, tid)}
+        assert r["shared_count"] == 2
+    assert rows[(1, 3, 7)]["shared_with"] == [[1, 3], [2, 3]]
+    assert rows[(2, 3, None)]["shared_with"] == [[1, 3], [1, 3, 7]]
 
 
 def test_a_process_first_seen_through_a_thread_is_named_by_comm_of():
@@ -1833,7 +1891,7 @@ def test_resync_of_an_fd_that_now_holds_another_file():
 # views
 # =============================================================================
 
-ROW_KEYS = {"pid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
+ROW_KEYS = {"pid", "tid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
             "creator_pid", "creator_comm", "how", "from_pid", "from_fd", "shared_with",
             "shared_count", "queue", "backends", "owner", "group", "netns", "netns_name"}
 
@@ -1845,7 +1903,7 @@ def test_a_row_has_exactly_these_fields():
     w.recv(2, 4, [40], cloexec=True)
     row = w.row(2, 40)
     assert set(row) == ROW_KEYS
-    assert row == {"pid": 2, "comm": "qemu", "fd": 40, "ifname": "vnet0", "kind": "tap",
+    assert row == {"pid": 2, "tid": None, "comm": "qemu", "fd": 40, "ifname": "vnet0", "kind": "tap",
                    "flags": ["no_pi", "vnet_hdr"], "cloexec": True, "path": "/dev/net/tun",
                    "file": w.row(1, 27)["file"], "creator_pid": 1, "creator_comm": "libvirtd",
                    "how": "received", "from_pid": 1, "from_fd": 27, "shared_with": [[1, 27]],
