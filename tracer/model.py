@@ -291,6 +291,20 @@ class Model:
                 t = table_of[pid] = self._new_table()
             t.users.add(pid)
             self.procs[pid] = Process(pid, info.comm, t, info.ppid)
+        # threads whose table is not their leader's (their fds are listed by tid)
+        for tid, pid in sorted((getattr(snap, "threads", None) or {}).items()):
+            proc = self.procs.get(pid)
+            if proc is None or tid in self.procs:
+                continue
+            t = table_of.get(tid)
+            if t is None or t is proc.table:
+                t = table_of[tid] = self._new_table()
+            t.users.add(tid)
+            proc.threads.add(tid)
+            proc.thread_tables[tid] = t
+        table_at = {pid: p.table for pid, p in self.procs.items()}
+        table_at.update((tid, t) for p in self.procs.values()
+                        for tid, t in p.thread_tables.items())
         byfd = {(fi.pid, fi.fd): fi for fi in snap.fds}
         reused: set[int] = set()
         # model files the snapshot shows to be one open file with another (the model
@@ -340,19 +354,19 @@ class Model:
                     f.iff = tap.iff
             for key in group:
                 fi = byfd.get(key)
-                proc = self.procs.get(key[0])
-                if fi is None or proc is None:
+                table = table_at.get(key[0])      # a process's, or a thread's own
+                if fi is None or table is None:
                     continue
-                if key[1] in proc.table.fds:
+                if key[1] in table.fds:
                     continue        # shared table: already placed via another user
                 prev = keep_entries.get(key)
                 if prev is not None and prev.file is not f:
                     prev = None     # that fd held another file before: it is new
                 how = prev.how if prev else "snapshot"
-                proc.table.fds[key[1]] = Entry(f, fi.cloexec, how,
-                                               prev.from_pid if prev else None,
-                                               prev.from_fd if prev else None,
-                                               prev.by if prev else None)
+                table.fds[key[1]] = Entry(f, fi.cloexec, how,
+                                          prev.from_pid if prev else None,
+                                          prev.from_fd if prev else None,
+                                          prev.by if prev else None)
                 f.refs += 1
         # A model file no snapshot file became, whose fds all lie in one snapshot
         # file: the same open file (kcmp says so of its fds). What else refers to it
@@ -391,9 +405,13 @@ class Model:
         keep_files: dict = {}
         keep_entries: dict = {}
         for p in self.procs.values():
-            for fd, e in p.table.fds.items():
-                keep_files[(p.pid, fd)] = e.file
-                keep_entries[(p.pid, fd)] = e
+            # (task, fd): a thread's own table under each of its threads (the
+            # snapshot names it by one of them)
+            tasks = [(p.pid, p.table), *p.thread_tables.items()]
+            for task, t in tasks:
+                for fd, e in t.fds.items():
+                    keep_files[(task, fd)] = e.file
+                    keep_entries[(task, fd)] = e
         taps_before = dict(self.taps)
         sharers = {p.pid: sorted(p.table.users - {p.pid} - p.threads)
                    for p in self.procs.values() if len(p.table.users - p.threads) > 1}

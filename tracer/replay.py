@@ -241,6 +241,10 @@ def snapshot_from(d: dict) -> procfs.Snapshot:
     for pid, info in snap.procs.items():
         if pid != info.pid:
             raise _Bad(f"snapshot.procs: key {pid} holds pid {info.pid}")
+    for tid, pid in snap.threads.items():
+        # a thread of a listed process, not a process itself
+        if not 0 < tid <= PID_MAX_LIMIT or pid not in snap.procs or tid in snap.procs:
+            raise _Bad(f"snapshot.threads: {tid} is no thread of a listed process")
     for key, tap in snap.taps.items():
         # keyed by name in taptrace's namespace, "INODE:name" in another
         if key not in (tap.ifname, f"{tap.netns}:{tap.ifname}"):

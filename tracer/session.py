@@ -659,7 +659,7 @@ class Session:
         if e.ts >= self._read_last:
             return False                     # newer than every read: the usual case
         proc = self.model.procs.get(e.pid)
-        if proc is not None and e.tid in proc.thread_tables:
+        if proc is not None and e.tid in proc.thread_tables and e.tid not in self._read_ns:
             return False                     # /proc/PID/fd shows the leader's table
         table = self.model.table_of(e.pid, e.tid)
         if table is None:

@@ -158,6 +158,16 @@ AFTER_SNAPSHOT = [
     ("files-triples", snap(files=[[[100, 3, 4]]]), "3 items, not 2"),
     ("files-not-nested", snap(files=[100, 3]), "files[0]: a number"),
     ("tables-strings", snap(tables=[["100"]]), "tables[0][0]: a string"),
+    ("threads-key-not-tid", snap(procs={"100": PROC}, threads={"x": 100}),
+     "key 'x' is not a number"),
+    ("threads-of-no-process", snap(procs={"100": PROC}, threads={"101": 7}),
+     "101 is no thread of a listed process"),
+    ("threads-a-process", snap(procs={"100": PROC}, threads={"100": 100}),
+     "100 is no thread of a listed process"),
+    ("threads-tid-huge", snap(procs={"100": PROC}, threads={"9999999": 100}),
+     "9999999 is no thread"),
+    ("threads-pid-string", snap(procs={"100": PROC}, threads={"101": "100"}),
+     "threads['101']: a string"),
 ]
 
 # whole files: (id, content, the bad line, what the error says)

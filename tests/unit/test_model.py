@@ -130,8 +130,11 @@ def types(reports: list[dict]) -> list[str]:
 
 def snapshot(procs: dict[int, str], fds: list[tuple], taps: dict[str, int],
              files: list[list[tuple[int, int]]] | None = None,
-             tables: list[list[int]] | None = None) -> Snapshot:
-    """procs: pid -> comm; fds: (pid, fd, ifname, cloexec); taps: ifname -> tun_flags.
+             tables: list[list[int]] | None = None,
+             threads: dict[int, int] | None = None) -> Snapshot:
+    """procs: pid -> comm; fds: (pid, fd, ifname, cloexec), pid a tid for a thread's
+    own table; taps: ifname -> tun_flags; threads: tid -> pid of threads with a table
+    of their own.
 
     Each fd is its own open file and each process its own table unless said."""
     return Snapshot(
@@ -145,6 +148,7 @@ def snapshot(procs: dict[int, str], fds: list[tuple], taps: dict[str, int],
               for i, (name, flags) in enumerate(taps.items())},
         files=files if files is not None else [[(pid, fd)] for pid, fd, _, _ in fds],
         tables=tables if tables is not None else [[pid] for pid in procs],
+        threads=threads or {},
     )
 
 
@@ -1681,6 +1685,48 @@ def test_a_tap_made_after_the_snapshot_read_sys_is_learned_from_its_tunsetiff():
         ("t", 1, 1)]
     w.close(1, 3)
     assert w.gone() == ["t"]
+
+
+def test_load_gives_a_thread_its_own_table_as_the_snapshot_shows_it():
+    # the snapshot lists thread 7's own table under its tid, thread 8 using it too;
+    # 7's fd 3 is the leader's fd 3 (kcmp), its fd 4 a tap of its own
+    def never(pid, tid):
+        raise AssertionError(f"thread {tid} asked of /proc: the snapshot said")
+    snap = snapshot({1: "qemu"}, [(1, 3, "a", False), (7, 3, "a", False), (7, 4, "b", True)],
+                    {"a": TAP, "b": TAP}, files=[[(1, 3), (7, 3)], [(7, 4)]],
+                    tables=[[1], [7, 8]], threads={7: 1, 8: 1})
+    w = World()
+    w.m = Model(thread_table=never)
+    w.m.load(snap)
+    assert w.table() == {(1, 3): ("a", False, "snapshot"), (1, 3, 7): ("a", False, "snapshot"),
+                         (1, 4, 7): ("b", True, "snapshot")}
+    assert w.row(1, 3)["file"] == w.row(1, 3, tid=7)["file"]
+    assert w.m.procs[1].thread_tables[8] is w.m.procs[1].thread_tables[7]
+    assert w.m.procs[1].threads == {7, 8}
+    w.close(1, 4, tid=8)                   # in the threads' table, not the leader's
+    assert w.gone() == ["b"]
+    w.close(1, 3, tid=7)
+    assert w.table() == {(1, 3): ("a", False, "snapshot")}
+    # a process whose taps are all in a thread's table is listed for it
+    w.m.load(snapshot({2: "worker"}, [(9, 5, "c", False)], {"c": TAP}, threads={9: 2}))
+    assert w.table() == {(2, 5, 9): ("c", False, "snapshot")} and w.m.holders() == {2}
+
+
+def test_resync_keeps_what_a_thread_s_own_table_held():
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, tid=7, flags=ev.CLONE_FILES)
+    w.tap(1, 4, "b", tid=7)
+    before = {k: w.m.rows()[i]["file"] for i, k in enumerate(w.table())}
+    out = w.m.resync(snapshot({1: "proc"}, [(1, 3, "a", False), (7, 3, "a", False),
+                                            (7, 4, "b", False)],
+                              {"a": TAP, "b": TAP}, files=[[(1, 3), (7, 3)], [(7, 4)]],
+                              threads={7: 1}))
+    assert (out["added"], out["removed"]) == (0, 0)
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 3, 7): ("a", False, "opened"),
+                         (1, 4, 7): ("b", False, "opened")}
+    assert {k: r["file"] for k, r in zip(w.table(), w.m.rows())} == before
+    assert w.row(1, 4, tid=7)["creator_pid"] == 1
 
 
 def test_resync_never_makes_two_snapshot_files_one():
