@@ -704,6 +704,13 @@ class Model:
     def _table_of(self, proc: Process, tid: int) -> FdTable:
         return proc.thread_tables.get(tid, proc.table)
 
+    def _task(self, e: ev.Event) -> int:
+        """The task whose view of /proc (and kcmp) is the fd table e applies to: its
+        thread, while that thread's own table is swapped in (see apply), else the
+        process (its leader's table)."""
+        swapped = self._swapped
+        return e.tid if swapped is not None and swapped[0].pid == e.pid else e.pid
+
     def _task_tables(self, proc: Process) -> list[tuple[int, FdTable]]:
         """Each fd table of a process with a task /proc and kcmp reach it through:
         (pid, its leader's), then (tid, table) for each of its threads' own tables,
@@ -764,18 +771,36 @@ class Model:
         if own is None:
             proc.table.users.add(tid)
             return
-        # its own table may be another process's too (it unshared, then cloned a
-        # CLONE_FILES child; a resync since forgot the thread): then it is that one
-        sharer = next((q for q in self.procs.values() if q is not proc
-                       and self._same_table(tid, q.pid)), None)
-        if sharer is not None:
-            sharer.table.users.add(tid)
-            proc.thread_tables[tid] = sharer.table
+        # its own table may be one another thread of its process has (it was made
+        # by a thread that had unshared, both unseen) or another process's (it
+        # unshared, then cloned a CLONE_FILES child; a resync since forgot the
+        # thread): then it is that one
+        kin = next((t for task, t in self._task_tables(proc)[1:]
+                    if self._same_table(tid, task)), None)
+        if kin is None:
+            kin = next((q.table for q in self.procs.values() if q is not proc
+                        and self._same_table(tid, q.pid)), None)
+        if kin is not None:
+            kin.users.add(tid)
+            proc.thread_tables[tid] = kin
+            self._know_table_mates(proc, tid, kin)
             return
         t = self._new_table()
         t.users.add(tid)
         proc.thread_tables[tid] = t
         self._fill_from_proc(t, tid, own, [proc])
+        self._know_table_mates(proc, tid, t)
+
+    def _know_table_mates(self, proc: Process, tid: int, t: FdTable) -> None:
+        """Threads of proc not seen yet that use the table thread tid was just found
+        to have of its own (made by it, or left it with it by the leader's unshare,
+        before the trace): users of that table too (kcmp KCMP_FILES), so that it is
+        one table, its rows named by the lowest tid using it."""
+        for other in self._threads_of(proc.pid):
+            if other != tid and other not in proc.threads and self._same_table(tid, other):
+                proc.threads.add(other)
+                t.users.add(other)
+                proc.thread_tables[other] = t
 
     def _fill_from_proc(self, t: FdTable, pid: int, own: list, first: list) -> None:
         """Put the tun fds /proc shows in a table of pid's (or a thread's) into `t`,
@@ -1327,7 +1352,8 @@ class Model:
                                 fds=tracked, **self._fds_fields(proc.table, tracked)))
 
     def _match_send(self, e: ev.ScmRecv) -> PendingSend | None:
-        names = [self._probe_fd(e.pid, fd) for fd in e.fds]
+        task = self._task(e)
+        names = [self._probe_fd(task, fd) for fd in e.fds]
         # A control buffer too small for every fd (MSG_CTRUNC) gets the first ones
         # only; the kernel drops the rest. Such a shorter receive takes a longer send
         # only when no send matches exactly and /proc confirms what arrived.
@@ -1371,7 +1397,8 @@ class Model:
         short, before the trace): the ones /proc names as tun/tap fds are taken as
         they are, from an unknown sender - or, where kcmp says one is the same open
         file as one of `sender`'s fds, as that file. Returns the fds taken."""
-        names = [self._probe_fd(e.pid, fd) for fd in fds]
+        task = self._task(e)
+        names = [self._probe_fd(task, fd) for fd in fds]
         if not any(isinstance(n, str) for n in names):
             return []
         comm = self._comm_for(e)
@@ -1381,10 +1408,10 @@ class Model:
             if not isinstance(name, str):
                 continue
             self._drop_entry(proc, fd, e.ts, e.tid, comm, "stale", out, report=False)
-            f = self._sender_file(e.pid, fd, name, sender)
+            f = self._sender_file(task, fd, name, sender)
             from_pid = sender if f is not None else None
             if f is None:
-                f = self._held_file(e.pid, fd, name) or self._file_from_proc(e.pid, fd, name)
+                f = self._held_file(task, fd, name) or self._file_from_proc(task, fd, name)
             f.refs += 1
             proc.table.fds[fd] = Entry(f, e.cloexec, "received", from_pid, None, e.pid)
             f.step(e.ts, "recv", e.pid, comm, fd, from_pid=from_pid, from_fd=None)
@@ -1441,6 +1468,8 @@ class Model:
         (kcmp; the receiver's own first): a file whose sender has gone, or whose
         send was cut short, is still the one its other holders have."""
         first = self.procs.get(pid)
+        if first is None and self._swapped is not None:
+            first = self._swapped[0]        # pid is a thread of it (its own table)
         procs = ([first] if first is not None else []) + [
             p for p in self.procs.values() if p is not first]
         return self._kcmp_file(pid, fd, name, procs)
@@ -1550,8 +1579,9 @@ class Model:
             else:                         # its send was not seen (before the trace)
                 f = self.by_ptr.get(ptr)
                 if f is None:
-                    name = self._probe_fd(e.pid, newfd)
-                    f = self._file_from_proc(e.pid, newfd, name if isinstance(name, str)
+                    task = self._task(e)
+                    name = self._probe_fd(task, newfd)
+                    f = self._file_from_proc(task, newfd, name if isinstance(name, str)
                                              else "")
                     self._learn(f, ptr)
                 f.refs += 1

@@ -133,6 +133,8 @@ AFTER_SNAPSHOT = [
     ("probe-object", with_(RECV, probe=[{}]), "probe[0]"),
     ("probe-not-list", with_(RECV, probe="tth0"), "probe: a string"),
     ("exec-probe-shape", with_(EXEC, probe=[[3]]), "probe[0]: 1 items, not 2"),
+    ("threads-asked-strings", with_(DUP, threads_asked=["101"]), "threads_asked[0]: a string"),
+    ("threads-asked-object", with_(DUP, threads_asked={}), "threads_asked: a object"),
     ("exec-probe-fd-string", with_(EXEC, probe=[["3", "x"]]), "probe[0][0]: a string"),
     ("ts-string", with_(OPEN, ts="now"), "ts: a string"),
     ("snapshot-missing", b'{"kind": "snapshot", "ts": 3}\n', "'snapshot' is missing"),

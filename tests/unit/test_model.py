@@ -1071,6 +1071,60 @@ def test_rows_of_one_file_in_a_process_s_table_and_a_thread_s_name_each_other():
     assert rows[(2, 3, None)]["shared_with"] == [[1, 3], [1, 3, 7]]
 
 
+def test_a_thread_first_seen_whose_table_another_thread_has_joins_that_table():
+    # thread 7 unshared and made thread 8, both before the process was tracked: the
+    # first of them seen gets a table of its own (kcmp, /proc), the second is told
+    # by kcmp (KCMP_FILES) to use that one, not a second copy
+    w = World()
+    w.m = Model(thread_table=lambda pid, tid: [(4, "b", False)] if tid in (7, 8) else None,
+                same_table=lambda a, b: {a, b} == {7, 8})
+    w.tap(1, 3, "a")
+    w.setiff(1, 4, "b", tid=7, ret=-errno.EINVAL)      # 7 first seen
+    w.close(1, 4, tid=8)                                # 8 closes in their table
+    assert w.m.procs[1].thread_tables[8] is w.m.procs[1].thread_tables[7]
+    assert w.table() == {(1, 3): ("a", False, "opened")}
+
+
+def test_a_thread_first_seen_with_its_own_table_finds_the_threads_that_share_it():
+    # the leader unshared before the process was tracked; threads 5 and 8 kept the old
+    # table, thread 9 made one of its own. 8 is seen first: /proc/PID/task and kcmp
+    # say 5 uses its table too, so the table's rows are 5's (the lowest), and 5's
+    # records apply there without asking /proc again
+    asked = []
+
+    def thread_table(pid, tid):
+        asked.append(tid)
+        return [] if tid in (5, 8, 9) else None
+    w = World()
+    w.m = Model(threads_of=lambda pid: [5, 8, 9] if pid == 1 else [],
+                thread_table=thread_table, same_table=lambda a, b: {a, b} == {5, 8})
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "b", tid=8)
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 4, 5): ("b", False, "opened")}
+    w.close(1, 4, tid=5)
+    assert asked == [8] and w.table() == {(1, 3): ("a", False, "opened")}
+    assert w.gone() == ["b"]
+
+
+def test_a_receive_into_a_thread_s_own_table_is_read_in_that_table():
+    # thread 7 has a table of its own; it receives at fd 3, where the leader's table
+    # holds another tap: /proc is asked of the thread's table (/proc/7/fd/3), so the
+    # receive matches the send in flight
+    probe = {(1, 3): "a", (7, 3): "b"}
+    w = World(probe=lambda pid, fd: probe.get((pid, fd)))
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, tid=7, flags=ev.CLONE_FILES)
+    w.close(1, 3, tid=7)
+    w.tap(2, 4, "b")
+    w.send(2, 9, [4])
+    out = w.recv(1, 8, [3], tid=7)
+    assert [(r["type"], r["from_pid"], r["ifnames"]) for r in out] == [
+        ("scm_recv", 2, ["b"])]
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 3, 7): ("b", False, "received"),
+                         (2, 4): ("b", False, "opened")}
+    assert w.row(1, 3, tid=7)["file"] == w.row(2, 4)["file"]
+
+
 def test_a_process_first_seen_through_a_thread_is_named_by_comm_of():
     # records carry the calling thread's name; a process the model meets through a
     # worker thread asks comm_of (/proc/PID/comm) for its own
