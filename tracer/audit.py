@@ -12,7 +12,7 @@ Which process is "the VM" of a tap, strongest word first:
      (`fd=`/`fds=`), that `ifname=`, or the tap's bridge (`-netdev bridge`).
   3. Any QEMU holding it (hot-plugged by QMP `getfd`: no number to match).
 
-Kinds, one finding per holder (pid, fd) or per tap:
+Kinds, one finding per holder (pid, fd; a thread's own fd table: pid, tid, fd) or per tap:
   leak            a process that is not the VM holds the same open file as the VM:
                   the copy the creator (libvirtd) or an intermediate kept after
                   handing the fd over. From a snapshot only the sharing is known;
@@ -55,6 +55,7 @@ from .enrich import (
     parse_qemu_cmdline,
     proc_cmdline,
 )
+from .model import row_key
 
 KINDS = ("leak", "foreign_holder", "vm_gone", "orphan", "bad_probe")
 
@@ -95,6 +96,12 @@ class HostFacts:
 
 def _label(comm, pid) -> str:
     return f"{comm or '?'}[{pid}]"
+
+
+def _holder(r: dict) -> str:
+    """`qemu[42] fd 27`; `qemu[42] thread 45 fd 27` for a thread's own fd table."""
+    thread = f" thread {r['tid']}" if r.get("tid") is not None else ""
+    return f"{_label(r['comm'], r['pid'])}{thread} fd {r['fd']}"
 
 
 def _vm_label(pid: int, comm, vm) -> str:
@@ -285,12 +292,12 @@ def _tap_findings(ifname: str, holders: list[dict], vhost: set[int], tap: dict |
             f"; {kept_text(tap)}" if intent["kept_on_purpose"] else "") + ")"
         intent["left_by_command"] = True
     if master and not in_use:
-        held = ", ".join(f"{_label(r['comm'], r['pid'])} fd {r['fd']}" for r in holders)
+        held = ", ".join(_holder(r) for r in holders)
         why = f"held only by {held}" if holders else "no process holds it"
         out.append(Finding("vm_gone", ifname, None, None, None,
                            f"{ifname}: a port of {master} that no VM holds ({why})"
                            + ("" if holders else on_purpose),
-                           {"master": master, "holders": [[r["pid"], r["fd"]] for r in holders],
+                           {"master": master, "holders": [list(row_key(r)) for r in holders],
                             "persist": persist, **intent}))
     elif not holders and not vhost:
         what = f"persistent {kind}" if persist else kind
@@ -302,11 +309,13 @@ def _tap_findings(ifname: str, holders: list[dict], vhost: set[int], tap: dict |
 
 def _holder_finding(ifname: str, r: dict, vm_files: dict, owners: set[int], vm, source,
                     facts: HostFacts, chain_of: ChainOf) -> Finding:
-    who = f"{_label(r['comm'], r['pid'])} fd {r['fd']}"
+    who = _holder(r)
     detail: dict = {"vm": vm, "vm_pids": sorted(owners), "vm_from": source,
                     "file": r["file"], "how": r.get("how"), "from_pid": r.get("from_pid"),
                     "creator_pid": r.get("creator_pid"), "creator_comm": r.get("creator_comm"),
                     "creator_from": r.get("creator_from")}
+    if r.get("tid") is not None:
+        detail["tid"] = r["tid"]      # the holder is that thread's own fd table
     vm_row = vm_files.get(r["file"])
     # live: the way the file went to the VM (a leak), or to this holder (foreign)
     chain = chain_of(r["file"], vm_row["pid"] if vm_row is not None else r["pid"])

@@ -206,9 +206,10 @@ def _scan_workers() -> int:
 def ls(json_out: bool, ifname: str | None, netns: int | None) -> None:
     """Snapshot from /proc (no BPF; any user sees what it may read).
 
-    One row per (pid, fd) holding a tun/tap file: ifname, its network namespace
-    where not taptrace's, kind, flags, close-on-exec, and the other (pid, fd)
-    sharing the same open file (kcmp). Tuns and taps that exist with no holder
+    One row per (pid, fd) holding a tun/tap file, and per (pid, tid, fd) of a
+    thread's own fd table (TID column): ifname, its network namespace where not
+    taptrace's, kind, flags, close-on-exec, and the other holders sharing the same
+    open file (kcmp). Tuns and taps that exist with no holder
     (persistent) are listed too, in every namespace taptrace can enter."""
     from . import procfs
     from .enrich import enrich_rows, proc_cmdline

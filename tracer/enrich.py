@@ -329,12 +329,16 @@ def enrich_rows(rows: list[dict], cmdline_of=proc_cmdline, nics: dict[str, Libvi
             argv = cmdline_of(pid)
             qemu_cache[pid] = parse_qemu_cmdline(argv) if argv else None
         q = qemu_cache[pid]
-        hit = q.by_fd(r["fd"]) if q else None
+        # `-netdev fd=N` names an fd of the table QEMU started with, not a thread's own
+        tid = r.get("tid")
+        hit = q.by_fd(r["fd"]) if q and tid is None else None
         nd = hit[0] if hit else (q.by_ifname(ifname) if q and ifname else None)
         nic = nics.get(ifname) if ifname and not foreign else None
         key = (ns if foreign else None, ifname)
         if ifname and key not in host_cache:
-            host_cache[key] = host_in(pid, r["fd"], ns, ifname) if foreign else host(ifname)
+            # (/proc/TID shows a thread's own table)
+            host_cache[key] = (host_in(tid if tid is not None else pid, r["fd"], ns, ifname)
+                               if foreign else host(ifname))
         hs = host_cache.get(key) if ifname else None
         if nd is None and q is not None and hs is not None:
             nd = _bridge_netdev(q, hs.master)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from . import render
 from .history_store import HistoryError, check_schema
+from .model import row_key
 
 _EPOCH = re.compile(r"[0-9]{1,12}(\.[0-9]*)?")
 
@@ -162,7 +163,7 @@ def holders_at(con: sqlite3.Connection, t: float, ifname: str | None = None,
         (held if t <= h.last_seen else stale).append(h)
     if stale and covered(con, t):
         stale = []              # a later run saw t, and these were not held then
-    key = (lambda h: (h.row["pid"], h.row["fd"], h.since))
+    key = (lambda h: (h.row["pid"], h.row.get("tid") or 0, h.row["fd"], h.since))
     _put_sharing(con, t, held, stale, complete=pid is None and vm is None)
     return sorted(held, key=key), sorted(stale, key=key)
 
@@ -184,11 +185,11 @@ def _put_sharing(con: sqlite3.Connection, t: float, held: list[Holding],
             pool += map(_holding, con.execute(
                 f"SELECT {_COLS} WHERE i.ifname = ? AND i.since <= ? "
                 "AND (i.until > ? OR i.until IS NULL)", (name, t, t)))
-    peers: dict[tuple, set[tuple[int, int]]] = {}
+    peers: dict[tuple, set[tuple]] = {}
     for h in pool:
-        peers.setdefault((h.run, h.row.get("file")), set()).add((h.row["pid"], h.row["fd"]))
+        peers.setdefault((h.run, h.row.get("file")), set()).add(row_key(h.row))
     for h in found:
-        me = (h.row["pid"], h.row["fd"])
+        me = row_key(h.row)
         others = sorted(peers.get((h.run, h.row.get("file")), set()) - {me}) \
             if h.row.get("ifname") else []
         row = {}

@@ -137,7 +137,8 @@ def _field(v) -> str:
 
 def finding_fields(f: Finding, state: str) -> dict[str, str]:
     out = {"TAPTRACE_FINDING": state, "TAPTRACE_KIND": f.kind}
-    for key, v in (("IFNAME", f.ifname), ("PID", f.pid), ("FD", f.fd), ("COMM", f.comm),
+    for key, v in (("IFNAME", f.ifname), ("PID", f.pid), ("TID", f.detail.get("tid")),
+                   ("FD", f.fd), ("COMM", f.comm),
                    ("VM", f.detail.get("vm")), ("ROLE", f.detail.get("role"))):
         if v is not None:
             out["TAPTRACE_" + key] = _field(v)

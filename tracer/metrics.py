@@ -65,14 +65,15 @@ class Sample:
 
 def fd_counts(model: Model, comms_max: int = COMMS_MAX) -> dict[tuple[str, str], int]:
     """Tap fds by (kind, holder comm), the comms beyond the commonest `comms_max`
-    folded into "other". Counted as the live table counts rows: per (pid, fd)."""
+    folded into "other". Counted as the live table counts rows: per (pid, fd), and
+    per (pid, tid, fd) of a thread's own table."""
     by: Counter[tuple[str, str]] = Counter()
     per_comm: Counter[str] = Counter()
-    for p in model.procs.values():
-        if not p.table.fds:
+    for p, _tid, table in model.row_tables():
+        if not table.fds:
             continue
         comm = render.safe(p.comm)
-        for entry in p.table.fds.values():
+        for entry in table.fds.values():
             by[(entry.file.kind, comm)] += 1
             per_comm[comm] += 1
     if len(per_comm) <= comms_max:

@@ -291,6 +291,20 @@ class Model:
                 t = table_of[pid] = self._new_table()
             t.users.add(pid)
             self.procs[pid] = Process(pid, info.comm, t, info.ppid)
+        # threads whose table is not their leader's (their fds are listed by tid)
+        for tid, pid in sorted((getattr(snap, "threads", None) or {}).items()):
+            proc = self.procs.get(pid)
+            if proc is None or tid in self.procs:
+                continue
+            t = table_of.get(tid)
+            if t is None or t is proc.table:
+                t = table_of[tid] = self._new_table()
+            t.users.add(tid)
+            proc.threads.add(tid)
+            proc.thread_tables[tid] = t
+        table_at = {pid: p.table for pid, p in self.procs.items()}
+        table_at.update((tid, t) for p in self.procs.values()
+                        for tid, t in p.thread_tables.items())
         byfd = {(fi.pid, fi.fd): fi for fi in snap.fds}
         reused: set[int] = set()
         # model files the snapshot shows to be one open file with another (the model
@@ -340,19 +354,19 @@ class Model:
                     f.iff = tap.iff
             for key in group:
                 fi = byfd.get(key)
-                proc = self.procs.get(key[0])
-                if fi is None or proc is None:
+                table = table_at.get(key[0])      # a process's, or a thread's own
+                if fi is None or table is None:
                     continue
-                if key[1] in proc.table.fds:
+                if key[1] in table.fds:
                     continue        # shared table: already placed via another user
                 prev = keep_entries.get(key)
                 if prev is not None and prev.file is not f:
                     prev = None     # that fd held another file before: it is new
                 how = prev.how if prev else "snapshot"
-                proc.table.fds[key[1]] = Entry(f, fi.cloexec, how,
-                                               prev.from_pid if prev else None,
-                                               prev.from_fd if prev else None,
-                                               prev.by if prev else None)
+                table.fds[key[1]] = Entry(f, fi.cloexec, how,
+                                          prev.from_pid if prev else None,
+                                          prev.from_fd if prev else None,
+                                          prev.by if prev else None)
                 f.refs += 1
         # A model file no snapshot file became, whose fds all lie in one snapshot
         # file: the same open file (kcmp says so of its fds). What else refers to it
@@ -387,13 +401,17 @@ class Model:
         """Replace the state with a fresh snapshot, keeping what is still true.
         alive(pid): is a process the snapshot does not list (it holds no tun fd)
         still there? Such a process that shared an fd table keeps sharing it."""
-        before = {(r["pid"], r["fd"], r["ifname"]) for r in self.rows()}
+        before = {(*row_key(r), r["ifname"]) for r in self.rows()}
         keep_files: dict = {}
         keep_entries: dict = {}
         for p in self.procs.values():
-            for fd, e in p.table.fds.items():
-                keep_files[(p.pid, fd)] = e.file
-                keep_entries[(p.pid, fd)] = e
+            # (task, fd): a thread's own table under each of its threads (the
+            # snapshot names it by one of them)
+            tasks = [(p.pid, p.table), *p.thread_tables.items()]
+            for task, t in tasks:
+                for fd, e in t.fds.items():
+                    keep_files[(task, fd)] = e.file
+                    keep_entries[(task, fd)] = e
         taps_before = dict(self.taps)
         sharers = {p.pid: sorted(p.table.users - {p.pid} - p.threads)
                    for p in self.procs.values() if len(p.table.users - p.threads) > 1}
@@ -440,7 +458,7 @@ class Model:
             if old is not None:
                 tap.created_by, tap.created_comm = old.created_by, old.created_comm
                 tap.persist_by = old.persist_by if tap.persist else None
-        after = {(r["pid"], r["fd"], r["ifname"]) for r in self.rows()}
+        after = {(*row_key(r), r["ifname"]) for r in self.rows()}
         return {"type": "resync", "added": len(after - before), "removed": len(before - after),
                 "rows": len(after)}
 
@@ -686,6 +704,27 @@ class Model:
     def _table_of(self, proc: Process, tid: int) -> FdTable:
         return proc.thread_tables.get(tid, proc.table)
 
+    def _task(self, e: ev.Event) -> int:
+        """The task whose view of /proc (and kcmp) is the fd table e applies to: its
+        thread, while that thread's own table is swapped in (see apply), else the
+        process (its leader's table)."""
+        swapped = self._swapped
+        return e.tid if swapped is not None and swapped[0].pid == e.pid else e.pid
+
+    def _task_tables(self, proc: Process) -> list[tuple[int, FdTable]]:
+        """Each fd table of a process with a task /proc and kcmp reach it through:
+        (pid, its leader's), then (tid, table) for each of its threads' own tables,
+        once, under the lowest tid using it (also while a thread's event runs)."""
+        leader = self._leaders_table(proc)
+        out = [(proc.pid, leader)]
+        seen = {id(leader)}
+        for tid in sorted(proc.thread_tables):
+            t = proc.thread_tables[tid]
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append((tid, t))
+        return out
+
     def _leaders_table(self, proc: Process) -> FdTable:
         """The table of proc's leader, the one its pid names (pidfd_getfd takes from
         it), even while one of its threads' events is applied to the thread's."""
@@ -732,18 +771,36 @@ class Model:
         if own is None:
             proc.table.users.add(tid)
             return
-        # its own table may be another process's too (it unshared, then cloned a
-        # CLONE_FILES child; a resync since forgot the thread): then it is that one
-        sharer = next((q for q in self.procs.values() if q is not proc
-                       and self._same_table(tid, q.pid)), None)
-        if sharer is not None:
-            sharer.table.users.add(tid)
-            proc.thread_tables[tid] = sharer.table
+        # its own table may be one another thread of its process has (it was made
+        # by a thread that had unshared, both unseen) or another process's (it
+        # unshared, then cloned a CLONE_FILES child; a resync since forgot the
+        # thread): then it is that one
+        kin = next((t for task, t in self._task_tables(proc)[1:]
+                    if self._same_table(tid, task)), None)
+        if kin is None:
+            kin = next((q.table for q in self.procs.values() if q is not proc
+                        and self._same_table(tid, q.pid)), None)
+        if kin is not None:
+            kin.users.add(tid)
+            proc.thread_tables[tid] = kin
+            self._know_table_mates(proc, tid, kin)
             return
         t = self._new_table()
         t.users.add(tid)
         proc.thread_tables[tid] = t
         self._fill_from_proc(t, tid, own, [proc])
+        self._know_table_mates(proc, tid, t)
+
+    def _know_table_mates(self, proc: Process, tid: int, t: FdTable) -> None:
+        """Threads of proc not seen yet that use the table thread tid was just found
+        to have of its own (made by it, or left it with it by the leader's unshare,
+        before the trace): users of that table too (kcmp KCMP_FILES), so that it is
+        one table, its rows named by the lowest tid using it."""
+        for other in self._threads_of(proc.pid):
+            if other != tid and other not in proc.threads and self._same_table(tid, other):
+                proc.threads.add(other)
+                t.users.add(other)
+                proc.thread_tables[other] = t
 
     def _fill_from_proc(self, t: FdTable, pid: int, own: list, first: list) -> None:
         """Put the tun fds /proc shows in a table of pid's (or a thread's) into `t`,
@@ -1295,7 +1352,8 @@ class Model:
                                 fds=tracked, **self._fds_fields(proc.table, tracked)))
 
     def _match_send(self, e: ev.ScmRecv) -> PendingSend | None:
-        names = [self._probe_fd(e.pid, fd) for fd in e.fds]
+        task = self._task(e)
+        names = [self._probe_fd(task, fd) for fd in e.fds]
         # A control buffer too small for every fd (MSG_CTRUNC) gets the first ones
         # only; the kernel drops the rest. Such a shorter receive takes a longer send
         # only when no send matches exactly and /proc confirms what arrived.
@@ -1339,7 +1397,8 @@ class Model:
         short, before the trace): the ones /proc names as tun/tap fds are taken as
         they are, from an unknown sender - or, where kcmp says one is the same open
         file as one of `sender`'s fds, as that file. Returns the fds taken."""
-        names = [self._probe_fd(e.pid, fd) for fd in fds]
+        task = self._task(e)
+        names = [self._probe_fd(task, fd) for fd in fds]
         if not any(isinstance(n, str) for n in names):
             return []
         comm = self._comm_for(e)
@@ -1349,10 +1408,10 @@ class Model:
             if not isinstance(name, str):
                 continue
             self._drop_entry(proc, fd, e.ts, e.tid, comm, "stale", out, report=False)
-            f = self._sender_file(e.pid, fd, name, sender)
+            f = self._sender_file(task, fd, name, sender)
             from_pid = sender if f is not None else None
             if f is None:
-                f = self._held_file(e.pid, fd, name) or self._file_from_proc(e.pid, fd, name)
+                f = self._held_file(task, fd, name) or self._file_from_proc(task, fd, name)
             f.refs += 1
             proc.table.fds[fd] = Entry(f, e.cloexec, "received", from_pid, None, e.pid)
             f.step(e.ts, "recv", e.pid, comm, fd, from_pid=from_pid, from_fd=None)
@@ -1391,7 +1450,8 @@ class Model:
             return None
         f = next(iter(cands.values()))
         if not f.iff or f.iff & ev.IFF_MULTI_QUEUE or any(
-                e.file.ifname == name for p in self.procs.values() for e in p.table.fds.values()):
+                e.file.ifname == name for p in self.procs.values()
+                for _task, t in self._task_tables(p) for e in t.fds.values()):
             return None
         got = self._netns_of(pid, fd) if f.netns is not None else None
         if got is not None and got[0] is not None and got[0] != f.netns:
@@ -1408,22 +1468,27 @@ class Model:
         (kcmp; the receiver's own first): a file whose sender has gone, or whose
         send was cut short, is still the one its other holders have."""
         first = self.procs.get(pid)
+        if first is None and self._swapped is not None:
+            first = self._swapped[0]        # pid is a thread of it (its own table)
         procs = ([first] if first is not None else []) + [
             p for p in self.procs.values() if p is not first]
         return self._kcmp_file(pid, fd, name, procs)
 
     def _kcmp_file(self, pid: int, fd: int, name: str, procs: list) -> OpenFile | None:
+        """The file of those procs' tables (their threads' own too, asked through a
+        thread using each) that kcmp says pid's fd is."""
         known: set[int] = set()             # files kcmp said pid's fd is not
         for proc in procs:
-            for sfd, entry in sorted(proc.table.fds.items()):
-                f = entry.file
-                if f.id in known or (f.ifname or "") != name or (proc.pid, sfd) == (pid, fd):
-                    continue
-                same = self._same_file(pid, fd, proc.pid, sfd)
-                if same:
-                    return f
-                if same is not None:
-                    known.add(f.id)
+            for task, table in self._task_tables(proc):
+                for sfd, entry in sorted(table.fds.items()):
+                    f = entry.file
+                    if f.id in known or (f.ifname or "") != name or (task, sfd) == (pid, fd):
+                        continue
+                    same = self._same_file(pid, fd, task, sfd)
+                    if same:
+                        return f
+                    if same is not None:
+                        known.add(f.id)
         return None
 
     def learn_from_before(self, e: ev.TunIoctl, last: bool = False) -> None:
@@ -1514,8 +1579,9 @@ class Model:
             else:                         # its send was not seen (before the trace)
                 f = self.by_ptr.get(ptr)
                 if f is None:
-                    name = self._probe_fd(e.pid, newfd)
-                    f = self._file_from_proc(e.pid, newfd, name if isinstance(name, str)
+                    task = self._task(e)
+                    name = self._probe_fd(task, newfd)
+                    f = self._file_from_proc(task, newfd, name if isinstance(name, str)
                                              else "")
                     self._learn(f, ptr)
                 f.refs += 1
@@ -1679,20 +1745,36 @@ class Model:
 
     # ---- views -------------------------------------------------------------
 
+    def row_tables(self) -> list[tuple[Process, int | None, FdTable]]:
+        """The fd tables that are rows, in row order, as (process, tid, table): each
+        process's own (its leader's, the one /proc/PID/fd shows; tid None), then
+        each table of its threads that is not that one (tid: the thread). A table
+        several of its threads use (the leader unshared, threads 2 and 3 kept the
+        old one) is listed once, under the lowest tid using it."""
+        return [(p, None if task == p.pid else task, t)
+                for p in (self.procs[pid] for pid in sorted(self.procs))
+                for task, t in self._task_tables(p)]
+
     def holders(self) -> set[int]:
-        return {p.pid for p in self.procs.values() if p.table.fds}
+        """Processes holding a tun/tap fd, in their own table or a thread's."""
+        return {p.pid for p, _tid, t in self.row_tables() if t.fds}
 
     def rows(self, ifname_glob: str | None = None) -> list[dict]:
-        """The live table: one row per (pid, fd) holding a tun/tap file."""
+        """The live table: one row per (pid, fd) holding a tun/tap file, and per
+        (pid, tid, fd) of a thread's own table (see row_tables). `tid` is None for
+        the process's table. `shared_with` names the other holders of the same
+        open file as [pid, fd], or [pid, fd, tid] for a thread's own table."""
+        tables = self.row_tables()
         by_file: dict[int, list] = {}
-        for p in self.procs.values():
-            for fd in p.table.fds:
-                by_file.setdefault(p.table.fds[fd].file.id, []).append((p.pid, fd))
+        for p, tid, t in tables:
+            for fd in t.fds:
+                by_file.setdefault(t.fds[fd].file.id, []).append(holder_key(p.pid, fd, tid))
         rows = []
-        for pid in sorted(self.procs):
-            p = self.procs[pid]
-            for fd in sorted(p.table.fds):
-                entry = p.table.fds[fd]
+        for p, tid, t in tables:
+            pid = p.pid
+            for fd in sorted(t.fds):
+                me = holder_key(pid, fd, tid)
+                entry = t.fds[fd]
                 f = entry.file
                 label = f.label
                 if ifname_glob and not fnmatch.fnmatchcase(label or "", ifname_glob):
@@ -1704,7 +1786,7 @@ class Model:
                 flags = [n for n in ev.iff_names(iff) if n in ("vnet_hdr", "multi_queue",
                                                                "persist", "no_pi")]
                 rows.append({
-                    "pid": pid, "comm": p.comm, "fd": fd, "ifname": label,
+                    "pid": pid, "tid": tid, "comm": p.comm, "fd": fd, "ifname": label,
                     "kind": f.kind, "flags": flags, "cloexec": entry.cloexec,
                     "path": f.path, "file": f.id,
                     "creator_pid": f.creator_pid, "creator_comm": f.creator_comm,
@@ -1712,7 +1794,7 @@ class Model:
                     # the first SHARED_MAX others; `shared_count` says how many in all
                     # (one file held by 2,000 processes would make rows quadratic)
                     "shared_with": [list(k) for k in itertools.islice(
-                        (k for k in by_file[f.id] if k != (pid, fd)), SHARED_MAX)],
+                        (k for k in by_file[f.id] if k != me), SHARED_MAX)],
                     "shared_count": len(by_file[f.id]) - 1,
                     "queue": "detached" if f.queue_detached else "attached",
                     "owner": tap.owner if tap else None, "group": tap.group if tap else None,
@@ -1749,6 +1831,18 @@ class Model:
                             "open": f.id in self.files,
                             "steps": list(f.lineage), "chain": self.chain(f)})
         return out
+
+
+def holder_key(pid: int, fd: int, tid: int | None = None) -> tuple:
+    """How a row is named among the holders of a file (`shared_with`): (pid, fd) for a
+    process's table, (pid, fd, tid) for a thread's own."""
+    return (pid, fd) if tid is None else (pid, fd, tid)
+
+
+def row_key(row: dict) -> tuple:
+    """holder_key of a row (one without `tid`, written before rows had it: the
+    process's table)."""
+    return holder_key(row["pid"], row["fd"], row.get("tid"))
 
 
 def _kind(f: OpenFile) -> dict:

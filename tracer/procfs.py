@@ -37,6 +37,7 @@ IFF_MULTI_QUEUE, IFF_PERSIST, IFF_NO_PI, IFF_VNET_HDR = 0x0100, 0x0800, 0x1000, 
 # container's namespace). TUNGETDEVNETNS (5.2+) asks the device itself: exact.
 TUNGETDEVNETNS = 0x54E3            # _IO('T', 227)
 SYS_PIDFD_OPEN = 434
+PIDFD_THREAD = 0o200               # O_EXCL: a pidfd of that thread, not its process (6.9+)
 SYS_PIDFD_GETFD = 438
 SYS_SETNS = 308                    # x86-64
 CLONE_NEWNET = 0x40000000
@@ -95,6 +96,11 @@ class Snapshot:
     # the snapshot says nothing: its records apply)
     read_ns: dict[int, int] = field(default_factory=dict)
     taps_ns: int = 0                     # when the taps (/sys, rtnetlink) were read
+    # tid -> pid: a thread (not its process's leader) whose fd table is not its
+    # leader's and holds tun fds. Its fds are listed under the tid (in `fds`,
+    # `files`, `read_ns`: /proc/TID/fd and kcmp reach its table through it), its
+    # table is grouped in `tables` like a process's; its process is in `procs`.
+    threads: dict[int, int] = field(default_factory=dict)
 
 
 # ---- kcmp ------------------------------------------------------------------
@@ -313,13 +319,22 @@ def pidfd_open(pid: int) -> int | None:
     return None if fd < 0 else fd
 
 
+def task_pidfd(tid: int) -> int | None:
+    """A pidfd whose pidfd_getfd reads the fd table of task `tid`: a process's (its
+    leader's), or a thread's own (PIDFD_THREAD, 6.9+; before, None for a thread)."""
+    fd = pidfd_open(tid)
+    if fd is None:               # EINVAL: not a leader
+        fd = _syscall(SYS_PIDFD_OPEN, tid, PIDFD_THREAD, 0, 0, 0)
+    return None if fd is None or fd < 0 else fd
+
+
 def tap_netns_fd(pid: int, fd: int, pidfd: int | None = None) -> int | None:
     """An fd of the namespace that the tap behind PID's fd N lives in: TUNGETDEVNETNS
     on a pidfd_getfd copy (root, or ptrace rights over PID). None: gone, no right, no
     tap attached, or not a tun file (macvtap has no TUNGETDEVNETNS)."""
     own = pidfd is None
     if own:
-        pidfd = pidfd_open(pid)
+        pidfd = task_pidfd(pid)
         if pidfd is None:
             return None
     try:
@@ -683,7 +698,7 @@ def _tun_fds(pid: int, taps: _Ifindex,
             if info_dir < 0:
                 info_dir = os.open(f"/proc/{pid}/fdinfo", _DIR_FLAGS)
             if pidfd == -1 and path == TUN_PATH:
-                pidfd = pidfd_open(pid)    # once per holder: each tap's namespace
+                pidfd = task_pidfd(pid)    # once per holder: each tap's namespace
             info = _fdinfo(pid, int(name), path, taps, info_dir, pidfd)
             if info is not None:
                 out.append(info)
@@ -701,6 +716,34 @@ def _tun_fds(pid: int, taps: _Ifindex,
 def tun_fds(pid: int) -> list[FdInfo]:
     """Every tun/tap and vhost-net fd of a process; [] if it is gone or unreadable."""
     return _tun_fds(pid, _Ifindex())
+
+
+def own_tables(pid: int) -> list[list[int]]:
+    """The fd tables of pid's threads that are not its leader's, each as the ids of
+    the threads using it (ascending; the table listed under the first). A thread's
+    table is its leader's after a clone(CLONE_THREAD | CLONE_FILES), as pthreads
+    makes them, until it (or the leader) unshares.
+
+    Bounded cost: a process with no other thread costs one stat (the link count of
+    /proc/PID/task is 2 + its threads); one with threads, a listing of
+    /proc/PID/task and one kcmp (KCMP_FILES) per thread against the leader; the
+    threads whose table differs are grouped by kcmp's order (one kcmp each when
+    it is the table of the thread before, O(log tables) otherwise). No fd is
+    listed here. A leader that has exited (a zombie whose threads go on) has no
+    table: each of its threads' tables is one of these."""
+    try:
+        if os.stat(f"/proc/{pid}/task").st_nlink <= 3:
+            return []
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except (OSError, ValueError):
+        return []
+    # not the leader's table (-1: gone, or no kcmp)
+    own = [t for t in tids if t != pid and _syscall(SYS_KCMP, pid, t, KCMP_FILES, 0, 0)
+           not in (0, -1)]
+    if not own:
+        return []
+    groups = _classes(own, lambda a, b: _syscall(SYS_KCMP, a, b, KCMP_FILES, 0, 0))
+    return sorted(sorted(g) for g in groups)
 
 
 def threads(pid: int) -> list[int]:
@@ -786,9 +829,12 @@ def _pids() -> list[int]:
 
 
 def _scan(pids: Iterable[int], taps: _Ifindex, read_ns: dict[int, int] | None = None,
-          files: _FileGrouper | None = None) -> list[FdInfo]:
-    """The tun fds of pids; read_ns: when each was read; files: each process's fds
-    placed by open file as it is read."""
+          files: _FileGrouper | None = None,
+          threads: dict[int, int] | None = None) -> list[FdInfo]:
+    """The tun fds of pids, and of their threads' own fd tables (own_tables: listed
+    under the first tid of each; `threads` is told tid -> pid of every thread using
+    one that holds a tun fd); read_ns: when each table was read; files: each
+    table's fds placed by open file as it is read."""
     fds: list[FdInfo] = []
     listed = files.listed if files is not None and _kcmp_works() else None
     for pid in pids:
@@ -797,6 +843,16 @@ def _scan(pids: Iterable[int], taps: _Ifindex, read_ns: dict[int, int] | None = 
         if got and read_ns is not None:
             read_ns[pid] = start
         fds.extend(got)
+        for group in own_tables(pid) if threads is not None else ():
+            start = time.monotonic_ns()
+            got = _tun_fds(group[0], taps, listed)
+            if not got:
+                continue
+            for tid in group:
+                threads[tid] = pid
+                if read_ns is not None:
+                    read_ns[tid] = start
+            fds.extend(got)
     return fds
 
 
@@ -824,9 +880,11 @@ def _scan_in_child(pids: list[int]) -> tuple[int, int]:
         code = 1
         try:
             os.close(r)
+            threads: dict[int, int] = {}
+            fds = _scan(pids, _Ifindex(), threads=threads)
             data = memoryview(marshal.dumps(
-                [(f.pid, f.fd, f.path, f.ifname, f.cloexec, f.flags, f.netns)
-                 for f in _scan(pids, _Ifindex())]))
+                ([(f.pid, f.fd, f.path, f.ifname, f.cloexec, f.flags, f.netns)
+                  for f in fds], threads)))
             while data:
                 data = data[os.write(w, data):]
             code = 0
@@ -836,8 +894,8 @@ def _scan_in_child(pids: list[int]) -> tuple[int, int]:
     return child, r
 
 
-def _collect(child: int, r: int) -> list[FdInfo] | None:
-    """A helper's FdInfo list; None if it failed."""
+def _collect(child: int, r: int) -> tuple[list[FdInfo], dict[int, int]] | None:
+    """A helper's FdInfo list and threads (see _scan); None if it failed."""
     try:
         data = _read_all(r)
     except OSError:
@@ -848,12 +906,14 @@ def _collect(child: int, r: int) -> list[FdInfo] | None:
     if os.waitstatus_to_exitcode(status) != 0:
         return None
     try:
-        return [FdInfo(*t) for t in marshal.loads(data)]
+        fds, threads = marshal.loads(data)
+        return [FdInfo(*t) for t in fds], dict(threads)
     except (EOFError, ValueError, TypeError):
         return None
 
 
-def _scan_parallel(pids: list[int], taps: _Ifindex, workers: int) -> list[FdInfo]:
+def _scan_parallel(pids: list[int], taps: _Ifindex, workers: int,
+                   threads: dict[int, int] | None = None) -> list[FdInfo]:
     """_scan in `workers` processes, this one included, each taking every workers-th pid.
 
     Nearly all of a full scan is the kernel's work per fd (getdents instantiating a
@@ -869,25 +929,32 @@ def _scan_parallel(pids: list[int], taps: _Ifindex, workers: int) -> list[FdInfo
                 helpers.append((*_scan_in_child(share), share))
             except OSError:
                 unforked.append(share)
-        fds = _scan(shares[0], taps)
+        threads = {} if threads is None else threads
+        fds = _scan(shares[0], taps, threads=threads)
         while helpers:
             child, r, share = helpers.pop(0)
             got = _collect(child, r)
-            fds.extend(_scan(share, taps) if got is None else got)
+            if got is None:
+                fds.extend(_scan(share, taps, threads=threads))
+            else:
+                fds.extend(got[0])
+                threads.update(got[1])
         for share in unforked:
-            fds.extend(_scan(share, taps))
+            fds.extend(_scan(share, taps, threads=threads))
     finally:                                    # interrupted: no helper left behind
         for child, r, _ in helpers:
             os.close(r)
             os.waitpid(child, 0)
     order = {pid: i for i, pid in enumerate(pids)}
-    fds.sort(key=lambda f: order[f.pid])   # the serial scan's order (stable: fds in place)
+    # the serial scan's order (stable: fds in place; a thread's after its process's)
+    fds.sort(key=lambda f: order[threads.get(f.pid, f.pid)])
     return fds
 
 
 def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
-    """Every tun/tap and vhost-net fd of the given processes (default: all), grouped by
-    open file. Which tap backs a vhost fd's vrings is not in /proc: the trace sees it.
+    """Every tun/tap and vhost-net fd of the given processes (default: all), and of
+    their threads' own fd tables (see own_tables), grouped by open file. Which tap
+    backs a vhost fd's vrings is not in /proc: the trace sees it.
 
     workers > 1 scans in that many processes (forked helpers) when there are enough
     pids; only for a single-threaded caller (`taptrace ls`), not a tracer with BPF."""
@@ -895,15 +962,17 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     pids = _pids() if pids is None else list(pids)
     workers = min(workers, len(pids) // _PIDS_PER_WORKER)
     read_ns: dict[int, int] = {}
+    threads: dict[int, int] = {}
     grouper = _FileGrouper() if workers <= 1 else None
-    fds = (_scan_parallel(pids, taps, workers) if workers > 1
-           else _scan(pids, taps, read_ns, grouper))
+    fds = (_scan_parallel(pids, taps, workers, threads) if workers > 1
+           else _scan(pids, taps, read_ns, grouper, threads))
     procs: dict[int, ProcInfo] = {}
-    for pid in sorted({f.pid for f in fds}):
+    for pid in sorted({f.pid for f in fds if f.pid not in threads} | set(threads.values())):
         info = proc_info(pid)
         if info is not None:
             procs[pid] = info
-    fds = [f for f in fds if f.pid in procs]
+    threads = {tid: pid for tid, pid in threads.items() if pid in procs}
+    fds = [f for f in fds if f.pid in procs or f.pid in threads]
 
     # Two fds can be one open file only if they show the same device and interface.
     buckets: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
@@ -917,7 +986,7 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
     taps = all_taps(own, names, fds, pids)
     by_key = {(f.pid, f.fd): f for f in fds}
     files: list[list[tuple[int, int]]] = []
-    tables = group_tables(procs)
+    tables = group_tables([*procs, *threads])
     for bucket, keys in buckets.items():
         if bucket in placed:
             inside = set(keys)     # a holder proc_info could not read is left out
@@ -928,7 +997,8 @@ def snapshot(pids: Iterable[int] | None = None, workers: int = 1) -> Snapshot:
             groups = group_files(keys)
         files.extend(_join_slots(_join_gone(groups, by_key, taps, own), tables))
     return Snapshot(procs, fds, taps, files, tables, own, names,
-                    {pid: t for pid, t in read_ns.items() if pid in procs}, taps_ns)
+                    {pid: t for pid, t in read_ns.items() if pid in procs or pid in threads},
+                    taps_ns, threads)
 
 
 def _join_slots(groups: list[list[_Key]], tables: list[list[int]]) -> list[list[_Key]]:

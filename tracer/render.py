@@ -258,13 +258,22 @@ def _cell(row: dict, key: str) -> str:
         return owner_text(row) or "-"
     if key == "netns":
         return netns_label(row.get("netns"), row.get("netns_name"), row.get("_own")) or "-"
+    if key == "tid":
+        return "-" if row.get("tid") is None else str(row["tid"])
     if key == "shared_with":
-        others = [f"{p}/{f}" for p, f in row["shared_with"][:4]]
+        others = [holder_text(h) for h in row["shared_with"][:4]]
         total = row.get("shared_count", len(row["shared_with"]))
         if total > len(others):
             others.append(f"+{total - len(others)} more")
         return " ".join(others) or "-"
     return safe(row.get(key))
+
+
+def holder_text(holder) -> str:
+    """A `shared_with` item for people: `812/27` (pid/fd), `812:815/27` for the own
+    table of thread 815 of process 812."""
+    pid, fd, *tid = holder
+    return f"{pid}:{tid[0]}/{fd}" if tid and tid[0] is not None else f"{pid}/{fd}"
 
 
 def owner_text(obj: dict) -> str:
@@ -311,8 +320,11 @@ def table_text(rows: list[dict], taps: Iterable[dict] = (), complete: bool = Tru
     """The table for people; `complete` is False when other users' fds were unreadable.
     VM columns appear when some holder is a VM, OWNER when some tun/tap has an owner or
     a group, NETNS when some tap is in another network namespace than `own_netns`
-    (taptrace's)."""
+    (taptrace's), TID (as `lsof -K` has it) when some row is a thread's own fd table
+    (`-` on the rows of a process's table)."""
     cols = list(ROW_COLUMNS)
+    if any(r.get("tid") is not None for r in rows):
+        cols.insert(cols.index(("pid", "PID")) + 1, ("tid", "TID"))
     if any(netns_label(r.get("netns"), None, own_netns) for r in rows):
         cols.insert(cols.index(("ifname", "IFNAME")) + 1, ("netns", "NETNS"))
     if any(r.get("owner") is not None or r.get("group") is not None for r in rows):

@@ -242,6 +242,10 @@ def snapshot_from(d: dict) -> procfs.Snapshot:
     for pid, info in snap.procs.items():
         if pid != info.pid:
             raise _Bad(f"snapshot.procs: key {pid} holds pid {info.pid}")
+    for tid, pid in snap.threads.items():
+        # a thread of a listed process, not a process itself
+        if not 0 < tid <= PID_MAX_LIMIT or pid not in snap.procs or tid in snap.procs:
+            raise _Bad(f"snapshot.threads: {tid} is no thread of a listed process")
     for key, tap in snap.taps.items():
         # keyed by name in taptrace's namespace, "INODE:name" in another
         if key not in (tap.ifname, f"{tap.netns}:{tap.ifname}"):
@@ -259,7 +263,9 @@ def _probe(rec: dict, e: ev.Event) -> list:
         got = _convert(probe, list[answer], "probe")
         if len(got) != len(e.fds):
             raise _Bad(f"probe: {len(got)} answers for {len(e.fds)} fds")
-        return [((e.pid, fd), name) for fd, name in zip(e.fds, got)]
+        # read in the receiving thread's table where it has its own (/proc/TID)
+        return [((task, fd), name) for fd, name in zip(e.fds, got)
+                for task in dict.fromkeys((e.pid, e.tid))]
     if isinstance(e, ev.Exec):
         got = _convert(probe, list[tuple[int, answer]], "probe")
         return [((e.pid, fd), name) for fd, name in got]
@@ -275,6 +281,15 @@ def _tables(rec: dict, e: ev.Event) -> list:
                    list[tuple[int, list[tuple[int, str | bool | None, bool | None]] | None]],
                    "tables_asked")
     return [(("table", e.pid, tid), own) for tid, own in got]
+
+
+def _threads(rec: dict, e: ev.Event) -> list:
+    """The recorded listing of a process's threads asked beside an event other than
+    an unshare (whose `probe` holds it): a thread first seen with a table of its own
+    looks for the others using it."""
+    if "threads_asked" not in rec:
+        return []
+    return [(("threads", e.pid), _convert(rec["threads_asked"], list[int], "threads_asked"))]
 
 
 def _same(rec: dict) -> list:
@@ -335,8 +350,8 @@ def parse(obj: dict) -> procfs.Snapshot | Reread | Adopt | tuple[ev.Event, list,
         # recorded before records had a netns of their own: the answers' old key
         obj = {k: v for k, v in obj.items() if k != "netns"} | {"ns_asked": obj["netns"]}
     e = _instance(obj, cls, "", skip=("kind", "probe", "ns_asked", "tables_asked",
-                                      "same_asked"))
-    return e, _probe(obj, e) + _tables(obj, e) + _same(obj), _netns(obj)
+                                      "same_asked", "threads_asked"))
+    return e, _probe(obj, e) + _tables(obj, e) + _same(obj) + _threads(obj, e), _netns(obj)
 
 
 # ---- replaying ---------------------------------------------------------------

@@ -680,7 +680,7 @@ class Session:
         if e.ts >= self._read_last:
             return False                     # newer than every read: the usual case
         proc = self.model.procs.get(e.pid)
-        if proc is not None and e.tid in proc.thread_tables:
+        if proc is not None and e.tid in proc.thread_tables and e.tid not in self._read_ns:
             return False                     # /proc/PID/fd shows the leader's table
         table = self.model.table_of(e.pid, e.tid)
         if table is None:
@@ -715,7 +715,10 @@ class Session:
         if self._record is not None:
             rec = ev.to_record(e)
             if isinstance(e, ev.ScmRecv):   # what the model asks /proc, for replay
-                rec["probe"] = [self._fd_now(e.pid, fd) for fd in e.fds]
+                # (of the receiving thread's own table where it has one: /proc/TID)
+                proc = self.model.procs.get(e.pid)
+                task = e.tid if proc is not None and e.tid in proc.thread_tables else e.pid
+                rec["probe"] = [self._fd_now(task, fd) for fd in e.fds]
             elif isinstance(e, ev.Exec):
                 proc = self.model.procs.get(e.pid)
                 unknown = [fd for fd, entry in proc.table.fds.items()
@@ -732,8 +735,9 @@ class Session:
         if rec is not None:
             if self._ns_asked:              # the namespaces read for it, for replay
                 rec["ns_asked"] = [list(a) for a in self._ns_asked]
-            if self._threads_asked is not None:
-                rec["probe"] = self._threads_asked
+            if self._threads_asked is not None:    # (a thread first seen: its table's)
+                rec["probe" if isinstance(e, (ev.Unshare, ev.CloseRange))
+                    else "threads_asked"] = self._threads_asked
             if self._tables_asked:
                 rec["tables_asked"] = self._tables_asked
             if self._same_asked:

@@ -16,7 +16,9 @@ is blocked reading its next command: a quiet moment. There the coordinator reads
 the truth (tests/tapkit.py's way: /proc/PID/task/TID/fd, fdinfo `iff:` and
 `flags:`, kcmp(KCMP_FILE) for shared open files, /sys/class/net for the taps),
 sends the tracer SIGUSR1 (it prints its table so far) and compares: each tun fd
-(pid, fd) of our processes, its ifname ("" unattached; a detached queue keeps its name),
+(pid, tid, fd) of our processes' fd tables (tid None: the process's own, /proc/PID/fd;
+else a thread's own table, under the lowest tid using it, as the rows name it), its
+ifname ("" unattached; a detached queue keeps its name),
 close-on-exec, which fds share one open file, the creator (the process whose
 TUNSETIFF attached the file), and the taps with their persist flag.
 
@@ -60,7 +62,7 @@ FD_TOP = 63                        # dup2/dup3/F_DUPFD targets and close_range b
 ANSWER_S = 15.0                    # generous: 2 CPUs shared with other work
 TABLE_S = 60.0
 SYS_KCMP = 312                     # x86-64
-KCMP_FILE = 0
+KCMP_FILE, KCMP_FILES = 0, 2
 
 IFF_TUN, IFF_TAP, IFF_NO_PI, IFF_MULTI_QUEUE, IFF_PERSIST = 0x1, 0x2, 0x1000, 0x100, 0x800
 CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4
@@ -151,7 +153,14 @@ PROFILES: dict[str, dict] = {
     "tiny": {"weights": {"burst": 6}, "length": (15, 35), "tracer": ["--buffer-pages", "1"]},
     "tiny-paused": {"weights": {"burst": 4, "pause": 4}, "length": (15, 35),
                     "tracer": ["--buffer-pages", "1"]},
+    # opt-in (--profiles): threads with tables of their own, traced, and restored by
+    # a resync's snapshot (bursts into a one-page buffer)
+    "threads": {"weights": {"thread": 8, "unshare": 5, "crange": 4, "pause": 2},
+                "length": (15, 40), "tracer": [], "opt_in": True},
+    "threads-tiny": {"weights": {"thread": 8, "unshare": 5, "crange": 4, "burst": 4},
+                     "length": (15, 40), "tracer": ["--buffer-pages", "1"], "opt_in": True},
 }
+DEFAULT_PROFILES = [p for p, spec in PROFILES.items() if not spec.get("opt_in")]
 NAMES = ("%d", "n0", "n1", "n2")
 
 
@@ -385,6 +394,19 @@ def kcmp_same(p1: int, fd1: int, p2: int, fd2: int) -> bool:
     return _libc.syscall(SYS_KCMP, p1, p2, KCMP_FILE, fd1, fd2) == 0
 
 
+def same_table(t1: int, t2: int) -> bool:
+    return _libc.syscall(SYS_KCMP, t1, t2, KCMP_FILES, 0, 0) == 0
+
+
+def key_order(k: tuple) -> tuple:
+    """A sort key for (pid, tid, fd) truth and table keys (tid None: the process's)."""
+    return (k[0], k[1] or 0, k[2])
+
+
+def key_text(k: tuple) -> str:
+    return f"pid {k[0]}{'' if k[1] is None else f' tid {k[1]}'} fd {k[2]}"
+
+
 def task_fds(pid: int, tid: int) -> dict[int, str]:
     """fd -> link of one thread's table (below the control sockets)."""
     out = {}
@@ -419,31 +441,50 @@ def fdinfo(pid: int, tid: int, fd: int) -> tuple[str, bool] | None:
     return iff, bool(flags & tapkit.O_CLOEXEC)
 
 
+def task_tables(pid: int) -> list[tuple[int | None, int]]:
+    """(tid as the table's rows name it, a task that reaches it) for each fd table of
+    a process: its leader's (tid None, as /proc/PID/fd shows it), then each table of
+    its threads that is not the leader's (kcmp KCMP_FILES), under the lowest tid
+    using it, as the model names a thread's own table. A leader that has exited (a
+    zombie whose threads go on: no table) leaves each of its threads' tables a
+    thread's, as the snapshot says (a trace that saw the leader keeps calling the
+    table it left, which some of those threads use, the process's; the programs never
+    end a leader alone: `exit` of A0 is the process's)."""
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+    out: list[tuple[int | None, int]] = [(None, pid)] if pid in tids else []
+    reps: list[int] = []
+    for tid in tids:
+        if tid == pid or same_table(pid, tid) or any(same_table(r, tid) for r in reps):
+            continue
+        reps.append(tid)
+        out.append((tid, tid))
+    return out
+
+
 def read_truth(tgids) -> tuple[dict, list, list[str]]:
-    """{(pid, fd): (ifname, cloexec)} of each process's table as /proc/PID/fd shows it
-    (its leader's: a thread's own table is not a row, its files count in the tap
-    list), the open files as lists of (pid, fd), and notes (none now)."""
-    where: dict[tuple[int, int], tuple[int, str, bool]] = {}
+    """{(pid, tid, fd): (ifname, cloexec)} of each fd table of each process (see
+    task_tables: tid None for the process's own, /proc/PID/fd), the open files as
+    lists of those keys (kcmp, through a task of each table), and notes (none now)."""
+    where: dict[tuple[int, int | None, int], tuple[int, str, bool]] = {}
     notes = []
     for pid in sorted(tgids):
-        try:
-            tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-        except OSError:
-            continue
-        for tid in [pid] if pid in tids else tids[:1]:
-            for fd, link in task_fds(pid, tid).items():
+        for key_tid, task in task_tables(pid):
+            for fd, link in task_fds(pid, task).items():
                 if link != "/dev/net/tun":
                     continue
-                info = fdinfo(pid, tid, fd)
+                info = fdinfo(pid, task, fd)
                 if info is None:
                     continue
-                where[(pid, fd)] = (tid, *info)
-    keys = sorted(where)
+                where[(pid, key_tid, fd)] = (task, *info)
+    keys = sorted(where, key=key_order)
     groups: list[list] = []
     for k in keys:
         for g in groups:
             g0 = g[0]
-            if kcmp_same(where[g0][0], g0[1], where[k][0], k[1]):
+            if kcmp_same(where[g0][0], g0[2], where[k][0], k[2]):
                 g.append(k)
                 break
         else:
@@ -778,13 +819,13 @@ class Runner:
             if r["pid"] in self.tgids or name.startswith(self.prefix):
                 if r.get("kind") == "vhost" or (r.get("path") or "") != "/dev/net/tun":
                     continue
-                rows[(r["pid"], r["fd"])] = r
+                rows[(r["pid"], r.get("tid"), r["fd"])] = r
         if self.verbose:
-            print(f"  checkpoint: truth {sorted(truth.items())} files {groups} taps {taps}",
-                  file=sys.stderr)
+            print("  checkpoint: truth " + str(sorted(truth.items(), key=lambda kv: key_order(
+                kv[0]))) + f" files {groups} taps {taps}", file=sys.stderr)
             print("  checkpoint: table " + str(sorted(
-                (k, r.get("ifname"), r.get("cloexec"), r.get("file"), r.get("creator_pid"))
-                for k, r in rows.items())), file=sys.stderr)
+                ((k, r.get("ifname"), r.get("cloexec"), r.get("file"), r.get("creator_pid"))
+                 for k, r in rows.items()), key=lambda x: key_order(x[0]))), file=sys.stderr)
         cats: set = set()
         detail: list[str] = list(notes)
 
@@ -792,25 +833,25 @@ class Runner:
             cats.add(cat)
             detail.append(f"{cat}: {msg}")
 
-        for k in sorted(truth.keys() - rows.keys()):
-            bad("missing", f"pid {k[0]} fd {k[1]} ({truth[k][0] or 'unattached'}) "
+        for k in sorted(truth.keys() - rows.keys(), key=key_order):
+            bad("missing", f"{key_text(k)} ({truth[k][0] or 'unattached'}) "
                 "is not in the table")
-        for k in sorted(rows.keys() - truth.keys()):
+        for k in sorted(rows.keys() - truth.keys(), key=key_order):
             r = rows[k]
-            bad("extra", f"pid {k[0]} fd {k[1]} ({r.get('ifname')}) is in the table only"
+            bad("extra", f"{key_text(k)} ({r.get('ifname')}) is in the table only"
                 + ("" if k[0] in live else " (the process is gone)"))
-        common = sorted(truth.keys() & rows.keys())
+        common = sorted(truth.keys() & rows.keys(), key=key_order)
         for k in common:
             r = rows[k]
             tname, tclo = truth[k]
             # (a detached queue's fdinfo still names its tap: compare the name alone)
             name = r.get("ifname") or ""
             if name != tname:
-                bad("ifname", f"pid {k[0]} fd {k[1]}: {name or '-'} (truth {tname or '-'})")
+                bad("ifname", f"{key_text(k)}: {name or '-'} (truth {tname or '-'})")
             if r.get("cloexec") is None:
-                bad("cloexec-unknown", f"pid {k[0]} fd {k[1]}: cloexec unknown (truth {tclo})")
+                bad("cloexec-unknown", f"{key_text(k)}: cloexec unknown (truth {tclo})")
             elif r["cloexec"] != tclo:
-                bad("cloexec", f"pid {k[0]} fd {k[1]}: cloexec {r['cloexec']} (truth {tclo})")
+                bad("cloexec", f"{key_text(k)}: cloexec {r['cloexec']} (truth {tclo})")
             label = r.get("ifname")
             if label and label.startswith(self.prefix) and tname:
                 want = self.creators.get(label, set())
@@ -819,10 +860,9 @@ class Runner:
                     # TUNSETIFF record was among them (/proc cannot say who made a
                     # tap); a wrong creator is never allowed
                     if not lost:
-                        bad("creator-unknown",
-                            f"pid {k[0]} fd {k[1]} ({label}): creator unknown")
+                        bad("creator-unknown", f"{key_text(k)} ({label}): creator unknown")
                 elif r["creator_pid"] not in want:
-                    bad("creator", f"pid {k[0]} fd {k[1]} ({label}): creator "
+                    bad("creator", f"{key_text(k)} ({label}): creator "
                         f"{r['creator_pid']} (TUNSETIFF by {sorted(want)})")
         cset = set(common)
         tparts = {frozenset(k for k in g if k in cset) for g in groups} - {frozenset()}
@@ -831,10 +871,12 @@ class Runner:
             byfile.setdefault(rows[k]["file"], set()).add(k)
         rparts = {frozenset(v) for v in byfile.values()}
         if tparts != rparts:
-            for p in sorted(rparts - tparts, key=sorted):
-                bad("sharing", f"table says one open file: {sorted(p)}")
-            for p in sorted(tparts - rparts, key=sorted):
-                bad("sharing", f"kcmp says one open file: {sorted(p)}")
+            def members(p):
+                return sorted(p, key=key_order)
+            for p in sorted(rparts - tparts, key=lambda p: [key_order(k) for k in members(p)]):
+                bad("sharing", f"table says one open file: {members(p)}")
+            for p in sorted(tparts - rparts, key=lambda p: [key_order(k) for k in members(p)]):
+                bad("sharing", f"kcmp says one open file: {members(p)}")
         ttaps = {t["ifname"]: t["persist"] for t in table["taps"]
                  if t["ifname"].startswith(self.prefix)}
         for n in sorted(taps.keys() - ttaps.keys()):
@@ -1007,9 +1049,9 @@ def confirm(res: Batch, tries: int, log=print) -> None:
 def batch(seed: int, count: int | None = None, seconds: float | None = None,
           profiles: list[str] | None = None, log=print,
           exclude: frozenset = frozenset()) -> Batch:
-    """Programs seed, seed+1, ... over the profiles in turn, until `count` ran or
-    `seconds` passed."""
-    profiles = profiles or list(PROFILES)
+    """Programs seed, seed+1, ... over the profiles in turn (default: all but the
+    opt-in ones), until `count` ran or `seconds` passed."""
+    profiles = profiles or DEFAULT_PROFILES
     out = Batch()
     end = None if seconds is None else time.monotonic() + seconds
     i = 0
@@ -1081,7 +1123,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seconds", type=float)
     b.add_argument("--count", type=int)
     b.add_argument("--seed", type=int)
-    b.add_argument("--profiles", help="comma-separated: " + ",".join(PROFILES))
+    b.add_argument("--profiles", help="comma-separated: " + ",".join(PROFILES)
+                   + " (default: all but " + ", ".join(
+                       p for p in PROFILES if p not in DEFAULT_PROFILES) + ")")
     b.add_argument("--exclude", default="", help="ops never generated (comma-separated)")
     b.add_argument("--shrink", action="store_true",
                    help="shrink mismatches (the first of each kind)")

@@ -301,6 +301,116 @@ def test_a_process_first_seen_through_a_thread_keeps_its_own_name(tracer, script
     assert {o["comm"] for o in mine} == {comm}
 
 
+THREAD_OWN_TABLE = """
+    a_name, b_name = sys.argv[1], sys.argv[2]
+    libc = ctypes.CDLL(None, use_errno=True)
+    a, _ = tapkit.create_tap(a_name)                 # in the process's table
+    out = {"a": a}
+    made, go, closed = threading.Event(), threading.Event(), threading.Event()
+
+    def worker():
+        out["tid"] = threading.get_native_id()
+        if libc.unshare(0x400) != 0:                 # CLONE_FILES: a table of its own
+            raise OSError(ctypes.get_errno(), "unshare")
+        out["b"], _ = tapkit.create_tap(b_name)      # held in the thread's table only
+        out["dup"] = os.dup(a)                       # a's open file, at another fd here
+        os.close(a)                                  # in its copy: the process keeps a
+        made.set()
+        go.wait()
+        os.close(out["b"])                           # the last fd of b: it goes
+        closed.set()
+        threading.Event().wait()
+
+    threading.Thread(target=worker, daemon=True).start()
+    made.wait()
+    say("made", **out)
+    sys.stdin.readline()
+    go.set()
+    closed.wait()
+    hold()
+"""
+
+
+def thread_truth(pid: int, tid: int) -> set[tuple[int, str]]:
+    """{(fd, ifname)} of the attached tun fds of thread tid's table, from
+    /proc/PID/task/TID/fd and fdinfo `iff:`."""
+    out = set()
+    base = f"/proc/{pid}/task/{tid}"
+    for n in os.listdir(f"{base}/fd"):
+        if os.readlink(f"{base}/fd/{n}") != "/dev/net/tun":
+            continue
+        with open(f"{base}/fdinfo/{n}") as f:
+            iff = [ln.split("\t", 1)[1].strip() for ln in f.read().splitlines()
+                   if ln.startswith("iff:")]
+        if iff and iff[0]:
+            out.add((int(n), iff[0]))
+    return out
+
+
+def rows_by_tid(table: dict, pid: int) -> dict:
+    """{(tid, fd): row} of one process's rows (tid None: its own table)."""
+    return {(r["tid"], r["fd"]): r for r in table["rows"] if r["pid"] == pid}
+
+
+def test_a_thread_s_own_table_is_rows_of_that_thread(tracer, script):
+    """A thread unshares its fd table (unshare(CLONE_FILES)), makes a tap there and
+    dups the process's tap into it: traced live, its fds are rows with its tid,
+    as /proc/PID/task/TID/fdinfo shows them; `ls` (a snapshot) finds them too."""
+    t = tracer()
+    a_name, b_name = tapkit.unique_name("tp"), tapkit.unique_name("tp")
+    s = script(THREAD_OWN_TABLE, a_name, b_name, names=[a_name, b_name])
+    made = s.read_until("made")
+    pid, tid = s.proc.pid, made["tid"]
+    assert thread_truth(pid, tid) == {(made["b"], b_name), (made["dup"], a_name)}
+    assert tapkit.truth([pid]) == {(pid, made["a"], a_name)}
+    ls = json.loads(subprocess.run([sys.executable, "-m", "tracer", "ls", "--json"],
+                                   cwd=ROOT, capture_output=True, text=True, check=True,
+                                   timeout=60).stdout)
+    human = subprocess.run([sys.executable, "-m", "tracer", "ls", "-i", b_name], cwd=ROOT,
+                           capture_output=True, text=True, check=True, timeout=60).stdout
+    lines, table = t.stop()
+    for got in (table, ls):
+        rows = rows_by_tid(got, pid)
+        assert {(k, r["ifname"]) for k, r in rows.items()} == {
+            ((None, made["a"]), a_name), ((tid, made["b"]), b_name),
+            ((tid, made["dup"]), a_name)}
+        mine, its = rows[(None, made["a"])], rows[(tid, made["dup"])]
+        assert mine["file"] == its["file"]                       # one open file (kcmp)
+        assert mine["shared_with"] == [[pid, made["dup"], tid]]
+        assert its["shared_with"] == [[pid, made["a"]]]
+        assert rows[(tid, made["b"])]["shared_with"] == []
+    rows = rows_by_tid(table, pid)
+    assert {r["creator_pid"] for r in rows.values()} == {pid}     # traced: its makers
+    assert rows[(tid, made["dup"])]["how"] == "dup"
+    assert one(events_of(lines, "tunsetiff", ifname=b_name))["tid"] == tid
+    header, _, row = human.splitlines()[:3]
+    assert header.split()[:2] == ["PID", "TID"]
+    assert row.split()[:2] == [str(pid), str(tid)]
+
+
+def test_a_thread_s_own_table_from_the_snapshot_goes_on_being_traced(tracer, script):
+    """The table is made before the trace starts: the snapshot finds the thread's
+    table (kcmp KCMP_FILES against its leader) and lists it from /proc/PID/task/TID;
+    the thread's close then applies there, and its tap goes."""
+    a_name, b_name = tapkit.unique_name("tp"), tapkit.unique_name("tp")
+    s = script(THREAD_OWN_TABLE, a_name, b_name, names=[a_name, b_name])
+    made = s.read_until("made")
+    pid, tid = s.proc.pid, made["tid"]
+    t = tracer()
+    s.tell()                                        # the thread closes b in its table
+    s.read_until("hold")
+    t.wait_for(lambda o: o["type"] == "tap_gone" and o.get("ifname") == b_name)
+    assert thread_truth(pid, tid) == {(made["dup"], a_name)}
+    lines, table = t.stop()
+    rows = rows_by_tid(table, pid)
+    assert {(k, r["ifname"], r["how"]) for k, r in rows.items()} == {
+        ((None, made["a"]), a_name, "snapshot"), ((tid, made["dup"]), a_name, "snapshot")}
+    assert rows[(None, made["a"])]["file"] == rows[(tid, made["dup"])]["file"]
+    close = one(events_of(lines, "close", ifname=b_name))
+    assert (close["pid"], close["tid"], close["fd"]) == (pid, tid, made["b"])
+    assert not events_of(lines, "resync")
+
+
 # ---- exit --------------------------------------------------------------------------
 
 LEADEREXIT = HELPERS / "bin" / "leaderexit"

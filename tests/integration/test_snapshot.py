@@ -80,7 +80,7 @@ def assert_consistent(snap: procfs.Snapshot) -> None:
     grouped = [k for g in snap.files for k in g]
     assert sorted(grouped) == sorted(keys) and len(set(keys)) == len(keys)
     tabled = [p for t in snap.tables for p in t]
-    assert sorted(tabled) == sorted(snap.procs)
+    assert sorted(tabled) == sorted([*snap.procs, *snap.threads])
     for g in snap.files:
         assert len({by_fd(snap, *k).ifname for k in g}) == 1
 
@@ -233,6 +233,62 @@ def test_clone_files_shares_one_table(kit):
         assert sorted([(me, fd), (child, fd)]) in groups(snap)
         assert sorted([(me, late), (child, late)]) in groups(snap)
         assert_consistent(snap)
+
+
+def test_threads_with_a_table_of_their_own_are_listed_under_a_tid(kit):
+    """Thread T unshares its fd table (a copy: the tap at fd is in both), makes a tap
+    there and starts thread U, which uses T's table; another thread keeps the
+    process's. The snapshot lists T's table once, under T (kcmp KCMP_FILES against
+    the leader, then against T for U), groups U with T, and knows fd in both tables
+    as one open file."""
+    import ctypes
+    import threading
+
+    me = os.getpid()
+    fd, name = kit.tap()
+    libc = ctypes.CDLL(None, use_errno=True)
+    ready, done = threading.Event(), threading.Event()
+    got: dict = {}
+
+    def inner() -> None:
+        got["u"] = threading.get_native_id()
+        ready.set()
+        done.wait(30)
+
+    def own() -> None:
+        got["t"] = threading.get_native_id()
+        assert libc.unshare(0x400) == 0                  # CLONE_FILES
+        got["fd"], got["name"] = tapkit.create_tap(tapkit.unique_name())
+        u = threading.Thread(target=inner)
+        u.start()
+        u.join()
+        os.close(got["fd"])
+
+    def bystander() -> None:
+        done.wait(30)
+
+    workers = [threading.Thread(target=f) for f in (bystander, own)]
+    for w in workers:
+        w.start()
+    try:
+        assert ready.wait(30)
+        kit.links.append(got["name"])
+        t, u = got["t"], got["u"]
+        assert procfs.own_tables(me) == [sorted([t, u])]
+        snap = procfs.snapshot([me])
+        assert snap.threads == {t: me, u: me}
+        first = min(t, u)                                 # listed under the lowest tid
+        assert triples(snap, [first]) == {(first, got["fd"], got["name"]),
+                                          (first, fd, name)}
+        assert not [f for f in snap.fds if f.pid == max(t, u)]
+        assert sorted([(me, fd), (first, fd)]) in groups(snap)
+        assert sorted(sorted(x) for x in snap.tables) == sorted([[me], sorted([t, u])])
+        assert snap.read_ns[t] == snap.read_ns[u] >= snap.read_ns[me]
+        assert_consistent(snap)
+    finally:
+        done.set()
+        for w in workers:
+            w.join()
 
 
 def test_exec_keeps_only_inheritable_fds(kit):

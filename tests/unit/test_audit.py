@@ -162,6 +162,25 @@ def test_the_creator_closing_its_copy_is_clean():
     assert h.audit() == []
 
 
+def test_a_copy_kept_in_a_thread_s_own_fd_table_is_a_leak_of_that_thread():
+    # a libvirtd thread unshared its fd table (a copy with fd 27) before libvirtd
+    # closed its own fd 27: the thread's copy still holds the VM's tap
+    h = Host()
+    h.comm[100], h.argv[100] = "libvirtd", ("/usr/sbin/libvirtd",)
+    h.tap(100, 27, "vnet3")
+    h.m.apply(ev.Unshare(ts=next(h.clock), pid=100, tid=105, comm="rpc-worker",
+                         flags=ev.CLONE_FILES))
+    h.fork(100, 101)
+    h.exec(101, "qemu-system-x86", qemu_argv("web1", 27))
+    h.close(100, 27)
+    [f] = h.audit()
+    assert keys([f]) == [("leak", "vnet3", 100, 27)]
+    assert f.message == ("vnet3: libvirtd[100] thread 105 fd 27 (its creator) still holds "
+                         "the tap that qemu-system-x86[101] (VM web1) uses")
+    assert (f.detail["tid"], f.detail["role"], f.detail["vm_pid"]) == (105, "creator", 101)
+    assert f.fields()["tid"] == 105
+
+
 def test_an_intermediate_that_passed_the_tap_on_and_kept_it_leaks_it():
     # an orchestrator (100) makes the tap, a helper (101) inherits it and hot-plugs
     # it into a running QEMU (200) over SCM_RIGHTS, but never closes its own copy

@@ -322,6 +322,26 @@ def test_at_puts_back_who_shares_the_open_file(tmp_path):
     assert keys.index("shared_with") == keys.index("from_fd") + 1     # where ls puts it
 
 
+def test_at_names_a_thread_s_own_table_among_who_shares_the_file(tmp_path):
+    """A row of a thread's own fd table (tid) shares as ls says it: [pid, fd, tid];
+    a row written before rows had a tid is the process's table."""
+    path = str(tmp_path / "h.db")
+    w = Writer(path)
+    w.start(100.0)
+    w.open(100.0, row(10, 3, "vnet0", file=7))                    # no tid: older rows
+    w.open(100.0, row(10, 3, "vnet0", file=7, tid=15, how="snapshot"))
+    w.open(100.0, row(11, 5, "vnet0", file=7, tid=None))
+    w.seen(200.0)
+    w.stop(200.0)
+    con = hi.open_ro(path)
+    got = {(h.row["pid"], h.row.get("tid"), h.row["fd"]): h.row["shared_with"]
+           for h in hi.holders_at(con, 150.0)[0]}
+    assert got == {(10, None, 3): [[10, 3, 15], [11, 5]], (10, 15, 3): [[10, 3], [11, 5]],
+                   (11, None, 5): [[10, 3], [10, 3, 15]]}
+    assert [(h.row["pid"], h.row.get("tid")) for h in hi.holders_at(con, 150.0)[0]] == [
+        (10, None), (10, 15), (11, None)]
+
+
 def test_a_row_sqlite_will_not_take_costs_that_row_only(tmp_path):
     path = str(tmp_path / "h.db")
     said: list[str] = []

@@ -133,6 +133,8 @@ AFTER_SNAPSHOT = [
     ("probe-object", with_(RECV, probe=[{}]), "probe[0]"),
     ("probe-not-list", with_(RECV, probe="tth0"), "probe: a string"),
     ("exec-probe-shape", with_(EXEC, probe=[[3]]), "probe[0]: 1 items, not 2"),
+    ("threads-asked-strings", with_(DUP, threads_asked=["101"]), "threads_asked[0]: a string"),
+    ("threads-asked-object", with_(DUP, threads_asked={}), "threads_asked: a object"),
     ("exec-probe-fd-string", with_(EXEC, probe=[["3", "x"]]), "probe[0][0]: a string"),
     ("ts-string", with_(OPEN, ts="now"), "ts: a string"),
     ("snapshot-missing", b'{"kind": "snapshot", "ts": 3}\n', "'snapshot' is missing"),
@@ -158,6 +160,16 @@ AFTER_SNAPSHOT = [
     ("files-triples", snap(files=[[[100, 3, 4]]]), "3 items, not 2"),
     ("files-not-nested", snap(files=[100, 3]), "files[0]: a number"),
     ("tables-strings", snap(tables=[["100"]]), "tables[0][0]: a string"),
+    ("threads-key-not-tid", snap(procs={"100": PROC}, threads={"x": 100}),
+     "key 'x' is not a number"),
+    ("threads-of-no-process", snap(procs={"100": PROC}, threads={"101": 7}),
+     "101 is no thread of a listed process"),
+    ("threads-a-process", snap(procs={"100": PROC}, threads={"100": 100}),
+     "100 is no thread of a listed process"),
+    ("threads-tid-huge", snap(procs={"100": PROC}, threads={"9999999": 100}),
+     "9999999 is no thread"),
+    ("threads-pid-string", snap(procs={"100": PROC}, threads={"101": "100"}),
+     "threads['101']: a string"),
 ]
 
 # whole files: (id, content, the bad line, what the error says)

@@ -162,6 +162,18 @@ def test_comm_labels_are_capped_and_escaped():
     assert set(fd_counts(small)) == {("tap", "evil\\x0a\\x1b[31m"), ("tap", "raw\\xff")}
 
 
+def test_a_thread_s_own_table_counts_as_its_rows_do():
+    # process 100's fd 3, and thread 105's own table (shared with thread 106: one
+    # table, counted once) holding fds 3 and 4
+    model = recorded_model({}, {})
+    holders(model, ["qemu"])
+    own = FdTable(id=99, users={105, 106})
+    own.fds[3] = model.procs[100].table.fds[3]
+    own.fds[4] = Entry(OpenFile(id=98, ifname="tap9", iff=2), False, "opened")
+    model.procs[100].thread_tables.update({105: own, 106: own})
+    assert fd_counts(model) == {("tap", "qemu"): 3} == {("tap", "qemu"): len(model.rows())}
+
+
 def test_hostile_comms_scrape_cleanly(sink):
     model = recorded_model({}, {})
     holders(model, ['q"e\\mu\n', "raw\udcff"])

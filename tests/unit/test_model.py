@@ -2,7 +2,8 @@
 
 Each test is a scenario (who holds what), an action (the records the BPF side
 would deliver for some syscalls), and the expected result: the table of rows,
-written as {(pid, fd): (ifname, cloexec, how)}, and the reports, by type.
+written as {(pid, fd): (ifname, cloexec, how)} ((pid, fd, tid) for the rows of a
+thread's own fd table), and the reports, by type.
 
 The kernel facts these follow are in KERNEL-NOTES.md ("How fds move"): dup2/dup3
 replace what newfd held; fork copies the table with its close-on-exec bits unless
@@ -19,7 +20,7 @@ import itertools
 import pytest
 
 from tracer import events as ev
-from tracer.model import SHARED_MAX, Model, descendants_filter
+from tracer.model import SHARED_MAX, Model, descendants_filter, holder_key, row_key
 from tracer.procfs import FdInfo, ProcInfo, Snapshot, TapInfo
 
 TAP = ev.IFF_TAP | ev.IFF_NO_PI
@@ -109,11 +110,12 @@ class World:
     # ---- what the model says ----------------------------------------------
 
     def table(self) -> dict:
-        return {(r["pid"], r["fd"]): (r["ifname"], r["cloexec"], r["how"])
-                for r in self.m.rows()}
+        """{(pid, fd) or, for a thread's own table, (pid, fd, tid): (ifname, cloexec,
+        how)}"""
+        return {row_key(r): (r["ifname"], r["cloexec"], r["how"]) for r in self.m.rows()}
 
-    def row(self, pid, fd) -> dict:
-        return next(r for r in self.m.rows() if (r["pid"], r["fd"]) == (pid, fd))
+    def row(self, pid, fd, tid=None) -> dict:
+        return next(r for r in self.m.rows() if row_key(r) == holder_key(pid, fd, tid))
 
     def gone(self) -> list[str]:
         return [r["ifname"] for r in self.reports if r["type"] == "tap_gone"]
@@ -128,8 +130,11 @@ def types(reports: list[dict]) -> list[str]:
 
 def snapshot(procs: dict[int, str], fds: list[tuple], taps: dict[str, int],
              files: list[list[tuple[int, int]]] | None = None,
-             tables: list[list[int]] | None = None) -> Snapshot:
-    """procs: pid -> comm; fds: (pid, fd, ifname, cloexec); taps: ifname -> tun_flags.
+             tables: list[list[int]] | None = None,
+             threads: dict[int, int] | None = None) -> Snapshot:
+    """procs: pid -> comm; fds: (pid, fd, ifname, cloexec), pid a tid for a thread's
+    own table; taps: ifname -> tun_flags; threads: tid -> pid of threads with a table
+    of their own.
 
     Each fd is its own open file and each process its own table unless said."""
     return Snapshot(
@@ -143,6 +148,7 @@ def snapshot(procs: dict[int, str], fds: list[tuple], taps: dict[str, int],
               for i, (name, flags) in enumerate(taps.items())},
         files=files if files is not None else [[(pid, fd)] for pid, fd, _, _ in fds],
         tables=tables if tables is not None else [[pid] for pid in procs],
+        threads=threads or {},
     )
 
 
@@ -857,8 +863,9 @@ def test_a_thread_that_unshares_acts_on_its_own_table_and_leaves_the_leaders():
     w.close(1, 3, tid=7)
     w.dup(1, 3, 5, tid=7)                  # EBADF in the thread's table: not seen there
     assert w.table() == {(1, 3): ("a", False, "opened")}
-    w.tap(1, 4, "b", tid=7)                # made in the thread's own table
-    assert (1, 4) not in w.table() and w.tap_info("b") is not None
+    w.tap(1, 4, "b", tid=7)                # made in the thread's own table: its row
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 4, 7): ("b", False, "opened")}
+    assert w.row(1, 4, tid=7)["tid"] == 7 and w.row(1, 3)["tid"] is None
     w.close(1, 3)                          # the leader closes: the tap's last file
     assert w.gone() == ["a"]
     w.apply(ev.Exit, 1, tid=7, thread=True)   # the thread's table goes with it
@@ -905,7 +912,7 @@ def test_a_leader_that_unshares_leaves_its_threads_the_old_table():
     w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
     w.tap(1, 4, "b", tid=7)                # in the old table: not the leader's
     w.close(1, 3)                          # the leader's copy: the old table keeps a
-    assert w.table() == {}
+    assert w.table() == {(1, 3, 7): ("a", False, "opened"), (1, 4, 7): ("b", False, "opened")}
     assert w.gone() == []
     w.apply(ev.Exit, 1, tid=7, thread=True)   # the old table's last user
     assert sorted(w.gone()) == ["a", "b"]
@@ -938,7 +945,11 @@ def test_a_thread_first_seen_with_a_table_of_its_own_gets_what_proc_shows_there(
     w.tap(1, 3, "a")
     w.setiff(1, 4, "b", tid=7, ret=-errno.EINVAL)  # its fd 4: not the leader's
     assert w.m.procs[1].thread_tables[7].users == {7}
-    assert w.table() == {(1, 3): ("a", False, "opened")}
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 3, 7): ("a", False, "snapshot"),
+                         (1, 4, 7): (None, True, "snapshot")}
+    assert w.row(1, 3, tid=7)["file"] == w.row(1, 3)["file"]     # kcmp: one open file
+    assert w.row(1, 3)["shared_with"] == [[1, 3, 7]]
+    assert w.row(1, 3, tid=7)["shared_with"] == [[1, 3]]
     w.close(1, 3)                              # the leader's: the thread's copy holds
     assert w.gone() == []
     w.apply(ev.Exec, 1, old_pid=7)             # the thread becomes the leader
@@ -1007,6 +1018,111 @@ def test_a_thread_that_unshares_when_nothing_is_shared_keeps_its_table():
     w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
     w.close(1, 3)
     assert w.gone() == ["a"]
+
+
+def test_a_table_the_leader_left_to_two_threads_is_one_set_of_rows_under_the_lowest():
+    # the leader unshares while threads 7 and 8 use its table: they keep the old one,
+    # one table, so one row per fd (under 7), not one per thread
+    w = World()
+    w.m = Model(threads_of=lambda pid: [8, 7] if pid == 1 else [])
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
+    w.close(1, 3)                          # the leader's copy
+    assert w.m.procs[1].thread_tables[7] is w.m.procs[1].thread_tables[8]
+    assert w.table() == {(1, 3, 7): ("a", False, "opened")}
+    w.tap(1, 4, "b", tid=8)                # by the other thread, in the same table
+    assert w.table() == {(1, 3, 7): ("a", False, "opened"), (1, 4, 7): ("b", False, "opened")}
+    assert w.row(1, 4, tid=7)["creator_pid"] == 1
+    w.apply(ev.Exit, 1, tid=7, thread=True)   # 8 still uses it: its rows now
+    assert w.table() == {(1, 3, 8): ("a", False, "opened"), (1, 4, 8): ("b", False, "opened")}
+    assert w.gone() == []
+
+
+def test_a_process_holding_a_tap_only_in_a_thread_s_table_holds_it():
+    # thread 7 unshared before its process held anything (no record); its first
+    # record: kcmp says its table is its own (and /proc shows no tun fd there yet)
+    w = World().named(worker=1)
+    w.m = Model(thread_table=lambda pid, tid: [] if tid == 7 else None)
+    w.m._proc(1, "worker")                 # adopted (Session._adopt): seen through a thread
+    w.tap(1, 5, "a", tid=7)
+    assert w.m.holders() == {1}
+    row = w.row(1, 5, tid=7)
+    assert (row["pid"], row["tid"], row["comm"], row["ifname"], row["creator_pid"]) == (
+        1, 7, "worker", "a", 1)
+    assert [r["ifname"] for r in w.m.rows("a")] == ["a"]
+    assert w.tap_info("a")["files"] == 1
+
+
+def test_rows_of_one_file_in_a_process_s_table_and_a_thread_s_name_each_other():
+    # shared_with is over every row: [pid, fd] for a process's table, [pid, fd, tid]
+    # for a thread's own; the pairs agree both ways
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Fork, 1, flags=ev.CLONE_VM | ev.CLONE_THREAD, child=7)   # a copy
+    w.fork(1, 2)
+    rows = {(r["pid"], r["fd"], r["tid"]): r for r in w.m.rows()}
+    assert list(rows) == [(1, 3, None), (1, 3, 7), (2, 3, None)]      # in row order
+    assert len({r["file"] for r in rows.values()}) == 1
+    for (pid, fd, tid), r in rows.items():
+        others = {tuple(k) for k in r["shared_with"]}
+        assert others == {holder_key(*k) for k in rows} - {holder_key(pid, fd, tid)}
+        assert r["shared_count"] == 2
+    assert rows[(1, 3, 7)]["shared_with"] == [[1, 3], [2, 3]]
+    assert rows[(2, 3, None)]["shared_with"] == [[1, 3], [1, 3, 7]]
+
+
+def test_a_thread_first_seen_whose_table_another_thread_has_joins_that_table():
+    # thread 7 unshared and made thread 8, both before the process was tracked: the
+    # first of them seen gets a table of its own (kcmp, /proc), the second is told
+    # by kcmp (KCMP_FILES) to use that one, not a second copy
+    w = World()
+    w.m = Model(thread_table=lambda pid, tid: [(4, "b", False)] if tid in (7, 8) else None,
+                same_table=lambda a, b: {a, b} == {7, 8})
+    w.tap(1, 3, "a")
+    w.setiff(1, 4, "b", tid=7, ret=-errno.EINVAL)      # 7 first seen
+    w.close(1, 4, tid=8)                                # 8 closes in their table
+    assert w.m.procs[1].thread_tables[8] is w.m.procs[1].thread_tables[7]
+    assert w.table() == {(1, 3): ("a", False, "opened")}
+
+
+def test_a_thread_first_seen_with_its_own_table_finds_the_threads_that_share_it():
+    # the leader unshared before the process was tracked; threads 5 and 8 kept the old
+    # table, thread 9 made one of its own. 8 is seen first: /proc/PID/task and kcmp
+    # say 5 uses its table too, so the table's rows are 5's (the lowest), and 5's
+    # records apply there without asking /proc again
+    asked = []
+
+    def thread_table(pid, tid):
+        asked.append(tid)
+        return [] if tid in (5, 8, 9) else None
+    w = World()
+    w.m = Model(threads_of=lambda pid: [5, 8, 9] if pid == 1 else [],
+                thread_table=thread_table, same_table=lambda a, b: {a, b} == {5, 8})
+    w.tap(1, 3, "a")
+    w.tap(1, 4, "b", tid=8)
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 4, 5): ("b", False, "opened")}
+    w.close(1, 4, tid=5)
+    assert asked == [8] and w.table() == {(1, 3): ("a", False, "opened")}
+    assert w.gone() == ["b"]
+
+
+def test_a_receive_into_a_thread_s_own_table_is_read_in_that_table():
+    # thread 7 has a table of its own; it receives at fd 3, where the leader's table
+    # holds another tap: /proc is asked of the thread's table (/proc/7/fd/3), so the
+    # receive matches the send in flight
+    probe = {(1, 3): "a", (7, 3): "b"}
+    w = World(probe=lambda pid, fd: probe.get((pid, fd)))
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, tid=7, flags=ev.CLONE_FILES)
+    w.close(1, 3, tid=7)
+    w.tap(2, 4, "b")
+    w.send(2, 9, [4])
+    out = w.recv(1, 8, [3], tid=7)
+    assert [(r["type"], r["from_pid"], r["ifnames"]) for r in out] == [
+        ("scm_recv", 2, ["b"])]
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 3, 7): ("b", False, "received"),
+                         (2, 4): ("b", False, "opened")}
+    assert w.row(1, 3, tid=7)["file"] == w.row(2, 4)["file"]
 
 
 def test_a_process_first_seen_through_a_thread_is_named_by_comm_of():
@@ -1625,6 +1741,48 @@ def test_a_tap_made_after_the_snapshot_read_sys_is_learned_from_its_tunsetiff():
     assert w.gone() == ["t"]
 
 
+def test_load_gives_a_thread_its_own_table_as_the_snapshot_shows_it():
+    # the snapshot lists thread 7's own table under its tid, thread 8 using it too;
+    # 7's fd 3 is the leader's fd 3 (kcmp), its fd 4 a tap of its own
+    def never(pid, tid):
+        raise AssertionError(f"thread {tid} asked of /proc: the snapshot said")
+    snap = snapshot({1: "qemu"}, [(1, 3, "a", False), (7, 3, "a", False), (7, 4, "b", True)],
+                    {"a": TAP, "b": TAP}, files=[[(1, 3), (7, 3)], [(7, 4)]],
+                    tables=[[1], [7, 8]], threads={7: 1, 8: 1})
+    w = World()
+    w.m = Model(thread_table=never)
+    w.m.load(snap)
+    assert w.table() == {(1, 3): ("a", False, "snapshot"), (1, 3, 7): ("a", False, "snapshot"),
+                         (1, 4, 7): ("b", True, "snapshot")}
+    assert w.row(1, 3)["file"] == w.row(1, 3, tid=7)["file"]
+    assert w.m.procs[1].thread_tables[8] is w.m.procs[1].thread_tables[7]
+    assert w.m.procs[1].threads == {7, 8}
+    w.close(1, 4, tid=8)                   # in the threads' table, not the leader's
+    assert w.gone() == ["b"]
+    w.close(1, 3, tid=7)
+    assert w.table() == {(1, 3): ("a", False, "snapshot")}
+    # a process whose taps are all in a thread's table is listed for it
+    w.m.load(snapshot({2: "worker"}, [(9, 5, "c", False)], {"c": TAP}, threads={9: 2}))
+    assert w.table() == {(2, 5, 9): ("c", False, "snapshot")} and w.m.holders() == {2}
+
+
+def test_resync_keeps_what_a_thread_s_own_table_held():
+    w = World()
+    w.tap(1, 3, "a")
+    w.apply(ev.Unshare, 1, tid=7, flags=ev.CLONE_FILES)
+    w.tap(1, 4, "b", tid=7)
+    before = {k: w.m.rows()[i]["file"] for i, k in enumerate(w.table())}
+    out = w.m.resync(snapshot({1: "proc"}, [(1, 3, "a", False), (7, 3, "a", False),
+                                            (7, 4, "b", False)],
+                              {"a": TAP, "b": TAP}, files=[[(1, 3), (7, 3)], [(7, 4)]],
+                              threads={7: 1}))
+    assert (out["added"], out["removed"]) == (0, 0)
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 3, 7): ("a", False, "opened"),
+                         (1, 4, 7): ("b", False, "opened")}
+    assert {k: r["file"] for k, r in zip(w.table(), w.m.rows())} == before
+    assert w.row(1, 4, tid=7)["creator_pid"] == 1
+
+
 def test_resync_never_makes_two_snapshot_files_one():
     # the model thinks 1:3 and 2:3 are one file (fork); /proc says two files now
     w = World()
@@ -1833,7 +1991,7 @@ def test_resync_of_an_fd_that_now_holds_another_file():
 # views
 # =============================================================================
 
-ROW_KEYS = {"pid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
+ROW_KEYS = {"pid", "tid", "comm", "fd", "ifname", "kind", "flags", "cloexec", "path", "file",
             "creator_pid", "creator_comm", "how", "from_pid", "from_fd", "shared_with",
             "shared_count", "queue", "backends", "owner", "group", "netns", "netns_name"}
 
@@ -1845,7 +2003,7 @@ def test_a_row_has_exactly_these_fields():
     w.recv(2, 4, [40], cloexec=True)
     row = w.row(2, 40)
     assert set(row) == ROW_KEYS
-    assert row == {"pid": 2, "comm": "qemu", "fd": 40, "ifname": "vnet0", "kind": "tap",
+    assert row == {"pid": 2, "tid": None, "comm": "qemu", "fd": 40, "ifname": "vnet0", "kind": "tap",
                    "flags": ["no_pi", "vnet_hdr"], "cloexec": True, "path": "/dev/net/tun",
                    "file": w.row(1, 27)["file"], "creator_pid": 1, "creator_comm": "libvirtd",
                    "how": "received", "from_pid": 1, "from_fd": 27, "shared_with": [[1, 27]],

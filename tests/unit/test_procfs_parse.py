@@ -258,6 +258,60 @@ def test_an_fd_closed_before_kcmp_joins_the_one_file_of_its_single_queue_tap():
         os.close(w)
 
 
+def test_a_thread_with_a_table_of_its_own_is_listed_under_its_tid():
+    # real: a thread of this process unshares its fd table and opens /dev/net/tun
+    # there; another thread keeps the process's table. The snapshot lists the first
+    # under its tid (one kcmp per thread; only a table that differs is listed).
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ready, done = threading.Event(), threading.Event()
+    got: dict = {}
+
+    def own() -> None:
+        if libc.unshare(0x400) != 0:                 # CLONE_FILES
+            got["error"] = ctypes.get_errno()
+        else:
+            try:
+                got["fd"] = os.open(procfs.TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                got["error"] = exc.errno
+        got["tid"] = threading.get_native_id()
+        ready.set()
+        done.wait(30)
+        if "fd" in got:
+            os.close(got["fd"])
+
+    def shared() -> None:
+        got["shared"] = threading.get_native_id()
+        done.wait(30)
+
+    workers = [threading.Thread(target=f) for f in (shared, own)]
+    for t in workers:
+        t.start()
+    try:
+        ready.wait(30)
+        if "error" in got:
+            pytest.skip(f"no tun fd in a thread's own table here (errno {got['error']})")
+        me, tid = os.getpid(), got["tid"]
+        assert procfs.own_tables(me) == [[tid]]
+        snap = procfs.snapshot([me])
+        assert snap.threads == {tid: me} and me in snap.procs
+        mine = [f for f in snap.fds if f.pid == tid]
+        assert [(f.fd, f.ifname, f.cloexec) for f in mine] == [(got["fd"], None, True)]
+        assert [tid] in snap.tables and tid in snap.read_ns
+        from tracer.model import Model
+        m = Model()
+        m.load(snap)
+        assert [(r["pid"], r["tid"], r["fd"]) for r in m.rows()
+                if r["tid"] is not None] == [(me, tid, got["fd"])]
+    finally:
+        done.set()
+        for t in workers:
+            t.join()
+
+
 # ---- the scan split across processes ------------------------------------------
 
 def _fake_fds(pid, _taps, _units=None):
@@ -271,7 +325,7 @@ def _fake_fds(pid, _taps, _units=None):
 def test_a_scan_in_helper_processes_equals_the_serial_scan(monkeypatch):
     monkeypatch.setattr(procfs, "_tun_fds", _fake_fds)
     pids = [5, 40, 3, 12, 8, 21, 1, 30, 2, 17]
-    serial = procfs._scan(pids, procfs._Ifindex())
+    serial = procfs._scan(pids, procfs._Ifindex(), threads={})
     for workers in (2, 3, 4):
         assert procfs._scan_parallel(pids, procfs._Ifindex(), workers) == serial
 
@@ -286,7 +340,7 @@ def test_a_helper_that_fails_or_cannot_be_forked_has_its_share_scanned_here(monk
 
     monkeypatch.setattr(procfs, "_tun_fds", fails_in_helpers)
     pids = list(range(1, 40))
-    serial = procfs._scan(pids, procfs._Ifindex())
+    serial = procfs._scan(pids, procfs._Ifindex(), threads={})
     assert procfs._scan_parallel(pids, procfs._Ifindex(), 3) == serial
 
     def no_fork():

@@ -58,3 +58,20 @@ def test_table_names_vm_nic_both_macs_and_an_inferred_creator():
                                  "fe:54:00:6b:3c:58"]
     traced = dict(row, creator_from="trace")
     assert "(libvirt)" not in render.table_text([traced])
+
+
+def test_a_thread_s_own_fd_table_shows_its_tid_where_some_row_is_one():
+    base = {"comm": "qemu", "kind": "tap", "flags": [], "cloexec": False, "how": "opened",
+            "from_pid": None, "creator_pid": None, "ifname": "vnet1", "shared_count": 1}
+    rows = [{**base, "pid": 4242, "tid": None, "fd": 30, "shared_with": [[4242, 31, 4250]]},
+            {**base, "pid": 4242, "tid": 4250, "fd": 31, "shared_with": [[4242, 30]]}]
+    header, _, process, thread = render.table_text(rows).splitlines()
+    assert header.split()[:4] == ["PID", "TID", "COMM", "FD"]
+    assert process.split()[:4] == ["4242", "-", "qemu", "30"]
+    assert process.split()[-1] == "4242:4250/31"         # pid:tid/fd
+    assert thread.split()[:4] == ["4242", "4250", "qemu", "31"]
+    assert thread.split()[-1] == "4242/30"
+    # no TID column when every row is a process's table (as before rows had tids)
+    plain = render.table_text([{**rows[0], "shared_with": []}]).splitlines()[0]
+    assert "TID" not in plain.split()
+    assert json.loads(render.json_line({"rows": rows}))["rows"][1]["tid"] == 4250

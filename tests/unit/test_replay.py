@@ -201,3 +201,25 @@ def test_a_process_adopted_through_its_thread_replays():
     assert sorted(model.procs[10].table.fds) == [5]
     with pytest.raises(ReplayError, match="line 2: unknown field 'x'"):
         replay([lines[0], lines[1].replace('"ppid"', '"x": 1, "ppid"')])
+
+
+def test_a_snapshot_with_a_thread_s_own_table_replays():
+    """The snapshot's `threads` (a thread whose fd table is not its leader's, its fds
+    listed under its tid) round-trips through a recording: the replay has its rows."""
+    import dataclasses
+
+    from tracer.procfs import FdInfo, ProcInfo, Snapshot
+
+    snap = Snapshot(procs={1: ProcInfo(1, 0, "p", ("p",), 0)},
+                    fds=[FdInfo(1, 3, "/dev/net/tun", "a", False, 2),
+                         FdInfo(7, 4, "/dev/net/tun", "b", True, 0o2000002)],
+                    taps={}, files=[[(1, 3)], [(7, 4)]], tables=[[1], [7, 8]],
+                    read_ns={1: 5, 7: 6}, threads={7: 1, 8: 1})
+    line = json.dumps({"kind": "snapshot", "ts": 1, "snapshot": dataclasses.asdict(snap)})
+    close = json.dumps({"kind": "Close", "ts": 2, "pid": 1, "tid": 8, "comm": "p", "fd": 4})
+    model, _ = replay([line])
+    assert [(r["pid"], r["tid"], r["fd"], r["ifname"]) for r in model.rows()] == [
+        (1, None, 3, "a"), (1, 7, 4, "b")]
+    model, reports = replay([line, close])          # thread 8 uses 7's table
+    assert [(r["pid"], r["tid"], r["fd"]) for r in model.rows()] == [(1, None, 3)]
+    assert [r["type"] for r in reports] == ["close"]
