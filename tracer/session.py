@@ -5,7 +5,8 @@ Order at start: attach the probes first (so nothing is missed), then take the
 only then report `ready`. Records stamped before the snapshot began are dropped
 (the snapshot already shows their effect). After lost records the same happens
 again: resync from /proc, drop what predates it. Which records a snapshot shows
-is judged by its timings (resync.SnapshotTimes).
+is judged by its timings (resync.SnapshotTimes); what the records read but not
+applied yet say, when the model asks /proc, by ahead.Ahead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fnmatch
-import itertools
 import os
 import threading
 import time
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from . import events as ev
 from . import procfs
+from .ahead import Ahead, receives_after
 from .backends import open_backend
 from .enrich import enrich_rows
 from .model import Model, OpenFile, descendants_filter, iter_ifnames
@@ -144,8 +145,6 @@ class Session:
                            same_file=procfs.same_file, thread_table=self._thread_table,
                            same_table=self._same_table)
         self._threads_asked: list[int] | None = None   # the answer, recorded
-        self._ahead: tuple[list, int] = ([], 0)   # the records drain has not applied yet
-        self._changes: tuple = (None, None, ({}, {}))  # _fd_changes' index of them
         self._tables_asked: list[list] = []      # thread_table's answers, recorded
         self._same_asked: list[list] = []        # same_table's answers, recorded
         self._ns_asked: list[list] = []          # the model's netns questions, recorded
@@ -154,6 +153,7 @@ class Session:
         self._ns_names: dict[int, str] = {}
         self._ns_names_at = 0
         self._queue: list[ev.Event] = []
+        self._ahead = Ahead(self._queue, lambda: self.probes.poll(0))  # not applied yet
         # -i: `open` lines of fds whose interface is not known yet, by open file id
         self._held: dict[int, tuple[OpenFile, dict]] = {}
         self._pidfds: dict[tuple[int, int], int] = {}
@@ -251,16 +251,7 @@ class Session:
         with no clone of theirs before (a tracer behind its records: /proc lists no
         thread of a process killed since, or a thread exited since). Recorded."""
         tids = set(procfs.threads(pid))
-        self.probes.poll(0)
-        batch, at = self._ahead
-        made = set()
-        for e in itertools.chain(batch[at:], self._queue):
-            if e.pid != pid:
-                continue
-            if e.tid != pid and e.tid not in made:
-                tids.add(e.tid)
-            if isinstance(e, ev.Fork) and e.flags & ev.CLONE_THREAD:
-                made.add(e.child)
+        tids |= self._ahead.threads_acting(pid)
         self._threads_asked = sorted(tids)
         return self._threads_asked
 
@@ -270,8 +261,8 @@ class Session:
         own = None
         # kcmp compares the tables the two use now: an unshare by either that a
         # record not applied yet says came later parted them after this record
-        if procfs.same_fd_table(pid, tid) is False and not self._unshares_later(tid) \
-                and not self._unshares_later(pid):
+        if procfs.same_fd_table(pid, tid) is False and not self._ahead.unshares_later(tid) \
+                and not self._ahead.unshares_later(pid):
             own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(tid)]
         self._tables_asked.append([tid, own])
         return own
@@ -287,53 +278,12 @@ class Session:
         fd of that table changed after the record being applied (closed, dup'd over,
         received into: a tracer behind its records). /proc then shows a later fd than
         the record's: None, cannot be told, and the model trusts what it knows."""
-        self.probes.poll(0)
-        batch, at = self._ahead
-        idx, ranges = self._fd_changes(batch)
         table = self.model.procs[pid].table if pid in self.model.procs else None
         sharers = {pid} | ({p for p in table.users if p in self.model.procs}
                            if table is not None else set())
-        for p in sharers:
-            pos = idx.get((p, fd))
-            if pos and pos[-1] >= at or any(i >= at and lo <= fd <= hi
-                                             for i, lo, hi in ranges.get(p, ())):
-                return None
+        if self._ahead.fd_changes(sharers, fd):
+            return None
         return fd_ifname(pid, fd)
-
-    def _fd_changes(self, batch: list) -> tuple[dict, dict]:
-        """Where in the records not applied yet (the batch being drained, then the
-        queue) each (pid, fd) changes: {(pid, fd): [positions]}, and close_range's
-        {pid: [(position, first, last)]}. Built once per batch and queue length, so
-        asking costs no scan of a burst."""
-        key = (len(batch), len(self._queue))
-        if self._changes[0] is batch and self._changes[1] == key:
-            return self._changes[2]
-        idx: dict[tuple[int, int], list[int]] = {}
-        ranges: dict[int, list[tuple[int, int, int]]] = {}
-        for i, e in enumerate(itertools.chain(batch, self._queue)):
-            if isinstance(e, (ev.Close, ev.Open)):
-                idx.setdefault((e.pid, e.fd), []).append(i)
-            elif isinstance(e, (ev.Dup, ev.PidfdGetfd)):
-                idx.setdefault((e.pid, e.newfd), []).append(i)
-            elif isinstance(e, ev.ScmRecv):
-                for fd in e.fds:
-                    idx.setdefault((e.pid, fd), []).append(i)
-            elif isinstance(e, ev.CloseRange):
-                ranges.setdefault(e.pid, []).append((i, e.first, e.last))
-        self._changes = (batch, key, (idx, ranges))
-        return idx, ranges
-
-    def _unshares_later(self, tid: int) -> bool:
-        """Does a record not applied yet say that thread unshares its table (then /proc
-        shows what it did later, and it used its leader's table until then)? Reads
-        what the kernel holds first."""
-        self.probes.poll(0)
-        batch, at = self._ahead
-        return any(e.tid == tid and (
-            # not an exec's: by then the other threads are gone
-            isinstance(e, ev.Unshare) and not e.flags & (ev.UNSHARE_AT_EXEC | ev.UNSHARE_EXEC)
-            or isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE)
-            for e in itertools.chain(batch[at:], self._queue))
 
     def _netns_name(self, ino: int) -> str | None:
         """`ip netns`'s name for a namespace (re-read /run/netns at most once a second
@@ -379,15 +329,9 @@ class Session:
         next when its maker has gone: the receiver of its SCM_RIGHTS send among the
         records that follow (the first receive of that position whose fd has that
         name, as the model will match it)."""
-        send = next((r for r in rest if isinstance(r, ev.ScmSend) and r.pid == e.pid
-                     and e.fd in r.fds), None)
-        if send is None:
-            return None
-        pos = send.fds.index(e.fd)
-        for r in rest[rest.index(send) + 1:]:
-            if (isinstance(r, ev.ScmRecv) and pos < len(r.fds) <= len(send.fds)
-                    and fd_ifname(r.pid, r.fds[pos]) == e.ifname):
-                return procfs.tap_netns(r.pid, r.fds[pos])
+        for pid, fd in receives_after(e, rest):
+            if fd_ifname(pid, fd) == e.ifname:
+                return procfs.tap_netns(pid, fd)
         return None
 
     def _prepare_netns(self, e: ev.TunIoctl, rest: list) -> bool:
@@ -507,7 +451,7 @@ class Session:
             batch.sort(key=lambda e: e.ts)          # per-CPU buffers: restore order
         self._ns_ready.clear()
         for i, e in enumerate(batch):
-            self._ahead = (batch, i + 1)
+            self._ahead.at(batch, i + 1)
             if isinstance(e, ev.PidfdOpen):
                 self._remember_pidfd(e)
                 continue
