@@ -4,7 +4,9 @@ Order at start: attach the probes first (so nothing is missed), then take the
 /proc snapshot, load it, put its holders into the in-kernel interest set, and
 only then report `ready`. Records stamped before the snapshot began are dropped
 (the snapshot already shows their effect). After lost records the same happens
-again: resync from /proc, drop what predates it.
+again: resync from /proc, drop what predates it. Which records a snapshot shows
+is judged by its timings (resync.SnapshotTimes); what the records read but not
+applied yet say, when the model asks /proc, by ahead.Ahead.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fnmatch
-import itertools
 import os
 import threading
 import time
@@ -21,9 +22,11 @@ from dataclasses import dataclass
 
 from . import events as ev
 from . import procfs
+from .ahead import Ahead, receives_after
 from .backends import open_backend
 from .enrich import enrich_rows
 from .model import Model, OpenFile, descendants_filter, iter_ifnames
+from .resync import SnapshotTimes
 
 POLL_MS = 100
 PIDFDS_MAX = 4096
@@ -81,17 +84,9 @@ def ppid_of(pid: int) -> int | None:
         return None
 
 
-# TUN ioctls that change an interface, not a table (Session._tap_news)
-TAP_STATE_IOCTLS = (ev.TUNSETPERSIST, ev.TUNSETOWNER, ev.TUNSETGROUP, ev.TUNSETQUEUE)
-# ... of those, the ones whose result /sys and rtnetlink show
-SYS_SHOWN_IOCTLS = (ev.TUNSETPERSIST, ev.TUNSETOWNER, ev.TUNSETGROUP)
 # Snapshots taken again at once because a holder left a shared table while one ran
-# (Session._raced_snapshot); after that many in a row the last one stands.
+# (SnapshotTimes.raced_snapshot); after that many in a row the last one stands.
 RACED_MAX = 3
-# records that change an fd table (see Session._in_snapshot); an exec closes its
-# close-on-exec fds, an unshare makes a table of its own
-TABLE_RECORDS = (ev.Open, ev.TunIoctl, ev.Dup, ev.Close, ev.CloseRange, ev.SetFd, ev.ScmRecv,
-                 ev.PidfdGetfd, ev.Exec, ev.Unshare)
 PERF_EVENT_LINK = "anon_inode:[perf_event]"
 
 
@@ -150,8 +145,6 @@ class Session:
                            same_file=procfs.same_file, thread_table=self._thread_table,
                            same_table=self._same_table)
         self._threads_asked: list[int] | None = None   # the answer, recorded
-        self._ahead: tuple[list, int] = ([], 0)   # the records drain has not applied yet
-        self._changes: tuple = (None, None, ({}, {}))  # _fd_changes' index of them
         self._tables_asked: list[list] = []      # thread_table's answers, recorded
         self._same_asked: list[list] = []        # same_table's answers, recorded
         self._ns_asked: list[list] = []          # the model's netns questions, recorded
@@ -160,14 +153,11 @@ class Session:
         self._ns_names: dict[int, str] = {}
         self._ns_names_at = 0
         self._queue: list[ev.Event] = []
+        self._ahead = Ahead(self._queue, lambda: self.probes.poll(0))  # not applied yet
         # -i: `open` lines of fds whose interface is not known yet, by open file id
         self._held: dict[int, tuple[OpenFile, dict]] = {}
         self._pidfds: dict[tuple[int, int], int] = {}
-        self._min_ts = 0
-        self._read_ns: dict[int, int] = {}
-        self._read_last = 0                  # the latest of _read_ns
-        self._snap_end = 0                   # when the last snapshot was complete
-        self._taps_ns = 0                    # when it read the taps
+        self._times = SnapshotTimes(self.model, alive=procfs.alive)   # of the last snapshot
         self._raced = 0                      # snapshots taken again in a row (RACED_MAX)
         self._lost_seen = 0
         self._roots: list[int] = []          # processes traced from the start (track)
@@ -218,11 +208,7 @@ class Session:
         # Every process the model knows (holders and sharers) must be in the set.
         self.probes.set_interest(self.model.procs.keys())
         self._track_root()
-        self._min_ts = start
-        self._snap_end = time.monotonic_ns()
-        self._taps_ns = snap.taps_ns or self._snap_end
-        self._read_ns = snap.read_ns
-        self._read_last = max(snap.read_ns.values(), default=0)
+        self._times.taken(snap, start, time.monotonic_ns())
         self._lost_seen = lost_before
         return report
 
@@ -265,16 +251,7 @@ class Session:
         with no clone of theirs before (a tracer behind its records: /proc lists no
         thread of a process killed since, or a thread exited since). Recorded."""
         tids = set(procfs.threads(pid))
-        self.probes.poll(0)
-        batch, at = self._ahead
-        made = set()
-        for e in itertools.chain(batch[at:], self._queue):
-            if e.pid != pid:
-                continue
-            if e.tid != pid and e.tid not in made:
-                tids.add(e.tid)
-            if isinstance(e, ev.Fork) and e.flags & ev.CLONE_THREAD:
-                made.add(e.child)
+        tids |= self._ahead.threads_acting(pid)
         self._threads_asked = sorted(tids)
         return self._threads_asked
 
@@ -284,8 +261,8 @@ class Session:
         own = None
         # kcmp compares the tables the two use now: an unshare by either that a
         # record not applied yet says came later parted them after this record
-        if procfs.same_fd_table(pid, tid) is False and not self._unshares_later(tid) \
-                and not self._unshares_later(pid):
+        if procfs.same_fd_table(pid, tid) is False and not self._ahead.unshares_later(tid) \
+                and not self._ahead.unshares_later(pid):
             own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(tid)]
         self._tables_asked.append([tid, own])
         return own
@@ -301,53 +278,12 @@ class Session:
         fd of that table changed after the record being applied (closed, dup'd over,
         received into: a tracer behind its records). /proc then shows a later fd than
         the record's: None, cannot be told, and the model trusts what it knows."""
-        self.probes.poll(0)
-        batch, at = self._ahead
-        idx, ranges = self._fd_changes(batch)
         table = self.model.procs[pid].table if pid in self.model.procs else None
         sharers = {pid} | ({p for p in table.users if p in self.model.procs}
                            if table is not None else set())
-        for p in sharers:
-            pos = idx.get((p, fd))
-            if pos and pos[-1] >= at or any(i >= at and lo <= fd <= hi
-                                             for i, lo, hi in ranges.get(p, ())):
-                return None
+        if self._ahead.fd_changes(sharers, fd):
+            return None
         return fd_ifname(pid, fd)
-
-    def _fd_changes(self, batch: list) -> tuple[dict, dict]:
-        """Where in the records not applied yet (the batch being drained, then the
-        queue) each (pid, fd) changes: {(pid, fd): [positions]}, and close_range's
-        {pid: [(position, first, last)]}. Built once per batch and queue length, so
-        asking costs no scan of a burst."""
-        key = (len(batch), len(self._queue))
-        if self._changes[0] is batch and self._changes[1] == key:
-            return self._changes[2]
-        idx: dict[tuple[int, int], list[int]] = {}
-        ranges: dict[int, list[tuple[int, int, int]]] = {}
-        for i, e in enumerate(itertools.chain(batch, self._queue)):
-            if isinstance(e, (ev.Close, ev.Open)):
-                idx.setdefault((e.pid, e.fd), []).append(i)
-            elif isinstance(e, (ev.Dup, ev.PidfdGetfd)):
-                idx.setdefault((e.pid, e.newfd), []).append(i)
-            elif isinstance(e, ev.ScmRecv):
-                for fd in e.fds:
-                    idx.setdefault((e.pid, fd), []).append(i)
-            elif isinstance(e, ev.CloseRange):
-                ranges.setdefault(e.pid, []).append((i, e.first, e.last))
-        self._changes = (batch, key, (idx, ranges))
-        return idx, ranges
-
-    def _unshares_later(self, tid: int) -> bool:
-        """Does a record not applied yet say that thread unshares its table (then /proc
-        shows what it did later, and it used its leader's table until then)? Reads
-        what the kernel holds first."""
-        self.probes.poll(0)
-        batch, at = self._ahead
-        return any(e.tid == tid and (
-            # not an exec's: by then the other threads are gone
-            isinstance(e, ev.Unshare) and not e.flags & (ev.UNSHARE_AT_EXEC | ev.UNSHARE_EXEC)
-            or isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE)
-            for e in itertools.chain(batch[at:], self._queue))
 
     def _netns_name(self, ino: int) -> str | None:
         """`ip netns`'s name for a namespace (re-read /run/netns at most once a second
@@ -393,15 +329,9 @@ class Session:
         next when its maker has gone: the receiver of its SCM_RIGHTS send among the
         records that follow (the first receive of that position whose fd has that
         name, as the model will match it)."""
-        send = next((r for r in rest if isinstance(r, ev.ScmSend) and r.pid == e.pid
-                     and e.fd in r.fds), None)
-        if send is None:
-            return None
-        pos = send.fds.index(e.fd)
-        for r in rest[rest.index(send) + 1:]:
-            if (isinstance(r, ev.ScmRecv) and pos < len(r.fds) <= len(send.fds)
-                    and fd_ifname(r.pid, r.fds[pos]) == e.ifname):
-                return procfs.tap_netns(r.pid, r.fds[pos])
+        for pid, fd in receives_after(e, rest):
+            if fd_ifname(pid, fd) == e.ifname:
+                return procfs.tap_netns(pid, fd)
         return None
 
     def _prepare_netns(self, e: ev.TunIoctl, rest: list) -> bool:
@@ -521,7 +451,7 @@ class Session:
             batch.sort(key=lambda e: e.ts)          # per-CPU buffers: restore order
         self._ns_ready.clear()
         for i, e in enumerate(batch):
-            self._ahead = (batch, i + 1)
+            self._ahead.at(batch, i + 1)
             if isinstance(e, ev.PidfdOpen):
                 self._remember_pidfd(e)
                 continue
@@ -530,17 +460,17 @@ class Session:
                 # into the in-kernel interest set: out again, and no events
                 self.probes.drop_interest(self._self_pid)
                 continue
-            raced = raced or self._raced_snapshot(e)
-            if (e.ts < self._min_ts or self._in_snapshot(e)) \
-                    and not self._died_before_snapshot(e) and not self._tap_news(e):
+            raced = raced or self._times.raced_snapshot(e)
+            if self._times.shows(e):
                 if isinstance(e, ev.ScmRecv):
                     # the snapshot shows what it installed; its message has landed
                     for report in self.model.forget_receive(e):
                         self._out(report)
                 elif isinstance(e, ev.TunIoctl):
                     # who made it: not in /proc
-                    self.model.learn_from_before(e, last=self._last_setiff(e, batch[i + 1:]))
-                elif self._unseen_sharing(e):
+                    self.model.learn_from_before(
+                        e, last=self._times.last_setiff(e, batch[i + 1:]))
+                elif self._times.unseen_sharing(e):
                     self._apply(e)
                 continue
             if isinstance(e, ev.TunIoctl) and e.netns:
@@ -563,8 +493,8 @@ class Session:
                 if opened is not None:
                     self._apply(opened)
             reread = isinstance(e, ev.Fork) and not e.flags & (
-                ev.CLONE_THREAD | ev.CLONE_FILES) and self._read_after(e)
-            if self._tap_state_shown(e):
+                ev.CLONE_THREAD | ev.CLONE_FILES) and self._times.read_after(e)
+            if self._times.tap_state_shown(e):
                 e = dataclasses.replace(e, shown=True)
             self._apply(e)
             if reread:
@@ -597,56 +527,6 @@ class Session:
             # parsed until the next send
             self.probes.scm_settled()
 
-    def _unseen_sharing(self, e: ev.Event) -> bool:
-        """A record from before the snapshot that tells what the snapshot cannot: a
-        clone(CLONE_FILES) between processes that hold no tun fd (the scan lists
-        holders only), or an exec or unshare that parts such a sharer from its
-        table. It makes no fd: it applies (pasta's helper may make a tap there
-        next)."""
-        if isinstance(e, ev.Fork):
-            return bool(e.flags & ev.CLONE_FILES) and not e.flags & ev.CLONE_THREAD \
-                and e.pid not in self._read_ns and e.child not in self._read_ns \
-                and procfs.alive(e.child)
-        if isinstance(e, (ev.Exec, ev.Unshare)):
-            table = self.model.table_of(e.pid, e.tid)
-            return e.pid not in self._read_ns and table is not None and not table.fds
-        return False
-
-    def _tap_news(self, e: ev.Event) -> bool:
-        """A TUN ioctl that changes the interface, not the fd table (persist, owner,
-        group, a queue's attach), made after the snapshot read the taps, on an fd the
-        table has: the read of its process's table after it (a fork's child read
-        again) does not show it, so it applies."""
-        if not (isinstance(e, ev.TunIoctl) and e.cmd in TAP_STATE_IOCTLS
-                and e.ts >= self._taps_ns):
-            return False
-        table = self.model.table_of(e.pid, e.tid)
-        return table is not None and e.fd in table.fds
-
-    def _tap_state_shown(self, e: ev.Event) -> bool:
-        """A persist, owner or group change older than the snapshot's read of the taps
-        (applied for what it does to the table: its fd may be new since its process
-        was read): /sys already showed its result, and maybe a later change too,
-        which the record must not undo."""
-        return isinstance(e, ev.TunIoctl) and e.cmd in SYS_SHOWN_IOCTLS \
-            and e.ts < self._taps_ns
-
-    def _raced_snapshot(self, e: ev.Event) -> bool:
-        """An exec or unshare by a holder the last snapshot listed, made while it ran.
-        The scan reads each table at its own time, but sees who shares a table with
-        whom (kcmp) once, at its end: a process that left a shared table in between
-        is read as one table's user and grouped as another's, and the records of the
-        time between cannot say which files were whose. The snapshot is taken again."""
-        return isinstance(e, (ev.Exec, ev.Unshare)) and self._min_ts <= e.ts < self._snap_end \
-            and e.pid in self._read_ns
-
-    def _last_setiff(self, e: ev.TunIoctl, after: list[ev.Event]) -> bool:
-        """No other successful TUNSETIFF on e's interface from before the snapshot
-        follows e that the snapshot may show (one after it attaches what it did not see)."""
-        return not any(isinstance(x, ev.TunIoctl) and x.cmd == ev.TUNSETIFF and x.ret == 0
-                       and x.ts < self._read_last and x.ifname == e.ifname
-                       and x.netns == e.netns for x in after)
-
     def _me(self) -> dict:
         """The fields of a report taptrace itself makes (a resync, a loss)."""
         return {"pid": self._self_pid, "tid": self._self_pid, "comm": "taptrace"}
@@ -658,36 +538,6 @@ class Session:
             return None
         return os.path.exists(f"/sys/class/net/{tap.ifname}/tun_flags")
 
-    def _in_snapshot(self, e: ev.Event) -> bool:
-        """A change to an fd table that the last snapshot read after it was made. The
-        scan reads one table after another, and may take longer than the records
-        made meanwhile: a record stamped after the scan began may be older than the
-        read of its table, which then shows its result already. A clone whose child
-        the scan read after it, holding tun fds: the child's table (shared or its
-        own) is what the scan saw, not the parent's that the clone would give. (The
-        scan tells nothing of processes that hold none: their records apply.)"""
-        if isinstance(e, ev.Fork):
-            return not e.flags & ev.CLONE_THREAD and e.ts < self._read_ns.get(e.child, 0)
-        if isinstance(e, (ev.Exec, ev.Unshare)):
-            # they part their process (or thread) from the table it shared: a read of
-            # another sharer's does not show that, only a read of its own after it
-            # (a thread's own table is never read)
-            return e.tid == e.pid and e.ts < self._read_ns.get(e.pid, 0)
-        return isinstance(e, TABLE_RECORDS) and self._read_after(e)
-
-    def _read_after(self, e: ev.Event) -> bool:
-        """Did the last snapshot read the table e's thread uses after e was made?"""
-        if e.ts >= self._read_last:
-            return False                     # newer than every read: the usual case
-        proc = self.model.procs.get(e.pid)
-        if proc is not None and e.tid in proc.thread_tables and e.tid not in self._read_ns:
-            return False                     # /proc/PID/fd shows the leader's table
-        table = self.model.table_of(e.pid, e.tid)
-        if table is None:
-            return False
-        reads = [self._read_ns[u] for u in table.users if u in self._read_ns]
-        return bool(reads) and e.ts < min(reads)
-
     def _reread_child(self, e: ev.Fork) -> None:
         """A fork older than the snapshot's read of its parent's table: the copy the
         model gave the child holds what the parent did after the fork. The child's
@@ -695,20 +545,12 @@ class Session:
         now (its records from before are in it)."""
         now = time.monotonic_ns()
         own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(e.child)]
-        self._read_ns[e.child] = now
-        self._read_last = max(self._read_last, now)
+        self._times.read_again(e.child, now)
         if self._record is not None:
             self._record({"kind": "reread", "ts": e.ts, "pid": e.child,
                           "fds": [list(x) for x in own]})
         for report in self.model.reload_table(e.child, own, e.ts):
             self._out(report)
-
-    def _died_before_snapshot(self, e: ev.Event) -> bool:
-        """An exit stamped before the last snapshot that the snapshot still shows: the
-        kernel releases a process's files after sched_process_exit, so a snapshot taken
-        in between lists the fds of the dead. Dead is dead: the exit applies."""
-        return isinstance(e, ev.Exit) and e.pid in self.model.procs \
-            and not procfs.alive(e.pid)
 
     def _apply(self, e: ev.Event) -> None:
         rec = None

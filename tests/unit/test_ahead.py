@@ -1,0 +1,198 @@
+"""What the records not applied yet say (tracer/ahead.py), as a specification.
+
+The scenario: drain is applying one record of a batch; more records wait after it
+in the batch, and the kernel holds more still (a poll moves them to the queue).
+The action: a question the model's look at /proc needs answered. The expected
+answer: what those later records say (an fd changed, a thread unshares, threads
+act), never what the records already applied say.
+"""
+
+from __future__ import annotations
+
+from tracer import events as ev
+from tracer.ahead import Ahead, receives_after
+
+SIGCHLD = 17
+
+
+def rec(cls, pid: int, tid: int | None = None, ts: int = 0, **kw) -> ev.Event:
+    return cls(ts=ts, pid=pid, tid=pid if tid is None else tid, comm="p", **kw)
+
+
+def close(pid, fd, **kw):
+    return rec(ev.Close, pid, fd=fd, **kw)
+
+
+class Kernel:
+    """Records the kernel holds until the next poll puts them in the queue."""
+
+    def __init__(self) -> None:
+        self.queue: list[ev.Event] = []
+        self.held: list[ev.Event] = []
+        self.polls = 0
+
+    def poll(self) -> None:
+        self.polls += 1
+        self.queue.extend(self.held)
+        self.held.clear()
+
+
+def ahead(batch: list[ev.Event], at: int, queue=(), held=()) -> tuple[Ahead, Kernel]:
+    k = Kernel()
+    k.queue.extend(queue)
+    k.held.extend(held)
+    a = Ahead(k.queue, k.poll)
+    a.at(batch, at)
+    return a, k
+
+
+# =============================================================================
+# fd_changes: an fd of a table changed after the record being applied
+# =============================================================================
+
+def test_an_fd_closed_later_in_the_batch_changes():
+    batch = [close(10, 5), close(10, 3)]
+    a, _ = ahead(batch, 1)                  # batch[0] applies
+    assert a.fd_changes({10}, 3)
+    assert not a.fd_changes({10}, 5)        # its close is the one applied (or before)
+    assert not a.fd_changes({11}, 3)        # another table's fd 3
+
+
+def test_an_fd_changed_by_a_sharer_of_the_table_changes():
+    a, _ = ahead([close(10, 9), close(11, 3)], 1)
+    assert a.fd_changes({10, 11}, 3) and not a.fd_changes({10}, 3)
+
+
+def test_each_way_an_fd_changes():
+    later = [
+        rec(ev.Open, 10, fd=3, path="/dev/net/tun", flags=2),
+        rec(ev.Dup, 10, oldfd=7, newfd=4, how="dup2", cloexec=False),
+        rec(ev.PidfdGetfd, 10, pidfd=8, target_fd=1, newfd=5),
+        rec(ev.ScmRecv, 10, sock=9, fds=(6, 7), cloexec=False),
+    ]
+    a, _ = ahead([close(10, 1), *later], 1)
+    assert [fd for fd in range(9) if a.fd_changes({10}, fd)] == [3, 4, 5, 6, 7]
+
+
+def test_a_close_range_changes_the_fds_in_its_range():
+    batch = [close(10, 1), rec(ev.CloseRange, 10, first=4, last=6, flags=0)]
+    a, _ = ahead(batch, 1)
+    assert [fd for fd in range(9) if a.fd_changes({10}, fd)] == [4, 5, 6]
+    a.at(batch, 2)                          # the close_range itself applies now
+    assert not any(a.fd_changes({10}, fd) for fd in range(9))
+
+
+def test_what_the_kernel_holds_counts_and_is_read_first():
+    a, k = ahead([close(10, 1)], 1, queue=[close(10, 2)], held=[close(10, 3)])
+    assert a.fd_changes({10}, 2)            # queued
+    assert a.fd_changes({10}, 3) and k.polls == 2   # held until the poll that asks
+    assert k.queue == [close(10, 2), close(10, 3)]
+
+
+def test_the_index_follows_the_queue_as_it_grows():
+    a, k = ahead([close(10, 1)], 1)
+    assert not a.fd_changes({10}, 3)
+    k.held.append(close(10, 3))
+    assert a.fd_changes({10}, 3)
+
+
+def test_the_index_follows_a_new_batch():
+    a, _ = ahead([close(10, 1), close(10, 3)], 1)
+    assert a.fd_changes({10}, 3)
+    a.at([close(10, 1), close(10, 4)], 1)
+    assert not a.fd_changes({10}, 3) and a.fd_changes({10}, 4)
+
+
+# =============================================================================
+# unshares_later: a thread parts from its leader's table in a later record
+# =============================================================================
+
+def test_an_unshare_later_by_that_thread_counts():
+    a, _ = ahead([close(10, 1), rec(ev.Unshare, 10, tid=11, flags=0x400)], 1)
+    assert a.unshares_later(11) and not a.unshares_later(10)
+
+
+def test_an_unshare_already_applied_does_not():
+    a, _ = ahead([rec(ev.Unshare, 10, tid=11, flags=0x400), close(10, 1)], 1)
+    assert not a.unshares_later(11)
+
+
+def test_an_execs_unshare_does_not():
+    # by then the other threads are gone
+    for flag in (ev.UNSHARE_AT_EXEC, ev.UNSHARE_EXEC):
+        a, _ = ahead([close(10, 1), rec(ev.Unshare, 10, tid=11, flags=0x400 | flag)], 1)
+        assert not a.unshares_later(11)
+
+
+def test_a_close_range_unshare_counts_a_plain_one_does_not():
+    cr = rec(ev.CloseRange, 10, tid=11, first=3, last=3, flags=ev.CLOSE_RANGE_UNSHARE)
+    assert ahead([close(10, 1), cr], 1)[0].unshares_later(11)
+    plain = rec(ev.CloseRange, 10, tid=11, first=3, last=3, flags=ev.CLOSE_RANGE_CLOEXEC)
+    assert not ahead([close(10, 1), plain], 1)[0].unshares_later(11)
+
+
+def test_an_unshare_the_kernel_still_holds_counts():
+    a, _ = ahead([close(10, 1)], 1, held=[rec(ev.Unshare, 10, tid=11, flags=0x400)])
+    assert a.unshares_later(11)
+
+
+# =============================================================================
+# threads_acting: threads the records show before /proc would
+# =============================================================================
+
+def test_threads_acting_later_are_the_processes_threads():
+    batch = [close(10, 1), close(10, 2, tid=11), close(20, 2, tid=21), close(10, 3)]
+    a, _ = ahead(batch, 1, held=[close(10, 4, tid=12)])
+    assert a.threads_acting(10) == {11, 12}     # not the leader, not 20's
+
+
+def test_a_thread_cloned_in_the_records_is_not_one_acting_unseen():
+    # its clone applies first and makes it known; only one acting before its
+    # clone (a reused tid) counts
+    batch = [close(10, 1), rec(ev.Fork, 10, child=11, flags=ev.CLONE_THREAD),
+             close(10, 2, tid=11), close(10, 2, tid=13),
+             rec(ev.Fork, 10, child=13, flags=ev.CLONE_THREAD)]
+    assert ahead(batch, 1)[0].threads_acting(10) == {13}
+
+
+def test_a_process_cloned_is_no_thread():
+    batch = [close(10, 1), rec(ev.Fork, 10, child=11, flags=SIGCHLD), close(10, 2, tid=11)]
+    assert ahead(batch, 1)[0].threads_acting(10) == {11}
+
+
+def test_threads_acting_only_in_records_applied_are_not_asked_of():
+    batch = [close(10, 2, tid=11), close(10, 1)]
+    assert ahead(batch, 2)[0].threads_acting(10) == set()
+
+
+# =============================================================================
+# receives_after: where the fd of a TUNSETIFF went next
+# =============================================================================
+
+def setiff(pid, fd, name="tap0"):
+    return rec(ev.TunIoctl, pid, fd=fd, cmd=ev.TUNSETIFF, ret=0, ifname=name, value=0)
+
+
+def send(pid, fds):
+    return rec(ev.ScmSend, pid, sock=9, fds=tuple(fds))
+
+
+def recv(pid, fds):
+    return rec(ev.ScmRecv, pid, sock=8, fds=tuple(fds), cloexec=False)
+
+
+def test_the_receives_of_the_first_send_of_the_fd_at_its_position():
+    rest = [close(10, 1), send(10, [4, 3]), recv(20, [7]), recv(20, [7, 8]),
+            recv(30, [5, 6, 9]), send(10, [3]), recv(40, [2])]
+    # pos 1 of a 2-fd message: a receive of one fd cannot be it, nor one of three
+    assert list(receives_after(setiff(10, 3), rest)) == [(20, 8)]
+
+
+def test_no_send_of_the_fd_no_receives():
+    rest = [send(10, [4]), recv(20, [7]), send(11, [3]), recv(20, [5])]
+    assert list(receives_after(setiff(10, 3), rest)) == []
+
+
+def test_receives_before_the_send_are_not_of_it():
+    rest = [recv(20, [7]), send(10, [3]), recv(30, [5])]
+    assert list(receives_after(setiff(10, 3), rest)) == [(30, 5)]
