@@ -180,7 +180,7 @@ class Session:
         info = self.probes.info
         ready = {"type": "ready", "backend": info.name, "buffer": info.buffer,
                  "buffer_pages": info.buffer_pages, "kernel_source": info.kernel_source,
-                 "rows": sum(len(p.table.fds) for p in self.model.procs.values()),
+                 "rows": sum(len(t.fds) for _p, _tid, t in self.model.row_tables()),
                  "taps": len(self.model.taps),
                  "tracer_pid": os.getpid(), "own_netns": self.model.own_netns}
         if info.hooks:
@@ -645,8 +645,9 @@ class Session:
             return False
         if not self._proc_ok(report):
             return True
-        proc = self.model.procs.get(report["pid"])
-        entry = proc.table.fds.get(report["fd"]) if proc is not None else None
+        # (the table of the thread that opened it: a thread's own, where it has one)
+        table = self.model.table_of(report["pid"], report.get("tid") or report["pid"])
+        entry = table.fds.get(report["fd"]) if table is not None else None
         if entry is None:
             return True
         self._held[entry.file.id] = (entry.file, report)

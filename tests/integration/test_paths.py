@@ -411,6 +411,25 @@ def test_a_thread_s_own_table_from_the_snapshot_goes_on_being_traced(tracer, scr
     assert not events_of(lines, "resync")
 
 
+
+def test_ifname_filter_shows_the_open_of_a_thread_s_own_table(tracer, script):
+    """With -i, an `open` waits for its file's interface (the TUNSETIFF after it):
+    an open by a thread with a table of its own is looked up in that table, not
+    the process's (where that fd number is another file, or none), and shown."""
+    a_name, b_name = tapkit.unique_name("tp"), tapkit.unique_name("tp")
+    t = tracer("-i", b_name)
+    s = script(THREAD_OWN_TABLE, a_name, b_name, names=[a_name, b_name])
+    made = s.read_until("made")
+    pid, tid = s.proc.pid, made["tid"]
+    assert thread_truth(pid, tid) >= {(made["b"], b_name)}
+    lines, table = t.stop()
+    opened = one(events_of(lines, "open", ifname=b_name))
+    assert (opened["pid"], opened["tid"], opened["fd"]) == (pid, tid, made["b"])
+    assert not events_of(lines, "open", ifname=a_name)
+    assert {(r["tid"], r["fd"], r["ifname"]) for r in table["rows"] if r["pid"] == pid} \
+        == {(tid, made["b"], b_name)}
+
+
 # ---- exit --------------------------------------------------------------------------
 
 LEADEREXIT = HELPERS / "bin" / "leaderexit"
