@@ -817,8 +817,9 @@ class Model:
 
     def reload_table(self, pid: int, own: list, ts: int) -> list[dict]:
         """A process's fd table as /proc shows it now ((fd, ifname, cloexec) as in
-        thread_table), instead of the copy a fork gave it: a fork older than the
-        snapshot's read of its parent's table copies what the parent did after."""
+        thread_table), instead of the copy a fork (or an exec's or unshare's parting)
+        gave it: one older than the snapshot's read of the table it copied copies
+        what the others did after."""
         proc = self.procs.get(pid)
         out: list[dict] = []
         if proc is None:

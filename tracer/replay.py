@@ -308,7 +308,8 @@ def _netns(rec: dict) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class Reread:
-    """A process's fd table read from /proc after a fork (Session._reread_child)."""
+    """A process's fd table read from /proc again (Session._reread): after a fork, or
+    an exec or unshare, older than the snapshot's read of the table it copied."""
     ts: int
     pid: int
     fds: list[tuple[int, str | bool | None, bool | None]]

@@ -52,8 +52,9 @@ class SnapshotTimes:
         self.read_last = max(snap.read_ns.values(), default=0)
 
     def read_again(self, pid: int, now: int) -> None:
-        """pid's fd table was read from /proc again at `now` (a fork's child read again:
-        Session._reread_child); its records from before are in it, as in a snapshot."""
+        """pid's fd table was read from /proc again at `now` (a fork's child, or an
+        exec's or unshare's copy: Session._reread); its records from before are in
+        it, as in a snapshot."""
         self.read_ns[pid] = now
         self.read_last = max(self.read_last, now)
 
@@ -150,6 +151,27 @@ class SnapshotTimes:
             return False
         reads = [self.read_ns[u] for u in table.users if u in self.read_ns]
         return bool(reads) and e.ts < min(reads)
+
+    def parted_unread(self, e: ev.Event) -> bool:
+        """An exec or unshare by a process the scan did not read (it held no tun fd
+        then), leaving a table another user's read shows after it: the copy it took
+        is of that table before the read, and the model has it only as read, with
+        what the others did after. Its table is read from /proc again once the
+        record applies (Session._reread)."""
+        if isinstance(e, ev.Exec):
+            pass
+        elif isinstance(e, ev.Unshare):
+            if e.flags & (ev.UNSHARE_AT_EXEC | ev.UNSHARE_EXEC):
+                return False                # the exec that follows is the one
+        elif not (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
+            return False
+        if e.tid != e.pid or e.pid in self.read_ns or e.ts >= self.read_last:
+            return False
+        table = self.model.table_of(e.pid, e.tid)
+        # (any read after it: the table as loaded holds what was read last)
+        reads = [self.read_ns[u] for u in table.users if u in self.read_ns] \
+            if table is not None else []
+        return bool(reads) and e.ts < max(reads)
 
     def died_before_snapshot(self, e: ev.Event) -> bool:
         """An exit stamped before the last snapshot that the snapshot still shows: the

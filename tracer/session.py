@@ -492,13 +492,16 @@ class Session:
                 opened = self._first_sight(e)
                 if opened is not None:
                     self._apply(opened)
-            reread = isinstance(e, ev.Fork) and not e.flags & (
-                ev.CLONE_THREAD | ev.CLONE_FILES) and self._times.read_after(e)
+            if isinstance(e, ev.Fork):
+                reread = e.child if not e.flags & (ev.CLONE_THREAD | ev.CLONE_FILES) \
+                    and self._times.read_after(e) else None
+            else:
+                reread = e.pid if self._times.parted_unread(e) else None
             if self._times.tap_state_shown(e):
                 e = dataclasses.replace(e, shown=True)
             self._apply(e)
-            if reread:
-                self._reread_child(e)
+            if reread is not None:
+                self._reread(reread, e.ts)
             if isinstance(e, ev.TunIoctl):
                 self._ns_ready.pop((e.pid, e.fd), None)    # its answer, if not asked
             elif isinstance(e, (ev.ScmSend, ev.ScmRecv)) and e.truncated:
@@ -538,18 +541,19 @@ class Session:
             return None
         return os.path.exists(f"/sys/class/net/{tap.ifname}/tun_flags")
 
-    def _reread_child(self, e: ev.Fork) -> None:
-        """A fork older than the snapshot's read of its parent's table: the copy the
-        model gave the child holds what the parent did after the fork. The child's
-        table is read from /proc instead, and, like a snapshot's, counts as read
-        now (its records from before are in it)."""
+    def _reread(self, pid: int, ts: int) -> None:
+        """A table copied from one the snapshot read after the copy (a fork older
+        than the read of its parent's table; an exec or unshare of a sharer the scan
+        did not read, resync.parted_unread): the copy the model made holds what the
+        others did after it. The table is read from /proc instead, and, like a
+        snapshot's, counts as read now (its records from before are in it)."""
         now = time.monotonic_ns()
-        own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(e.child)]
-        self._times.read_again(e.child, now)
+        own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(pid)]
+        self._times.read_again(pid, now)
         if self._record is not None:
-            self._record({"kind": "reread", "ts": e.ts, "pid": e.child,
+            self._record({"kind": "reread", "ts": ts, "pid": pid,
                           "fds": [list(x) for x in own]})
-        for report in self.model.reload_table(e.child, own, e.ts):
+        for report in self.model.reload_table(pid, own, ts):
             self._out(report)
 
     def _apply(self, e: ev.Event) -> None:

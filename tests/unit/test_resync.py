@@ -223,7 +223,7 @@ def test_a_clone_whose_child_holds_nothing_is_news(s):
 
 
 def test_a_fork_older_than_its_parents_read_is_read_after(s):
-    # what drain asks to read the child's table again (Session._reread_child)
+    # what drain asks to read the child's table again (Session._reread)
     assert s.times.read_after(fork(1999, 10, 12))
     assert not s.times.read_after(fork(2000, 10, 12))
 
@@ -244,6 +244,35 @@ def test_an_exec_or_unshare_read_only_in_a_sharers_table_is_news(s, cls, kw):
     # table, not that 30 is no longer in it
     assert not s.times.in_snapshot(rec(cls, 2600, 30, **kw))
     assert s.times.in_snapshot(rec(cls, 2400, 30, **kw))
+
+
+@pytest.mark.parametrize("cls, kw", [
+    (ev.Exec, {"old_pid": 52}), (ev.Unshare, {"flags": ev.CLONE_FILES}),
+    (ev.CloseRange, {"first": 3, "last": 9, "flags": ev.CLOSE_RANGE_UNSHARE})])
+def test_a_sharer_the_scan_did_not_read_parts_from_a_table_read_after_it(s, cls, kw):
+    # 52 shares 31's table (a CLONE_FILES child holding no tun fd of its own when
+    # the scan passed it: not read) and leaves it at 3500; 31's read at 4000 shows
+    # the table with what 31 did after: the copy 52 took is read from /proc again
+    s.apply(fork(1100, 31, 52, flags=ev.CLONE_FILES | SIGCHLD))
+    assert s.times.parted_unread(rec(cls, 3500, 52, **kw))
+    # (read earlier too: 30's read at 2500 shows the table after 2400)
+    assert s.times.parted_unread(rec(cls, 2400, 52, **kw))
+    # after every read of the table: its copy is the table the model has
+    assert not s.times.parted_unread(rec(cls, 4000, 52, **kw))
+
+
+def test_what_parts_a_table_read_after_it_is_read_again_only_once_and_not_for_others(s):
+    s.apply(fork(1100, 31, 52, flags=ev.CLONE_FILES | SIGCHLD))
+    t = s.times
+    # its own table read (a holder): the snapshot shows what it holds
+    assert not t.parted_unread(rec(ev.Exec, 3500, 31, old_pid=31))
+    # an exec's unshare: the exec record that follows is the one read again
+    for flag in (ev.UNSHARE_AT_EXEC, ev.UNSHARE_EXEC):
+        assert not t.parted_unread(rec(ev.Unshare, 3500, 52, flags=flag))
+    assert not t.parted_unread(rec(ev.CloseRange, 3500, 52, first=3, last=9, flags=0))
+    assert not t.parted_unread(close(3500, 52))
+    t.read_again(52, 3600)                           # read again: it is a read of its own
+    assert not t.parted_unread(rec(ev.Exec, 3500, 52, old_pid=52))
 
 
 def test_an_unshare_by_a_thread_is_never_in_the_snapshot(s):
