@@ -158,14 +158,11 @@ class SnapshotTimes:
         is of that table before the read, and the model has it only as read, with
         what the others did after. Its table is read from /proc again once the
         record applies (Session._reread)."""
-        if isinstance(e, ev.Exec):
-            pass
-        elif isinstance(e, ev.Unshare):
-            if e.flags & (ev.UNSHARE_AT_EXEC | ev.UNSHARE_EXEC):
-                return False                # the exec that follows is the one
-        elif not (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
-            return False
-        if e.tid != e.pid or e.pid in self.read_ns or e.ts >= self.read_last:
+        parts = isinstance(e, ev.Exec) or (
+            # (an exec's unshare: the exec record that follows is the one)
+            isinstance(e, ev.Unshare) and not e.flags & (ev.UNSHARE_AT_EXEC | ev.UNSHARE_EXEC)
+        ) or isinstance(e, ev.CloseRange) and bool(e.flags & ev.CLOSE_RANGE_UNSHARE)
+        if not parts or e.tid != e.pid or e.pid in self.read_ns or e.ts >= self.read_last:
             return False
         table = self.model.table_of(e.pid, e.tid)
         # (any read after it: the table as loaded holds what was read last)
