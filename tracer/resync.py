@@ -159,8 +159,9 @@ class SnapshotTimes:
         what the others did after. Its table is read from /proc again once the
         record applies (Session._reread)."""
         parts = isinstance(e, ev.Exec) or (
-            # (an exec's unshare: the exec record that follows is the one)
-            isinstance(e, ev.Unshare) and not e.flags & (ev.UNSHARE_AT_EXEC | ev.UNSHARE_EXEC)
+            # (an exec's unshare parts it at the point of no return, UNSHARE_EXEC,
+            # not where the exec begins)
+            isinstance(e, ev.Unshare) and not e.flags & ev.UNSHARE_AT_EXEC
         ) or isinstance(e, ev.CloseRange) and bool(e.flags & ev.CLOSE_RANGE_UNSHARE)
         if not parts or e.tid != e.pid or e.pid in self.read_ns or e.ts >= self.read_last:
             return False

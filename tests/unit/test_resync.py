@@ -266,13 +266,22 @@ def test_what_parts_a_table_read_after_it_is_read_again_only_once_and_not_for_ot
     t = s.times
     # its own table read (a holder): the snapshot shows what it holds
     assert not t.parted_unread(rec(ev.Exec, 3500, 31, old_pid=31))
-    # an exec's unshare: the exec record that follows is the one read again
-    for flag in (ev.UNSHARE_AT_EXEC, ev.UNSHARE_EXEC):
-        assert not t.parted_unread(rec(ev.Unshare, 3500, 52, flags=flag))
     assert not t.parted_unread(rec(ev.CloseRange, 3500, 52, first=3, last=9, flags=0))
     assert not t.parted_unread(close(3500, 52))
     t.read_again(52, 3600)                           # read again: it is a read of its own
     assert not t.parted_unread(rec(ev.Exec, 3500, 52, old_pid=52))
+
+
+def test_an_exec_parts_a_table_at_its_point_of_no_return(s):
+    # the kernel unshares an exec's table at its point of no return (UNSHARE_EXEC,
+    # the record before the Exec's), not where the exec begins (UNSHARE_AT_EXEC)
+    s.apply(fork(1100, 31, 52, flags=ev.CLONE_FILES | SIGCHLD))
+    t = s.times
+    assert not t.parted_unread(rec(ev.Unshare, 3500, 52, flags=ev.UNSHARE_AT_EXEC))
+    s.apply(rec(ev.Unshare, 3500, 52, flags=ev.UNSHARE_AT_EXEC))
+    assert t.parted_unread(rec(ev.Unshare, 3501, 52, flags=ev.UNSHARE_EXEC))
+    s.apply(rec(ev.Unshare, 3501, 52, flags=ev.UNSHARE_EXEC))
+    assert not t.parted_unread(rec(ev.Exec, 3502, 52, old_pid=52))   # parted already
 
 
 def test_an_unshare_by_a_thread_is_never_in_the_snapshot(s):
