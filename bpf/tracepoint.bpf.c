@@ -359,7 +359,8 @@ static __always_inline void on_recv(void *ctx, int sock, u64 queue, const char *
  * A send record the buffer refused: user space resyncs from /proc, which cannot
  * show a message in flight, so its receive must still be recorded (it is taken
  * from /proc then, as a receive of an unknown send). It is waited for as long as
- * user space keeps a send it did read (model.SCM_PENDING_NS).
+ * user space keeps a send it did read (events.py SCM_PENDING_NS, passed in as
+ * TT_SCM_PENDING_NS).
  */
 static __always_inline void scm_send_lost(void)
 {
