@@ -53,8 +53,9 @@ class SnapshotTimes:
 
     def read_again(self, pid: int, now: int) -> None:
         """pid's fd table was read from /proc again at `now` (a fork's child, or an
-        exec's or unshare's copy: Session._reread); its records from before are in
-        it, as in a snapshot."""
+        exec's or unshare's copy: Session._reread; a thread first seen with a table
+        of its own: Session._thread_table); its records from before are in it, as in
+        a snapshot."""
         self.read_ns[pid] = now
         self.read_last = max(self.read_last, now)
 

@@ -259,11 +259,16 @@ class Session:
         """A thread first seen: None if it uses its leader's fd table (kcmp), else
         the tun fds of its own (/proc/TID/fd) as (fd, ifname or "", cloexec)."""
         own = None
+        now = time.monotonic_ns()
         # kcmp compares the tables the two use now: an unshare by either that a
         # record not applied yet says came later parted them after this record
         if procfs.same_fd_table(pid, tid) is False and not self._ahead.unshares_later(tid) \
                 and not self._ahead.unshares_later(pid):
             own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(tid)]
+            # read now, as a snapshot reads a table: the records not applied yet
+            # that its users made before (the thread, a CLONE_FILES child the record
+            # being applied makes) are in it already, and apply no more
+            self._times.read_again(tid, now)
         self._tables_asked.append([tid, own])
         return own
 
