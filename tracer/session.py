@@ -159,6 +159,10 @@ class Session:
         self._pidfds: dict[tuple[int, int], int] = {}
         self._times = SnapshotTimes(self.model, alive=procfs.alive)   # of the last snapshot
         self._raced = 0                      # snapshots taken again in a row (RACED_MAX)
+        # a send the last snapshot came after, read after it: the model does not
+        # keep it (its fds are what /proc showed), but its message may be in flight,
+        # so receives stay parsed until then (drain, scm_settled)
+        self._sends_unseen_until = 0
         self._lost_seen = 0
         self._roots: list[int] = []          # processes traced from the start (track)
         self.stats = {"events": 0, "lost": 0, "resyncs": 0, "truncated": 0}
@@ -467,7 +471,12 @@ class Session:
                 continue
             raced = raced or self._times.raced_snapshot(e)
             if self._times.shows(e):
-                if isinstance(e, ev.ScmRecv):
+                if isinstance(e, ev.ScmSend):
+                    # /proc cannot show a message in flight: its receive, taken
+                    # from /proc as one of an unknown send, must be recorded
+                    self._sends_unseen_until = max(self._sends_unseen_until,
+                                                   e.ts + ev.SCM_PENDING_NS)
+                elif isinstance(e, ev.ScmRecv):
                     # the snapshot shows what it installed; its message has landed
                     for report in self.model.forget_receive(e):
                         self._out(report)
@@ -530,7 +539,7 @@ class Session:
         for tap in self.model.drop_vanished(self._tap_exists):
             self._out({"type": "tap_gone", "ts_ns": now, **self._me(), "ifname": tap.ifname,
                        **self.model.ns_fields(tap.netns)})
-        if not self.model.pending and not self._queue:
+        if not self.model.pending and not self._queue and now >= self._sends_unseen_until:
             # nothing in flight, nothing read and held back: receives need not be
             # parsed until the next send
             self.probes.scm_settled()
