@@ -85,6 +85,20 @@ class Ahead:
             or isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE)
             for e in self.records())
 
+    def exits_sharing(self, pid: int) -> bool:
+        """Do the records not applied yet show process `pid` exit, with no exec or
+        unshare of its fd table before (it used the table it had until it died)?
+        Reads what the kernel holds first."""
+        for e in self.records():
+            if e.pid != pid:
+                continue
+            if isinstance(e, ev.Exit) and not e.thread:
+                return True
+            if isinstance(e, (ev.Exec, ev.Unshare)) or (
+                    isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
+                return False
+        return False
+
     def threads_acting(self, pid: int) -> set[int]:
         """The threads of `pid` (not its leader) that records not applied yet show
         acting with no clone of theirs before (/proc lists no thread of a process

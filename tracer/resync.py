@@ -32,11 +32,15 @@ TABLE_RECORDS = (ev.Open, ev.TunIoctl, ev.Dup, ev.Close, ev.CloseRange, ev.SetFd
 class SnapshotTimes:
     """The timings of the last snapshot (CLOCK_MONOTONIC ns, the records' clock), and
     what they say of a record: all questions about the model as it stands before the
-    record applies. alive(pid): is that process still there (/proc)?"""
+    record applies. alive(pid): is that process still there (/proc)? exits_sharing(pid):
+    do the records not applied yet end with its exit, with no exec or unshare of its
+    before (Ahead.exits_sharing)?"""
 
-    def __init__(self, model: Model, alive: Callable[[int], bool] = procfs.alive) -> None:
+    def __init__(self, model: Model, alive: Callable[[int], bool] = procfs.alive,
+                 exits_sharing: Callable[[int], bool] = lambda _pid: False) -> None:
         self.model = model
         self._alive = alive
+        self._exits_sharing = exits_sharing
         self.min_ts = 0                     # when the last snapshot began
         self.snap_end = 0                   # when it was complete
         self.taps_ns = 0                    # when it read the taps
@@ -71,14 +75,22 @@ class SnapshotTimes:
 
     def unseen_sharing(self, e: ev.Event) -> bool:
         """A record from before the snapshot that tells what the snapshot cannot: a
-        clone(CLONE_FILES) between processes that hold no tun fd (the scan lists
-        holders only), or an exec or unshare that parts such a sharer from its
+        clone(CLONE_FILES) whose child the scan did not read - between processes
+        that hold no tun fd (the scan lists holders only), or from a holder to a
+        child gone before the scan came to it, which shared the table until it
+        died (its records after the snapshot began are a sharer's: a send of fds
+        of that table) - or an exec or unshare that parts such a sharer from its
         table. It makes no fd: it applies (pasta's helper may make a tap there
         next)."""
         if isinstance(e, ev.Fork):
-            return bool(e.flags & ev.CLONE_FILES) and not e.flags & ev.CLONE_THREAD \
-                and e.pid not in self.read_ns and e.child not in self.read_ns \
-                and self._alive(e.child)
+            if not e.flags & ev.CLONE_FILES or e.flags & ev.CLONE_THREAD \
+                    or e.child in self.read_ns:
+                return False
+            if e.pid not in self.read_ns:
+                return self._alive(e.child)
+            # (a child alive and not read parted from the table: its exec or
+            # unshare may be shown already, and would not part it again)
+            return not self._alive(e.child) and self._exits_sharing(e.child)
         if isinstance(e, (ev.Exec, ev.Unshare)):
             table = self.model.table_of(e.pid, e.tid)
             return e.pid not in self.read_ns and table is not None and not table.fds

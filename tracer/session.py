@@ -157,7 +157,8 @@ class Session:
         # -i: `open` lines of fds whose interface is not known yet, by open file id
         self._held: dict[int, tuple[OpenFile, dict]] = {}
         self._pidfds: dict[tuple[int, int], int] = {}
-        self._times = SnapshotTimes(self.model, alive=procfs.alive)   # of the last snapshot
+        self._times = SnapshotTimes(self.model, alive=procfs.alive,  # of the last snapshot
+                                    exits_sharing=self._ahead.exits_sharing)
         self._raced = 0                      # snapshots taken again in a row (RACED_MAX)
         # a send the last snapshot came after, read after it: the model does not
         # keep it (its fds are what /proc showed), but its message may be in flight,

@@ -166,6 +166,35 @@ def test_threads_acting_only_in_records_applied_are_not_asked_of():
 
 
 # =============================================================================
+# exits_sharing: a process that used its table until it died
+# =============================================================================
+
+def exit_(pid, **kw):
+    return rec(ev.Exit, pid, **kw)
+
+
+def test_an_exit_to_come_with_nothing_parting_before_it():
+    a, _ = ahead([close(10, 1), close(51, 3), exit_(51)], 1)
+    assert a.exits_sharing(51) and not a.exits_sharing(10)
+
+
+def test_an_exec_or_unshare_before_the_exit_parted_it():
+    for parting in (rec(ev.Exec, 51, old_pid=51), rec(ev.Unshare, 51, flags=0x400),
+                    rec(ev.CloseRange, 51, first=3, last=3,
+                        flags=ev.CLOSE_RANGE_UNSHARE)):
+        assert not ahead([close(10, 1), parting, exit_(51)], 1)[0].exits_sharing(51)
+
+
+def test_a_threads_exit_or_an_exit_applied_already_is_not_its_end():
+    assert not ahead([close(10, 1), exit_(51, tid=52, thread=True)], 1)[0].exits_sharing(51)
+    assert not ahead([exit_(51), close(10, 1)], 1)[0].exits_sharing(51)
+
+
+def test_an_exit_the_kernel_still_holds_counts():
+    assert ahead([close(10, 1)], 1, held=[exit_(51)])[0].exits_sharing(51)
+
+
+# =============================================================================
 # receives_after: where the fd of a TUNSETIFF went next
 # =============================================================================
 

@@ -50,7 +50,9 @@ class Scene:
         snap = snapshot(READ if read_ns is None else read_ns)
         self.model.load(snap)
         self.model._proc(50, "sh")               # traced, holds nothing (Session.track)
-        self.times = SnapshotTimes(self.model, alive=lambda pid: pid in self.live)
+        self.exiting: set[int] = set()           # exits the records ahead hold
+        self.times = SnapshotTimes(self.model, alive=lambda pid: pid in self.live,
+                                   exits_sharing=lambda pid: pid in self.exiting)
         self.times.taken(snap, START, END)
 
     def apply(self, e: ev.Event) -> None:
@@ -386,8 +388,23 @@ def test_a_clone_files_between_non_holders_whose_child_is_gone_does_not(s):
     assert not s.times.unseen_sharing(fork(900, 50, 51, flags=ev.CLONE_FILES))
 
 
+def test_a_clone_files_from_a_holder_to_a_child_gone_before_its_read_applies(s):
+    # the scan read the parent after the child exited: the child's records after
+    # the snapshot began (a send of the table's fds) are a sharer's
+    s.live.discard(51)
+    s.exiting.add(51)
+    e = fork(900, 10, 51, flags=ev.CLONE_FILES)
+    assert s.times.shows(e) and s.times.unseen_sharing(e)
+
+
+def test_but_not_when_its_exit_is_not_to_come(s):
+    # lost, or after an exec or unshare that parted it: it would stay a user
+    s.live.discard(51)
+    assert not s.times.unseen_sharing(fork(900, 10, 51, flags=ev.CLONE_FILES))
+
+
 @pytest.mark.parametrize("parent, child, flags", [
-    (10, 51, ev.CLONE_FILES),                       # the parent is a holder
+    (10, 51, ev.CLONE_FILES),                       # a holder's child alive, not read
     (50, 20, ev.CLONE_FILES),                       # the child is one
     (50, 51, ev.CLONE_FILES | ev.CLONE_THREAD),     # a thread
     (50, 51, SIGCHLD),                              # a copy, not a share
