@@ -134,6 +134,14 @@ static __always_inline void mark_interesting(u32 tgid)
 	void *regs_ = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());	\
 	btf_load64(regs_, off); })
 
+/* a kernel word (0 where it cannot be read) */
+static __always_inline u64 kword(const void *p)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
 /*
  * A zeroed record with the common header filled in. Records live on the BPF
  * stack, not in per-CPU scratch: syscall tracepoints are faultable on recent
@@ -149,6 +157,19 @@ static __always_inline void init_event(struct tt_event *e, u32 type)
 	e->tid = (u32)id;
 	e->fd = -1;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+#ifdef TT_TASK_LEADER_OFF
+	/* A thread's record says whether it uses its leader's fd table: /proc can
+	 * tell only what the two use by the time user space asks (kcmp), and which
+	 * of them unshared, or when, it cannot. */
+	if (e->tgid != e->tid) {
+		const char *task = (const char *)bpf_get_current_task();
+		const char *leader = (const char *)kword(task + TT_TASK_LEADER_OFF);
+		u64 mine = kword(task + TT_TASK_FILES_OFF);
+		u64 its = leader ? kword(leader + TT_TASK_FILES_OFF) : 0;
+		if (mine && its) /* (a leader gone first has none) */
+			e->fdflags = TT_FD_TABLE_KNOWN | (mine != its ? TT_FD_OWN_TABLE : 0);
+	}
+#endif
 }
 
 /* 0: the record is in the buffer; else it was lost (and counted) */
@@ -168,14 +189,8 @@ static __always_inline int submit(void *ctx, struct tt_event *e)
  *
  * Passed in as constants by tracer/backends/layouts.py, never taken from headers
  * (which may not match the kernel). A backend built without them does without.
+ * (kword, above, reads through the pointers they lead to.)
  */
-
-static __always_inline u64 kword(const void *p)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
 
 #ifdef TT_FDT_FD_OFF
 /* the current task's struct fdtable (NULL: none, an exiting task) */

@@ -123,12 +123,19 @@ struct tt_event {
 	                            or looked up (0: not known) */
 	unsigned int fdflags;    /* TUN ioctl with `file`: TT_FD_CLOEXEC if the fd's
 	                            close-on-exec bit was set at the call; SCM
-	                            records: TT_FD_TRUNCATED */
+	                            records: TT_FD_TRUNCATED; any record of a
+	                            thread (tid != tgid): TT_FD_TABLE_KNOWN and
+	                            TT_FD_OWN_TABLE */
 };
 
 #define TT_FD_CLOEXEC 1
 /* SCM_SEND/SCM_RECV (tracepoint backend): the message had more fds than the
  * record holds (or a sendmmsg/recvmmsg more messages than were read) */
 #define TT_FD_TRUNCATED 4
+/* a thread's record, where the kernel's BTF gave the layout: TT_FD_TABLE_KNOWN,
+ * and TT_FD_OWN_TABLE if the thread's fd table (task->files) was not its
+ * leader's when it acted */
+#define TT_FD_TABLE_KNOWN 8
+#define TT_FD_OWN_TABLE 16
 
 #endif /* TAPTRACE_EVENTS_H */

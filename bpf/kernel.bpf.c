@@ -670,7 +670,7 @@ int tun_ioctl_return(void *ctx)
 	set_file(e, (void *)c.file, c.kind);
 	e->netns = file_netns((void *)c.file);
 	if (fd_cloexec(e->fd))
-		e->fdflags = TT_FD_CLOEXEC;
+		e->fdflags |= TT_FD_CLOEXEC;
 	mark_interesting(e->tgid);
 	submit(ctx, e);
 	return 0;
@@ -707,7 +707,7 @@ static __always_inline int ioctl_checked(void *ctx, const void *file, unsigned i
 	e->ret = -ENOTTY_;
 	set_file(e, file, kind);
 	if (fd_cloexec(e->fd))
-		e->fdflags = TT_FD_CLOEXEC;
+		e->fdflags |= TT_FD_CLOEXEC;
 	submit(ctx, e);
 	return 0;
 }

@@ -104,7 +104,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		const void *file = fd_file((u32)e->fd);
 		e->file = (u64)file;
 		if (file && fd_cloexec((u32)e->fd))
-			e->fdflags = TT_FD_CLOEXEC;
+			e->fdflags |= TT_FD_CLOEXEC;
 #ifdef TT_SK_NET_OFF
 		if (file && ret != -ENOTTY_)
 			e->netns = file_netns(file);
@@ -294,7 +294,7 @@ static __always_inline int scm_submit(void *ctx, struct tt_event *e, const char 
 		return 0;
 	__builtin_memcpy(e->fds, buf, sizeof(e->fds));
 	e->nfds = got;
-	e->fdflags = cut ? TT_FD_TRUNCATED : 0;
+	e->fdflags |= cut ? TT_FD_TRUNCATED : 0;
 	if (submit(ctx, e))
 		return -1;
 	return got + cut;
@@ -410,7 +410,7 @@ static __always_inline void mmsg_truncated(void *ctx, u32 type, int sock)
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, type);
 	e->fd = sock;
-	e->fdflags = TT_FD_TRUNCATED;
+	e->fdflags |= TT_FD_TRUNCATED;
 	int err = submit(ctx, e);
 	if (type != TT_EV_SCM_SEND)
 		return;

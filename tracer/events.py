@@ -19,6 +19,8 @@ RECORD_FIELDS = (
 )
 FD_CLOEXEC_BIT = 1          # tt_event.fdflags: TT_FD_CLOEXEC
 FD_TRUNCATED = 4            # tt_event.fdflags: TT_FD_TRUNCATED
+FD_TABLE_KNOWN = 8          # tt_event.fdflags: TT_FD_TABLE_KNOWN (a thread's record)
+FD_OWN_TABLE = 16           # tt_event.fdflags: TT_FD_OWN_TABLE
 
 EV_OPEN, EV_TUN_IOCTL, EV_DUP, EV_CLOSE, EV_CLOSE_RANGE, EV_SETFD = 1, 2, 3, 4, 5, 6
 EV_FORK, EV_EXEC, EV_EXIT, EV_SCM_SEND, EV_SCM_RECV, EV_UNSHARE, EV_PIDFD_GETFD = (
@@ -100,6 +102,9 @@ class Base:
     pid: int         # tgid
     tid: int
     comm: str
+    # a thread's record (tid != pid): did it use a fd table not its leader's when it
+    # acted (the kernel's task->files, bpf/common.h init_event)? None: not known
+    own_table: bool | None = dataclasses.field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,8 @@ def decode(buf: bytes) -> Event | None:
     # the tail: fkind (the kernel backend's), file, netns, fdflags
     fds, file, netns, fdflags = fds[:-4], fds[-3], fds[-2], fds[-1]
     base = {"ts": ts, "pid": tgid, "tid": tid, "comm": _cstr(comm)}
+    if tid != tgid and fdflags & FD_TABLE_KNOWN:
+        base["own_table"] = bool(fdflags & FD_OWN_TABLE)
     if typ == EV_OPEN:
         return Open(**base, fd=ret, path=_cstr(name), flags=arg, file=file)
     if typ == EV_TUN_IOCTL:
@@ -333,6 +340,8 @@ def to_record(e: Event) -> dict:
         del d["cloexec"]
     if d.get("thread") is False and isinstance(e, Exit):
         del d["thread"]
+    if d.get("own_table") is None:
+        del d["own_table"]
     for k in ("truncated", "peek", "shown"):
         if d.get(k) is False:
             del d[k]

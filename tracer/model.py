@@ -191,17 +191,19 @@ class Model:
                  threads_of: Callable[[int], list[int]] = lambda _p: [],
                  same_file: Callable[[int, int, int, int], bool | None] = (
                      lambda _p1, _f1, _p2, _f2: None),
-                 thread_table: Callable[[int, int], list | None] = lambda _p, _t: None,
+                 thread_table: Callable[[int, int, bool | None], list | None] = (
+                     lambda _p, _t, _k: None),
                  same_table: Callable[[int, int], bool | None] = lambda _a, _b: None
                  ) -> None:
         """comm_of(pid): the process's own name (/proc/PID/comm), asked only when a
         process is first seen through a thread, whose records carry the thread's.
         threads_of(pid): its threads (ids, not the leader's), asked when the leader
         unshares its table: the ones not seen yet keep the table it leaves.
-        thread_table(pid, tid): asked when a thread is first seen acting: None if it
-        uses its leader's fd table (or nobody can tell), else the tun fds of its own
-        table (it unshared before it was tracked), as (fd, ifname, cloexec) with
-        ifname as probe_fd answers. same_table(a, b): do two tasks (processes or
+        thread_table(pid, tid, known): asked when a thread is first seen acting: None
+        if it uses its leader's fd table (or nobody can tell), else the tun fds of its
+        own table (it unshared before it was tracked), as (fd, ifname, cloexec) with
+        ifname as probe_fd answers; `known` is what the thread's record says
+        (Event.own_table: True, a table not its leader's; None, not known). same_table(a, b): do two tasks (processes or
         threads) use one fd table (kcmp KCMP_FILES; None: cannot tell)?"""
         self._threads_of = threads_of
         self._thread_table = thread_table
@@ -744,7 +746,7 @@ class Model:
     def _new_thread(self, proc: Process, tid: int, e: ev.Fork, out: list) -> None:
         """clone(CLONE_THREAD): the new thread uses its creator's table (a copy of it
         without CLONE_FILES)."""
-        self._know_thread(proc, tid)
+        self._know_thread(proc, tid, known=e.own_table)
         child = e.child
         if child in proc.threads:
             # named already by a look at /proc/PID/task made after this clone (an
@@ -760,14 +762,17 @@ class Model:
         if t is not proc.table:
             proc.thread_tables[child] = t
 
-    def _know_thread(self, proc: Process, tid: int, ask: bool = True) -> None:
+    def _know_thread(self, proc: Process, tid: int, ask: bool = True,
+                     known: bool | None = None) -> None:
         """A thread first seen acting (made before the trace or a resync): it uses
         the leader's table unless /proc says it has one of its own (`ask`), which
-        it then gets, with what /proc shows in it."""
+        it then gets, with what /proc shows in it. known: what the thread's record
+        says (Event.own_table); False, the leader's table - nothing to ask."""
         if tid == proc.pid or tid in proc.threads:
             return
         proc.threads.add(tid)
-        own = self._thread_table(proc.pid, tid) if ask else None
+        own = self._thread_table(proc.pid, tid, known) if ask and known is not False \
+            else None
         if own is None:
             proc.table.users.add(tid)
             return
@@ -861,7 +866,7 @@ class Model:
                 self._leave_table(proc.thread_tables.pop(tid, proc.table), tid, e.ts, proc,
                                   out)
             return None
-        self._know_thread(proc, tid)
+        self._know_thread(proc, tid, known=e.own_table)
         unshare = isinstance(e, ev.Unshare) and not e.flags & ev.UNSHARE_AT_EXEC
         if unshare or (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
             t = self._table_of(proc, tid)

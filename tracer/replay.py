@@ -362,7 +362,7 @@ def recorded_model(answers: dict, netns: dict) -> Model:
     return Model(probe_fd=lambda pid, fd: answers.get((pid, fd)),
                  netns_of=lambda pid, fd: netns.get((pid, fd)),
                  threads_of=lambda pid: answers.get(("threads", pid), []),
-                 thread_table=lambda pid, tid: answers.get(("table", pid, tid)),
+                 thread_table=lambda pid, tid, _known: answers.get(("table", pid, tid)),
                  same_table=lambda a, b: answers.get(("same", a, b)))
 
 

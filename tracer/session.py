@@ -248,7 +248,7 @@ class Session:
             flags = (flags & ~(ev.CLOEXEC_UNKNOWN | ev.O_CLOEXEC)) | (
                 ev.O_CLOEXEC if e.cloexec else 0)
         return ev.Open(ts=e.ts, pid=e.pid, tid=e.tid, comm=e.comm, fd=e.fd, path=path,
-                       flags=flags)
+                       flags=flags, own_table=e.own_table)
 
     def _threads_of(self, pid: int) -> list[int]:
         """The threads of `pid` (not its leader) as an unshare by its leader finds
@@ -260,20 +260,25 @@ class Session:
         self._threads_asked = sorted(tids)
         return self._threads_asked
 
-    def _thread_table(self, pid: int, tid: int) -> list | None:
-        """A thread first seen: None if it uses its leader's fd table (kcmp), else
-        the tun fds of its own (/proc/TID/fd) as (fd, ifname or "", cloexec)."""
+    def _thread_table(self, pid: int, tid: int, known: bool | None) -> list | None:
+        """A thread first seen: None if it uses its leader's fd table, else the tun
+        fds of its own (/proc/TID/fd) as (fd, ifname or "", cloexec). known: what
+        its record says (True: a table of its own when it acted); None, kcmp."""
         own = None
         now = time.monotonic_ns()
-        # kcmp compares the tables the two use now: an unshare by either that a
-        # record not applied yet says came later parted them after this record
-        if procfs.same_fd_table(pid, tid) is False and not self._ahead.unshares_later(tid) \
-                and not self._ahead.unshares_later(pid):
+        if known is None:
+            # kcmp compares the tables the two use now: an unshare by either that
+            # a record not applied yet says came later parted them after this record
+            known = procfs.same_fd_table(pid, tid) is False \
+                and not self._ahead.unshares_later(tid) and not self._ahead.unshares_later(pid)
+        if known:
             own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(tid)]
             # read now, as a snapshot reads a table: the records not applied yet
             # that its users made before (the thread, a CLONE_FILES child the record
-            # being applied makes) are in it already, and apply no more
-            self._times.read_again(tid, now)
+            # being applied makes) are in it already, and apply no more (a thread
+            # gone by then shows nothing: its records are all there is)
+            if procfs.alive(tid):
+                self._times.read_again(tid, now)
         self._tables_asked.append([tid, own])
         return own
 
@@ -561,10 +566,13 @@ class Session:
         than the read of its parent's table; an exec or unshare of a sharer the scan
         did not read, resync.parted_unread): the copy the model made holds what the
         others did after it. The table is read from /proc instead, and, like a
-        snapshot's, counts as read now (its records from before are in it)."""
+        snapshot's, counts as read now (its records from before are in it) - unless
+        the process is gone by then: /proc shows nothing, its records are all
+        there is."""
         now = time.monotonic_ns()
         own = [(fi.fd, fi.ifname or "", fi.cloexec) for fi in procfs.table_tun_fds(pid)]
-        self._times.read_again(pid, now)
+        if procfs.alive(pid):
+            self._times.read_again(pid, now)
         if self._record is not None:
             self._record({"kind": "reread", "ts": ts, "pid": pid,
                           "fds": [list(x) for x in own]})

@@ -34,6 +34,32 @@ def test_the_header_is_tgid_as_pid_thread_id_and_comm():
     assert rec == ev.Close(ts=77, pid=4242, tid=4250, comm="CPU 0/KVM", fd=3)
 
 
+@pytest.mark.parametrize("fdflags, own", [
+    (ev.FD_TABLE_KNOWN | ev.FD_OWN_TABLE, True),    # task->files is not its leader's
+    (ev.FD_TABLE_KNOWN, False),                     # its leader's
+    (0, None),                                      # not known (no BTF layout)
+    (ev.FD_OWN_TABLE, None),                        # not said known: not taken
+])
+def test_a_threads_record_says_whether_it_used_its_leaders_table(fdflags, own):
+    rec = ev.decode(raw(ev.EV_CLOSE, fd=3, tgid=4242, tid=4250, fdflags=fdflags))
+    assert rec.own_table is own
+
+
+def test_a_leaders_record_says_nothing_of_tables_whatever_its_flags():
+    rec = ev.decode(raw(ev.EV_CLOSE, fd=3, tgid=4242, tid=4242,
+                        fdflags=ev.FD_TABLE_KNOWN | ev.FD_OWN_TABLE))
+    assert rec.own_table is None
+
+
+def test_the_table_bits_leave_a_tun_ioctls_cloexec_and_a_sends_cut_alone():
+    both = ev.FD_TABLE_KNOWN | ev.FD_OWN_TABLE
+    rec = ev.decode(raw(ev.EV_TUN_IOCTL, fd=3, arg=ev.TUNSETIFF, file=0xffff0000,
+                        fdflags=both | ev.FD_CLOEXEC_BIT))
+    assert rec.cloexec is True and rec.own_table is True
+    rec = ev.decode(raw(ev.EV_SCM_SEND, fd=5, fds=(3,), fdflags=both))
+    assert rec.truncated is False and rec.own_table is True
+
+
 def test_a_record_with_the_c_tail_padding_decodes_the_same():
     # sizeof(struct tt_event) rounds up to 8; the buffer may carry those bytes
     assert ev.decode(raw(ev.EV_CLOSE, fd=3, pad=b"\0" * 4)) == ev.decode(raw(ev.EV_CLOSE, fd=3))

@@ -939,7 +939,7 @@ def test_a_thread_first_seen_with_a_table_of_its_own_gets_what_proc_shows_there(
     # is not the leader's, /proc/TID/fd what is in it; one file there is the
     # leader's (kcmp), one is its own
     w = World()
-    w.m = Model(thread_table=lambda pid, tid: [(3, "a", False), (4, "", True)]
+    w.m = Model(thread_table=lambda pid, tid, _known: [(3, "a", False), (4, "", True)]
                 if (pid, tid) == (1, 7) else None,
                 same_file=lambda p1, f1, p2, f2: (p1, f1, p2, f2) == (7, 3, 1, 3))
     w.tap(1, 3, "a")
@@ -959,12 +959,31 @@ def test_a_thread_first_seen_with_a_table_of_its_own_gets_what_proc_shows_there(
     assert w.gone() == ["a"]
 
 
+@pytest.mark.parametrize("own, asked", [(False, []), (True, [(7, True)]),
+                                        (None, [(7, None)])])
+def test_a_threads_record_that_says_which_table_it_used_is_taken_at_its_word(own, asked):
+    # the kernel's task->files at the record (Event.own_table): its leader's table
+    # needs no asking; a table of its own is read (the session skips kcmp, which
+    # tells the tables of now: who unshared first, it cannot); not known, asked
+    calls = []
+
+    def thread_table(pid, tid, known):
+        calls.append((tid, known))
+        return [] if known is not False else None
+    w = World()
+    w.m = Model(thread_table=thread_table)
+    w.tap(1, 3, "a")
+    w.apply(ev.Close, 1, tid=7, fd=9, own_table=own)
+    assert calls == asked
+    assert (7 in w.m.procs[1].thread_tables) is (own is not False)
+
+
 def test_a_thread_first_seen_whose_own_table_is_another_process_s_uses_that_table():
     # thread 7 of process 1 unshared, then cloned process 3 with CLONE_FILES; the
     # model learnt all this from a snapshot (a resync), which lists processes only:
     # kcmp (KCMP_FILES) says the thread's table is process 3's
     w = World()
-    w.m = Model(thread_table=lambda pid, tid: [(5, "a", False)] if (pid, tid) == (1, 7)
+    w.m = Model(thread_table=lambda pid, tid, _known: [(5, "a", False)] if (pid, tid) == (1, 7)
                 else None,
                 same_table=lambda a, b: {a, b} == {7, 3})
     w.m.load(snapshot({1: "leader", 3: "child"}, [(3, 5, "a", False)], {"a": TAP}))
@@ -1042,7 +1061,7 @@ def test_a_process_holding_a_tap_only_in_a_thread_s_table_holds_it():
     # thread 7 unshared before its process held anything (no record); its first
     # record: kcmp says its table is its own (and /proc shows no tun fd there yet)
     w = World().named(worker=1)
-    w.m = Model(thread_table=lambda pid, tid: [] if tid == 7 else None)
+    w.m = Model(thread_table=lambda pid, tid, _known: [] if tid == 7 else None)
     w.m._proc(1, "worker")                 # adopted (Session._adopt): seen through a thread
     w.tap(1, 5, "a", tid=7)
     assert w.m.holders() == {1}
@@ -1076,7 +1095,7 @@ def test_a_thread_first_seen_whose_table_another_thread_has_joins_that_table():
     # first of them seen gets a table of its own (kcmp, /proc), the second is told
     # by kcmp (KCMP_FILES) to use that one, not a second copy
     w = World()
-    w.m = Model(thread_table=lambda pid, tid: [(4, "b", False)] if tid in (7, 8) else None,
+    w.m = Model(thread_table=lambda pid, tid, _known: [(4, "b", False)] if tid in (7, 8) else None,
                 same_table=lambda a, b: {a, b} == {7, 8})
     w.tap(1, 3, "a")
     w.setiff(1, 4, "b", tid=7, ret=-errno.EINVAL)      # 7 first seen
@@ -1092,7 +1111,7 @@ def test_a_thread_first_seen_with_its_own_table_finds_the_threads_that_share_it(
     # records apply there without asking /proc again
     asked = []
 
-    def thread_table(pid, tid):
+    def thread_table(pid, tid, _known):
         asked.append(tid)
         return [] if tid in (5, 8, 9) else None
     w = World()
@@ -1744,7 +1763,7 @@ def test_a_tap_made_after_the_snapshot_read_sys_is_learned_from_its_tunsetiff():
 def test_load_gives_a_thread_its_own_table_as_the_snapshot_shows_it():
     # the snapshot lists thread 7's own table under its tid, thread 8 using it too;
     # 7's fd 3 is the leader's fd 3 (kcmp), its fd 4 a tap of its own
-    def never(pid, tid):
+    def never(pid, tid, _known):
         raise AssertionError(f"thread {tid} asked of /proc: the snapshot said")
     snap = snapshot({1: "qemu"}, [(1, 3, "a", False), (7, 3, "a", False), (7, 4, "b", True)],
                     {"a": TAP, "b": TAP}, files=[[(1, 3), (7, 3)], [(7, 4)]],

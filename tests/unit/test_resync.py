@@ -191,7 +191,7 @@ def test_a_thread_with_a_table_of_its_own_was_never_read(s):
 def test_a_thread_whose_own_table_a_listed_process_shares_is_not_read_after(s):
     # thread 11 of 10 unshared before the trace, then cloned 20 with CLONE_FILES:
     # 20's read (3000) shows that table, but a record of 11's is not judged by it
-    s = Scene(thread_table=lambda pid, tid: [] if tid == 11 else None,
+    s = Scene(thread_table=lambda pid, tid, _known: [] if tid == 11 else None,
               same_table=lambda a, b: (a, b) == (11, 20))
     s.apply(close(5100, 10, tid=11, fd=9))               # 11 first seen acting
     assert s.model.table_of(10, 11) is s.model.procs[20].table

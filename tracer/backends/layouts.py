@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from .. import btf
 
-# the current task's fd table: the file at an fd, its close-on-exec bit
+# the current task's fd table: the file at an fd, its close-on-exec bit; whether a
+# thread's table is its leader's (common.h, init_event)
 FD_TABLE = (
     ("task_struct", "files", "TT_TASK_FILES_OFF"),
+    ("task_struct", "group_leader", "TT_TASK_LEADER_OFF"),
     ("files_struct", "fdt", "TT_FILES_FDT_OFF"),
     ("fdtable", "close_on_exec", "TT_FDT_CLOEXEC_OFF"),
     ("fdtable", "fd", "TT_FDT_FD_OFF"),

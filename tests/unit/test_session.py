@@ -1,4 +1,5 @@
-"""Session.drain's word to the BPF side on receives (scm_settled).
+"""Session's decisions between the records and /proc: when receives need parsing
+no more (scm_settled), and when a table read from /proc counts as read.
 
 The tracepoint program parses recvmsg only while a send may be in flight; user
 space says when none is (Probes.scm_settled). A send older than the last snapshot
@@ -10,7 +11,8 @@ that followed it never recorded, its two fds missing for good.
 
 The backend here is a stand-in that delivers crafted records (the thing under
 test is the session's decision, not the kernel's); /proc's snapshot is an empty
-one, so that the machine's own taps do not enter.
+one, so that the machine's own taps do not enter, and the /proc reads a decision
+rests on are answered by the test.
 """
 
 from __future__ import annotations
@@ -87,3 +89,32 @@ def test_and_does_so_only_as_long_as_a_send_is_kept(s):
     s.probes.feed.append(send(time.monotonic_ns() - ev.SCM_PENDING_NS - 1))
     s.step(0)
     assert s.probes.settled == 1
+
+
+# A table read from /proc while records wait (a thread first seen with a table of
+# its own, a table read again) counts as read then, like a snapshot's: the records
+# from before it are in it. Not when its task has gone: /proc showed nothing, and
+# the records are all there is.
+
+@pytest.mark.parametrize("alive", [True, False])
+def test_a_threads_own_table_read_counts_as_read_only_while_the_thread_lives(
+        s, monkeypatch, alive):
+    monkeypatch.setattr(procfs, "table_tun_fds", lambda _tid: [])
+    monkeypatch.setattr(procfs, "alive", lambda _tid: alive)
+    assert s._thread_table(4242, 4250, True) == []
+    assert (4250 in s._times.read_ns) is alive
+
+
+def test_a_thread_its_record_puts_on_its_leaders_table_is_not_read(s, monkeypatch):
+    monkeypatch.setattr(procfs, "table_tun_fds", lambda _tid: pytest.fail("read"))
+    monkeypatch.setattr(procfs, "same_fd_table", lambda _a, _b: pytest.fail("kcmp"))
+    assert s._thread_table(4242, 4250, False) is None
+
+
+@pytest.mark.parametrize("alive", [True, False])
+def test_a_table_read_again_counts_as_read_only_while_its_process_lives(
+        s, monkeypatch, alive):
+    monkeypatch.setattr(procfs, "table_tun_fds", lambda _pid: [])
+    monkeypatch.setattr(procfs, "alive", lambda _pid: alive)
+    s._reread(4242, time.monotonic_ns())
+    assert (4242 in s._times.read_ns) is alive
