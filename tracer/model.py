@@ -57,6 +57,9 @@ def errname(ret: int) -> str:
     return errno.errorcode.get(-ret, str(-ret)) if ret < 0 else ""
 
 
+# changes to an fd table that a read of it from /proc after them shows
+READ_SHOWS = (ev.Open, ev.Dup, ev.Close, ev.CloseRange, ev.SetFd, ev.PidfdGetfd)
+
 @dataclass(eq=False)
 class OpenFile:
     """One open file on /dev/net/tun, /dev/tapN or /dev/vhost-net (a struct file).
@@ -763,19 +766,20 @@ class Model:
             proc.thread_tables[child] = t
 
     def _know_thread(self, proc: Process, tid: int, ask: bool = True,
-                     known: bool | None = None) -> None:
+                     known: bool | None = None) -> bool:
         """A thread first seen acting (made before the trace or a resync): it uses
         the leader's table unless /proc says it has one of its own (`ask`), which
         it then gets, with what /proc shows in it. known: what the thread's record
-        says (Event.own_table); False, the leader's table - nothing to ask."""
+        says (Event.own_table); False, the leader's table - nothing to ask. True
+        if its table is one read from /proc just now."""
         if tid == proc.pid or tid in proc.threads:
-            return
+            return False
         proc.threads.add(tid)
         own = self._thread_table(proc.pid, tid, known) if ask and known is not False \
             else None
         if own is None:
             proc.table.users.add(tid)
-            return
+            return False
         # its own table may be one another thread of its process has (it was made
         # by a thread that had unshared, both unseen) or another process's (it
         # unshared, then cloned a CLONE_FILES child; a resync since forgot the
@@ -789,12 +793,13 @@ class Model:
             kin.users.add(tid)
             proc.thread_tables[tid] = kin
             self._know_table_mates(proc, tid, kin)
-            return
+            return False
         t = self._new_table()
         t.users.add(tid)
         proc.thread_tables[tid] = t
         self._fill_from_proc(t, tid, own, [proc])
         self._know_table_mates(proc, tid, t)
+        return True
 
     def _know_table_mates(self, proc: Process, tid: int, t: FdTable) -> None:
         """Threads of proc not seen yet that use the table thread tid was just found
@@ -866,7 +871,15 @@ class Model:
                 self._leave_table(proc.thread_tables.pop(tid, proc.table), tid, e.ts, proc,
                                   out)
             return None
-        self._know_thread(proc, tid, known=e.own_table)
+        if self._know_thread(proc, tid, known=e.own_table) and isinstance(e, READ_SHOWS) \
+                and not (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
+            # its table was read from /proc just now, after e: e's change is in it
+            # (applied again, an open would put a file /proc named in its fd;
+            # a TUNSETIFF and a receive still apply, for who made and who sent)
+            entry = self._table_of(proc, tid).fds.get(getattr(e, "fd", -1))
+            if isinstance(e, ev.Open) and e.file and entry is not None and not entry.file.ptr:
+                entry.file.ptr = e.file
+            return None
         unshare = isinstance(e, ev.Unshare) and not e.flags & ev.UNSHARE_AT_EXEC
         if unshare or (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
             t = self._table_of(proc, tid)

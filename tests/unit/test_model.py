@@ -978,6 +978,25 @@ def test_a_threads_record_that_says_which_table_it_used_is_taken_at_its_word(own
     assert (7 in w.m.procs[1].thread_tables) is (own is not False)
 
 
+@pytest.mark.parametrize("cls, kw", [
+    (ev.Open, {"fd": 3, "path": "/dev/net/tun", "flags": 2, "file": 0xAA}),
+    (ev.Dup, {"oldfd": 4, "newfd": 3, "how": "dup2", "cloexec": False}),
+    (ev.Close, {"fd": 5}),
+    (ev.SetFd, {"fd": 3, "cloexec": True, "how": "F_SETFD"}),
+])
+def test_a_threads_first_change_is_in_the_table_read_after_it(cls, kw):
+    # the tracer behind: its own table, read from /proc when its first record
+    # applies, shows that record's change already (and what followed: here a
+    # TUNSETIFF at fd 3); applied again, an open would put a nameless file at fd 3
+    w = World()
+    w.m = Model(thread_table=lambda pid, tid, _known: [(3, "t1", False)])
+    w.tap(1, 3, "a")
+    w.apply(cls, 1, tid=7, own_table=True, **kw)
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 3, 7): ("t1", False, "snapshot")}
+    if cls is ev.Open:                       # the kernel's identity of it, learnt
+        assert w.m.procs[1].thread_tables[7].fds[3].file.ptr == 0xAA
+
+
 def test_a_thread_first_seen_whose_own_table_is_another_process_s_uses_that_table():
     # thread 7 of process 1 unshared, then cloned process 3 with CLONE_FILES; the
     # model learnt all this from a snapshot (a resync), which lists processes only:
@@ -1108,18 +1127,21 @@ def test_a_thread_first_seen_with_its_own_table_finds_the_threads_that_share_it(
     # the leader unshared before the process was tracked; threads 5 and 8 kept the old
     # table, thread 9 made one of its own. 8 is seen first: /proc/PID/task and kcmp
     # say 5 uses its table too, so the table's rows are 5's (the lowest), and 5's
-    # records apply there without asking /proc again
+    # records apply there without asking /proc again. (/proc, read after 8's open,
+    # shows its fd 4 with no interface yet: the open is in the read, not applied
+    # again; its TUNSETIFF names it.)
     asked = []
 
     def thread_table(pid, tid, _known):
         asked.append(tid)
-        return [] if tid in (5, 8, 9) else None
+        return [(4, "", False)] if tid == 8 else [] if tid in (5, 9) else None
     w = World()
     w.m = Model(threads_of=lambda pid: [5, 8, 9] if pid == 1 else [],
                 thread_table=thread_table, same_table=lambda a, b: {a, b} == {5, 8})
     w.tap(1, 3, "a")
     w.tap(1, 4, "b", tid=8)
-    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 4, 5): ("b", False, "opened")}
+    assert w.table() == {(1, 3): ("a", False, "opened"), (1, 4, 5): ("b", False, "snapshot")}
+    assert w.row(1, 4, tid=5)["creator_pid"] == 1
     w.close(1, 4, tid=5)
     assert asked == [8] and w.table() == {(1, 3): ("a", False, "opened")}
     assert w.gone() == ["b"]
