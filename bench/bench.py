@@ -1,9 +1,11 @@
 """taptrace benchmarks: every figure is a ratio measured side by side in one run.
 
   hooks     what hooking costs by itself: empty programs on syscall tracepoints,
-            raw sys_enter/sys_exit tracepoints, taptrace's own program
-  overhead  unrelated work (open/close, fork+exec, non-tun ioctl, tar, python
-            startups) with no tracer, the floor (one empty BPF program on
+            raw sys_enter/sys_exit tracepoints, taptrace's own program and the
+            same hooks with empty programs (its floor)
+  overhead  unrelated work (open/close, fork+exec, non-tun ioctl, sendmsg+recvmsg
+            of one byte, the same passing an fd, tar, python startups) with no
+            tracer, the floor (one empty BPF program on
             sys_enter_ioctl), `taptrace watch` and the bpftrace peer (peer.bt),
             alternating the conditions round by round
   capacity  tap events per second `watch` keeps with zero lost, flat out and
@@ -139,9 +141,9 @@ CONDITIONS = {
 PIN = ["taskset", "-c", str(os.cpu_count() - 1)] if (os.cpu_count() or 1) > 1 else []
 
 
-def _c_workload(prog: str, n: int):
+def _c_workload(prog: str, n: int, *extra: str):
     def run() -> float:
-        out = subprocess.run([*PIN, str(BIN / prog), str(n)], check=True,
+        out = subprocess.run([*PIN, str(BIN / prog), str(n), *extra], check=True,
                              capture_output=True, text=True).stdout
         return float(out)                              # ns per operation
     return run
@@ -162,6 +164,8 @@ def workloads(scale: float) -> dict:
         "open/close": _c_workload("openclose", int(200_000 * scale)),
         "fork+exec": _c_workload("forkexec", int(200 * scale)),
         "ioctl FIONREAD": _c_workload("ioctlloop", int(1_000_000 * scale)),
+        "msg round trip": _c_workload("msgloop", int(200_000 * scale)),
+        "msg + SCM fd": _c_workload("msgloop", int(100_000 * scale), "fd"),
         "tar c | wc": _timed([*PIN, "sh", "-c",
                               f"tar cf - -C {tar_src} . 2>/dev/null | wc -c"]),
         "python startup": _timed([*PIN, "/usr/bin/python3", "-c", "import json, subprocess"],
@@ -263,15 +267,22 @@ def hooks(args) -> None:
 
     for p in tt_points:                                # loaded, attached only below
         tt._bpf.detach_tracepoint(p)
+    # the floor of each program: the same hooks with empty programs
+    twin = _Hooks(tt._bpf, ()).empty_twin()
+    msg_points = [p for p in tt_points if p.endswith(("_sendmsg", "_recvmsg"))]
     conds = {"none": (lambda: None, lambda: None),
              "floor: empty sys_enter_ioctl": tp("syscalls:sys_enter_ioctl"),
              "empty sys_exit_openat+close": tp("syscalls:sys_enter_ioctl",
                                                "syscalls:sys_exit_openat",
                                                "syscalls:sys_exit_close"),
              "raw sys_enter/exit + tail call": raw(),
+             "empty " + "+".join(p.split(":")[1] for p in msg_points): tp(*msg_points),
+             "taptrace's hooks, empty programs": (twin.on, twin.off),
              "taptrace's program": taptrace_program()}
     work = {"open/close": _c_workload("openclose", 20_000),
-            "ioctl FIONREAD": _c_workload("ioctlloop", 200_000)}
+            "ioctl FIONREAD": _c_workload("ioctlloop", 200_000),
+            "msg round trip": _c_workload("msgloop", 20_000),
+            "msg + SCM fd": _c_workload("msgloop", 10_000, "fd")}
     res = {c: {w: [] for w in work} for c in conds}
     names = list(conds)
     for r in range(args.rounds):
@@ -289,7 +300,19 @@ def hooks(args) -> None:
         say(f"  {w}:")
         for c in names[1:]:
             ratio = [t / b for t, b in zip(res[c][w], res["none"][w])]
-            say(f"    {c:<32} {spread(ratio)}")
+            say(f"    {c:<42} {spread(ratio)}")
+        ratio = [t / b for t, b in zip(res["taptrace's program"][w],
+                                        res["taptrace's hooks, empty programs"][w])]
+        say(f"    {'taptrace: program / its empty hooks':<42} {spread(ratio)}")
+    # an SCM_RIGHTS send recorded (or lost) and never settled arms every recvmsg
+    # on the machine: then the receive figures are not the idle path's
+    from tracer import events as ev
+    sends, settled, until = (tt.counter(i) for i in (ev.C_SCM_SENDS, ev.C_SCM_SETTLED,
+                                                      ev.C_SCM_LOST_UNTIL))
+    say(f"  taptrace's program: SCM sends recorded {sends}, settled {settled}, "
+        f"lost-send window {'set' if until else 'never set'}, records lost {tt.lost()}"
+        + (" (receives idle throughout)" if sends == settled and not until else
+           " (receives were armed: not the idle path)"))
     tt.close()
 
 
@@ -389,6 +412,8 @@ def backends(args) -> None:
     work = {"getpid": _c_workload("getpidloop", int(200_000 * s)),
             "ioctl FIONREAD": _c_workload("ioctlloop", int(200_000 * s)),
             "open/close": _c_workload("openclose", int(50_000 * s)),
+            "msg round trip": _c_workload("msgloop", int(50_000 * s)),
+            "msg + SCM fd": _c_workload("msgloop", int(25_000 * s), "fd"),
             "fork+exec": _c_workload("forkexec", max(1, int(100 * s)))}
     for run in work.values():                          # warm caches
         run()
