@@ -234,7 +234,8 @@ def hooks(args) -> None:
     """Programs loaded once, attached and detached between short runs of one
     workload (many rounds, seconds apart at most): what each way of hooking costs,
     apart from what the program does. taptrace's own program is loaded the way
-    `watch` loads it."""
+    `watch` loads it, and measured over its floor (the same hooks, empty programs),
+    with receives idle and armed (bpf/tracepoint.bpf.c, scm_armed)."""
     import ctypes
 
     from tracer import kheaders
