@@ -1,9 +1,11 @@
 """taptrace benchmarks: every figure is a ratio measured side by side in one run.
 
   hooks     what hooking costs by itself: empty programs on syscall tracepoints,
-            raw sys_enter/sys_exit tracepoints, taptrace's own program
-  overhead  unrelated work (open/close, fork+exec, non-tun ioctl, tar, python
-            startups) with no tracer, the floor (one empty BPF program on
+            raw sys_enter/sys_exit tracepoints, taptrace's own program and the
+            same hooks with empty programs (its floor)
+  overhead  unrelated work (open/close, fork+exec, non-tun ioctl, sendmsg+recvmsg
+            of one byte, the same passing an fd, tar, python startups) with no
+            tracer, the floor (one empty BPF program on
             sys_enter_ioctl), `taptrace watch` and the bpftrace peer (peer.bt),
             alternating the conditions round by round
   capacity  tap events per second `watch` keeps with zero lost, flat out and
@@ -139,9 +141,9 @@ CONDITIONS = {
 PIN = ["taskset", "-c", str(os.cpu_count() - 1)] if (os.cpu_count() or 1) > 1 else []
 
 
-def _c_workload(prog: str, n: int):
+def _c_workload(prog: str, n: int, *extra: str):
     def run() -> float:
-        out = subprocess.run([*PIN, str(BIN / prog), str(n)], check=True,
+        out = subprocess.run([*PIN, str(BIN / prog), str(n), *extra], check=True,
                              capture_output=True, text=True).stdout
         return float(out)                              # ns per operation
     return run
@@ -162,6 +164,8 @@ def workloads(scale: float) -> dict:
         "open/close": _c_workload("openclose", int(200_000 * scale)),
         "fork+exec": _c_workload("forkexec", int(200 * scale)),
         "ioctl FIONREAD": _c_workload("ioctlloop", int(1_000_000 * scale)),
+        "msg round trip": _c_workload("msgloop", int(200_000 * scale)),
+        "msg + SCM fd": _c_workload("msgloop", int(100_000 * scale), "fd"),
         "tar c | wc": _timed([*PIN, "sh", "-c",
                               f"tar cf - -C {tar_src} . 2>/dev/null | wc -c"]),
         "python startup": _timed([*PIN, "/usr/bin/python3", "-c", "import json, subprocess"],
@@ -230,7 +234,8 @@ def hooks(args) -> None:
     """Programs loaded once, attached and detached between short runs of one
     workload (many rounds, seconds apart at most): what each way of hooking costs,
     apart from what the program does. taptrace's own program is loaded the way
-    `watch` loads it."""
+    `watch` loads it, and measured over its floor (the same hooks, empty programs),
+    with receives idle and armed (bpf/tracepoint.bpf.c, scm_armed)."""
     import ctypes
 
     from tracer import kheaders
@@ -255,23 +260,55 @@ def hooks(args) -> None:
                 lambda: (b.detach_raw_tracepoint(tp="sys_enter"),
                          b.detach_raw_tracepoint(tp="sys_exit")))
 
-    def taptrace_program():
+    from tracer import events as ev
+    armed_runs = [0, 0]                                # idle runs armed by others, of
+
+    def scm_state(until: int) -> None:
+        """No SCM_RIGHTS send unsettled, nobody tracked, the lost-send window at
+        `until`: 0, receives idle (what `watch` has while no tun fd is in flight);
+        never ending, every recvmsg parsed after a clock read (as for 60 s after a
+        lost send record). The buffer is drained first: nobody reads it here, and
+        other processes' tun fds (other tests on the host) would fill it."""
+        tt.poll(0)
+        tt._interest.clear()
+        tt._counters[ctypes.c_int(ev.C_SCM_SETTLED)] = ctypes.c_ulonglong(
+            tt.counter(ev.C_SCM_SENDS))
+        tt._counters[ctypes.c_int(ev.C_SCM_LOST_UNTIL)] = ctypes.c_ulonglong(until)
+
+    def taptrace_program(armed: bool = False):
         def on():
+            scm_state(2**64 - 1 if armed else 0)
             for p in tt_points:
                 tt._bpf.attach_tracepoint(tp=p, fn_name="tracepoint__" + p.replace(":", "__"))
-        return on, lambda: [tt._bpf.detach_tracepoint(p) for p in tt_points]
 
+        def off():
+            for p in tt_points:
+                tt._bpf.detach_tracepoint(p)
+            if not armed:
+                armed_runs[1] += 1
+                armed_runs[0] += (tt.counter(ev.C_SCM_SENDS) != tt.counter(ev.C_SCM_SETTLED)
+                                  or tt.counter(ev.C_SCM_LOST_UNTIL) != 0)
+        return on, off
+
+    # the floor of each program: the same hooks with empty programs
+    twin = _Hooks(tt._bpf, ()).empty_twin()
     for p in tt_points:                                # loaded, attached only below
         tt._bpf.detach_tracepoint(p)
+    msg_points = [p for p in tt_points if p.endswith(("_sendmsg", "_recvmsg"))]
     conds = {"none": (lambda: None, lambda: None),
              "floor: empty sys_enter_ioctl": tp("syscalls:sys_enter_ioctl"),
              "empty sys_exit_openat+close": tp("syscalls:sys_enter_ioctl",
                                                "syscalls:sys_exit_openat",
                                                "syscalls:sys_exit_close"),
              "raw sys_enter/exit + tail call": raw(),
-             "taptrace's program": taptrace_program()}
+             "empty " + "+".join(p.split(":")[1] for p in msg_points): tp(*msg_points),
+             "taptrace's hooks, empty programs": (twin.on, twin.off),
+             "taptrace's program": taptrace_program(),
+             "taptrace's program, receives armed": taptrace_program(armed=True)}
     work = {"open/close": _c_workload("openclose", 20_000),
-            "ioctl FIONREAD": _c_workload("ioctlloop", 200_000)}
+            "ioctl FIONREAD": _c_workload("ioctlloop", 200_000),
+            "msg round trip": _c_workload("msgloop", 20_000),
+            "msg + SCM fd": _c_workload("msgloop", 10_000, "fd")}
     res = {c: {w: [] for w in work} for c in conds}
     names = list(conds)
     for r in range(args.rounds):
@@ -289,7 +326,14 @@ def hooks(args) -> None:
         say(f"  {w}:")
         for c in names[1:]:
             ratio = [t / b for t, b in zip(res[c][w], res["none"][w])]
-            say(f"    {c:<32} {spread(ratio)}")
+            say(f"    {c:<42} {spread(ratio)}")
+        ratio = [t / b for t, b in zip(res["taptrace's program"][w],
+                                        res["taptrace's hooks, empty programs"][w])]
+        say(f"    {'taptrace: program / its empty hooks':<42} {spread(ratio)}")
+    # another process's SCM_RIGHTS send recorded (or lost) during a run arms every
+    # recvmsg on the machine: such a run did not measure the idle path throughout
+    say(f"  taptrace's program: {armed_runs[0]} of {armed_runs[1]} idle runs armed by "
+        "other processes' SCM_RIGHTS sends before they ended")
     tt.close()
 
 
@@ -389,6 +433,8 @@ def backends(args) -> None:
     work = {"getpid": _c_workload("getpidloop", int(200_000 * s)),
             "ioctl FIONREAD": _c_workload("ioctlloop", int(200_000 * s)),
             "open/close": _c_workload("openclose", int(50_000 * s)),
+            "msg round trip": _c_workload("msgloop", int(50_000 * s)),
+            "msg + SCM fd": _c_workload("msgloop", int(25_000 * s), "fd"),
             "fork+exec": _c_workload("forkexec", max(1, int(100 * s)))}
     for run in work.values():                          # warm caches
         run()
