@@ -85,6 +85,11 @@ class Ahead:
             or isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE)
             for e in self.records())
 
+    def acts(self, pid: int) -> bool:
+        """Is process `pid` in a record not applied yet? Reads what the kernel holds
+        first."""
+        return any(e.pid == pid for e in self.records())
+
     def exits_sharing(self, pid: int) -> bool:
         """Do the records not applied yet show process `pid` exit, with no exec or
         unshare of its fd table before (it used the table it had until it died)?

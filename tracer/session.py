@@ -520,6 +520,8 @@ class Session:
             if self._times.tap_state_shown(e):
                 e = dataclasses.replace(e, shown=True)
             self._apply(e)
+            if isinstance(e, ev.ScmRecv):
+                self._receiver_interest(e.pid)
             if reread is not None:
                 self._reread(reread, e.ts)
             if isinstance(e, ev.TunIoctl):
@@ -560,6 +562,18 @@ class Session:
         if tap.netns not in (None, self.model.own_netns) or "/" in tap.ifname:
             return None
         return os.path.exists(f"/sys/class/net/{tap.ifname}/tun_flags")
+
+    def _receiver_interest(self, pid: int) -> None:
+        """The kernel puts a receiver in the interest set at any receive it records
+        (bpf on_recv: it cannot tell a tun fd there), and a process leaves the set
+        only at its exit: one that received no tracked file (nor holds or is
+        traced otherwise: not in the model) leaves it now, unless records not
+        applied yet show it acting (a later receive of a tap). One the receive put
+        in the model is in the set (again)."""
+        if pid in self.model.procs:
+            self.probes.set_interest([pid])
+        elif not self._ahead.acts(pid):
+            self.probes.drop_interest(pid)
 
     def _reread(self, pid: int, ts: int) -> None:
         """A table copied from one the snapshot read after the copy (a fork older

@@ -35,9 +35,14 @@ class Probes:
         self._on_event = on_event
         self.feed: list[ev.Event] = []
         self.settled = 0
+        self.interest: set[int] = set()
+        self.one_by_one = False
 
     def poll(self, _timeout_ms: int) -> None:
-        feed, self.feed = self.feed, []
+        """Delivers what is fed, or one record a poll with `one_by_one` (records the
+        kernel still holds when a batch begins)."""
+        n = 1 if self.one_by_one else len(self.feed)
+        feed, self.feed = self.feed[:n], self.feed[n:]
         for e in feed:
             self._on_event(e)
 
@@ -47,11 +52,11 @@ class Probes:
     def scm_settled(self) -> None:
         self.settled += 1
 
-    def set_interest(self, _pids) -> None:
-        pass
+    def set_interest(self, pids) -> None:
+        self.interest |= set(pids)
 
-    def drop_interest(self, _pid: int) -> None:
-        pass
+    def drop_interest(self, pid: int) -> None:
+        self.interest.discard(pid)
 
     def close(self) -> None:
         pass
@@ -118,3 +123,31 @@ def test_a_table_read_again_counts_as_read_only_while_its_process_lives(
     monkeypatch.setattr(procfs, "alive", lambda _pid: alive)
     s._reread(4242, time.monotonic_ns())
     assert (4242 in s._times.read_ns) is alive
+
+
+# A receive the BPF side records puts its receiver in the interest set, whatever
+# fd it got (on_recv cannot tell a tun fd); a process leaves the set only at its
+# exit. One that got nothing the model tracks leaves it when its receive applies.
+
+def recv(pid: int, ts: int) -> ev.ScmRecv:
+    return ev.ScmRecv(ts=ts, pid=pid, tid=pid, comm="rx", sock=4, fds=(7,), cloexec=False)
+
+
+def test_a_receiver_that_got_no_tracked_file_leaves_the_interest_set(s, monkeypatch):
+    monkeypatch.setattr(session, "fd_ifname", lambda _pid, _fd: None)   # not a tun fd
+    s.probes.interest.add(4343)                  # as on_recv put it there
+    s.probes.feed.append(recv(4343, time.monotonic_ns()))
+    s.step(0)
+    assert 4343 not in s.probes.interest
+
+
+def test_unless_a_record_not_applied_yet_shows_it_acting(s, monkeypatch):
+    monkeypatch.setattr(session, "fd_ifname", lambda _pid, _fd: None)
+    s.probes.interest.add(4343)
+    s.probes.one_by_one = True                   # the second still in the kernel
+    now = time.monotonic_ns()
+    s.probes.feed += [recv(4343, now), recv(4343, now + 1)]
+    s.step(0)
+    assert 4343 in s.probes.interest             # kept while its records wait
+    s.step(0)
+    assert 4343 not in s.probes.interest
