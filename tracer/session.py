@@ -512,14 +512,16 @@ class Session:
                 opened = self._first_sight(e)
                 if opened is not None:
                     self._apply(opened)
-            if isinstance(e, ev.Fork):
-                reread = e.child if not e.flags & (ev.CLONE_THREAD | ev.CLONE_FILES) \
-                    and self._times.read_after(e) else None
-            else:
-                reread = e.pid if self._times.parted_unread(e) else None
+            # (a fork's, once it applied: a thread first seen at its fork has its
+            # table read from /proc then, after the fork)
+            reread = e.pid if not isinstance(e, ev.Fork) and self._times.parted_unread(e) \
+                else None
             if self._times.tap_state_shown(e):
                 e = dataclasses.replace(e, shown=True)
             self._apply(e)
+            if isinstance(e, ev.Fork) and not e.flags & (ev.CLONE_THREAD | ev.CLONE_FILES) \
+                    and self._times.read_after(e):
+                reread = e.child      # it copied a table read from /proc after it
             if isinstance(e, ev.ScmRecv):
                 self._receiver_interest(e.pid)
             if reread is not None:
