@@ -60,6 +60,7 @@ def errname(ret: int) -> str:
 # changes to an fd table that a read of it from /proc after them shows
 READ_SHOWS = (ev.Open, ev.Dup, ev.Close, ev.CloseRange, ev.SetFd, ev.PidfdGetfd)
 
+
 @dataclass(eq=False)
 class OpenFile:
     """One open file on /dev/net/tun, /dev/tapN or /dev/vhost-net (a struct file).
@@ -206,8 +207,9 @@ class Model:
         if it uses its leader's fd table (or nobody can tell), else the tun fds of its
         own table (it unshared before it was tracked), as (fd, ifname, cloexec) with
         ifname as probe_fd answers; `known` is what the thread's record says
-        (Event.own_table: True, a table not its leader's; None, not known). same_table(a, b): do two tasks (processes or
-        threads) use one fd table (kcmp KCMP_FILES; None: cannot tell)?"""
+        (Event.own_table: True, a table not its leader's; None, not known).
+        same_table(a, b): do two tasks (processes or threads) use one fd table (kcmp
+        KCMP_FILES; None: cannot tell)?"""
         self._threads_of = threads_of
         self._thread_table = thread_table
         self._same_table = same_table
@@ -876,9 +878,10 @@ class Model:
             # its table was read from /proc just now, after e: e's change is in it
             # (applied again, an open would put a file /proc named in its fd;
             # a TUNSETIFF and a receive still apply, for who made and who sent)
-            entry = self._table_of(proc, tid).fds.get(getattr(e, "fd", -1))
-            if isinstance(e, ev.Open) and e.file and entry is not None and not entry.file.ptr:
-                entry.file.ptr = e.file
+            if isinstance(e, ev.Open) and e.file:
+                entry = self._table_of(proc, tid).fds.get(e.fd)
+                if entry is not None and not entry.file.ptr:
+                    entry.file.ptr = e.file     # the kernel's identity of what /proc named
             return None
         unshare = isinstance(e, ev.Unshare) and not e.flags & ev.UNSHARE_AT_EXEC
         if unshare or (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
