@@ -518,9 +518,13 @@ class Session:
                 else None
             if self._times.tap_state_shown(e):
                 e = dataclasses.replace(e, shown=True)
+            # a fork by a process the model does not know: its table then is not
+            # known (the last snapshot's scan listed /proc before the fork and came
+            # to the parent after it exited), nor so the copy the child got
+            unknown = isinstance(e, ev.Fork) and e.pid not in self.model.procs
             self._apply(e)
             if isinstance(e, ev.Fork) and not e.flags & (ev.CLONE_THREAD | ev.CLONE_FILES) \
-                    and self._times.read_after(e):
+                    and (unknown or self._times.read_after(e)):
                 reread = e.child      # it copied a table read from /proc after it
             if isinstance(e, ev.ScmRecv):
                 self._receiver_interest(e.pid)

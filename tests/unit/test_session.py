@@ -151,3 +151,22 @@ def test_unless_a_record_not_applied_yet_shows_it_acting(s, monkeypatch):
     assert 4343 in s.probes.interest             # kept while its records wait
     s.step(0)
     assert 4343 not in s.probes.interest
+
+
+# A fork copies its parent's table. Where the model does not know the parent (the
+# last snapshot's scan listed /proc before the fork and came to the parent after
+# it exited: found by the fuzzer, seed 20261202), nor does it know the copy: the
+# child's table is read from /proc.
+
+@pytest.mark.parametrize("parent_known", [True, False])
+def test_a_fork_by_a_process_the_model_does_not_know_reads_the_childs_table(
+        s, monkeypatch, parent_known):
+    read = []
+    monkeypatch.setattr(procfs, "table_tun_fds", lambda pid: read.append(pid) or [])
+    monkeypatch.setattr(procfs, "alive", lambda _pid: True)
+    if parent_known:
+        s.model._proc(4242, "parent")
+    s.probes.feed.append(ev.Fork(ts=time.monotonic_ns(), pid=4242, tid=4242, comm="parent",
+                                 child=4244, flags=17))     # SIGCHLD: a fork
+    s.step(0)
+    assert read == ([] if parent_known else [4244])
