@@ -25,7 +25,7 @@ class Ahead:
         self._poll = poll
         self._batch: list[ev.Event] = []
         self._at = 0
-        self._changes: tuple = (None, None, ({}, {}))  # fd_changes' index of them
+        self._changes: tuple = (None, None, ({}, {}, {}))  # _index of them
 
     def at(self, batch: list[ev.Event], at: int) -> None:
         """drain applies batch[at - 1]: the records not applied yet are batch[at:],
@@ -42,7 +42,7 @@ class Ahead:
         into) in one of those processes (the users of one table)? Reads what the
         kernel holds first."""
         self._poll()
-        idx, ranges = self._fd_index()
+        idx, ranges, _last = self._index()
         at = self._at
         for p in pids:
             pos = idx.get((p, fd))
@@ -51,18 +51,21 @@ class Ahead:
                 return True
         return False
 
-    def _fd_index(self) -> tuple[dict, dict]:
+    def _index(self) -> tuple[dict, dict, dict]:
         """Where in the records not applied yet (the batch being drained, then the
-        queue) each (pid, fd) changes: {(pid, fd): [positions]}, and close_range's
-        {pid: [(position, first, last)]}. Built once per batch and queue length, so
-        asking costs no scan of a burst."""
+        queue) each (pid, fd) changes: {(pid, fd): [positions]}, close_range's
+        {pid: [(position, first, last)]}, and each process's last record {pid:
+        position}. Built once per batch and queue length, so asking costs no scan of
+        a burst."""
         batch = self._batch
         key = (len(batch), len(self._queue))
         if self._changes[0] is batch and self._changes[1] == key:
             return self._changes[2]
         idx: dict[tuple[int, int], list[int]] = {}
         ranges: dict[int, list[tuple[int, int, int]]] = {}
+        last: dict[int, int] = {}
         for i, e in enumerate(itertools.chain(batch, self._queue)):
+            last[e.pid] = i
             if isinstance(e, (ev.Close, ev.Open)):
                 idx.setdefault((e.pid, e.fd), []).append(i)
             elif isinstance(e, (ev.Dup, ev.PidfdGetfd)):
@@ -72,8 +75,8 @@ class Ahead:
                     idx.setdefault((e.pid, fd), []).append(i)
             elif isinstance(e, ev.CloseRange):
                 ranges.setdefault(e.pid, []).append((i, e.first, e.last))
-        self._changes = (batch, key, (idx, ranges))
-        return idx, ranges
+        self._changes = (batch, key, (idx, ranges, last))
+        return idx, ranges, last
 
     def unshares_later(self, tid: int) -> bool:
         """Does a record not applied yet say that thread unshares its table (then /proc
@@ -87,8 +90,9 @@ class Ahead:
 
     def acts(self, pid: int) -> bool:
         """Is process `pid` in a record not applied yet? Reads what the kernel holds
-        first."""
-        return any(e.pid == pid for e in self.records())
+        first. (Asked at receives: the index, not a scan of a burst each time.)"""
+        self._poll()
+        return self._index()[2].get(pid, -1) >= self._at
 
     def exits_sharing(self, pid: int) -> bool:
         """Do the records not applied yet show process `pid` exit, with no exec or

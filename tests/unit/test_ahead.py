@@ -166,6 +166,27 @@ def test_threads_acting_only_in_records_applied_are_not_asked_of():
 
 
 # =============================================================================
+# acts: a process in a record not applied yet
+# =============================================================================
+
+def test_a_process_acts_later_only_in_records_not_applied_yet():
+    a, _ = ahead([close(51, 3), close(10, 1), close(10, 2)], 2)
+    assert a.acts(10) and not a.acts(51)     # 51's record is applied already
+
+
+def test_a_record_the_kernel_still_holds_is_one_acting_later():
+    a, _ = ahead([close(10, 1)], 1, held=[close(51, 3)])
+    assert a.acts(51)
+
+
+def test_the_answer_follows_the_queue_as_it_grows():
+    a, k = ahead([close(10, 1)], 1)
+    assert not a.acts(51)
+    k.held.append(close(51, 3))
+    assert a.acts(51)
+
+
+# =============================================================================
 # exits_sharing: a process that used its table until it died
 # =============================================================================
 
