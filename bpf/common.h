@@ -158,13 +158,15 @@ static __always_inline void init_event(struct tt_event *e, u32 type)
 	e->fd = -1;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 #ifdef TT_TASK_LEADER_OFF
-	/* A thread's record says whether it uses its leader's fd table: /proc can
-	 * tell only what the two use by the time user space asks (kcmp), and which
-	 * of them unshared, or when, it cannot. */
+	/* The fd table the task acts on (task->files), as its identity: /proc can
+	 * tell only what two tasks use by the time user space asks (kcmp), and
+	 * which of them unshared, or when, it cannot. A thread's record also says
+	 * whether that is its leader's table. */
+	const char *task = (const char *)bpf_get_current_task();
+	u64 mine = kword(task + TT_TASK_FILES_OFF);
+	e->table = mine;
 	if (e->tgid != e->tid) {
-		const char *task = (const char *)bpf_get_current_task();
 		const char *leader = (const char *)kword(task + TT_TASK_LEADER_OFF);
-		u64 mine = kword(task + TT_TASK_FILES_OFF);
 		u64 its = leader ? kword(leader + TT_TASK_FILES_OFF) : 0;
 		if (mine && its) /* (a leader gone first has none) */
 			e->fdflags = TT_FD_TABLE_KNOWN | (mine != its ? TT_FD_OWN_TABLE : 0);

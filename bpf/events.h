@@ -126,6 +126,13 @@ struct tt_event {
 	                            records: TT_FD_TRUNCATED; any record of a
 	                            thread (tid != tgid): TT_FD_TABLE_KNOWN and
 	                            TT_FD_OWN_TABLE */
+	unsigned long long table; /* the fd table (struct files_struct *) the task
+	                            acted on, where the kernel's BTF gave the layout
+	                            (0: not known): for a record of a change to a
+	                            table the one it left or took may be named (an
+	                            unshare, an exec, a close_range with
+	                            CLOSE_RANGE_UNSHARE, an exit), so user space
+	                            reads it only from the others */
 };
 
 #define TT_FD_CLOEXEC 1

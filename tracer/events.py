@@ -12,10 +12,10 @@ import struct
 from dataclasses import dataclass
 
 # struct tt_event in bpf/events.h, field by field (tests/unit/test_layout.py checks it).
-RECORD = struct.Struct("<QIIIiqQQ16s16sI16iIQII")
+RECORD = struct.Struct("<QIIIiqQQ16s16sI16iIQIIQ")
 RECORD_FIELDS = (
     "ts", "type", "tgid", "tid", "fd", "ret", "arg", "arg2", "comm", "name", "nfds", "fds",
-    "fkind", "file", "netns", "fdflags",
+    "fkind", "file", "netns", "fdflags", "table",
 )
 FD_CLOEXEC_BIT = 1          # tt_event.fdflags: TT_FD_CLOEXEC
 FD_TRUNCATED = 4            # tt_event.fdflags: TT_FD_TRUNCATED
@@ -105,6 +105,10 @@ class Base:
     # a thread's record (tid != pid): did it use a fd table not its leader's when it
     # acted (the kernel's task->files, bpf/common.h init_event)? None: not known
     own_table: bool | None = dataclasses.field(default=None, kw_only=True)
+    # the fd table it acted on (the kernel's struct files_struct *, its identity
+    # while it lives; 0: not known). For a change of table (TABLE_PARTS) it may be
+    # the one left or the one taken: not read there
+    table: int = dataclasses.field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -267,9 +271,9 @@ _FIELD_AT = _field_offsets()
 def decode(buf: bytes) -> Event | None:
     """One raw struct tt_event to its typed record (None for an unknown type)."""
     (ts, typ, tgid, tid, fd, ret, arg, arg2, comm, name, nfds, *fds) = RECORD.unpack_from(buf)
-    # the tail: fkind (the kernel backend's), file, netns, fdflags
-    fds, file, netns, fdflags = fds[:-4], fds[-3], fds[-2], fds[-1]
-    base = {"ts": ts, "pid": tgid, "tid": tid, "comm": _cstr(comm)}
+    # the tail: fkind (the kernel backend's), file, netns, fdflags, table
+    fds, file, netns, fdflags, table = fds[:-5], fds[-4], fds[-3], fds[-2], fds[-1]
+    base = {"ts": ts, "pid": tgid, "tid": tid, "comm": _cstr(comm), "table": table}
     if tid != tgid and fdflags & FD_TABLE_KNOWN:
         base["own_table"] = bool(fdflags & FD_OWN_TABLE)
     if typ == EV_OPEN:
@@ -342,6 +346,8 @@ def to_record(e: Event) -> dict:
         del d["thread"]
     if d.get("own_table") is None:
         del d["own_table"]
+    if not d.get("table", 1):
+        del d["table"]
     for k in ("truncated", "peek", "shown"):
         if d.get(k) is False:
             del d[k]

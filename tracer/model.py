@@ -61,6 +61,19 @@ def errname(ret: int) -> str:
 READ_SHOWS = (ev.Open, ev.Dup, ev.Close, ev.CloseRange, ev.SetFd, ev.PidfdGetfd)
 
 
+def parts(e: ev.Event) -> bool:
+    """Does e change the fd table its task uses, or end its use (an unshare, an
+    exec, a close_range that unshares, an exit)? Its record may then name either
+    table, and say either of the leader's (Event.table, own_table)."""
+    return isinstance(e, (ev.Exec, ev.Exit, ev.Unshare)) or (
+        isinstance(e, ev.CloseRange) and bool(e.flags & ev.CLOSE_RANGE_UNSHARE))
+
+
+def acted_on(e: ev.Event) -> int:
+    """The fd table e's task acted on (Event.table; 0: not known, or e parts)."""
+    return 0 if parts(e) else getattr(e, "table", 0)
+
+
 @dataclass(eq=False)
 class OpenFile:
     """One open file on /dev/net/tun, /dev/tapN or /dev/vhost-net (a struct file).
@@ -133,6 +146,9 @@ class FdTable:
     id: int
     fds: dict = field(default_factory=dict)     # fd -> Entry
     users: set = field(default_factory=set)     # pids sharing it (CLONE_FILES)
+    # the kernel's struct files_struct * (Event.table), learned from the records
+    # of its users (0: not known yet); a table the model makes (a copy) has none
+    ptr: int = 0
 
 
 @dataclass(eq=False)
@@ -684,13 +700,24 @@ class Model:
             own, proc.exec_table = proc.exec_table, None
             self._discard_table(own, e.ts, proc, out)
         tid = getattr(e, "tid", None)
+        ptr = acted_on(e)
+        if proc is not None and tid is not None and tid != proc.pid and tid in proc.threads \
+                and not parts(e):
+            self._check_thread(proc, e, ptr, out)
+        self._apply(proc, e, out)
+        if ptr:
+            self._learn_table(e.pid, tid, ptr)
+        return out
+
+    def _apply(self, proc: Process | None, e: ev.Event, out: list) -> None:
+        tid = getattr(e, "tid", None)
         if proc is not None and isinstance(e, ev.Fork) and e.flags & ev.CLONE_THREAD:
             self._new_thread(proc, tid, e, out)
-            return out
+            return
         if proc is not None and tid is not None and tid != proc.pid:
             e = self._thread_event(proc, e, out)
             if e is None:
-                return out
+                return
             if tid in proc.thread_tables and not (isinstance(e, ev.Exit) and not e.thread):
                 # a thread with a table other than the leader's: the event is about it
                 # (the process's exit, seen by its last thread, is about every table)
@@ -702,9 +729,55 @@ class Model:
                     self._swapped = None
                     if self.procs.get(proc.pid) is proc and tid in proc.thread_tables:
                         proc.thread_tables[tid], proc.table = proc.table, leader
-                return out
+                return
         getattr(self, "_on_" + type(e).__name__)(e, out)
-        return out
+
+    def _tables(self):
+        """Every fd table the model holds (a table shared by several, once each)."""
+        seen = set()
+        for proc in self.procs.values():
+            for t in (proc.table, *proc.thread_tables.values()):
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    yield t
+
+    def _table_at(self, ptr: int) -> FdTable | None:
+        """The table the kernel's struct files_struct * names, where learned."""
+        return next((t for t in self._tables() if t.ptr == ptr), None)
+
+    def _learn_table(self, pid: int, tid: int, ptr: int) -> None:
+        """A record of task tid says which kernel table the one the model has it use
+        is: learned where not known yet (another the model took for it - freed
+        since, its address reused - no longer is)."""
+        proc = self.procs.get(pid)
+        if proc is None or (tid != pid and tid not in proc.threads):
+            return
+        t = self._table_of(proc, tid)
+        if t.ptr:
+            return
+        other = self._table_at(ptr)
+        if other is not None:
+            other.ptr = 0
+        t.ptr = ptr
+
+    def _check_thread(self, proc: Process, e: ev.Event, ptr: int, out: list) -> None:
+        """A known thread whose record says it is not on the table the model has it
+        use (the kernel's table is another one; or the record says it was on its
+        leader's, or not, and the model has it otherwise): the model took it for a
+        user of a table it had left before the trace (it unshared, then its leader
+        did: all the model sees is the leader's). It is forgotten, and known again
+        at this record, as a thread first seen acting."""
+        tid = e.tid
+        t = self._table_of(proc, tid)
+        if ptr and t.ptr and t.ptr != ptr:
+            # (on its leader's table by its record: that is the leader's to say)
+            wrong = not (t is proc.table and e.own_table is False)
+        else:
+            wrong = (e.own_table is True and t is proc.table) or \
+                (e.own_table is False and t is not proc.table)
+        if wrong:
+            proc.threads.discard(tid)
+            self._leave_table(proc.thread_tables.pop(tid, proc.table), tid, e.ts, proc, out)
 
     # ---- threads: each a user of the fd table it uses ----------------------------
 
@@ -751,7 +824,7 @@ class Model:
     def _new_thread(self, proc: Process, tid: int, e: ev.Fork, out: list) -> None:
         """clone(CLONE_THREAD): the new thread uses its creator's table (a copy of it
         without CLONE_FILES)."""
-        self._know_thread(proc, tid, known=e.own_table)
+        self._know_thread(proc, tid, known=e.own_table, ptr=acted_on(e))
         child = e.child
         if child in proc.threads:
             # named already by a look at /proc/PID/task made after this clone (an
@@ -768,7 +841,7 @@ class Model:
             proc.thread_tables[child] = t
 
     def _know_thread(self, proc: Process, tid: int, ask: bool = True,
-                     known: bool | None = None) -> bool:
+                     known: bool | None = None, ptr: int = 0) -> bool:
         """A thread first seen acting (made before the trace or a resync): it uses
         the leader's table unless /proc says it has one of its own (`ask`), which
         it then gets, with what /proc shows in it. known: what the thread's record
@@ -777,6 +850,13 @@ class Model:
         if tid == proc.pid or tid in proc.threads:
             return False
         proc.threads.add(tid)
+        # a table the model knows by the kernel's identity (ptr: its record's)
+        kin = self._table_at(ptr) if ptr and ask and known is not False else None
+        if kin is not None and not (known and kin is proc.table):
+            kin.users.add(tid)
+            if kin is not proc.table:
+                proc.thread_tables[tid] = kin
+            return False
         own = self._thread_table(proc.pid, tid, known) if ask and known is not False \
             else None
         if own is None:
@@ -873,7 +953,8 @@ class Model:
                 self._leave_table(proc.thread_tables.pop(tid, proc.table), tid, e.ts, proc,
                                   out)
             return None
-        if self._know_thread(proc, tid, known=e.own_table) and isinstance(e, READ_SHOWS) \
+        if self._know_thread(proc, tid, known=e.own_table, ptr=acted_on(e)) \
+                and isinstance(e, READ_SHOWS) \
                 and not (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
             # its table was read from /proc just now, after e: e's change is in it
             # (applied again, an open would put a file /proc named in its fd;

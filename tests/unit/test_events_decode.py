@@ -19,12 +19,12 @@ def raw(type_: int, *, fd: int = -1, ret: int = 0, arg: int = 0, arg2: int = 0,
         name: bytes = b"", comm: bytes = b"qemu", tgid: int = 100, tid: int = 101,
         fds: tuple[int, ...] = (), nfds: int | None = None, ts: int = 5_000,
         pad: bytes = b"", fkind: int = 0, file: int = 0, netns: int = 0,
-        fdflags: int = 0) -> bytes:
+        fdflags: int = 0, table: int = 0) -> bytes:
     """A record as the BPF side submits it (init_event zeroes it, fd = -1)."""
     slots = (list(fds) + [0] * 16)[:16]
     return ev.RECORD.pack(ts, type_, tgid, tid, fd, ret, arg, arg2, comm, name,
                           len(fds) if nfds is None else nfds, *slots, fkind, file, netns,
-                          fdflags) + pad
+                          fdflags, table) + pad
 
 
 # ---- the common header ---------------------------------------------------------
@@ -49,6 +49,15 @@ def test_a_leaders_record_says_nothing_of_tables_whatever_its_flags():
     rec = ev.decode(raw(ev.EV_CLOSE, fd=3, tgid=4242, tid=4242,
                         fdflags=ev.FD_TABLE_KNOWN | ev.FD_OWN_TABLE))
     assert rec.own_table is None
+
+
+@pytest.mark.parametrize("tid", [4242, 4250])
+def test_every_record_names_the_fd_table_its_task_acted_on(tid):
+    rec = ev.decode(raw(ev.EV_CLOSE, fd=3, tgid=4242, tid=tid, table=0xffff8880aa55c000))
+    assert rec.table == 0xffff8880aa55c000
+    assert ev.from_record(ev.to_record(rec)) == rec
+    rec = ev.decode(raw(ev.EV_CLOSE, fd=3, tgid=4242, tid=tid))
+    assert rec.table == 0 and "table" not in ev.to_record(rec)   # not known: not recorded
 
 
 def test_the_table_bits_leave_a_tun_ioctls_cloexec_and_a_sends_cut_alone():

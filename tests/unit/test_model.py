@@ -997,6 +997,85 @@ def test_a_threads_first_change_is_in_the_table_read_after_it(cls, kw):
         assert w.m.procs[1].thread_tables[7].fds[3].file.ptr == 0xAA
 
 
+# ---- the kernel's identity of a table (Event.table, struct files_struct *) ----
+
+T0, T1, T2 = 0xFFFF888000AA0000, 0xFFFF888000BB0000, 0xFFFF888000CC0000
+
+
+def test_a_table_learns_its_kernel_identity_from_its_users_records():
+    # the leader's record names the table; the copy its unshare makes has none
+    # until the leader's next record, and the table it left keeps its own
+    w = World()
+    w.tap(1, 3, "a", table=T0)
+    w.apply(ev.Fork, 1, flags=ev.CLONE_VM | ev.CLONE_FILES | ev.CLONE_THREAD, child=7,
+            table=T0)
+    old = w.m.procs[1].table
+    assert old.ptr == T0
+    w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES, table=T2)   # (names the one it took)
+    assert w.m.procs[1].table.ptr == 0 and old.ptr == T0
+    w.close(1, 9, table=T2)
+    assert w.m.procs[1].table.ptr == T2 and w.m.procs[1].thread_tables[7] is old
+
+
+def test_a_thread_on_a_table_it_had_left_before_the_trace_is_known_again():
+    # thread 8 unshared before its process was tracked (no record); the leader's
+    # unshare left the old table to every thread the model knew of (8 too: all it
+    # can see is the leader's). Thread 8's record names another table than the
+    # old one: it is read from /proc as a thread first seen with a table of its
+    # own, and its CLONE_FILES child shares that one, not the old table's tap
+    asked = []
+
+    def thread_table(pid, tid, known):
+        asked.append((tid, known))
+        return [] if known else None
+    w = World()
+    w.m = Model(thread_table=thread_table, threads_of=lambda pid: [7, 8])
+    w.tap(1, 3, "a", tid=7, own_table=False, table=T0)
+    w.apply(ev.Unshare, 1, flags=ev.CLONE_FILES)
+    assert w.m.procs[1].thread_tables[8] is w.m.procs[1].thread_tables[7]
+    w.fork(1, 20, flags=ev.CLONE_FILES | SIGCHLD, tid=8, own_table=True, table=T1)
+    assert asked == [(8, True)]
+    assert w.m.procs[1].thread_tables[8] is w.m.procs[20].table
+    assert w.m.procs[20].table.ptr == T1 and w.m.procs[20].table.fds == {}
+    assert set(w.table()) == {(1, 3), (1, 3, 7)}
+    w.apply(ev.Exit, 1, tid=7, thread=True)     # the old table's last user
+    assert set(w.table()) == {(1, 3)}           # the leader's copy holds a
+
+
+def test_a_thread_first_seen_on_a_table_the_model_knows_by_its_identity_joins_it():
+    # no kcmp, no /proc: the record's table is one a known process uses
+    asked = []
+    w = World()
+    w.m = Model(thread_table=lambda pid, tid, known: asked.append(tid) or [],
+                same_table=lambda a, b: asked.append((a, b)))
+    w.tap(5, 3, "a", table=T1)
+    w.tap(1, 4, "b", table=T0)
+    w.close(1, 3, tid=7, own_table=True, table=T1)   # thread 7 closes process 5's fd 3
+    assert asked == []
+    assert w.m.procs[1].thread_tables[7] is w.m.procs[5].table
+    assert w.gone() == ["a"]
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_a_known_threads_record_that_contradicts_its_table_makes_it_known_again(own):
+    # the model has thread 7 on its leader's table (own=True: the record says
+    # not) or on a table of its own (own=False: the record says its leader's)
+    asked = []
+
+    def thread_table(pid, tid, known):
+        asked.append(known)
+        return [(4, "", False)] if known else None
+    w = World()
+    w.m = Model(thread_table=thread_table)
+    w.tap(1, 3, "a")
+    w.close(1, 9, tid=7, own_table=not own)
+    w.close(1, 9, tid=7, own_table=own)
+    assert asked[-1] is own or (own is False and asked == [True])
+    assert (7 in w.m.procs[1].thread_tables) is own
+    if not own:                                # its table went with its last user
+        assert 7 in w.m.procs[1].table.users
+
+
 def test_a_thread_first_seen_whose_own_table_is_another_process_s_uses_that_table():
     # thread 7 of process 1 unshared, then cloned process 3 with CLONE_FILES; the
     # model learnt all this from a snapshot (a resync), which lists processes only:
