@@ -701,8 +701,7 @@ class Model:
             self._discard_table(own, e.ts, proc, out)
         tid = getattr(e, "tid", None)
         ptr = acted_on(e)
-        if proc is not None and tid is not None and tid != proc.pid and tid in proc.threads \
-                and not parts(e):
+        if ptr and proc is not None and tid != proc.pid and tid in proc.threads:
             self._check_thread(proc, e, ptr, out)
         self._apply(proc, e, out)
         if ptr:
@@ -761,21 +760,15 @@ class Model:
         t.ptr = ptr
 
     def _check_thread(self, proc: Process, e: ev.Event, ptr: int, out: list) -> None:
-        """A known thread whose record says it is not on the table the model has it
-        use (the kernel's table is another one; or the record says it was on its
-        leader's, or not, and the model has it otherwise): the model took it for a
-        user of a table it had left before the trace (it unshared, then its leader
-        did: all the model sees is the leader's). It is forgotten, and known again
-        at this record, as a thread first seen acting."""
+        """A known thread whose record names another kernel table than the one the
+        model has it use: the model took it for a user of a table it had left
+        before the trace (it unshared, then its leader did: all the model sees is
+        the leader's unshare). It is forgotten, and known again at this record, as
+        a thread first seen acting. (A record that says the thread was on its
+        leader's table, where the model has it: the leader's to answer for.)"""
         tid = e.tid
         t = self._table_of(proc, tid)
-        if ptr and t.ptr and t.ptr != ptr:
-            # (on its leader's table by its record: that is the leader's to say)
-            wrong = not (t is proc.table and e.own_table is False)
-        else:
-            wrong = (e.own_table is True and t is proc.table) or \
-                (e.own_table is False and t is not proc.table)
-        if wrong:
+        if t.ptr and t.ptr != ptr and not (t is proc.table and e.own_table is False):
             proc.threads.discard(tid)
             self._leave_table(proc.thread_tables.pop(tid, proc.table), tid, e.ts, proc, out)
 

@@ -491,7 +491,9 @@ class Session:
                     self.model.learn_from_before(
                         e, last=self._times.last_setiff(e, batch[i + 1:]))
                 elif self._times.unseen_sharing(e):
-                    self._apply(e)
+                    # (the table it names is one of before the snapshot: the model's
+                    # are as read after)
+                    self._apply(dataclasses.replace(e, table=0))
                 continue
             if isinstance(e, ev.TunIoctl) and e.netns:
                 # the record read the file's namespace in the kernel: nothing to ask

@@ -1056,24 +1056,17 @@ def test_a_thread_first_seen_on_a_table_the_model_knows_by_its_identity_joins_it
     assert w.gone() == ["a"]
 
 
-@pytest.mark.parametrize("own", [True, False])
-def test_a_known_threads_record_that_contradicts_its_table_makes_it_known_again(own):
-    # the model has thread 7 on its leader's table (own=True: the record says
-    # not) or on a table of its own (own=False: the record says its leader's)
+def test_a_thread_on_its_leaders_table_by_its_record_stays_whatever_table_it_names():
+    # the model has thread 7 on the leader's table, and so does its record: a table
+    # named otherwise is the leader's to answer for, not the thread's
     asked = []
-
-    def thread_table(pid, tid, known):
-        asked.append(known)
-        return [(4, "", False)] if known else None
     w = World()
-    w.m = Model(thread_table=thread_table)
-    w.tap(1, 3, "a")
-    w.close(1, 9, tid=7, own_table=not own)
-    w.close(1, 9, tid=7, own_table=own)
-    assert asked[-1] is own or (own is False and asked == [True])
-    assert (7 in w.m.procs[1].thread_tables) is own
-    if not own:                                # its table went with its last user
-        assert 7 in w.m.procs[1].table.users
+    w.m = Model(thread_table=lambda pid, tid, known: asked.append(tid) or [])
+    w.tap(1, 3, "a", table=T0)
+    w.close(1, 9, tid=7, own_table=False, table=T0)
+    w.close(1, 9, tid=7, own_table=False, table=T1)
+    assert asked == [] and w.m.procs[1].thread_tables == {}
+    assert w.m.procs[1].table.users == {1, 7}
 
 
 def test_a_thread_first_seen_whose_own_table_is_another_process_s_uses_that_table():
