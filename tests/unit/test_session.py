@@ -170,3 +170,17 @@ def test_a_fork_by_a_process_the_model_does_not_know_reads_the_childs_table(
                                  child=4244, flags=17))     # SIGCHLD: a fork
     s.step(0)
     assert read == ([] if parent_known else [4244])
+
+
+# A record from before the snapshot applied for what the scan cannot show (a
+# clone(CLONE_FILES) between processes the scan did not read: they held no tun
+# fd) names the kernel's table of then (Event.table): the model's tables are as
+# the scan read them after, and learn no identity from it.
+
+def test_a_clone_from_before_the_snapshot_names_no_table_to_the_model(s, monkeypatch):
+    monkeypatch.setattr(s._times, "_alive", lambda _pid: True)   # the child lives
+    s.probes.feed.append(ev.Fork(ts=1, pid=4242, tid=4242, comm="parent", child=4244,
+                                 flags=ev.CLONE_FILES | 17, table=0xFFFF888000AA0000))
+    s.step(0)
+    assert s.model.procs[4244].table is s.model.procs[4242].table    # it applied
+    assert s.model.procs[4242].table.ptr == 0
