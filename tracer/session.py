@@ -248,7 +248,7 @@ class Session:
             flags = (flags & ~(ev.CLOEXEC_UNKNOWN | ev.O_CLOEXEC)) | (
                 ev.O_CLOEXEC if e.cloexec else 0)
         return ev.Open(ts=e.ts, pid=e.pid, tid=e.tid, comm=e.comm, fd=e.fd, path=path,
-                       flags=flags, own_table=e.own_table)
+                       flags=flags, own_table=e.own_table, table=e.table)
 
     def _threads_of(self, pid: int) -> list[int]:
         """The threads of `pid` (not its leader) as an unshare by its leader finds
@@ -514,6 +514,14 @@ class Session:
                 opened = self._first_sight(e)
                 if opened is not None:
                     self._apply(opened)
+                    if isinstance(e, ev.TunIoctl) and self._times.shows(e):
+                        # a thread first seen at it: its own table, read from /proc
+                        # as the open applied, shows the ioctl done (and what its
+                        # users did after: a dup of the fd is the same file, not a
+                        # file the ioctl's answer proves closed)
+                        self.model.learn_from_before(
+                            e, last=self._times.last_setiff(e, batch[i + 1:]))
+                        continue
             # (a fork's, once it applied: a thread first seen at its fork has its
             # table read from /proc then, after the fork)
             reread = e.pid if not isinstance(e, ev.Fork) and self._times.parted_unread(e) \
