@@ -91,7 +91,7 @@ class SnapshotTimes:
             # (a child alive and not read parted from the table: its exec or
             # unshare may be shown already, and would not part it again)
             return not self._alive(e.child) and self._exits_sharing(e.child)
-        if isinstance(e, (ev.Exec, ev.Unshare)):
+        if isinstance(e, (ev.Exec, ev.Unshare)) or self._parts_shared(e):
             table = self.model.table_of(e.pid, e.tid)
             return e.pid not in self.read_ns and table is not None and not table.fds
         return False
@@ -122,8 +122,8 @@ class SnapshotTimes:
         is read as one table's user and grouped as another's, and the records of the
         time between cannot say which files were whose. The snapshot is taken again
         (by the session, RACED_MAX times in a row at most)."""
-        return isinstance(e, (ev.Exec, ev.Unshare)) and self.min_ts <= e.ts < self.snap_end \
-            and e.pid in self.read_ns
+        return (isinstance(e, (ev.Exec, ev.Unshare)) or self._parts_shared(e)) \
+            and self.min_ts <= e.ts < self.snap_end and e.pid in self.read_ns
 
     def last_setiff(self, e: ev.TunIoctl, after: list[ev.Event]) -> bool:
         """No other successful TUNSETIFF on e's interface from before the snapshot
@@ -142,13 +142,21 @@ class SnapshotTimes:
         scan tells nothing of processes that hold none: their records apply.)"""
         if isinstance(e, ev.Fork):
             return not e.flags & ev.CLONE_THREAD and e.ts < self.read_ns.get(e.child, 0)
-        if isinstance(e, (ev.Exec, ev.Unshare)):
+        if isinstance(e, (ev.Exec, ev.Unshare)) or self._parts_shared(e):
             # they part their process (or thread) from the table it shared: a read of
             # another sharer's does not show that, only a read of its own after it
             # (a thread's unshare applies: where the scan found the thread's own
             # table it has no other user, and applying it again copies nothing)
             return e.tid == e.pid and e.ts < self.read_ns.get(e.pid, 0)
         return isinstance(e, TABLE_RECORDS) and self.read_after(e)
+
+    def _parts_shared(self, e: ev.Event) -> bool:
+        """A close_range(CLOSE_RANGE_UNSHARE) on a table the model has shared: an
+        unshare first, then its closes in the copy."""
+        if not (isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
+            return False
+        table = self.model.table_of(e.pid, e.tid)
+        return table is not None and len(table.users) > 1
 
     def read_after(self, e: ev.Event) -> bool:
         """Did the last snapshot read the table e's thread uses after e was made?"""
