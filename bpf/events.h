@@ -120,7 +120,9 @@ struct tt_event {
 	                            table's layout */
 	unsigned int netns;      /* TUN ioctl: the inode of the network namespace
 	                            the file was opened in, where its device is made
-	                            or looked up (0: not known) */
+	                            or looked up (0: not known); SCM records
+	                            (tracepoint backend): the inode of the socket
+	                            whose queue arg2 names (0: not known) */
 	unsigned int fdflags;    /* TUN ioctl with `file`: TT_FD_CLOEXEC if the fd's
 	                            close-on-exec bit was set at the call; SCM
 	                            records: TT_FD_TRUNCATED; any record of a

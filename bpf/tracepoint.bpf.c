@@ -327,6 +327,21 @@ static __always_inline u64 unix_sock_at(int fd)
 	return (u64)sk;
 }
 
+/*
+ * A queue's socket beyond its address, which the kernel gives a new socket once
+ * the old one is freed (with a message nobody received): its inode number
+ * (sk->sk_socket's, SOCK_INODE). 0: not known.
+ */
+static __always_inline u32 sock_ino(u64 sk)
+{
+#ifdef TT_SK_SOCKET_OFF
+	const char *socket = sk ? (const char *)kword((const char *)sk + TT_SK_SOCKET_OFF) : 0;
+	return socket ? (u32)kword(socket + TT_SOCKET_INODE_OFF + TT_INODE_INO_OFF) : 0;
+#else
+	return 0;
+#endif
+}
+
 static __always_inline u64 recv_queue(int fd)
 {
 	return unix_sock_at(fd);
@@ -338,12 +353,13 @@ static __always_inline u64 send_queue(int fd)
 	return sk ? kword(sk + TT_UNIX_PEER_OFF) : 0;
 }
 #else
+static __always_inline u32 sock_ino(u64 sk) { return 0; }
 static __always_inline u64 recv_queue(int fd) { return 0; }
 static __always_inline u64 send_queue(int fd) { return 0; }
 #endif
 
-static __always_inline void on_recv(void *ctx, int sock, u64 queue, const char *msg,
-				   u64 flags, long ret)
+static __always_inline void on_recv(void *ctx, int sock, u64 queue, u32 qino,
+				   const char *msg, u64 flags, long ret)
 {
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_SCM_RECV);
@@ -351,6 +367,7 @@ static __always_inline void on_recv(void *ctx, int sock, u64 queue, const char *
 	e->arg = flags;
 	e->ret = ret;
 	e->arg2 = queue;
+	e->netns = qino;
 	if (scm_submit(ctx, e, msg) > 0)
 		mark_interesting(e->tgid);
 }
@@ -379,14 +396,15 @@ static __always_inline void scm_send_lost(void)
  * and however long user space takes to read (stopped, or busy). A send record
  * lost on the way arms receives by time instead (scm_send_lost).
  */
-static __always_inline void on_send(void *ctx, int sock, u64 queue, const char *msg,
-				   u64 flags)
+static __always_inline void on_send(void *ctx, int sock, u64 queue, u32 qino,
+				   const char *msg, u64 flags)
 {
 	struct tt_event ev_, *e = &ev_;
 	init_event(e, TT_EV_SCM_SEND);
 	e->fd = sock;
 	e->arg = flags;
 	e->arg2 = queue;
+	e->netns = qino;
 	int n = scm_submit(ctx, e, msg);
 	if (n > 0)
 		count(TT_C_SCM_SENDS);
@@ -398,7 +416,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 {
 	if (!interesting(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	on_send(args, (int)args->fd, send_queue((int)args->fd), (const char *)args->msg,
+	u64 queue = send_queue((int)args->fd);
+	on_send(args, (int)args->fd, queue, sock_ino(queue), (const char *)args->msg,
 		args->flags);
 	return 0;
 }
@@ -438,7 +457,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 	 * (measured in a Debian 6.1 guest; #pragma unroll is refused for this shape).
 	 */
 	u64 queue = send_queue((int)args->fd);           /* once: one socket */
-	EACH_MMSG(vlen, on_send(args, (int)args->fd, queue, vec + i_ * 64, args->flags));
+	u32 qino = sock_ino(queue);
+	EACH_MMSG(vlen, on_send(args, (int)args->fd, queue, qino, vec + i_ * 64, args->flags));
 	if (vlen > MAX_MMSGS)
 		mmsg_truncated(args, TT_EV_SCM_SEND, (int)args->fd);
 	return 0;
@@ -461,7 +481,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)
 	if (args->ret < 0 || !scm_armed())
 		return 0;
 	int sock = (int)sysarg(PT_DI);
-	on_recv(args, sock, recv_queue(sock), (const char *)sysarg(PT_SI), sysarg(PT_DX),
+	u64 queue = recv_queue(sock);
+	on_recv(args, sock, queue, sock_ino(queue), (const char *)sysarg(PT_SI), sysarg(PT_DX),
 		args->ret);
 	return 0;
 }
@@ -475,7 +496,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg)
 	const char *vec = (const char *)sysarg(PT_SI);
 	u64 flags = sysarg(PT_R10);
 	u64 queue = recv_queue(sock);
-	EACH_MMSG(ret, on_recv(args, sock, queue, vec + i_ * 64, flags, ret));	/* as in sendmmsg */
+	u32 qino = sock_ino(queue);
+	EACH_MMSG(ret, on_recv(args, sock, queue, qino, vec + i_ * 64, flags, ret)); /* as in sendmmsg */
 	if (ret > MAX_MMSGS)
 		mmsg_truncated(args, TT_EV_SCM_RECV, sock);
 	return 0;

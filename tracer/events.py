@@ -190,6 +190,7 @@ class ScmSend(Base):
     # tracepoint backend: the unix socket (struct sock *) whose queue the message
     # goes to, the sender's peer (0: not known)
     queue: int = 0
+    queue_ino: int = 0        # that socket's inode number (0: not known)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ class ScmRecv(Base):
     truncated: bool = False       # the message(s) had fds the record does not hold
     peek: bool = False            # MSG_PEEK: installed, the message stays queued
     queue: int = 0                # tracepoint backend: the receiving unix socket (0: not known)
+    queue_ino: int = 0            # its inode number (0: not known)
 
 
 @dataclass(frozen=True)
@@ -304,11 +306,11 @@ def decode(buf: bytes) -> Event | None:
     cut = bool(fdflags & FD_TRUNCATED)
     if typ == EV_SCM_SEND:
         return ScmSend(**base, sock=fd, fds=tuple(fds[:n]), files=files, truncated=cut,
-                       queue=arg2)
+                       queue=arg2, queue_ino=netns)
     if typ == EV_SCM_RECV:
         return ScmRecv(**base, sock=fd, fds=tuple(fds[:n]),
                        cloexec=bool(arg & MSG_CMSG_CLOEXEC), files=files, truncated=cut,
-                       peek=bool(arg & MSG_PEEK), queue=arg2)
+                       peek=bool(arg & MSG_PEEK), queue=arg2, queue_ino=netns)
     if typ == EV_UNSHARE:
         return Unshare(**base, flags=arg)
     if typ == EV_PIDFD_GETFD:
@@ -340,6 +342,8 @@ def to_record(e: Event) -> dict:
         del d["netns"]
     if not d.get("queue", 1):
         del d["queue"]
+    if not d.get("queue_ino", 1):
+        del d["queue_ino"]
     if "cloexec" in d and d["cloexec"] is None and isinstance(e, TunIoctl):
         del d["cloexec"]
     if d.get("thread") is False and isinstance(e, Exit):

@@ -199,6 +199,7 @@ class PendingSend:
     files: list                                  # OpenFile or None, per fd
     truncated: bool = False                      # more fds than the record held
     queue: int = 0                               # the receiving socket (0: not known)
+    queue_ino: int = 0                           # and its inode number (0: not known)
 
 
 class Model:
@@ -1442,7 +1443,7 @@ class Model:
                 f.refs += 1                     # the message in flight holds it
                 f.step(e.ts, "send", e.pid, comm, fd, sock=e.sock)
         self.pending.append(PendingSend(e.ts, e.pid, comm, e.sock, e.fds, files,
-                                        e.truncated, e.queue))
+                                        e.truncated, e.queue, e.queue_ino))
         tracked = [fd for fd, f in zip(e.fds, files) if f]
         out.append(self._report("scm_send", e.ts, e.pid, e.tid, comm, sock=e.sock,
                                 fds=tracked, **self._fds_fields(proc.table, tracked)))
@@ -1459,8 +1460,11 @@ class Model:
         # sent in too many lists is cut short at its send only.)
         # Where both ends say which socket's queue (tracepoint backend with BTF), a
         # send queued on another socket is no candidate, whatever its shape.
+        # (a socket at the address of one freed with a message nobody received:
+        # another socket, by its inode)
         pending = [s for s in self.pending
-                   if not (e.queue and s.queue and s.queue != e.queue)]
+                   if not (e.queue and s.queue and s.queue != e.queue)
+                   and not (e.queue_ino and s.queue_ino and s.queue_ino != e.queue_ino)]
         short = [s for s in pending if s.truncated and len(s.fds) <= len(e.fds)]
         if e.truncated:
             exact, cut = short, []

@@ -227,6 +227,12 @@ def test_scm_records_carry_the_queue_they_are_on():
     assert ev.decode(raw(ev.EV_SCM_SEND, fd=4, fds=(7,), nfds=1, arg2=sk)).queue == sk
     assert ev.decode(raw(ev.EV_SCM_RECV, fd=3, fds=(9,), nfds=1, arg2=sk)).queue == sk
     assert ev.decode(raw(ev.EV_SCM_RECV, fd=3, fds=(9,), nfds=1)).queue == 0
+    # and netns that socket's inode number (the address is a freed socket's too)
+    for typ in (ev.EV_SCM_SEND, ev.EV_SCM_RECV):
+        rec = ev.decode(raw(typ, fd=3, fds=(9,), nfds=1, arg2=sk, netns=463410))
+        assert (rec.queue, rec.queue_ino) == (sk, 463410)
+        assert ev.from_record(ev.to_record(rec)) == rec
+    assert "queue_ino" not in ev.to_record(ev.decode(raw(ev.EV_SCM_RECV, fd=3, fds=(9,))))
 
 
 def test_unshare_and_pidfd_getfd():

@@ -1337,6 +1337,26 @@ def test_a_receive_takes_only_a_send_queued_on_its_own_socket():
     assert [(r["type"], r["from_pid"]) for r in out] == [("scm_recv", 1)]
 
 
+def test_a_receive_on_a_socket_at_a_freed_sockets_address_takes_only_its_own_send():
+    # pid 1 sends tap a on a socket nobody reads, which is then closed (the kernel
+    # frees the message; no record says so): its send stays pending. A new socket
+    # at the same address (the kernel reuses it) gets tap b from pid 2; its receive
+    # takes b, the send on that socket by its inode, not the older one at the
+    # address (found by the fuzzer: a receive named an earlier program's tap)
+    SK = 0xFFFF8880_0000_3000
+    w = World().named(a=1, b=2, c=3)
+    w.tap(1, 7, "a")
+    w.send(1, 4, [7], queue=SK, queue_ino=1001)
+    w.tap(2, 8, "b")
+    w.send(2, 4, [8], queue=SK, queue_ino=1002)
+
+    out = w.recv(3, 5, [9], queue=SK, queue_ino=1002)
+
+    assert [(r["type"], r["from_pid"], r["ifnames"]) for r in out] == [
+        ("scm_recv", 2, ["b"])]
+    assert [s.pid for s in w.m.pending] == [1]
+
+
 def test_a_receive_without_msg_cmsg_cloexec_leaves_the_bit_clear():
     w = World()
     w.tap(1, 3, "a", cloexec=True)

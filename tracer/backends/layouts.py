@@ -42,8 +42,17 @@ GROUP_EXIT = (
     ("task_struct", "signal", "TT_TASK_SIGNAL_OFF"),
     ("signal_struct", "live", "TT_SIGNAL_LIVE_OFF"),
 )
+# which socket that is, beyond its address (the kernel reuses a freed socket's): its
+# inode number, sk->sk_socket's (a struct socket lives in a struct socket_alloc,
+# beside its inode)
+SOCK_INO = (
+    ("sock", "sk_socket", "TT_SK_SOCKET_OFF"),
+    ("socket_alloc", "vfs_inode", "TT_SOCKET_INODE_OFF"),
+    ("inode", "i_ino", "TT_INODE_INO_OFF"),
+)
 # (struct, member path, size in bytes): the widths the programs read them with
 SIZES = (
+    ("inode", "i_ino", 8),
     ("fdtable", "max_fds", 4),
     ("net", "ns.inum", 4),
     ("sock", "__sk_common.skc_family", 2),

@@ -8,7 +8,8 @@ BTF, a TUN ioctl's record carries the file itself (its struct file *, close-on-e
 bit and network namespace, read from the fd table with offsets from that BTF);
 without it user space asks /proc, later. With BTF an SCM_RIGHTS record also says
 which unix socket's queue the message is on (the receiver's socket, the sender's
-peer), so a receive is matched only to sends on its own queue."""
+peer: its address and inode number, for an address is reused once a socket is
+freed), so a receive is matched only to sends on its own queue."""
 
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ class TracepointBackend(BccBackend):
                 cflags += layouts.cflags(layouts.UNIX_PEER)
             except btf.BtfError as exc:
                 self._queue_note = str(exc)
+            else:
+                try:     # without it a queue is its socket's address alone
+                    cflags += layouts.cflags(layouts.SOCK_INO)
+                except btf.BtfError:
+                    pass
         if not group_dead:
             try:
                 cflags += layouts.cflags(layouts.GROUP_EXIT)
@@ -60,7 +66,8 @@ class TracepointBackend(BccBackend):
                            "at the ioctl itself, not from /proc later"})
         note = getattr(self, "_queue_note", None)
         out.append({"hook": "the unix socket an SCM_RIGHTS message is queued on",
-                    "how": "none" if note else "socket and peer read (BTF offsets)",
+                    "how": "none" if note else
+                           "socket, peer and inode read (BTF offsets)",
                     "why": f"receives matched to sends by order and names only: {note}"
                            if note else "a receive matched only to sends on its socket"})
         return out
