@@ -106,7 +106,7 @@ class Base:
     # acted (the kernel's task->files, bpf/common.h init_event)? None: not known
     own_table: bool | None = dataclasses.field(default=None, kw_only=True)
     # the fd table it acted on (the kernel's struct files_struct *, its identity
-    # while it lives; 0: not known). For a change of table (TABLE_PARTS) it may be
+    # while it lives; 0: not known). For a change of table (model.parts) it may be
     # the one left or the one taken: not read there
     table: int = dataclasses.field(default=0, kw_only=True)
 
