@@ -449,10 +449,8 @@ class Model:
         self.files.clear()
         self.pending.clear()
         self._load(snap, keep_files, keep_entries, list(in_flight.values()))
-        # (kcmp: one that has parted from them since - its unshare's record among
-        # those lost - shares no more)
-        self._missed = {pid: [q for q in others if self._same_table(pid, q) is not False]
-                        for pid, others in sharers.items() if pid not in self.procs}
+        self._missed = {pid: others for pid, others in sharers.items()
+                        if pid not in self.procs}
         # sharers of a table that holds no tun fd (yet), alive: a CLONE_FILES pair
         # about to make a tap in it (the snapshot lists holders only)
         for pid in sorted(self._missed):
