@@ -94,6 +94,11 @@ class Ahead:
         self._poll()
         return self._index()[2].get(pid, -1) >= self._at
 
+    def acts_since(self, pids: set[int], ts: int) -> bool:
+        """Is one of `pids` in a record not applied yet stamped at `ts` or later?
+        Reads what the kernel holds first. (Asked at a resync: a scan of them.)"""
+        return any(e.pid in pids and e.ts >= ts for e in self.records())
+
     def exits_sharing(self, pid: int) -> bool:
         """Do the records not applied yet show process `pid` exit, with no exec or
         unshare of its fd table before (it used the table it had until it died)?

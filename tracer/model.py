@@ -421,10 +421,12 @@ class Model:
                         tap.files.add(b.id)
                 b.refs += 1
 
-    def resync(self, snap, alive: Callable[[int], bool] | None = None) -> dict:
+    def resync(self, snap, alive: Callable[[int], bool] | None = None,
+               parted: Callable[[int, int], bool] | None = None) -> dict:
         """Replace the state with a fresh snapshot, keeping what is still true.
         alive(pid): is a process the snapshot does not list (it holds no tun fd)
-        still there? Such a process that shared an fd table keeps sharing it."""
+        still there? Such a process that shared an fd table keeps sharing it, unless
+        parted(pid, other) says it parted from the other before the snapshot."""
         before = {(*row_key(r), r["ifname"]) for r in self.rows()}
         keep_files: dict = {}
         keep_entries: dict = {}
@@ -449,8 +451,11 @@ class Model:
         self.files.clear()
         self.pending.clear()
         self._load(snap, keep_files, keep_entries, list(in_flight.values()))
-        self._missed = {pid: others for pid, others in sharers.items()
-                        if pid not in self.procs}
+        # (one that unshared, its record among those lost, shares no more: the
+        # snapshot lists the other, and shows no tun fd in its own table)
+        self._missed = {pid: kept for pid, others in sharers.items() if pid not in self.procs
+                        if (kept := [q for q in others
+                                     if parted is None or not parted(pid, q)])}
         # sharers of a table that holds no tun fd (yet), alive: a CLONE_FILES pair
         # about to make a tap in it (the snapshot lists holders only)
         for pid in sorted(self._missed):

@@ -209,7 +209,9 @@ class Session:
             self.model.load(snap)
             report = None
         else:
-            report = self.model.resync(snap, alive=procfs.alive)
+            report = self.model.resync(
+                snap, alive=procfs.alive,
+                parted=lambda pid, other: self._parted(pid, other, start))
         # Every process the model knows (holders and sharers) must be in the set.
         self.probes.set_interest(self.model.procs.keys())
         self._track_root()
@@ -281,6 +283,16 @@ class Session:
                 self._times.read_again(tid, now)
         self._tables_asked.append([tid, own])
         return own
+
+    def _parted(self, pid: int, other: int, since: int) -> bool:
+        """At a resync: had process `pid`, which the snapshot (read from `since`) does
+        not list, parted from the table it shared with `other` (an unshare whose
+        record was lost)? kcmp says so of two live processes, for now: trusted where
+        neither has a record not applied yet from the scan on (one may have used the
+        table after the scan), and where both run (a dead task has no table)."""
+        return (procfs.alive(pid) and procfs.alive(other)
+                and not self._ahead.acts_since({pid, other}, since)
+                and procfs.same_fd_table(pid, other) is False)
 
     def _same_table(self, a: int, b: int) -> bool | None:
         """Do tasks a and b use one fd table (kcmp)? Recorded, for replay."""
