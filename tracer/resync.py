@@ -162,14 +162,13 @@ class SnapshotTimes:
         """Did the last snapshot read the table e's thread uses after e was made?"""
         if e.ts >= self.read_last:
             return False                     # newer than every read: the usual case
-        proc = self.model.procs.get(e.pid)
-        if proc is not None and e.tid in proc.thread_tables and e.tid not in self.read_ns:
-            # /proc/PID/fd shows the leader's table; a thread's own is read (under
-            # its tid) only where the snapshot found it
-            return False
+        # (a thread's own table is read under a tid using it - where the snapshot
+        # found it, or where it was read again as its thread was first seen - or
+        # under a CLONE_FILES child's pid: never under its leader's, whose
+        # /proc/PID/fd shows another, and who is no user of it)
         table = self.model.table_of(e.pid, e.tid)
-        if table is None:
-            return False
+        if table is None or e.table and table.ptr and e.table != table.ptr:
+            return False        # the record names another kernel table than that one
         reads = [self.read_ns[u] for u in table.users if u in self.read_ns]
         return bool(reads) and e.ts < min(reads)
 
