@@ -324,7 +324,17 @@ class Adopt:
     ppid: int | None
 
 
-def parse(obj: dict) -> procfs.Snapshot | Reread | Adopt | tuple[ev.Event, list, list]:
+@dataclasses.dataclass(frozen=True)
+class Resync:
+    """A snapshot taken to resync, with the answers the resync had from /proc and
+    kcmp (Session._snapshot): which processes it did not list still ran, and which
+    of them had parted from a table they shared with a listed one."""
+    snapshot: procfs.Snapshot
+    alive: frozenset[int]
+    parted: frozenset[tuple[int, int]]
+
+
+def parse(obj: dict) -> procfs.Snapshot | Resync | Reread | Adopt | tuple[ev.Event, list, list]:
     """One checked record: a snapshot, a table read again, a process adopted, or
     an event with its recorded /proc answers and the namespaces read for it."""
     kind = obj.get("kind")
@@ -333,14 +343,26 @@ def parse(obj: dict) -> procfs.Snapshot | Reread | Adopt | tuple[ev.Event, list,
     if kind == "adopt":
         return _instance(obj, Adopt, "", skip=("kind",))
     if kind == "snapshot":
-        extra = [k for k in obj if k not in ("kind", "ts", "snapshot")]
+        extra = [k for k in obj if k not in ("kind", "ts", "snapshot", "resync_asked")]
         if extra:
             raise _Bad(f"unknown field {_show(extra[0])}")
         if "ts" in obj:
             _check_int(obj["ts"], "ts")
         if "snapshot" not in obj:
             raise _Bad("field 'snapshot' is missing")
-        return snapshot_from(obj["snapshot"])
+        snap = snapshot_from(obj["snapshot"])
+        if "resync_asked" not in obj:
+            return snap
+        asked = obj["resync_asked"]
+        if not isinstance(asked, dict):
+            raise _Bad(f"resync_asked: a {_json_type(asked)}, not an object")
+        unknown = [k for k in asked if k not in ("alive", "parted")]
+        if unknown:
+            raise _Bad(f"resync_asked: unknown field {_show(unknown[0])}")
+        alive = _convert(asked.get("alive", []), list[int], "resync_asked.alive")
+        parted = _convert(asked.get("parted", []), list[tuple[int, int]],
+                          "resync_asked.parted")
+        return Resync(snap, frozenset(alive), frozenset(parted))
     if not isinstance(kind, str):
         raise _Bad("no record kind" if kind is None else
                    f"kind: a {_json_type(kind)}, not a string")
@@ -387,7 +409,7 @@ def replay_iter(lines: Iterable[bytes | str], model: Model | None = None,
         except _Bad as exc:
             raise ReplayError(f"line {n}: {exc}") from None
         records += 1
-        if records == 1 and not isinstance(rec, procfs.Snapshot):
+        if records == 1 and not isinstance(rec, (procfs.Snapshot, Resync)):
             raise ReplayError(f"line {n}: a recording starts with a snapshot record, "
                               "not an event (not a recording?)")
         try:
@@ -397,8 +419,15 @@ def replay_iter(lines: Iterable[bytes | str], model: Model | None = None,
             if isinstance(rec, Adopt):
                 model._proc(rec.pid, rec.comm).ppid = rec.ppid
                 continue
+            if isinstance(rec, Resync) and loaded:
+                yield model.resync(rec.snapshot, alive=rec.alive.__contains__,
+                                   parted=lambda a, b, p=rec.parted: (a, b) in p)
+                continue
+            if isinstance(rec, Resync):
+                rec = rec.snapshot
             if isinstance(rec, procfs.Snapshot):
                 if loaded:
+                    # (recorded before resyncs kept their answers: none alive)
                     yield model.resync(rec)
                 else:
                     model.load(rec)

@@ -202,16 +202,29 @@ class Session:
         # newer than what the scan saw) make the next poll resync again
         lost_before = self.probes.lost()
         snap = procfs.snapshot()
-        if self._record is not None:
-            self._record({"kind": "snapshot", "ts": start,
-                          "snapshot": dataclasses.asdict(snap)})
+        asked: dict[str, list] = {"alive": [], "parted": []}
         if initial:
             self.model.load(snap)
             report = None
         else:
-            report = self.model.resync(
-                snap, alive=procfs.alive,
-                parted=lambda pid, other: self._parted(pid, other, start))
+            def alive(pid: int) -> bool:
+                if procfs.alive(pid):
+                    asked["alive"].append(pid)
+                    return True
+                return False
+
+            def parted(pid: int, other: int) -> bool:
+                if self._parted(pid, other, start):
+                    asked["parted"].append([pid, other])
+                    return True
+                return False
+
+            report = self.model.resync(snap, alive=alive, parted=parted)
+        if self._record is not None:
+            rec = {"kind": "snapshot", "ts": start, "snapshot": dataclasses.asdict(snap)}
+            if asked["alive"] or asked["parted"]:
+                rec["resync_asked"] = asked     # what replay cannot ask
+            self._record(rec)
         # Every process the model knows (holders and sharers) must be in the set.
         self.probes.set_interest(self.model.procs.keys())
         self._track_root()

@@ -223,3 +223,41 @@ def test_a_snapshot_with_a_thread_s_own_table_replays():
     model, reports = replay([line, close])          # thread 8 uses 7's table
     assert [(r["pid"], r["tid"], r["fd"]) for r in model.rows()] == [(1, None, 3)]
     assert [r["type"] for r in reports] == ["close"]
+
+
+def test_a_resync_replays_with_the_answers_it_had():
+    """A resync keeps a CLONE_FILES sharer the snapshot does not list where it still
+    runs (procfs.alive), unless kcmp says it parted; neither can be asked in a
+    replay, so the snapshot record carries the answers ("resync_asked"), and the
+    replay's table is the live one's."""
+    tun = {"path": "/dev/net/tun", "cloexec": False, "flags": 2, "netns": None}
+    proc = {"ppid": 0, "comm": "p", "cmdline": ["p"], "uid": 0}
+    first = {"procs": {"1": {"pid": 1, **proc}}, "fds": [{"pid": 1, "fd": 3, "ifname": "a",
+                                                          **tun}],
+             "taps": {}, "files": [[[1, 3]]], "tables": [[1]]}
+    # 2 holds no tun fd by then: listed no more
+    again = {**first, "procs": {"1": {"pid": 1, **proc}}}
+    lines = [json.dumps({"kind": "snapshot", "ts": 1, "snapshot": first}),
+             json.dumps({"kind": "Fork", "ts": 2, "pid": 1, "tid": 1, "comm": "p",
+                         "child": 2, "flags": ev.CLONE_FILES | 17})]
+
+    def resync(asked=None):
+        rec = {"kind": "snapshot", "ts": 3, "snapshot": again}
+        if asked is not None:
+            rec["resync_asked"] = asked
+        return json.dumps(rec)
+
+    def rows(model):
+        return sorted((r["pid"], r["fd"]) for r in model.rows())
+
+    model, _ = replay([*lines, resync({"alive": [2]})])
+    assert rows(model) == [(1, 3), (2, 3)]              # still sharing
+    model, _ = replay([*lines, resync({"alive": [2], "parted": [[2, 1]]})])
+    assert rows(model) == [(1, 3)]                      # unshared, its record lost
+    model, _ = replay([*lines, resync()])               # recorded without answers
+    assert rows(model) == [(1, 3)]
+    for bad, says in [([], "resync_asked: a array"), ({"x": []}, "resync_asked: unknown field 'x'"),
+                      ({"alive": ["2"]}, "resync_asked.alive"),
+                      ({"parted": [[2]]}, "resync_asked.parted")]:
+        with pytest.raises(ReplayError, match=f"line 3: {says}"):
+            replay([*lines, resync(bad)])
