@@ -450,6 +450,8 @@ class Model:
         self.taps.clear()
         self.files.clear()
         self.pending.clear()
+        if alive is not None:
+            snap = self._rejoin_split(snap, sharers, alive)
         self._load(snap, keep_files, keep_entries, list(in_flight.values()))
         # (one that unshared, its record among those lost, shares no more: the
         # snapshot lists the other, and shows no tun fd in its own table)
@@ -490,6 +492,43 @@ class Model:
         after = {(*row_key(r), r["ifname"]) for r in self.rows()}
         return {"type": "resync", "added": len(after - before), "removed": len(before - after),
                 "rows": len(after)}
+
+    @staticmethod
+    def _rejoin_split(snap, sharers: dict[int, list[int]], alive: Callable[[int], bool]):
+        """The snapshot with tables it split that the model had as one joined again.
+        The scan groups tables by kcmp (KCMP_FILES) once, at its end: a process that
+        died after its table was read has no table then, and is grouped alone (a
+        CLONE_FILES child killed while the scan ran). Two processes the model had
+        sharing, one of them dead by now, the scan split, and whose fds it read as
+        the same files at the same numbers, were one table when read (the records of
+        the dead one's last moments changed both)."""
+        where = {pid: i for i, group in enumerate(snap.tables) for pid in group}
+        if len(where) < 2:
+            return snap
+        held: dict[int, set] = {}
+        for i, group in enumerate(snap.files):
+            for pid, fd in group:
+                held.setdefault(pid, set()).add((fd, i))
+        parent = list(range(len(snap.tables)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                i = parent[i]
+            return i
+        for pid, others in sharers.items():
+            for q in others:
+                if pid not in where or q not in where:
+                    continue
+                a, b = root(where[pid]), root(where[q])
+                if a != b and held.get(pid) == held.get(q) and \
+                        not (alive(pid) and alive(q)):
+                    parent[b] = a
+        if all(root(i) == i for i in range(len(parent))):
+            return snap
+        joined: dict[int, list[int]] = {}
+        for i, group in enumerate(snap.tables):
+            joined.setdefault(root(i), []).extend(group)
+        return dataclasses.replace(snap, tables=[sorted(g) for g in joined.values()])
 
     # ---- helpers -----------------------------------------------------------
 

@@ -2035,6 +2035,39 @@ def test_resync_keeps_no_sharer_that_parted_before_the_snapshot():
     assert w.m.procs[1].table is not w.m.procs[2].table
 
 
+def test_resync_joins_again_a_shared_table_the_scan_split_at_a_sharer_s_death():
+    # 1 and 2 share a table (CLONE_FILES). The scan read both (fd 7, one file), then
+    # 1 died before the scan's kcmp grouped tables: grouped alone. What 1 did in
+    # its last moments (records after the read) changed 2's table too (found by the
+    # fuzzer: seed 20261334 of tiny-paused, 1 run in 2 under load)
+    def split(alive):
+        w = World()
+        w.tap(1, 7, "a")
+        w.apply(ev.Fork, 1, flags=ev.CLONE_FILES | SIGCHLD, child=2)
+        w.m.resync(snapshot({1: "p", 2: "c"}, [(1, 7, "a", False), (2, 7, "a", False)],
+                            {"a": TAP}, files=[[(1, 7), (2, 7)]], tables=[[1], [2]]),
+                   alive=alive)
+        w.apply(ev.Dup, 1, oldfd=7, newfd=17, how="dup", cloexec=False)
+        w.close(1, 7)
+        return w
+    w = split(alive=lambda pid: pid == 2)
+    assert w.m.procs[1].table is w.m.procs[2].table
+    assert set(w.table()) == {(1, 17), (2, 17)}
+    w.exit(1)
+    assert set(w.table()) == {(2, 17)}
+    # both alive: kcmp's word stands (one unshared, its record lost)
+    w = split(alive=lambda pid: True)
+    assert set(w.table()) == {(1, 17), (2, 7)}
+    # the files it read differ: not one table when read either
+    w = World()
+    w.tap(1, 7, "a")
+    w.apply(ev.Fork, 1, flags=ev.CLONE_FILES | SIGCHLD, child=2)
+    w.m.resync(snapshot({1: "p", 2: "c"}, [(1, 7, "a", False), (2, 8, "a", False)],
+                        {"a": TAP}, files=[[(1, 7), (2, 8)]], tables=[[1], [2]]),
+               alive=lambda pid: pid == 2)
+    assert w.m.procs[1].table is not w.m.procs[2].table
+
+
 def test_an_fd_first_met_at_its_ioctl_takes_the_close_on_exec_bit_the_record_read():
     w = World()
     w.apply(ev.TunIoctl, 1, fd=7, cmd=ev.TUNSETIFF, ret=0, ifname="a", value=TAP,
