@@ -94,10 +94,15 @@ class Ahead:
         self._poll()
         return self._index()[2].get(pid, -1) >= self._at
 
-    def acts_since(self, pids: set[int], ts: int) -> bool:
-        """Is one of `pids` in a record not applied yet stamped at `ts` or later?
-        Reads what the kernel holds first. (Asked at a resync: a scan of them.)"""
-        return any(e.pid in pids and e.ts >= ts for e in self.records())
+    def parts_since(self, pids: set[int], ts: int) -> bool:
+        """Does a record not applied yet, stamped at `ts` or later, show one of
+        `pids` leave the fd table it had (exec, unshare, close_range with
+        CLOSE_RANGE_UNSHARE, its process's exit)? Reads what the kernel holds
+        first. (Asked at a resync: a scan of them.)"""
+        return any(e.pid in pids and e.ts >= ts and (
+            isinstance(e, (ev.Exec, ev.Unshare)) or isinstance(e, ev.Exit) and not e.thread
+            or isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE)
+            for e in self.records())
 
     def exits_sharing(self, pid: int) -> bool:
         """Do the records not applied yet show process `pid` exit, with no exec or

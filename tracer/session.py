@@ -300,11 +300,12 @@ class Session:
     def _parted(self, pid: int, other: int, since: int) -> bool:
         """At a resync: had process `pid`, which the snapshot (read from `since`) does
         not list, parted from the table it shared with `other` (an unshare whose
-        record was lost)? kcmp says so of two live processes, for now: trusted where
-        neither has a record not applied yet from the scan on (one may have used the
-        table after the scan), and where both run (a dead task has no table)."""
+        record was lost, or one the snapshot shows)? kcmp says so of two live
+        processes, for now: trusted where no record not applied yet shows either
+        leave its table from the scan on (then they may have shared it when read),
+        and where both run (a dead task has no table)."""
         return (procfs.alive(pid) and procfs.alive(other)
-                and not self._ahead.acts_since({pid, other}, since)
+                and not self._ahead.parts_since({pid, other}, since)
                 and procfs.same_fd_table(pid, other) is False)
 
     def _same_table(self, a: int, b: int) -> bool | None:

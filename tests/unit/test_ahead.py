@@ -216,6 +216,36 @@ def test_an_exit_the_kernel_still_holds_counts():
 
 
 # =============================================================================
+# parts_since: a process left its table after a resync's scan began
+# =============================================================================
+
+def test_a_parting_from_the_scan_on_counts_for_either_process():
+    for parting in (rec(ev.Exec, 51, ts=100, old_pid=51),
+                    rec(ev.Unshare, 51, ts=100, flags=0x400), exit_(51, ts=100),
+                    rec(ev.CloseRange, 51, ts=100, first=3, last=3,
+                        flags=ev.CLOSE_RANGE_UNSHARE)):
+        a, _ = ahead([close(10, 1), parting], 1)
+        assert a.parts_since({51, 10}, 100) and a.parts_since({51}, 50)
+        assert not a.parts_since({10}, 50)
+
+
+def test_a_parting_before_the_scan_or_no_parting_does_not_count():
+    # (an exec the snapshot shows already; the other's records after the scan
+    # change fds, not which table it uses; a thread's exit, a plain close_range)
+    a, _ = ahead([close(10, 1), rec(ev.Exec, 51, ts=99, old_pid=51), close(10, 3, ts=200),
+                  exit_(51, ts=200, tid=52, thread=True),
+                  rec(ev.CloseRange, 10, ts=200, first=3, last=3, flags=0)], 1)
+    assert not a.parts_since({51, 10}, 100)
+    # (one applied already)
+    a, _ = ahead([exit_(51, ts=200), close(10, 1)], 1)
+    assert not a.parts_since({51}, 100)
+
+
+def test_a_parting_the_kernel_still_holds_counts():
+    assert ahead([close(10, 1)], 1, held=[exit_(51, ts=100)])[0].parts_since({51}, 100)
+
+
+# =============================================================================
 # receives_after: where the fd of a TUNSETIFF went next
 # =============================================================================
 
