@@ -142,7 +142,7 @@ class Session:
         self.filters = filters
         self.model = Model(probe_fd=self._fd_now, ifindex_name=ifindex_name,
                            netns_of=self._netns_of, threads_of=self._threads_of,
-                           same_file=procfs.same_file, thread_table=self._thread_table,
+                           same_file=self._same_file, thread_table=self._thread_table,
                            same_table=self._same_table)
         self._threads_asked: list[int] | None = None   # the answer, recorded
         self._tables_asked: list[list] = []      # thread_table's answers, recorded
@@ -324,7 +324,33 @@ class Session:
                            if table is not None else set())
         if self._ahead.fd_changes(sharers, fd):
             return None
-        return fd_ifname(pid, fd)
+        name = fd_ifname(pid, fd)
+        if name is None:
+            other = self._through(pid)
+            if other is not None and other != pid:
+                name = fd_ifname(other, fd)
+        return name
+
+    def _through(self, pid: int) -> int | None:
+        """The task whose /proc (and kcmp) reaches the fd table task `pid` uses:
+        `pid` while it runs; once it has died (its records read late), another
+        user of that table that runs (a CLONE_FILES sharer, a thread); else None."""
+        if procfs.alive(pid):
+            return pid
+        proc = self.model.procs.get(pid)
+        if proc is None:
+            return None
+        return next((q for q in sorted(proc.table.users - {pid}) if procfs.alive(q)), None)
+
+    def _same_file(self, pid1: int, fd1: int, pid2: int, fd2: int) -> bool | None:
+        """kcmp(KCMP_FILE) of two fds, each reached through a task that runs where
+        the one named has died (see _through)."""
+        same = procfs.same_file(pid1, fd1, pid2, fd2)
+        if same is None:
+            a, b = self._through(pid1), self._through(pid2)
+            if a is not None and b is not None and (a, b) != (pid1, pid2):
+                same = procfs.same_file(a, fd1, b, fd2)
+        return same
 
     def _netns_name(self, ino: int) -> str | None:
         """`ip netns`'s name for a namespace (re-read /run/netns at most once a second

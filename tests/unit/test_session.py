@@ -184,3 +184,33 @@ def test_a_clone_from_before_the_snapshot_names_no_table_to_the_model(s, monkeyp
     s.step(0)
     assert s.model.procs[4244].table is s.model.procs[4242].table    # it applied
     assert s.model.procs[4242].table.ptr == 0
+
+
+# A process whose records are read after it died (a CLONE_FILES sharer killed while
+# the tracer was behind) has no /proc: what its fds were is asked of a sharer of its
+# table that runs (found by the fuzzer: seed 617467 of scm under load, a receive
+# into a dead receiver's shared table whose cut-short message's last fd was lost).
+
+def sharing(s, alive: set[int], monkeypatch) -> None:
+    s.model.apply(ev.Fork(ts=time.monotonic_ns(), pid=10, tid=10, comm="a", child=11,
+                          flags=ev.CLONE_FILES | 17))
+    monkeypatch.setattr(procfs, "alive", lambda pid: pid in alive)
+    monkeypatch.setattr(session, "fd_ifname",
+                        lambda pid, fd: "tap0" if (pid, fd) == (11, 5) else None)
+    monkeypatch.setattr(procfs, "same_file",
+                        lambda a, fa, b, fb: True if (a, b) == (11, 11) else None)
+
+
+def test_a_dead_process_s_fds_are_read_through_a_sharer_that_runs(s, monkeypatch):
+    sharing(s, {11}, monkeypatch)
+    assert s.model.procs[10].table is s.model.procs[11].table
+    assert s._fd_now(10, 5) == "tap0"
+    assert s._same_file(10, 5, 10, 3) is True
+
+
+def test_a_live_process_s_closed_fd_is_not_read_elsewhere(s, monkeypatch):
+    sharing(s, {10, 11}, monkeypatch)
+    assert s._fd_now(10, 5) is None
+    assert s._same_file(10, 5, 10, 3) is None
+    sharing(s, set(), monkeypatch)                  # nobody left to ask
+    assert s._fd_now(10, 5) is None
