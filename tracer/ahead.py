@@ -104,6 +104,23 @@ class Ahead:
             or isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE)
             for e in self.records())
 
+    def one_table(self, pid: int, other: int) -> bool:
+        """Do the records not applied yet show processes `pid` and `other` act on one
+        kernel fd table (Event.table), neither leaving its table (exec, unshare,
+        close_range with CLOSE_RANGE_UNSHARE) anywhere among them? A table's address
+        is another table's only once every user of the first has left it, and
+        `other` does not leave. Reads what the kernel holds first."""
+        seen: dict[int, set[int]] = {pid: set(), other: set()}
+        for e in self.records():
+            if e.pid not in seen:
+                continue
+            if isinstance(e, (ev.Exec, ev.Unshare)) or (
+                    isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
+                return False
+            if e.table and e.tid == e.pid:      # (a thread may have a table of its own)
+                seen[e.pid].add(e.table)
+        return bool(seen[pid] & seen[other])
+
     def exits_sharing(self, pid: int) -> bool:
         """Do the records not applied yet show process `pid` exit, with no exec or
         unshare of its fd table before (it used the table it had until it died)?

@@ -422,11 +422,14 @@ class Model:
                 b.refs += 1
 
     def resync(self, snap, alive: Callable[[int], bool] | None = None,
-               parted: Callable[[int, int], bool] | None = None) -> dict:
+               parted: Callable[[int, int], bool] | None = None,
+               one_table: Callable[[int, int], bool] | None = None) -> dict:
         """Replace the state with a fresh snapshot, keeping what is still true.
         alive(pid): is a process the snapshot does not list (it holds no tun fd)
         still there? Such a process that shared an fd table keeps sharing it, unless
-        parted(pid, other) says it parted from the other before the snapshot."""
+        parted(pid, other) says it parted from the other before the snapshot.
+        one_table(pid, other): do the records to come show the two use one kernel
+        table (see _rejoin_split)?"""
         before = {(*row_key(r), r["ifname"]) for r in self.rows()}
         keep_files: dict = {}
         keep_entries: dict = {}
@@ -451,7 +454,7 @@ class Model:
         self.files.clear()
         self.pending.clear()
         if alive is not None:
-            snap = self._rejoin_split(snap, sharers, alive)
+            snap = self._rejoin_split(snap, sharers, alive, one_table)
         self._load(snap, keep_files, keep_entries, list(in_flight.values()))
         # (one that unshared, its record among those lost, shares no more: the
         # snapshot lists the other, and shows no tun fd in its own table)
@@ -494,14 +497,17 @@ class Model:
                 "rows": len(after)}
 
     @staticmethod
-    def _rejoin_split(snap, sharers: dict[int, list[int]], alive: Callable[[int], bool]):
+    def _rejoin_split(snap, sharers: dict[int, list[int]], alive: Callable[[int], bool],
+                      one_table: Callable[[int, int], bool] | None = None):
         """The snapshot with tables it split that the model had as one joined again.
         The scan groups tables by kcmp (KCMP_FILES) once, at its end: a process that
         died after its table was read has no table then, and is grouped alone (a
         CLONE_FILES child killed while the scan ran). Two processes the model had
-        sharing, one of them dead by now, the scan split, and whose fds it read as
-        the same files at the same numbers, were one table when read (the records of
-        the dead one's last moments changed both)."""
+        sharing, one of them dead by now, that the scan split, were one table when
+        read (the records of the dead one's last moments changed both) where it read
+        the same files at the same numbers in both, or where the records to come
+        name one kernel table for both (one_table: the scan reads one table after
+        another, and a change between the two reads differs them)."""
         where = {pid: i for i, group in enumerate(snap.tables) for pid in group}
         if len(where) < 2:
             return snap
@@ -520,8 +526,9 @@ class Model:
                 if pid not in where or q not in where:
                     continue
                 a, b = root(where[pid]), root(where[q])
-                if a != b and held.get(pid) == held.get(q) and \
-                        not (alive(pid) and alive(q)):
+                if a != b and not (alive(pid) and alive(q)) and (
+                        held.get(pid) == held.get(q)
+                        or one_table is not None and one_table(pid, q)):
                     parent[b] = a
         if all(root(i) == i for i in range(len(parent))):
             return snap

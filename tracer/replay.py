@@ -332,6 +332,7 @@ class Resync:
     snapshot: procfs.Snapshot
     alive: frozenset[int]
     parted: frozenset[tuple[int, int]]
+    one_table: frozenset[tuple[int, int]] = frozenset()
 
 
 def parse(obj: dict) -> procfs.Snapshot | Resync | Reread | Adopt | tuple[ev.Event, list, list]:
@@ -356,13 +357,14 @@ def parse(obj: dict) -> procfs.Snapshot | Resync | Reread | Adopt | tuple[ev.Eve
         asked = obj["resync_asked"]
         if not isinstance(asked, dict):
             raise _Bad(f"resync_asked: a {_json_type(asked)}, not an object")
-        unknown = [k for k in asked if k not in ("alive", "parted")]
+        unknown = [k for k in asked if k not in ("alive", "parted", "one_table")]
         if unknown:
             raise _Bad(f"resync_asked: unknown field {_show(unknown[0])}")
         alive = _convert(asked.get("alive", []), list[int], "resync_asked.alive")
-        parted = _convert(asked.get("parted", []), list[tuple[int, int]],
-                          "resync_asked.parted")
-        return Resync(snap, frozenset(alive), frozenset(parted))
+        pairs = [frozenset(_convert(asked.get(k, []), list[tuple[int, int]],
+                                    f"resync_asked.{k}"))
+                 for k in ("parted", "one_table")]
+        return Resync(snap, frozenset(alive), *pairs)
     if not isinstance(kind, str):
         raise _Bad("no record kind" if kind is None else
                    f"kind: a {_json_type(kind)}, not a string")
@@ -421,7 +423,8 @@ def replay_iter(lines: Iterable[bytes | str], model: Model | None = None,
                 continue
             if isinstance(rec, Resync) and loaded:
                 yield model.resync(rec.snapshot, alive=rec.alive.__contains__,
-                                   parted=lambda a, b, p=rec.parted: (a, b) in p)
+                                   parted=lambda a, b, p=rec.parted: (a, b) in p,
+                                   one_table=lambda a, b, p=rec.one_table: (a, b) in p)
                 continue
             if isinstance(rec, Resync):
                 rec = rec.snapshot

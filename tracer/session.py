@@ -202,7 +202,7 @@ class Session:
         # newer than what the scan saw) make the next poll resync again
         lost_before = self.probes.lost()
         snap = procfs.snapshot()
-        asked: dict[str, list] = {"alive": [], "parted": []}
+        asked: dict[str, list] = {"alive": [], "parted": [], "one_table": []}
         if initial:
             self.model.load(snap)
             report = None
@@ -219,10 +219,17 @@ class Session:
                     return True
                 return False
 
-            report = self.model.resync(snap, alive=alive, parted=parted)
+            def one_table(pid: int, other: int) -> bool:
+                if self._ahead.one_table(pid, other):
+                    asked["one_table"].append([pid, other])
+                    return True
+                return False
+
+            report = self.model.resync(snap, alive=alive, parted=parted,
+                                       one_table=one_table)
         if self._record is not None:
             rec = {"kind": "snapshot", "ts": start, "snapshot": dataclasses.asdict(snap)}
-            if asked["alive"] or asked["parted"]:
+            if any(asked.values()):
                 rec["resync_asked"] = asked     # what replay cannot ask
             self._record(rec)
         # Every process the model knows (holders and sharers) must be in the set.

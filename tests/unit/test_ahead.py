@@ -246,6 +246,31 @@ def test_a_parting_the_kernel_still_holds_counts():
 
 
 # =============================================================================
+# one_table: two processes the records to come show on one kernel table
+# =============================================================================
+
+def test_two_processes_acting_on_one_kernel_table_use_one():
+    a, _ = ahead([close(10, 1), close(51, 3, table=0xA), close(52, 4, table=0xA),
+                  exit_(51, table=0xA)], 1)
+    assert a.one_table(51, 52) and a.one_table(52, 51)
+    a, _ = ahead([close(10, 1), close(51, 3, table=0xA), close(52, 4, table=0xB)], 1)
+    assert not a.one_table(51, 52)
+    # (a record with no table named; a record already applied; a thread's record)
+    a, _ = ahead([close(51, 3, table=0xA), close(10, 1), close(52, 4),
+                  close(52, 5, tid=53, table=0xA)], 2)
+    assert not a.one_table(51, 52)
+
+
+def test_a_parting_of_either_says_nothing_of_one_table():
+    for parting in (rec(ev.Exec, 52, old_pid=52), rec(ev.Unshare, 51, flags=0x400),
+                    rec(ev.CloseRange, 52, first=3, last=3,
+                        flags=ev.CLOSE_RANGE_UNSHARE)):
+        a, _ = ahead([close(10, 1), close(51, 3, table=0xA), parting,
+                      close(52, 4, table=0xA)], 1)
+        assert not a.one_table(51, 52)
+
+
+# =============================================================================
 # receives_after: where the fd of a TUNSETIFF went next
 # =============================================================================
 

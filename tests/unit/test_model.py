@@ -2068,6 +2068,27 @@ def test_resync_joins_again_a_shared_table_the_scan_split_at_a_sharer_s_death():
     assert w.m.procs[1].table is not w.m.procs[2].table
 
 
+def test_resync_joins_a_split_table_the_records_to_come_name_for_both():
+    # as above, but 2 got fd 9 between the scan's reads of 1 and 2 (a pidfd_getfd
+    # by 1): the fds read differ; the records to come name one kernel table for
+    # both (seed 617467 of scm, 1 run in 24 under load)
+    def split(one_table):
+        w = World()
+        w.tap(1, 7, "a")
+        w.apply(ev.Fork, 1, flags=ev.CLONE_FILES | SIGCHLD, child=2)
+        w.m.resync(snapshot({1: "p", 2: "c"}, [(1, 7, "a", False), (2, 7, "a", False),
+                                               (2, 9, "a", False)],
+                            {"a": TAP}, files=[[(1, 7), (2, 7), (2, 9)]],
+                            tables=[[1], [2]]),
+                   alive=lambda pid: pid == 2, one_table=one_table)
+        return w
+    w = split(lambda a, b: {a, b} == {1, 2})
+    assert w.m.procs[1].table is w.m.procs[2].table
+    assert set(w.table()) == {(1, 7), (1, 9), (2, 7), (2, 9)}
+    w = split(lambda a, b: False)
+    assert w.m.procs[1].table is not w.m.procs[2].table
+
+
 def test_an_fd_first_met_at_its_ioctl_takes_the_close_on_exec_bit_the_record_read():
     w = World()
     w.apply(ev.TunIoctl, 1, fd=7, cmd=ev.TUNSETIFF, ret=0, ifname="a", value=TAP,

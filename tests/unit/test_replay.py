@@ -256,7 +256,8 @@ def test_a_resync_replays_with_the_answers_it_had():
     assert rows(model) == [(1, 3)]                      # unshared, its record lost
     model, _ = replay([*lines, resync()])               # recorded without answers
     assert rows(model) == [(1, 3)]
-    for bad, says in [([], "resync_asked: a array"), ({"x": []}, "resync_asked: unknown field 'x'"),
+    for bad, says in [([], "resync_asked: a array"),
+                      ({"one_table": [1]}, "resync_asked.one_table"), ({"x": []}, "resync_asked: unknown field 'x'"),
                       ({"alive": ["2"]}, "resync_asked.alive"),
                       ({"parted": [[2]]}, "resync_asked.parted")]:
         with pytest.raises(ReplayError, match=f"line 3: {says}"):
