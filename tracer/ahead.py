@@ -104,6 +104,11 @@ class Ahead:
             or isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE)
             for e in self.records())
 
+    def acts_since(self, pid: int, ts: int) -> bool:
+        """Is process `pid` in a record not applied yet stamped at `ts` or later?
+        Reads what the kernel holds first. (Asked at a resync: a scan of them.)"""
+        return any(e.pid == pid and e.ts >= ts for e in self.records())
+
     def one_table(self, pid: int, other: int) -> bool:
         """Do the records not applied yet show processes `pid` and `other` act on one
         kernel fd table (Event.table), neither leaving its table (exec, unshare,

@@ -423,13 +423,17 @@ class Model:
 
     def resync(self, snap, alive: Callable[[int], bool] | None = None,
                parted: Callable[[int, int], bool] | None = None,
-               one_table: Callable[[int, int], bool] | None = None) -> dict:
+               one_table: Callable[[int, int], bool] | None = None,
+               acting: Callable[[int], bool] | None = None) -> dict:
         """Replace the state with a fresh snapshot, keeping what is still true.
         alive(pid): is a process the snapshot does not list (it holds no tun fd)
         still there? Such a process that shared an fd table keeps sharing it, unless
         parted(pid, other) says it parted from the other before the snapshot.
         one_table(pid, other): do the records to come show the two use one kernel
-        table (see _rejoin_split)?"""
+        table (see _rejoin_split)? acting(pid): do records to come, from the scan
+        on, show a process the snapshot does not list act? One that shared no
+        table keeps the table the model had (the scan came to it after it died);
+        the report's `kept` names them."""
         before = {(*row_key(r), r["ifname"]) for r in self.rows()}
         keep_files: dict = {}
         keep_entries: dict = {}
@@ -467,6 +471,29 @@ class Model:
             if alive is not None and pid not in self.procs and alive(pid):
                 old = next(p for p in procs_before if p.pid == pid)
                 self._proc(pid, old.comm).ppid = old.ppid
+        kept = []
+        for old in procs_before:
+            if old.pid in self.procs or old.pid in sharers or acting is None \
+                    or not old.table.fds or not acting(old.pid):
+                continue
+            # it died while the scan ran, before the scan came to it, and its
+            # records from before that still come: its table is the model's
+            kept.append(old.pid)
+            t = self._new_table()
+            t.users.add(old.pid)
+            self.procs[old.pid] = Process(old.pid, old.comm, t, old.ppid)
+            for fd, entry in sorted(old.table.fds.items()):
+                f = self._alias.get(entry.file.id, entry.file)
+                if f.id not in self.files:
+                    tap = self._tap_of(f)
+                    if f.ifname and tap is None:
+                        continue                # its tap is gone
+                    f.refs = 0
+                    self.files[f.id] = f
+                    if tap is not None:
+                        tap.files.add(f.id)
+                f.refs += 1
+                t.fds[fd] = dataclasses.replace(entry, file=f)
         # Messages in flight survive: /proc cannot show them, and their receives may
         # come after the snapshot. Each keeps its reference to its files (a receive
         # the snapshot already shows is taken off by forget_receive).
@@ -493,8 +520,11 @@ class Model:
                 tap.created_by, tap.created_comm = old.created_by, old.created_comm
                 tap.persist_by = old.persist_by if tap.persist else None
         after = {(*row_key(r), r["ifname"]) for r in self.rows()}
-        return {"type": "resync", "added": len(after - before), "removed": len(before - after),
-                "rows": len(after)}
+        report = {"type": "resync", "added": len(after - before),
+                  "removed": len(before - after), "rows": len(after)}
+        if kept:
+            report["kept"] = kept
+        return report
 
     @staticmethod
     def _rejoin_split(snap, sharers: dict[int, list[int]], alive: Callable[[int], bool],

@@ -333,6 +333,7 @@ class Resync:
     alive: frozenset[int]
     parted: frozenset[tuple[int, int]]
     one_table: frozenset[tuple[int, int]] = frozenset()
+    acting: frozenset[int] = frozenset()
 
 
 def parse(obj: dict) -> procfs.Snapshot | Resync | Reread | Adopt | tuple[ev.Event, list, list]:
@@ -357,14 +358,15 @@ def parse(obj: dict) -> procfs.Snapshot | Resync | Reread | Adopt | tuple[ev.Eve
         asked = obj["resync_asked"]
         if not isinstance(asked, dict):
             raise _Bad(f"resync_asked: a {_json_type(asked)}, not an object")
-        unknown = [k for k in asked if k not in ("alive", "parted", "one_table")]
+        unknown = [k for k in asked if k not in ("alive", "parted", "one_table", "acting")]
         if unknown:
             raise _Bad(f"resync_asked: unknown field {_show(unknown[0])}")
         alive = _convert(asked.get("alive", []), list[int], "resync_asked.alive")
         pairs = [frozenset(_convert(asked.get(k, []), list[tuple[int, int]],
                                     f"resync_asked.{k}"))
                  for k in ("parted", "one_table")]
-        return Resync(snap, frozenset(alive), *pairs)
+        acting = _convert(asked.get("acting", []), list[int], "resync_asked.acting")
+        return Resync(snap, frozenset(alive), *pairs, frozenset(acting))
     if not isinstance(kind, str):
         raise _Bad("no record kind" if kind is None else
                    f"kind: a {_json_type(kind)}, not a string")
@@ -422,9 +424,12 @@ def replay_iter(lines: Iterable[bytes | str], model: Model | None = None,
                 model._proc(rec.pid, rec.comm).ppid = rec.ppid
                 continue
             if isinstance(rec, Resync) and loaded:
-                yield model.resync(rec.snapshot, alive=rec.alive.__contains__,
-                                   parted=lambda a, b, p=rec.parted: (a, b) in p,
-                                   one_table=lambda a, b, p=rec.one_table: (a, b) in p)
+                report = model.resync(rec.snapshot, alive=rec.alive.__contains__,
+                                      parted=lambda a, b, p=rec.parted: (a, b) in p,
+                                      one_table=lambda a, b, p=rec.one_table: (a, b) in p,
+                                      acting=rec.acting.__contains__)
+                report.pop("kept", None)        # (the session's, as in the trace)
+                yield report
                 continue
             if isinstance(rec, Resync):
                 rec = rec.snapshot

@@ -13,7 +13,7 @@ crafted snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from . import events as ev
 from . import procfs
@@ -46,9 +46,14 @@ class SnapshotTimes:
         self.taps_ns = 0                    # when it read the taps
         self.read_ns: dict[int, int] = {}   # when it read each holder's fd table
         self.read_last = 0                  # the latest of read_ns
+        self.unread: set[int] = set()       # processes whose kept tables it did not read
 
-    def taken(self, snap: procfs.Snapshot, start: int, end: int) -> None:
-        """A snapshot begun at `start` and complete at `end` is the model's now."""
+    def taken(self, snap: procfs.Snapshot, start: int, end: int,
+              unread: Iterable[int] = ()) -> None:
+        """A snapshot begun at `start` and complete at `end` is the model's now.
+        unread: processes it did not show, whose tables the model kept as it had
+        them (Model.resync's `kept`): none of their records is in it."""
+        self.unread = set(unread)
         self.min_ts = start
         self.snap_end = end
         self.taps_ns = snap.taps_ns or end
@@ -70,7 +75,7 @@ class SnapshotTimes:
         table before the snapshot read it (in_snapshot); but never an exit whose
         process is dead (died_before_snapshot) nor a change of a tap made after the
         taps were read (tap_news)."""
-        return (e.ts < self.min_ts or self.in_snapshot(e)) \
+        return (e.ts < self.min_ts or self.in_snapshot(e)) and e.pid not in self.unread \
             and not self.died_before_snapshot(e) and not self.tap_news(e)
 
     def unseen_sharing(self, e: ev.Event) -> bool:

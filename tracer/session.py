@@ -202,7 +202,7 @@ class Session:
         # newer than what the scan saw) make the next poll resync again
         lost_before = self.probes.lost()
         snap = procfs.snapshot()
-        asked: dict[str, list] = {"alive": [], "parted": [], "one_table": []}
+        asked: dict[str, list] = {"alive": [], "parted": [], "one_table": [], "acting": []}
         if initial:
             self.model.load(snap)
             report = None
@@ -225,8 +225,14 @@ class Session:
                     return True
                 return False
 
+            def acting(pid: int) -> bool:
+                if self._ahead.acts_since(pid, start):
+                    asked["acting"].append(pid)
+                    return True
+                return False
+
             report = self.model.resync(snap, alive=alive, parted=parted,
-                                       one_table=one_table)
+                                       one_table=one_table, acting=acting)
         if self._record is not None:
             rec = {"kind": "snapshot", "ts": start, "snapshot": dataclasses.asdict(snap)}
             if any(asked.values()):
@@ -235,7 +241,8 @@ class Session:
         # Every process the model knows (holders and sharers) must be in the set.
         self.probes.set_interest(self.model.procs.keys())
         self._track_root()
-        self._times.taken(snap, start, time.monotonic_ns())
+        self._times.taken(snap, start, time.monotonic_ns(),
+                          unread=(report or {}).pop("kept", ()))
         self._lost_seen = lost_before
         return report
 

@@ -245,6 +245,14 @@ def test_a_parting_the_kernel_still_holds_counts():
     assert ahead([close(10, 1)], 1, held=[exit_(51, ts=100)])[0].parts_since({51}, 100)
 
 
+def test_a_process_acting_from_the_scan_on():
+    a, _ = ahead([close(51, 3, ts=200), close(10, 1, ts=50), close(52, 3, ts=60)], 1,
+                 held=[close(53, 3, ts=300)])
+    assert a.acts_since(53, 100) and not a.acts_since(52, 100)
+    assert not a.acts_since(51, 100)                # applied already
+    assert a.acts_since(10, 50) and not a.acts_since(10, 51)
+
+
 # =============================================================================
 # one_table: two processes the records to come show on one kernel table
 # =============================================================================

@@ -474,3 +474,12 @@ def test_a_tunsetiff_followed_by_another_of_its_interface_from_before_a_read_is_
 ])
 def test_only_a_successful_tunsetiff_of_the_same_interface_follows(s, other):
     assert s.times.last_setiff(setiff(900, 10, "tap0"), [other])
+
+
+def test_a_table_kept_unread_shows_none_of_its_records(s):
+    # a process the snapshot did not show, whose table the model kept as it had it
+    # (Model.resync's `kept`): its records older than the scan apply
+    assert s.times.shows(close(START - 1, 50, fd=4))
+    s.times.taken(snapshot(READ), START, END, unread=[50])
+    assert not s.times.shows(close(START - 1, 50, fd=4))
+    assert s.times.shows(close(START - 1, 10, fd=4))
