@@ -109,6 +109,13 @@ class Ahead:
         Reads what the kernel holds first. (Asked at a resync: a scan of them.)"""
         return any(e.pid == pid and e.ts >= ts for e in self.records())
 
+    def table_children(self, pid: int) -> set[int]:
+        """The processes that records not applied yet show `pid` clone with
+        CLONE_FILES (not threads): users of its table from then on. Reads what the
+        kernel holds first."""
+        return {e.child for e in self.records() if isinstance(e, ev.Fork) and e.pid == pid
+                and e.flags & ev.CLONE_FILES and not e.flags & ev.CLONE_THREAD}
+
     def one_table(self, pid: int, other: int) -> bool:
         """Do the records not applied yet show processes `pid` and `other` act on one
         kernel fd table (Event.table), neither leaving its table (exec, unshare,

@@ -341,20 +341,23 @@ class Session:
         name = fd_ifname(pid, fd)
         if name is None:
             other = self._through(pid)
-            if other is not None and other != pid:
+            if other is not None and other != pid and \
+                    not self._ahead.fd_changes(sharers | {other}, fd):
                 name = fd_ifname(other, fd)
         return name
 
     def _through(self, pid: int) -> int | None:
         """The task whose /proc (and kcmp) reaches the fd table task `pid` uses:
         `pid` while it runs; once it has died (its records read late), another
-        user of that table that runs (a CLONE_FILES sharer, a thread); else None."""
+        user of that table that runs (a CLONE_FILES sharer, a thread, or a
+        CLONE_FILES child a record not applied yet shows it make); else None."""
         if procfs.alive(pid):
             return pid
         proc = self.model.procs.get(pid)
         if proc is None:
             return None
-        return next((q for q in sorted(proc.table.users - {pid}) if procfs.alive(q)), None)
+        users = (proc.table.users | self._ahead.table_children(pid)) - {pid}
+        return next((q for q in sorted(users) if procfs.alive(q)), None)
 
     def _same_file(self, pid1: int, fd1: int, pid2: int, fd2: int) -> bool | None:
         """kcmp(KCMP_FILE) of two fds, each reached through a task that runs where

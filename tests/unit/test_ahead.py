@@ -245,6 +245,15 @@ def test_a_parting_the_kernel_still_holds_counts():
     assert ahead([close(10, 1)], 1, held=[exit_(51, ts=100)])[0].parts_since({51}, 100)
 
 
+def test_the_clone_files_children_to_come_use_the_table():
+    fork = lambda child, flags: rec(ev.Fork, 51, child=child, flags=flags)
+    a, _ = ahead([fork(60, ev.CLONE_FILES | SIGCHLD), close(10, 1),
+                  fork(61, ev.CLONE_FILES | SIGCHLD), fork(62, SIGCHLD),
+                  fork(63, ev.CLONE_FILES | ev.CLONE_THREAD)], 2,
+                 held=[fork(64, ev.CLONE_FILES | SIGCHLD)])
+    assert a.table_children(51) == {61, 64} and a.table_children(10) == set()
+
+
 def test_a_process_acting_from_the_scan_on():
     a, _ = ahead([close(51, 3, ts=200), close(10, 1, ts=50), close(52, 3, ts=60)], 1,
                  held=[close(53, 3, ts=300)])

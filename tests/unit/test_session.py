@@ -214,3 +214,21 @@ def test_a_live_process_s_closed_fd_is_not_read_elsewhere(s, monkeypatch):
     assert s._same_file(10, 5, 10, 3) is None
     sharing(s, set(), monkeypatch)                  # nobody left to ask
     assert s._fd_now(10, 5) is None
+
+
+def test_a_dead_process_s_fds_are_read_through_a_clone_files_child_still_to_come(
+        s, monkeypatch):
+    # its receive applies before its clone(CLONE_FILES) does: the child, which runs,
+    # is a user of that table already (the record not applied yet says so)
+    monkeypatch.setattr(procfs, "alive", lambda pid: pid == 12)
+    monkeypatch.setattr(session, "fd_ifname",
+                        lambda pid, fd: "tap0" if (pid, fd) == (12, 5) else None)
+    s.model.apply(ev.Fork(ts=time.monotonic_ns(), pid=10, tid=10, comm="a", child=11,
+                          flags=ev.CLONE_FILES | 17))   # (11 dead too)
+    assert s._fd_now(10, 5) is None
+    s._queue.append(ev.Fork(ts=time.monotonic_ns(), pid=10, tid=10, comm="a", child=12,
+                            flags=ev.CLONE_FILES | 17))
+    assert s._fd_now(10, 5) == "tap0"
+    # (not where a record to come changes that fd)
+    s._queue.append(ev.Close(ts=time.monotonic_ns(), pid=12, tid=12, comm="a", fd=5))
+    assert s._fd_now(10, 5) is None
