@@ -2035,18 +2035,26 @@ def test_resync_keeps_no_sharer_that_parted_before_the_snapshot():
     assert w.m.procs[1].table is not w.m.procs[2].table
 
 
+def split_pair(fds2: list[int], alive, one_table=None) -> World:
+    """1 and 2 share a table (CLONE_FILES) holding tap a at fd 7; a resync's scan
+    read 1's fd 7 and 2's fds2, all one file, and grouped 1 and 2 as two tables."""
+    w = World()
+    w.tap(1, 7, "a")
+    w.apply(ev.Fork, 1, flags=ev.CLONE_FILES | SIGCHLD, child=2)
+    w.m.resync(snapshot({1: "p", 2: "c"}, [(1, 7, "a", False)] +
+                        [(2, fd, "a", False) for fd in fds2], {"a": TAP},
+                        files=[[(1, 7)] + [(2, fd) for fd in fds2]], tables=[[1], [2]]),
+               alive=alive, one_table=one_table)
+    return w
+
+
 def test_resync_joins_again_a_shared_table_the_scan_split_at_a_sharer_s_death():
     # 1 and 2 share a table (CLONE_FILES). The scan read both (fd 7, one file), then
     # 1 died before the scan's kcmp grouped tables: grouped alone. What 1 did in
     # its last moments (records after the read) changed 2's table too (found by the
     # fuzzer: seed 20261334 of tiny-paused, 1 run in 2 under load)
     def split(alive):
-        w = World()
-        w.tap(1, 7, "a")
-        w.apply(ev.Fork, 1, flags=ev.CLONE_FILES | SIGCHLD, child=2)
-        w.m.resync(snapshot({1: "p", 2: "c"}, [(1, 7, "a", False), (2, 7, "a", False)],
-                            {"a": TAP}, files=[[(1, 7), (2, 7)]], tables=[[1], [2]]),
-                   alive=alive)
+        w = split_pair([7], alive)
         w.apply(ev.Dup, 1, oldfd=7, newfd=17, how="dup", cloexec=False)
         w.close(1, 7)
         return w
@@ -2059,12 +2067,7 @@ def test_resync_joins_again_a_shared_table_the_scan_split_at_a_sharer_s_death():
     w = split(alive=lambda pid: True)
     assert set(w.table()) == {(1, 17), (2, 7)}
     # the files it read differ: not one table when read either
-    w = World()
-    w.tap(1, 7, "a")
-    w.apply(ev.Fork, 1, flags=ev.CLONE_FILES | SIGCHLD, child=2)
-    w.m.resync(snapshot({1: "p", 2: "c"}, [(1, 7, "a", False), (2, 8, "a", False)],
-                        {"a": TAP}, files=[[(1, 7), (2, 8)]], tables=[[1], [2]]),
-               alive=lambda pid: pid == 2)
+    w = split_pair([8], alive=lambda pid: pid == 2)
     assert w.m.procs[1].table is not w.m.procs[2].table
 
 
@@ -2072,20 +2075,10 @@ def test_resync_joins_a_split_table_the_records_to_come_name_for_both():
     # as above, but 2 got fd 9 between the scan's reads of 1 and 2 (a pidfd_getfd
     # by 1): the fds read differ; the records to come name one kernel table for
     # both (seed 617467 of scm, 1 run in 24 under load)
-    def split(one_table):
-        w = World()
-        w.tap(1, 7, "a")
-        w.apply(ev.Fork, 1, flags=ev.CLONE_FILES | SIGCHLD, child=2)
-        w.m.resync(snapshot({1: "p", 2: "c"}, [(1, 7, "a", False), (2, 7, "a", False),
-                                               (2, 9, "a", False)],
-                            {"a": TAP}, files=[[(1, 7), (2, 7), (2, 9)]],
-                            tables=[[1], [2]]),
-                   alive=lambda pid: pid == 2, one_table=one_table)
-        return w
-    w = split(lambda a, b: {a, b} == {1, 2})
+    w = split_pair([7, 9], lambda pid: pid == 2, lambda a, b: {a, b} == {1, 2})
     assert w.m.procs[1].table is w.m.procs[2].table
     assert set(w.table()) == {(1, 7), (1, 9), (2, 7), (2, 9)}
-    w = split(lambda a, b: False)
+    w = split_pair([7, 9], lambda pid: pid == 2, lambda a, b: False)
     assert w.m.procs[1].table is not w.m.procs[2].table
 
 
