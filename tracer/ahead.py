@@ -100,8 +100,7 @@ class Ahead:
         CLOSE_RANGE_UNSHARE, its process's exit)? Reads what the kernel holds
         first. (Asked at a resync: a scan of them.)"""
         return any(e.pid in pids and e.ts >= ts and (
-            isinstance(e, (ev.Exec, ev.Unshare)) or isinstance(e, ev.Exit) and not e.thread
-            or isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE)
+            _unshares(e) or isinstance(e, ev.Exit) and not e.thread)
             for e in self.records())
 
     def acts_since(self, pid: int, ts: int) -> bool:
@@ -126,8 +125,7 @@ class Ahead:
         for e in self.records():
             if e.pid not in seen:
                 continue
-            if isinstance(e, (ev.Exec, ev.Unshare)) or (
-                    isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
+            if _unshares(e):
                 return False
             if e.table and e.tid == e.pid:      # (a thread may have a table of its own)
                 seen[e.pid].add(e.table)
@@ -142,8 +140,7 @@ class Ahead:
                 continue
             if isinstance(e, ev.Exit) and not e.thread:
                 return True
-            if isinstance(e, (ev.Exec, ev.Unshare)) or (
-                    isinstance(e, ev.CloseRange) and e.flags & ev.CLOSE_RANGE_UNSHARE):
+            if _unshares(e):
                 return False
         return False
 
@@ -161,6 +158,13 @@ class Ahead:
             if isinstance(e, ev.Fork) and e.flags & ev.CLONE_THREAD:
                 made.add(e.child)
         return tids
+
+
+def _unshares(e: ev.Event) -> bool:
+    """Does e leave the fd table its process had for a copy (exec, unshare,
+    close_range with CLOSE_RANGE_UNSHARE)?"""
+    return isinstance(e, (ev.Exec, ev.Unshare)) or (
+        isinstance(e, ev.CloseRange) and bool(e.flags & ev.CLOSE_RANGE_UNSHARE))
 
 
 def receives_after(e: ev.TunIoctl, rest: list[ev.Event]) -> Iterator[tuple[int, int]]:
